@@ -1,0 +1,457 @@
+//! Everything about Opossum's file names and JSON: the one module that knows the on-disk layout
+//! (`../shared/opossum-format.md`). Pure functions over bytes and names; the store does the I/O.
+//!
+//! We write minified JSON (PascalCase ledger and index files, camelCase event files, nulls omitted) and read what
+//! .NET Opossum writes: indented, CRLF line ends, non-ASCII and `<>&'+` as `\uXXXX`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::model::{RawJson, SequencedEvent, Tag};
+
+pub const LEDGER_FILE: &str = ".ledger";
+pub const LOCK_FILE: &str = ".store.lock";
+/// Held (flock, non-blocking) for a daemon's whole life so that two daemons never serve one store.
+pub const OWNER_LOCK_FILE: &str = ".opossumd.lock";
+pub const EVENTS_DIR: &str = "events";
+pub const INDICES_DIR: &str = "Indices";
+pub const EVENT_TYPE_INDEX_DIR: &str = "EventType";
+pub const TAG_INDEX_DIR: &str = "Tags";
+pub const PROJECTIONS_DIR: &str = "Projections";
+/// Where recovery moves event files that belong to no acknowledged batch. Nothing is ever deleted.
+pub const QUARANTINE_DIR: &str = ".quarantine";
+
+/// The directories of a store, derived from its root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub events: PathBuf,
+    pub type_index: PathBuf,
+    pub tag_index: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Layout {
+        let indices = root.join(INDICES_DIR);
+        Layout {
+            root: root.to_path_buf(),
+            events: root.join(EVENTS_DIR),
+            type_index: indices.join(EVENT_TYPE_INDEX_DIR),
+            tag_index: indices.join(TAG_INDEX_DIR),
+        }
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.root.join(LEDGER_FILE)
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+
+    pub fn owner_lock(&self) -> PathBuf {
+        self.root.join(OWNER_LOCK_FILE)
+    }
+
+    pub fn quarantine(&self) -> PathBuf {
+        self.root.join(QUARANTINE_DIR)
+    }
+
+    pub fn event_file(&self, position: u64) -> PathBuf {
+        self.events.join(event_file_name(position))
+    }
+
+    pub fn type_index_file(&self, event_type: &str) -> PathBuf {
+        self.type_index.join(type_index_file_name(event_type))
+    }
+
+    pub fn tag_index_file(&self, tag: &Tag) -> PathBuf {
+        self.tag_index.join(tag_index_file_name(tag))
+    }
+
+    /// Every directory of the layout, parents first.
+    pub fn dirs(&self) -> [PathBuf; 5] {
+        [
+            self.root.clone(),
+            self.events.clone(),
+            self.root.join(INDICES_DIR),
+            self.type_index.clone(),
+            self.tag_index.clone(),
+        ]
+    }
+}
+
+/// `0000000042.json`: the position zero-padded to at least 10 digits.
+pub fn event_file_name(position: u64) -> String {
+    format!("{position:010}.json")
+}
+
+/// The position an event file name stands for; `None` for temporary files and anything else.
+pub fn parse_event_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".json")?;
+    if stem.len() < 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Is this a temporary file (`<final>.tmp.<hex>`) left by an interrupted write?
+pub fn is_tmp_file_name(name: &str) -> bool {
+    name.contains(".tmp.")
+}
+
+/// Characters .NET's `Path.GetInvalidFileNameChars()` returns on this platform.
+fn is_invalid_file_name_char(c: char) -> bool {
+    #[cfg(windows)]
+    {
+        matches!(c, '"' | '<' | '>' | '|' | ':' | '*' | '?' | '\\' | '/') || (c as u32) < 32
+    }
+    #[cfg(not(windows))]
+    {
+        c == '\0' || c == '/'
+    }
+}
+
+/// Opossum's `S(x)` for event index file names: split on invalid file-name characters, drop empty pieces, join
+/// with `_`. Different inputs can map to one name, so readers post-filter on the real type and tags.
+pub fn sanitize(x: &str) -> String {
+    x.split(is_invalid_file_name_char).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_")
+}
+
+pub fn type_index_file_name(event_type: &str) -> String {
+    format!("{}.json", sanitize(event_type))
+}
+
+pub fn tag_index_file_name(tag: &Tag) -> String {
+    format!("{}_{}.json", sanitize(&tag.key), sanitize(&tag.value))
+}
+
+/// `.ledger`: the commit record. An empty or missing file means an empty store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    #[serde(rename = "LastSequencePosition")]
+    pub last_sequence_position: u64,
+    #[serde(rename = "EventCount", default)]
+    pub event_count: u64,
+}
+
+impl Ledger {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("ledger serialises")
+    }
+
+    /// `Ok(None)` for an empty (all-whitespace) file; `Err` for anything unparseable.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Ledger>, FormatError> {
+        let text = strip_bom(bytes);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        serde_json::from_slice(text).map(Some).map_err(|e| FormatError::Json(e.to_string()))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexFile<P> {
+    #[serde(rename = "Positions")]
+    positions: P,
+}
+
+/// `{"Positions":[...]}`
+pub fn encode_index(positions: &[u64]) -> Vec<u8> {
+    serde_json::to_vec(&IndexFile { positions }).expect("index serialises")
+}
+
+/// Parses an index file; the positions must be sorted and unique (Opossum keeps them so), otherwise the file is
+/// reported corrupt so that the caller rebuilds it.
+pub fn decode_index(bytes: &[u8]) -> Result<Vec<u64>, FormatError> {
+    let file: IndexFile<Vec<u64>> =
+        serde_json::from_slice(strip_bom(bytes)).map_err(|e| FormatError::Json(e.to_string()))?;
+    if file.positions.windows(2).any(|w| w[0] >= w[1]) || file.positions.first() == Some(&0) {
+        return Err(FormatError::Invalid("positions are not sorted, unique and ≥ 1".into()));
+    }
+    Ok(file.positions)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DomainEventOut<'a> {
+    event_type: &'a str,
+    event: &'a RawValue,
+    tags: &'a [Tag],
+}
+
+#[derive(Deserialize)]
+struct EventFileIn {
+    event: DomainEventIn,
+    position: u64,
+    #[serde(default)]
+    metadata: Option<RawJson>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DomainEventIn {
+    event_type: String,
+    event: RawJson,
+    #[serde(default)]
+    tags: Option<Vec<TagIn>>,
+}
+
+#[derive(Deserialize)]
+struct TagIn {
+    key: String,
+    value: Option<String>,
+}
+
+/// One event file, minified, as .NET Opossum lays it out (camelCase, `event.event` = the payload).
+pub fn encode_event(position: u64, event_type: &str, data: &RawValue, tags: &[Tag], metadata: &RawValue) -> Vec<u8> {
+    let (mut bytes, tail) = encode_event_parts(event_type, data, tags, metadata);
+    bytes.extend_from_slice(position.to_string().as_bytes());
+    bytes.extend_from_slice(&tail);
+    bytes
+}
+
+/// An event file split around its position number: `{"event":{..},"position":` and `,"metadata":{..}}`, so the
+/// expensive part is encoded before the position is known.
+pub fn encode_event_parts(event_type: &str, data: &RawValue, tags: &[Tag], metadata: &RawValue) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(data.get().len() + 128);
+    head.extend_from_slice(b"{\"event\":");
+    serde_json::to_writer(&mut head, &DomainEventOut { event_type, event: data, tags }).expect("event serialises");
+    head.extend_from_slice(b",\"position\":");
+    let mut tail = Vec::with_capacity(metadata.get().len() + 16);
+    tail.extend_from_slice(b",\"metadata\":");
+    tail.extend_from_slice(metadata.get().as_bytes());
+    tail.push(b'}');
+    (head, tail)
+}
+
+/// Parses an event file written by this library or by .NET Opossum. Payload and metadata keep their meaning
+/// byte for byte; indentation is removed so every value fits on one line of the wire protocol.
+/// A null tag value (possible in .NET) reads as the text `null`, as Opossum's `S()` names it.
+pub fn decode_event(bytes: &[u8]) -> Result<SequencedEvent, FormatError> {
+    let bytes = strip_bom(bytes);
+    let minified;
+    let bytes = if bytes.contains(&b'\n') || bytes.contains(&b'\r') {
+        minified = minify_json(bytes);
+        &minified[..]
+    } else {
+        bytes
+    };
+    let file: EventFileIn = serde_json::from_slice(bytes).map_err(|e| FormatError::Json(e.to_string()))?;
+    if file.event.event_type.is_empty() {
+        return Err(FormatError::Invalid("empty eventType".into()));
+    }
+    let tags = file
+        .event
+        .tags
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| Tag { key: t.key, value: t.value.unwrap_or_else(|| "null".to_string()) })
+        .collect();
+    let metadata = match file.metadata {
+        Some(m) => m,
+        None => RawValue::from_string("{}".into()).expect("valid json"),
+    };
+    Ok(SequencedEvent {
+        position: file.position,
+        event_type: file.event.event_type,
+        data: file.event.event,
+        tags,
+        metadata,
+    })
+}
+
+/// Removes insignificant whitespace from valid JSON (outside strings); leaves escapes untouched.
+pub fn minify_json(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in input {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+/// Fills in `timestamp` when the caller's metadata lacks one; returns minified metadata JSON.
+pub fn metadata_with_timestamp(metadata: Option<&RawValue>, now: std::time::SystemTime) -> Result<RawJson, FormatError> {
+    let mut map: serde_json::Map<String, serde_json::Value> = match metadata {
+        Some(m) => serde_json::from_str(m.get()).map_err(|e| FormatError::Invalid(format!("metadata: {e}")))?,
+        None => serde_json::Map::new(),
+    };
+    map.retain(|_, v| !v.is_null());
+    if !map.contains_key("timestamp") {
+        map.insert("timestamp".into(), serde_json::Value::String(dotnet_timestamp(now)));
+    }
+    let text = serde_json::to_string(&map).expect("metadata serialises");
+    Ok(RawValue::from_string(text).expect("valid json"))
+}
+
+/// Re-serialises client JSON minified (payloads arrive as arbitrary, possibly indented, JSON text).
+pub fn minify_raw(raw: &RawValue) -> RawJson {
+    let text = raw.get();
+    if !text.contains(['\n', '\r', '\t', ' ']) {
+        return raw.to_owned();
+    }
+    let bytes = minify_json(text.as_bytes());
+    RawValue::from_string(String::from_utf8(bytes).expect("minifying keeps UTF-8")).expect("minifying keeps JSON")
+}
+
+/// A `DateTimeOffset` in .NET's round-trip format, UTC: `2026-03-11T10:30:00.1234567+00:00`.
+pub fn dotnet_timestamp(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:07}+00:00",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_nanos() / 100
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_file_names_are_ten_digit_padded() {
+        assert_eq!(event_file_name(42), "0000000042.json");
+        assert_eq!(event_file_name(12_345_678_901), "12345678901.json");
+        assert_eq!(parse_event_file_name("0000000042.json"), Some(42));
+        assert_eq!(parse_event_file_name("12345678901.json"), Some(12_345_678_901));
+        assert_eq!(parse_event_file_name("42.json"), None);
+        assert_eq!(parse_event_file_name("0000000042.json.tmp.0123456789abcdef0123456789abcdef"), None);
+        assert!(is_tmp_file_name("0000000042.json.tmp.0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn sanitiser_splits_on_invalid_chars_and_joins_with_underscore() {
+        assert_eq!(sanitize("StudentRegistered"), "StudentRegistered");
+        assert_eq!(sanitize("a/b"), "a_b");
+        assert_eq!(sanitize("/a//b/"), "a_b");
+        assert_eq!(sanitize("a\0b"), "a_b");
+        assert_eq!(tag_index_file_name(&Tag::new("a_b", "c")), tag_index_file_name(&Tag::new("a", "b_c")));
+        assert_eq!(tag_index_file_name(&Tag::new("studentId", "42")), "studentId_42.json");
+    }
+
+    #[test]
+    fn ledger_round_trips_and_empty_means_zero() {
+        let l = Ledger { last_sequence_position: 7, event_count: 7 };
+        assert_eq!(l.encode(), br#"{"LastSequencePosition":7,"EventCount":7}"#);
+        assert_eq!(Ledger::decode(&l.encode()).unwrap(), Some(l));
+        assert_eq!(Ledger::decode(b"").unwrap(), None);
+        assert_eq!(Ledger::decode(b" \r\n").unwrap(), None);
+        assert!(Ledger::decode(b"{\"LastSeq").is_err());
+        let indented = b"{\r\n  \"LastSequencePosition\": 3,\r\n  \"EventCount\": 3\r\n}";
+        assert_eq!(Ledger::decode(indented).unwrap().unwrap().last_sequence_position, 3);
+    }
+
+    #[test]
+    fn index_round_trips_and_rejects_disorder() {
+        assert_eq!(encode_index(&[1, 5, 9]), br#"{"Positions":[1,5,9]}"#);
+        assert_eq!(decode_index(b"{\r\n  \"Positions\": [\r\n    1,\r\n    5\r\n  ]\r\n}").unwrap(), vec![1, 5]);
+        assert!(decode_index(br#"{"Positions":[5,1]}"#).is_err());
+        assert!(decode_index(br#"{"Positions":[1,1]}"#).is_err());
+        assert!(decode_index(br#"{"Positions":[0]}"#).is_err());
+        assert!(decode_index(b"garbage").is_err());
+    }
+
+    #[test]
+    fn event_round_trips_minified_camel_case() {
+        let data = RawValue::from_string(r#"{"$type":"X, Y","name":"Ann"}"#.into()).unwrap();
+        let meta = RawValue::from_string(r#"{"timestamp":"2026-03-11T10:30:00.1234567+00:00"}"#.into()).unwrap();
+        let bytes = encode_event(3, "StudentRegistered", &data, &[Tag::new("studentId", "7")], &meta);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"event":{"eventType":"StudentRegistered","event":{"$type":"X, Y","name":"Ann"},"tags":[{"key":"studentId","value":"7"}]},"position":3,"metadata":{"timestamp":"2026-03-11T10:30:00.1234567+00:00"}}"#
+        );
+        let e = decode_event(&bytes).unwrap();
+        assert_eq!((e.position, e.event_type.as_str(), e.data.get()), (3, "StudentRegistered", data.get()));
+        assert_eq!(e.tags, vec![Tag::new("studentId", "7")]);
+    }
+
+    #[test]
+    fn reads_indented_crlf_escaped_dotnet_events() {
+        let text = "\u{feff}{\r\n  \"event\": {\r\n    \"eventType\": \"A\",\r\n    \"event\": {\r\n      \"$type\": \"N.A, N\",\r\n      \"note\": \"x \\u003C y \\u0026 \\\"q\\\"  two spaces\"\r\n    },\r\n    \"tags\": [\r\n      {\r\n        \"key\": \"k\",\r\n        \"value\": null\r\n      }\r\n    ]\r\n  },\r\n  \"position\": 1,\r\n  \"metadata\": {\r\n    \"timestamp\": \"2026-03-11T10:30:00.1234567+01:00\"\r\n  }\r\n}";
+        let e = decode_event(text.as_bytes()).unwrap();
+        assert_eq!(e.data.get(), r#"{"$type":"N.A, N","note":"x \u003C y \u0026 \"q\"  two spaces"}"#);
+        assert_eq!(e.tags, vec![Tag::new("k", "null")]);
+        assert_eq!(e.metadata.get(), r#"{"timestamp":"2026-03-11T10:30:00.1234567+01:00"}"#);
+        let v: serde_json::Value = serde_json::from_str(e.data.get()).unwrap();
+        assert_eq!(v["note"], "x < y & \"q\"  two spaces");
+    }
+
+    #[test]
+    fn corrupt_event_files_are_errors() {
+        assert!(decode_event(b"").is_err());
+        assert!(decode_event(b"{\"event\":{\"eventType\":\"A\"").is_err());
+        assert!(decode_event(br#"{"event":{"eventType":"","event":{}},"position":1}"#).is_err());
+    }
+
+    #[test]
+    fn timestamps_use_dotnet_round_trip_format() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_773_225_000, 123_456_789);
+        assert_eq!(dotnet_timestamp(t), "2026-03-11T10:30:00.1234567+00:00");
+        assert_eq!(dotnet_timestamp(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.0000000+00:00");
+        let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert!(dotnet_timestamp(leap).starts_with("2000-02-29T00:00:00"));
+    }
+
+    #[test]
+    fn metadata_keeps_caller_fields_and_adds_a_timestamp() {
+        let m = RawValue::from_string(r#"{"correlationId":"c1","userId":null}"#.into()).unwrap();
+        let out = metadata_with_timestamp(Some(&m), std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(out.get(), r#"{"correlationId":"c1","timestamp":"1970-01-01T00:00:00.0000000+00:00"}"#);
+        let m = RawValue::from_string(r#"{"timestamp":"keep"}"#.into()).unwrap();
+        assert_eq!(metadata_with_timestamp(Some(&m), std::time::UNIX_EPOCH).unwrap().get(), r#"{"timestamp":"keep"}"#);
+    }
+
+    #[test]
+    fn minify_leaves_strings_alone() {
+        assert_eq!(minify_json(b"{ \"a b\" : [ 1 , \"\\\" x \" ] }\r\n"), br#"{"a b":[1,"\" x "]}"#);
+    }
+}

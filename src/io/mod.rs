@@ -1,0 +1,247 @@
+//! `BatchIo`: the one seam between the store and the kernel for bulk file work.
+//!
+//! The store hands a backend many small files at once — thousands of event files to read, a group commit's
+//! event, index and ledger files to write — and the backend decides how to get them through the kernel
+//! (a thread pool everywhere; io_uring rings on Linux). Backends are interchangeable: the same test suite runs
+//! over each one, and `FaultyIo` wraps any of them to inject ENOSPC/EIO.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod faulty;
+pub mod threads;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
+pub use faulty::{Fault, FaultyIo};
+pub use threads::ThreadPoolIo;
+
+/// A failed file operation, naming the file and the step that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct IoError {
+    pub op: IoOp,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(op: IoOp, path: impl Into<PathBuf>, source: std::io::Error) -> IoError {
+        IoError { op, path: path.into(), source }
+    }
+
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+/// The step of a file operation that failed (for error messages and fault injection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Open,
+    Read,
+    Write,
+    Fsync,
+    Rename,
+    FsyncDir,
+}
+
+impl fmt::Display for IoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoOp::Open => "open",
+            IoOp::Read => "read",
+            IoOp::Write => "write",
+            IoOp::Fsync => "fsync",
+            IoOp::Rename => "rename",
+            IoOp::FsyncDir => "fsync directory",
+        })
+    }
+}
+
+/// How a written file takes its final name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// The final name must not exist yet (event files: never overwrite). An existing file fails the write
+    /// with `ErrorKind::AlreadyExists` and is left untouched.
+    CreateNew,
+    /// Atomically replace whatever is at the final name (index files, the ledger).
+    Replace,
+}
+
+/// One file of a write batch.
+#[derive(Debug, Clone, Copy)]
+pub struct FileWrite<'a> {
+    pub path: &'a Path,
+    pub bytes: &'a [u8],
+    pub mode: WriteMode,
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoBackendKind {
+    /// io_uring when the kernel allows it, else the thread pool (with a logged reason).
+    #[default]
+    Auto,
+    Uring,
+    Threads,
+}
+
+impl std::str::FromStr for IoBackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(IoBackendKind::Auto),
+            "uring" | "io_uring" => Ok(IoBackendKind::Uring),
+            "threads" => Ok(IoBackendKind::Threads),
+            other => Err(format!("unknown io backend {other:?}: expected auto, uring or threads")),
+        }
+    }
+}
+
+/// Bulk file I/O. Implementations must be safe to call from many threads at once.
+pub trait BatchIo: Send + Sync {
+    /// A short name for logs and `stats` (`"threads"`, `"uring"`).
+    fn name(&self) -> &'static str;
+
+    /// Reads every file in `paths` whole, however large, and returns one result per path **in request order**
+    /// (`result[i]` belongs to `paths[i]`). A missing or unreadable file fails only its own entry, with its path;
+    /// the call itself never fails. Any number of paths may be given: the backend bounds the descriptors and
+    /// bytes it keeps in flight itself. Callers that need bounded memory pass bounded slices.
+    fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>>;
+
+    /// Writes a batch of files, each to a fresh `<final>.tmp.<32 hex>` in its own directory and then renamed to
+    /// its final name according to its [`WriteMode`].
+    ///
+    /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage:
+    /// each file is fsynced before its rename and each distinct parent directory is fsynced once after all
+    /// renames. With `durable == false` nothing is fsynced (the page cache decides).
+    ///
+    /// On `Err` the batch is **not** atomic: any subset of the files may have reached their final names, and after
+    /// a failed fsync the page cache may have dropped data. Callers treat an error like a crash: they stop writing
+    /// (poison) and rely on recovery at the next open. Leftover temporary files are removed on a best-effort basis.
+    fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError>;
+}
+
+impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
+        (**self).read_files(paths)
+    }
+    fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
+        (**self).write_files(files, durable)
+    }
+}
+
+/// Opens the backend `kind` asks for. `Auto` probes io_uring and falls back to the thread pool, logging why.
+pub fn open_backend(kind: IoBackendKind) -> Result<Arc<dyn BatchIo>, IoError> {
+    match kind {
+        IoBackendKind::Threads => Ok(Arc::new(ThreadPoolIo::new(threads::THREADS_DEFAULT))),
+        #[cfg(target_os = "linux")]
+        IoBackendKind::Uring => Ok(Arc::new(uring::UringIo::new(uring::UringConfig::default())?)),
+        #[cfg(not(target_os = "linux"))]
+        IoBackendKind::Uring => Err(IoError::new(
+            IoOp::Open,
+            "io_uring",
+            std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring exists only on Linux"),
+        )),
+        IoBackendKind::Auto => {
+            #[cfg(target_os = "linux")]
+            match uring::UringIo::new(uring::UringConfig::default()) {
+                Ok(io) => return Ok(Arc::new(io)),
+                Err(e) => tracing::warn!("io_uring unavailable, using the thread pool: {e}"),
+            }
+            Ok(Arc::new(ThreadPoolIo::new(threads::THREADS_DEFAULT)))
+        }
+    }
+}
+
+/// `<final>.tmp.<32 hex>`, the temporary name Opossum uses, unique per process and call.
+pub fn tmp_path(final_path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let hi = nanos ^ ((std::process::id() as u64) << 32);
+    let mut name = final_path.as_os_str().to_owned();
+    name.push(format!(".tmp.{hi:016x}{n:016x}"));
+    PathBuf::from(name)
+}
+
+/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing an existing `to`.
+pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        match nix::fcntl::renameat2(None, from, None, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Some filesystems (and old kernels) lack RENAME_NOREPLACE: fall through to link + unlink.
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
+}
+
+/// fsyncs a directory so that renames and new entries in it are durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        // Windows cannot open a directory as a file; NTFS journals its metadata, and MoveFileEx with
+        // MOVEFILE_WRITE_THROUGH (used by std::fs::rename) returns only after the rename is flushed.
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The distinct parent directories of a write batch, in first-seen order.
+pub fn parent_dirs<'a>(files: &[FileWrite<'a>]) -> Vec<&'a Path> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for f in files {
+        let dir = f.path.parent().unwrap_or(Path::new("."));
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_paths_are_unique_and_in_the_same_directory() {
+        let a = tmp_path(Path::new("/x/events/0000000001.json"));
+        let b = tmp_path(Path::new("/x/events/0000000001.json"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/x/events")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        let hex = name.strip_prefix("0000000001.json.tmp.").unwrap();
+        assert_eq!(hex.len(), 32);
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn rename_no_replace_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "new").unwrap();
+        std::fs::write(&b, "old").unwrap();
+        let err = rename_no_replace(&a, &b).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old");
+        std::fs::remove_file(&b).unwrap();
+        rename_no_replace(&a, &b).unwrap();
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new");
+        assert!(!a.exists());
+    }
+}

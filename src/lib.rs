@@ -1,0 +1,9 @@
+//! opossum: a DCB event store kept as plain files in the on-disk layout of the .NET library Opossum,
+//! read and written in bulk through io_uring (or a portable thread pool) behind the [`io::BatchIo`] trait.
+//!
+//! See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod format;
+pub mod io;
+pub mod model;
+pub mod store;

@@ -1,0 +1,357 @@
+//! DCB domain types and matching rules. Pure: no I/O, no file names.
+//!
+//! Matching (design.md §3.2): a query is `All` or one or more items, OR'ed. Within an item the event's type is
+//! one of `types` (when given) AND the event carries every tag in `tags` (when given); keys and values are
+//! compared exactly. An item with neither types nor tags is rejected at construction.
+
+use std::borrow::Borrow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// A JSON value kept as its (minified) text; the store never interprets payloads.
+pub type RawJson = Box<RawValue>;
+
+/// Longest event type name accepted, in bytes. Opossum turns it into a file name, and file names are
+/// limited to 255 bytes on ext4; the `.json` suffix must still fit.
+pub const EVENT_TYPE_BYTES_MAX: usize = 200;
+/// Longest tag key plus value accepted, in bytes (the tag index file name is `<key>_<value>.json`).
+pub const TAG_BYTES_MAX: usize = 240;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+impl Tag {
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Tag {
+        Tag { key: key.into(), value: value.into() }
+    }
+}
+
+/// An event as a client hands it to `append`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: RawJson,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// Opossum's metadata object (`timestamp`, `correlationId`, ...). The store fills in `timestamp` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<RawJson>,
+}
+
+impl Event {
+    /// Convenience constructor for tests and tools; `data` must be valid JSON text.
+    pub fn new(event_type: &str, data: &str, tags: Vec<Tag>) -> Result<Event, ModelError> {
+        let data = RawValue::from_string(data.to_string())
+            .map_err(|e| ModelError::InvalidEvent(format!("data is not valid JSON: {e}")))?;
+        Ok(Event { event_type: event_type.to_string(), data, tags, metadata: None })
+    }
+}
+
+/// An event read back from the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SequencedEvent {
+    pub position: u64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub data: RawJson,
+    pub tags: Vec<Tag>,
+    pub metadata: RawJson,
+}
+
+/// One OR-branch of a query. Build it with [`QueryItem::new`], which rejects an item with neither types nor tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryItem {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+}
+
+impl QueryItem {
+    pub fn new(types: Vec<String>, tags: Vec<Tag>) -> Result<QueryItem, ModelError> {
+        let item = QueryItem { types, tags };
+        item.validate()?;
+        Ok(item)
+    }
+
+    pub fn types(types: &[&str]) -> QueryItem {
+        QueryItem { types: types.iter().map(|t| t.to_string()).collect(), tags: Vec::new() }
+    }
+
+    pub fn tags(tags: &[(&str, &str)]) -> QueryItem {
+        QueryItem { types: Vec::new(), tags: tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect() }
+    }
+
+    pub fn with_tags(mut self, tags: &[(&str, &str)]) -> QueryItem {
+        self.tags.extend(tags.iter().map(|(k, v)| Tag::new(*k, *v)));
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.types.is_empty() && self.tags.is_empty() {
+            return Err(ModelError::InvalidQuery("a query item needs at least one type or tag".into()));
+        }
+        // Queries create no files, so they may name anything an existing (.NET-written) store could hold;
+        // only emptiness is an error.
+        if self.types.iter().any(|t| t.is_empty()) {
+            return Err(ModelError::InvalidQuery("a query type must not be empty".into()));
+        }
+        if self.tags.iter().any(|t| t.key.is_empty()) {
+            return Err(ModelError::InvalidQuery("a query tag key must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// `tags` may be plain or shared (`Arc<Tag>`) tags.
+    pub fn matches<T: Borrow<Tag>>(&self, event_type: &str, tags: &[T]) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == event_type))
+            && self.tags.iter().all(|want| tags.iter().any(|have| have.borrow() == want))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    All,
+    Items(Vec<QueryItem>),
+}
+
+impl Query {
+    pub fn items(items: Vec<QueryItem>) -> Result<Query, ModelError> {
+        let q = Query::Items(items);
+        q.validate()?;
+        Ok(q)
+    }
+
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self {
+            Query::All => Ok(()),
+            Query::Items(items) if items.is_empty() => {
+                Err(ModelError::InvalidQuery("a query needs at least one item (or use \"all\")".into()))
+            }
+            Query::Items(items) => items.iter().try_for_each(QueryItem::validate),
+        }
+    }
+
+    pub fn matches<T: Borrow<Tag>>(&self, event_type: &str, tags: &[T]) -> bool {
+        match self {
+            Query::All => true,
+            Query::Items(items) => items.iter().any(|i| i.matches(event_type, tags)),
+        }
+    }
+}
+
+/// Wire form: the string `"all"` or `{"items":[...]}`.
+impl Serialize for Query {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct ItemsRef<'a> {
+            items: &'a [QueryItem],
+        }
+        match self {
+            Query::All => s.serialize_str("all"),
+            Query::Items(items) => ItemsRef { items }.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Query {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Query, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Word(String),
+            Items {
+                items: Vec<QueryItem>,
+            },
+        }
+        match Wire::deserialize(d)? {
+            Wire::Word(w) if w == "all" => Ok(Query::All),
+            Wire::Word(w) => Err(serde::de::Error::custom(format!("unknown query {w:?}: use \"all\" or {{\"items\":[..]}}"))),
+            Wire::Items { items } => Query::items(items).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The DCB condition: fail if any event matching `fail_if_events_match` has a position greater than `after`
+/// (any position when `after` is `None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendCondition {
+    pub fail_if_events_match: Query,
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOptions {
+    /// Exclusive lower bound.
+    #[serde(default)]
+    pub after: Option<u64>,
+    /// Exclusive upper bound.
+    #[serde(default)]
+    pub before: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Newest first; with `limit` N this gives the newest N.
+    #[serde(default)]
+    pub backwards: bool,
+}
+
+impl ReadOptions {
+    /// The inclusive position range `[lo, hi]` these bounds allow in a store whose head is `head`, or `None`.
+    pub fn range(&self, head: u64) -> Option<(u64, u64)> {
+        let lo = self.after.map_or(1, |a| a.saturating_add(1)).max(1);
+        let hi = self.before.map_or(head, |b| b.saturating_sub(1)).min(head);
+        (lo <= hi).then_some((lo, hi))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}
+
+pub fn validate_event_type(t: &str) -> Result<(), ModelError> {
+    if t.trim().is_empty() {
+        return Err(ModelError::InvalidEvent("event type must not be empty".into()));
+    }
+    if t.len() > EVENT_TYPE_BYTES_MAX {
+        return Err(ModelError::InvalidEvent(format!("event type is {} bytes; the limit is {EVENT_TYPE_BYTES_MAX}", t.len())));
+    }
+    if t.contains(['\0', '/', '\\']) || t.chars().any(char::is_control) {
+        return Err(ModelError::InvalidEvent(format!("event type {t:?} contains '/', '\\\\', NUL or a control character")));
+    }
+    if t == "." || t == ".." {
+        return Err(ModelError::InvalidEvent(format!("event type {t:?} is not a usable name")));
+    }
+    Ok(())
+}
+
+/// Tags become file names (`Indices/Tags/<key>_<value>.json`), so path separators, NUL, control characters
+/// and dot-only names are refused rather than sanitised into surprises.
+pub fn validate_tag(tag: &Tag) -> Result<(), ModelError> {
+    for (what, s) in [("key", &tag.key), ("value", &tag.value)] {
+        if s.is_empty() {
+            return Err(ModelError::InvalidEvent(format!("tag {what} must not be empty")));
+        }
+        if s.contains(['\0', '/', '\\']) || s.chars().any(char::is_control) {
+            return Err(ModelError::InvalidEvent(format!("tag {what} {s:?} contains '/', '\\\\', NUL or a control character")));
+        }
+        if s.chars().all(|c| c == '.') {
+            return Err(ModelError::InvalidEvent(format!("tag {what} {s:?} is not a usable name")));
+        }
+    }
+    if tag.key.len() + tag.value.len() > TAG_BYTES_MAX {
+        return Err(ModelError::InvalidEvent(format!("tag {}={} is longer than {TAG_BYTES_MAX} bytes", tag.key, tag.value)));
+    }
+    Ok(())
+}
+
+pub fn validate_event(e: &Event) -> Result<(), ModelError> {
+    validate_event_type(&e.event_type)?;
+    e.tags.iter().try_for_each(validate_tag)?;
+    if let Some(m) = &e.metadata {
+        if !m.get().trim_start().starts_with('{') {
+            return Err(ModelError::InvalidEvent("metadata must be a JSON object".into()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(t: &[(&str, &str)]) -> Vec<Tag> {
+        t.iter().map(|(k, v)| Tag::new(*k, *v)).collect()
+    }
+
+    #[test]
+    fn types_are_ored_within_an_item() {
+        let item = QueryItem::types(&["A", "B"]);
+        assert!(item.matches::<Tag>("A", &[]));
+        assert!(item.matches::<Tag>("B", &[]));
+        assert!(!item.matches::<Tag>("C", &[]));
+    }
+
+    #[test]
+    fn tags_are_anded_within_an_item() {
+        let item = QueryItem::tags(&[("course", "1"), ("student", "2")]);
+        assert!(item.matches("X", &tags(&[("course", "1"), ("student", "2"), ("z", "9")])));
+        assert!(!item.matches("X", &tags(&[("course", "1")])));
+    }
+
+    #[test]
+    fn types_and_tags_both_apply() {
+        let item = QueryItem::types(&["A"]).with_tags(&[("k", "v")]);
+        assert!(item.matches("A", &tags(&[("k", "v")])));
+        assert!(!item.matches("B", &tags(&[("k", "v")])));
+        assert!(!item.matches("A", &tags(&[("k", "w")])));
+    }
+
+    #[test]
+    fn items_are_ored() {
+        let q = Query::items(vec![QueryItem::types(&["A"]), QueryItem::tags(&[("k", "v")])]).unwrap();
+        assert!(q.matches::<Tag>("A", &[]));
+        assert!(q.matches("B", &tags(&[("k", "v")])));
+        assert!(!q.matches("B", &tags(&[("k", "w")])));
+        assert!(Query::All.matches::<Tag>("anything", &[]));
+    }
+
+    #[test]
+    fn keys_and_values_match_exactly() {
+        let item = QueryItem::tags(&[("Course", "1")]);
+        assert!(!item.matches("X", &tags(&[("course", "1")])));
+        assert!(!item.matches("X", &tags(&[("Course", "1 ")])));
+        let item = QueryItem::tags(&[("a_b", "c")]);
+        assert!(!item.matches("X", &tags(&[("a", "b_c")])), "sanitised-name collisions must not match");
+    }
+
+    #[test]
+    fn empty_items_and_empty_queries_are_rejected() {
+        assert!(QueryItem::new(vec![], vec![]).is_err());
+        assert!(Query::items(vec![]).is_err());
+        assert!(serde_json::from_str::<Query>(r#"{"items":[{}]}"#).is_err());
+        assert!(serde_json::from_str::<Query>(r#""some""#).is_err());
+        assert_eq!(serde_json::from_str::<Query>(r#""all""#).unwrap(), Query::All);
+        let q: Query = serde_json::from_str(r#"{"items":[{"types":["A"],"tags":[{"key":"k","value":"v"}]}]}"#).unwrap();
+        assert_eq!(q, Query::items(vec![QueryItem::types(&["A"]).with_tags(&[("k", "v")])]).unwrap());
+        assert_eq!(serde_json::to_string(&Query::All).unwrap(), r#""all""#);
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        assert!(validate_event_type("").is_err());
+        assert!(validate_event_type("  ").is_err());
+        assert!(validate_event_type("a/b").is_err());
+        assert!(validate_event_type("..").is_err());
+        assert!(validate_event_type(&"x".repeat(EVENT_TYPE_BYTES_MAX + 1)).is_err());
+        assert!(validate_event_type("StudentRegistered").is_ok());
+        assert!(validate_tag(&Tag::new("k", "..")).is_err());
+        assert!(validate_tag(&Tag::new("k", "a/b")).is_err());
+        assert!(validate_tag(&Tag::new("", "v")).is_err());
+        assert!(validate_tag(&Tag::new("k", "a\0")).is_err());
+        assert!(validate_tag(&Tag::new("studentId", "42")).is_ok());
+    }
+
+    #[test]
+    fn read_range_applies_exclusive_bounds() {
+        let o = ReadOptions { after: Some(2), before: Some(5), ..Default::default() };
+        assert_eq!(o.range(10), Some((3, 4)));
+        assert_eq!(ReadOptions::default().range(0), None);
+        assert_eq!(ReadOptions::default().range(3), Some((1, 3)));
+        let o = ReadOptions { after: Some(3), before: Some(4), ..Default::default() };
+        assert_eq!(o.range(10), None);
+        let o = ReadOptions { before: Some(0), ..Default::default() };
+        assert_eq!(o.range(10), None);
+        let o = ReadOptions { after: Some(u64::MAX), ..Default::default() };
+        assert_eq!(o.range(10), None);
+    }
+}

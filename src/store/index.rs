@@ -1,0 +1,252 @@
+//! The in-memory index: which positions each index *file* lists, plus, where known, each event's exact type and
+//! tags. Keys are the sanitised file stems of Opossum's index files, so the index loads straight from them;
+//! because different types or tags can share a file stem, every answer is a candidate set that callers check
+//! against the exact type and tags (post-filtering).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::format;
+use crate::model::{Query, QueryItem, Tag};
+
+/// An event's exact type and tags, interned.
+#[derive(Debug, Clone)]
+pub struct EventKeys {
+    pub event_type: Arc<str>,
+    pub tags: Box<[Arc<Tag>]>,
+}
+
+impl EventKeys {
+    pub fn matches(&self, query: &Query) -> bool {
+        query.matches(&self.event_type, &self.tags)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    /// Positions listed by `Indices/EventType/<stem>.json`, sorted and unique.
+    pub by_type: HashMap<String, Vec<u64>>,
+    /// Positions listed by `Indices/Tags/<stem>.json`, sorted and unique.
+    pub by_tag: HashMap<String, Vec<u64>>,
+    /// `keys[p - 1]`: the exact keys of event `p`, when this process has seen them.
+    keys: Vec<Option<EventKeys>>,
+    types_interned: HashSet<Arc<str>>,
+    tags_interned: HashSet<Arc<Tag>>,
+    /// File stems changed since the index files were last written.
+    pub dirty_types: BTreeSet<String>,
+    pub dirty_tags: BTreeSet<String>,
+}
+
+pub fn type_stem(event_type: &str) -> String {
+    format::sanitize(event_type)
+}
+
+pub fn tag_stem(tag: &Tag) -> String {
+    format!("{}_{}", format::sanitize(&tag.key), format::sanitize(&tag.value))
+}
+
+impl Index {
+    /// Adds event `position` with its exact keys to the index (idempotent), marking the touched files dirty.
+    pub fn insert(&mut self, position: u64, event_type: &str, tags: &[Tag]) {
+        let stem = type_stem(event_type);
+        if insert_sorted(self.by_type.entry(stem.clone()).or_default(), position) {
+            self.dirty_types.insert(stem);
+        }
+        for tag in tags {
+            let stem = tag_stem(tag);
+            if insert_sorted(self.by_tag.entry(stem.clone()).or_default(), position) {
+                self.dirty_tags.insert(stem);
+            }
+        }
+        self.remember(position, event_type, tags);
+    }
+
+    /// Records the exact keys of an event already in the position lists.
+    pub fn remember(&mut self, position: u64, event_type: &str, tags: &[Tag]) {
+        let event_type = match self.types_interned.get(event_type) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(event_type);
+                self.types_interned.insert(t.clone());
+                t
+            }
+        };
+        let tags = tags
+            .iter()
+            .map(|tag| match self.tags_interned.get(tag) {
+                Some(t) => t.clone(),
+                None => {
+                    let t = Arc::new(tag.clone());
+                    self.tags_interned.insert(t.clone());
+                    t
+                }
+            })
+            .collect();
+        let slot = (position - 1) as usize;
+        if self.keys.len() <= slot {
+            self.keys.resize(slot + 1, None);
+        }
+        self.keys[slot] = Some(EventKeys { event_type, tags });
+    }
+
+    pub fn keys(&self, position: u64) -> Option<&EventKeys> {
+        self.keys.get((position.checked_sub(1)?) as usize)?.as_ref()
+    }
+
+    /// Drops every position above `head` (after a failed commit left uncommitted ones behind).
+    pub fn truncate(&mut self, head: u64) {
+        for (stem, list) in self.by_type.iter_mut() {
+            if list.last().is_some_and(|&p| p > head) {
+                list.retain(|&p| p <= head);
+                self.dirty_types.insert(stem.clone());
+            }
+        }
+        for (stem, list) in self.by_tag.iter_mut() {
+            if list.last().is_some_and(|&p| p > head) {
+                list.retain(|&p| p <= head);
+                self.dirty_tags.insert(stem.clone());
+            }
+        }
+        self.keys.truncate(head as usize);
+    }
+
+    /// Candidate positions for `query` within `[lo, hi]`, ascending: a superset of the matching events (index
+    /// files can be shared by several exact types or tags), `None` meaning "every position" for `Query::All`.
+    pub fn candidates(&self, query: &Query, lo: u64, hi: u64) -> Option<Vec<u64>> {
+        let items = match query {
+            Query::All => return None,
+            Query::Items(items) => items,
+        };
+        let lists: Vec<Vec<u64>> = items.iter().map(|item| self.item_candidates(item, lo, hi)).collect();
+        Some(union_sorted(&lists))
+    }
+
+    fn item_candidates(&self, item: &QueryItem, lo: u64, hi: u64) -> Vec<u64> {
+        let clip = |list: &[u64]| -> Vec<u64> {
+            let start = list.partition_point(|&p| p < lo);
+            let end = list.partition_point(|&p| p <= hi);
+            list[start..end.max(start)].to_vec()
+        };
+        let empty: Vec<u64> = Vec::new();
+        // Tags AND: intersect, starting with the shortest list.
+        let mut tag_lists: Vec<&Vec<u64>> =
+            item.tags.iter().map(|t| self.by_tag.get(&tag_stem(t)).unwrap_or(&empty)).collect();
+        tag_lists.sort_by_key(|l| l.len());
+        let by_tags = tag_lists.split_first().map(|(first, rest)| {
+            let mut acc = clip(first);
+            for l in rest {
+                acc.retain(|p| l.binary_search(p).is_ok());
+            }
+            acc
+        });
+        // Types OR: union.
+        let by_types = (!item.types.is_empty()).then(|| {
+            let lists: Vec<Vec<u64>> = item
+                .types
+                .iter()
+                .map(|t| self.by_type.get(&type_stem(t)).map_or_else(Vec::new, |l| clip(l)))
+                .collect();
+            union_sorted(&lists)
+        });
+        match (by_types, by_tags) {
+            (Some(types), Some(mut tags)) => {
+                tags.retain(|p| types.binary_search(p).is_ok());
+                tags
+            }
+            (Some(types), None) => types,
+            (None, Some(tags)) => tags,
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+/// Inserts `p` keeping `list` sorted and unique; returns whether it was new.
+fn insert_sorted(list: &mut Vec<u64>, p: u64) -> bool {
+    if list.last().is_none_or(|&last| last < p) {
+        list.push(p);
+        return true;
+    }
+    match list.binary_search(&p) {
+        Ok(_) => false,
+        Err(at) => {
+            list.insert(at, p);
+            true
+        }
+    }
+}
+
+/// K-way merge of sorted, unique lists into one sorted, unique list.
+pub fn union_sorted(lists: &[Vec<u64>]) -> Vec<u64> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    match lists {
+        [] => return Vec::new(),
+        [one] => return one.clone(),
+        _ => {}
+    }
+    let mut heap: BinaryHeap<Reverse<(u64, usize, usize)>> =
+        lists.iter().enumerate().filter_map(|(i, l)| l.first().map(|&p| Reverse((p, i, 0)))).collect();
+    let mut out = Vec::with_capacity(lists.iter().map(Vec::len).max().unwrap_or(0));
+    while let Some(Reverse((p, list, at))) = heap.pop() {
+        if out.last() != Some(&p) {
+            out.push(p);
+        }
+        if let Some(&next) = lists[list].get(at + 1) {
+            heap.push(Reverse((next, list, at + 1)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_merges_and_dedupes() {
+        assert_eq!(union_sorted(&[vec![1, 4, 9], vec![2, 4, 10], vec![]]), vec![1, 2, 4, 9, 10]);
+        assert_eq!(union_sorted(&[]), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn candidates_follow_the_query_rules() {
+        let mut ix = Index::default();
+        ix.insert(1, "A", &[Tag::new("c", "1")]);
+        ix.insert(2, "B", &[Tag::new("c", "1"), Tag::new("s", "9")]);
+        ix.insert(3, "A", &[Tag::new("c", "2")]);
+        ix.insert(4, "C", &[]);
+        let q = |items: Vec<QueryItem>| Query::items(items).unwrap();
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["A", "C"])]), 1, 4), Some(vec![1, 3, 4]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::tags(&[("c", "1"), ("s", "9")])]), 1, 4), Some(vec![2]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["A"]).with_tags(&[("c", "1")])]), 1, 4), Some(vec![1]));
+        let two = q(vec![QueryItem::types(&["C"]), QueryItem::tags(&[("c", "2")])]);
+        assert_eq!(ix.candidates(&two, 1, 4), Some(vec![3, 4]));
+        assert_eq!(ix.candidates(&two, 4, 4), Some(vec![4]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["Z"])]), 1, 4), Some(vec![]));
+        assert_eq!(ix.candidates(&Query::All, 1, 4), None);
+    }
+
+    #[test]
+    fn colliding_stems_share_a_list_but_keys_stay_exact() {
+        let mut ix = Index::default();
+        ix.insert(1, "E", &[Tag::new("a_b", "c")]);
+        ix.insert(2, "E", &[Tag::new("a", "b_c")]);
+        let q = Query::items(vec![QueryItem::tags(&[("a_b", "c")])]).unwrap();
+        assert_eq!(ix.candidates(&q, 1, 2), Some(vec![1, 2]));
+        assert!(ix.keys(1).unwrap().matches(&q));
+        assert!(!ix.keys(2).unwrap().matches(&q));
+    }
+
+    #[test]
+    fn truncate_drops_uncommitted_positions() {
+        let mut ix = Index::default();
+        ix.insert(1, "A", &[Tag::new("k", "v")]);
+        ix.insert(2, "A", &[Tag::new("k", "v")]);
+        ix.dirty_types.clear();
+        ix.truncate(1);
+        assert_eq!(ix.by_type["A"], vec![1]);
+        assert_eq!(ix.by_tag["k_v"], vec![1]);
+        assert!(ix.keys(2).is_none());
+        assert!(ix.dirty_types.contains("A"));
+    }
+}

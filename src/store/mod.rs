@@ -1,0 +1,480 @@
+//! The event store: open (with recovery), group-committed durable appends, streaming reads.
+//!
+//! Only this module changes disk state. Writers: one thread (`writer`) owns every mutation and takes
+//! `flock(LOCK_EX)` on `.store.lock` around each group commit, so a .NET Opossum process can share the store.
+//! Readers: any thread, no lock; they see a snapshot of the in-memory index at the current head.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::format::{self, Layout};
+use crate::io::{self, BatchIo, IoBackendKind, IoError};
+use crate::model::{
+    self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
+};
+
+mod index;
+mod reader;
+mod recovery;
+mod writer;
+
+pub use reader::EventReader;
+
+/// Most events one append request may carry.
+pub const APPEND_EVENTS_MAX: usize = 10_000;
+/// Largest encoded event file accepted, in bytes.
+pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest total of encoded event bytes in one append request.
+pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Append requests waiting for the writer; further appenders block (backpressure).
+pub const APPEND_QUEUE_MAX: usize = 1024;
+/// Most events one group commit writes; the rest wait for the next commit.
+pub const GROUP_EVENTS_MAX: usize = 8192;
+/// Event files read per `BatchIo::read_files` call while streaming a read.
+pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Acknowledge only after event files, index files, the ledger and their directories are fsynced.
+    #[default]
+    Fsync,
+    /// Write through the page cache only (benchmarks, tests, throwaway stores).
+    None,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fsync" => Ok(Durability::Fsync),
+            "none" => Ok(Durability::None),
+            other => Err(format!("unknown durability {other:?}: expected fsync or none")),
+        }
+    }
+}
+
+/// When the Opossum index files (`Indices/`) are rewritten. The in-memory index answers every query either way;
+/// the files are a derived cache that `open` re-derives for any event they do not cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IndexWrites {
+    /// In every group commit, before the ledger (as Opossum does): the files are current whenever
+    /// `.store.lock` is free, so .NET processes can share the store. Costs O(index file size) per commit.
+    #[default]
+    EveryCommit,
+    /// At most every `interval` and at close: appends stay O(batch) on big stores. Meant for a store this daemon
+    /// owns alone; .NET readers see index files up to `interval` old.
+    Deferred { interval: Duration },
+}
+
+#[derive(Clone)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    pub io_backend: IoBackendKind,
+    /// Use this backend instead of opening `io_backend` (tests wrap backends, e.g. in `FaultyIo`).
+    pub io: Option<Arc<dyn BatchIo>>,
+    pub index_writes: IndexWrites,
+    /// Hold `.opossumd.lock` for the store's lifetime and fail if another process holds it (daemons).
+    pub exclusive: bool,
+    pub read_batch_files: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Fsync,
+            io_backend: IoBackendKind::Auto,
+            io: None,
+            index_writes: IndexWrites::EveryCommit,
+            exclusive: false,
+            read_batch_files: READ_BATCH_FILES_DEFAULT,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("durability", &self.durability)
+            .field("io_backend", &self.io_backend)
+            .field("io", &self.io.as_ref().map(|io| io.name()))
+            .field("index_writes", &self.index_writes)
+            .field("exclusive", &self.exclusive)
+            .field("read_batch_files", &self.read_batch_files)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    #[error("append condition failed: event {position} matches the condition's query")]
+    ConditionFailed { position: u64 },
+    #[error("storage error: {0}")]
+    Io(Arc<IoError>),
+    #[error("corrupt file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("event file {path} is missing, but the ledger says events up to {ledger} exist")]
+    MissingEvent { path: PathBuf, ledger: u64 },
+    #[error("the store refuses writes after a failed write or fsync (reopen it to recover): {0}")]
+    Poisoned(String),
+    #[error("store {0} is in use by another opossumd process")]
+    Locked(PathBuf),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<IoError> for StoreError {
+    fn from(e: IoError) -> Self {
+        StoreError::Io(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    fn io(op: io::IoOp, path: &Path, e: std::io::Error) -> StoreError {
+        StoreError::from(IoError::new(op, path, e))
+    }
+}
+
+/// What a successful append reports: the positions it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Counters for `stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub appends: AtomicU64,
+    pub events_appended: AtomicU64,
+    pub condition_failures: AtomicU64,
+    pub commits: AtomicU64,
+    pub write_batches: AtomicU64,
+    pub events_read: AtomicU64,
+    pub commit_latency_us_total: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    pub head: u64,
+    pub io_backend: String,
+    pub appends: u64,
+    pub events_appended: u64,
+    pub condition_failures: u64,
+    /// Group commits: each pays its fsyncs once for all of its appends.
+    pub commits: u64,
+    /// `BatchIo::write_files` calls (each fsyncs its files and directories once when durable).
+    pub write_batches: u64,
+    pub events_read: u64,
+    pub commit_latency_us_total: u64,
+    pub poisoned: Option<String>,
+}
+
+/// State shared by the store handle, the writer thread and readers.
+pub(crate) struct Shared {
+    pub layout: Layout,
+    pub io: Arc<dyn BatchIo>,
+    pub options: StoreOptions,
+    pub index: RwLock<index::Index>,
+    /// Highest committed (acknowledgeable) position; readers never go beyond it.
+    pub head: AtomicU64,
+    pub poisoned: Mutex<Option<String>>,
+    pub counters: Counters,
+}
+
+impl Shared {
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    pub fn poison_reason(&self) -> Option<String> {
+        self.poisoned.lock().unwrap().clone()
+    }
+
+    pub fn poison(&self, reason: String) {
+        tracing::error!("store poisoned: {reason}");
+        self.poisoned.lock().unwrap().get_or_insert(reason);
+    }
+
+    /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
+    pub fn read_events(&self, positions: &[u64]) -> Result<Vec<SequencedEvent>, StoreError> {
+        read_event_files(&self.layout, self.io.as_ref(), positions, self.head())
+    }
+}
+
+/// Reads and decodes the event files of `positions` in one `BatchIo` call, in order. A missing file (all of
+/// `positions` are at most the ledger's `head`) or one whose content disagrees with its name is an error naming it.
+pub(crate) fn read_event_files(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    positions: &[u64],
+    head: u64,
+) -> Result<Vec<SequencedEvent>, StoreError> {
+    let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
+    let results = io.read_files(&paths);
+    let mut events = Vec::with_capacity(positions.len());
+    for ((result, path), &position) in results.into_iter().zip(&paths).zip(positions) {
+        let bytes = result.map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::MissingEvent { path: path.clone(), ledger: head },
+            _ => StoreError::from(e),
+        })?;
+        let event = format::decode_event(&bytes)
+            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
+        if event.position != position {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                reason: format!("file says position {}, its name says {position}", event.position),
+            });
+        }
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// An event validated and half-encoded by the appending thread, so the writer only splices in positions.
+pub(crate) struct PreparedEvent {
+    pub event_type: String,
+    pub tags: Vec<Tag>,
+    /// The event file's bytes before and after the position number.
+    pub file_head: Vec<u8>,
+    pub file_tail: Vec<u8>,
+}
+
+impl PreparedEvent {
+    pub fn file_bytes(&self, position: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.file_head.len() + 20 + self.file_tail.len());
+        out.extend_from_slice(&self.file_head);
+        out.extend_from_slice(position.to_string().as_bytes());
+        out.extend_from_slice(&self.file_tail);
+        out
+    }
+}
+
+pub(crate) enum Request {
+    Append {
+        events: Vec<PreparedEvent>,
+        condition: Option<AppendCondition>,
+        reply: SyncSender<Result<Appended, StoreError>>,
+    },
+    /// Take the store lock, pick up events other processes appended, and (deferred mode) flush index files.
+    Sync { reply: SyncSender<Result<u64, StoreError>> },
+}
+
+pub struct Store {
+    shared: Arc<Shared>,
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    _owner_lock: Option<File>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store whose root directory is `root`: the folder holding `.ledger`,
+    /// `events/` and `Indices/`. Recovers from crashes first: see ARCHITECTURE.md, "Recovery".
+    pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
+        let layout = Layout::new(root.as_ref());
+        std::fs::create_dir_all(&layout.root).map_err(|e| StoreError::io(io::IoOp::Open, &layout.root, e))?;
+        let owner_lock = if options.exclusive {
+            let path = layout.owner_lock();
+            let file = open_lock_file(&path)?;
+            match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(layout.root.clone())),
+                Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(io::IoOp::Open, &path, e)),
+            }
+        } else {
+            None
+        };
+        let io = match &options.io {
+            Some(io) => io.clone(),
+            None => io::open_backend(options.io_backend)?,
+        };
+        let lock_file = open_lock_file(&layout.lock())?;
+        let recovered = {
+            let _guard = StoreLock::acquire(&lock_file, &layout)?;
+            recovery::recover(&layout, io.as_ref(), options.durability == Durability::Fsync)?
+        };
+        let shared = Arc::new(Shared {
+            layout,
+            io,
+            options,
+            index: RwLock::new(recovered.index),
+            head: AtomicU64::new(recovered.head),
+            poisoned: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        let (tx, rx) = sync_channel(APPEND_QUEUE_MAX);
+        let writer = writer::Writer::new(shared.clone(), lock_file, rx);
+        let handle = std::thread::Builder::new()
+            .name("opossum-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("writer thread"), e))?;
+        tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
+        Ok(Store { shared, requests: Some(tx), writer: Some(handle), _owner_lock: owner_lock })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.shared.layout.root
+    }
+
+    /// The highest committed position (0 for an empty store).
+    pub fn head(&self) -> u64 {
+        self.shared.head()
+    }
+
+    pub fn io_backend(&self) -> &'static str {
+        self.shared.io.name()
+    }
+
+    /// Appends `events` atomically at the next positions, if `condition` holds. Blocks until the events are durable
+    /// (per `Durability`); concurrent callers share group commits.
+    pub fn append(&self, events: Vec<Event>, condition: Option<AppendCondition>) -> Result<Appended, StoreError> {
+        let prepared = prepare(events, condition.as_ref())?;
+        let (reply, response) = sync_channel(1);
+        self.send(Request::Append { events: prepared, condition, reply })?;
+        response.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Takes the store lock once: picks up events appended by other processes (the ledger moved) and, with
+    /// deferred index writes, brings the index files up to date. Returns the head.
+    pub fn sync(&self) -> Result<u64, StoreError> {
+        let (reply, response) = sync_channel(1);
+        self.send(Request::Sync { reply })?;
+        response.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, request: Request) -> Result<(), StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        requests.send(request).map_err(|_| StoreError::Closed)
+    }
+
+    /// Streams the events matching `query` within `options`, in position order (descending when backwards).
+    pub fn read(&self, query: &Query, options: ReadOptions) -> Result<EventReader, StoreError> {
+        query.validate()?;
+        Ok(EventReader::new(self.shared.clone(), query.clone(), options))
+    }
+
+    /// Reads everything `read` would stream into one vector (tests and small results).
+    pub fn read_to_vec(&self, query: &Query, options: ReadOptions) -> Result<Vec<SequencedEvent>, StoreError> {
+        self.read(query, options)?.collect()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            head: self.head(),
+            io_backend: self.shared.io.name().to_string(),
+            appends: get(&c.appends),
+            events_appended: get(&c.events_appended),
+            condition_failures: get(&c.condition_failures),
+            commits: get(&c.commits),
+            write_batches: get(&c.write_batches),
+            events_read: get(&c.events_read),
+            commit_latency_us_total: get(&c.commit_latency_us_total),
+            poisoned: self.shared.poison_reason(),
+        }
+    }
+
+    /// Finishes queued appends, flushes deferred index files, and stops the writer.
+    pub fn close(mut self) -> Result<(), StoreError> {
+        self.shutdown();
+        match self.shared.poison_reason() {
+            Some(reason) => Err(StoreError::Poisoned(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.requests.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| StoreError::io(io::IoOp::Open, path, e))
+}
+
+/// `flock(LOCK_EX)` on `.store.lock`, released on drop.
+pub(crate) struct StoreLock<'a>(&'a File);
+
+impl<'a> StoreLock<'a> {
+    pub fn acquire(file: &'a File, layout: &Layout) -> Result<StoreLock<'a>, StoreError> {
+        file.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
+        Ok(StoreLock(file))
+    }
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// Validates an append and encodes its events (everything but the positions) on the caller's thread.
+fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Vec<PreparedEvent>, StoreError> {
+    if events.is_empty() {
+        return Err(ModelError::InvalidEvent("an append needs at least one event".into()).into());
+    }
+    if events.len() > APPEND_EVENTS_MAX {
+        return Err(ModelError::InvalidEvent(format!(
+            "an append may carry at most {APPEND_EVENTS_MAX} events, got {}",
+            events.len()
+        ))
+        .into());
+    }
+    if let Some(c) = condition {
+        c.fail_if_events_match.validate()?;
+    }
+    let now = std::time::SystemTime::now();
+    let mut total_bytes = 0usize;
+    let mut prepared = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        model::validate_event(&event).map_err(|e| ModelError::InvalidEvent(format!("event {i}: {e}")))?;
+        let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now)
+            .map_err(|e| ModelError::InvalidEvent(format!("event {i}: {e}")))?;
+        let data = format::minify_raw(&event.data);
+        let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
+        let bytes = file_head.len() + file_tail.len();
+        if bytes > EVENT_BYTES_MAX {
+            return Err(ModelError::InvalidEvent(format!(
+                "event {i} is {bytes} bytes encoded; the limit is {EVENT_BYTES_MAX}"
+            ))
+            .into());
+        }
+        total_bytes += bytes;
+        prepared.push(PreparedEvent { event_type: event.event_type, tags: event.tags, file_head, file_tail });
+    }
+    if total_bytes > APPEND_BYTES_MAX {
+        return Err(ModelError::InvalidEvent(format!(
+            "the append is {total_bytes} bytes encoded; the limit is {APPEND_BYTES_MAX}"
+        ))
+        .into());
+    }
+    debug_assert!(prepared.iter().all(|e| e.event_type.len() <= EVENT_TYPE_BYTES_MAX));
+    Ok(prepared)
+}
+
+/// Microseconds since `start`, saturating.
+pub(crate) fn elapsed_us(start: Instant) -> u64 {
+    start.elapsed().as_micros().min(u64::MAX as u128) as u64
+}

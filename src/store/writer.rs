@@ -1,0 +1,341 @@
+//! The single writer thread: group commit.
+//!
+//! Appenders queue requests; the writer takes everything queued (up to `GROUP_EVENTS_MAX` events), and under
+//! `.store.lock`:
+//! 1. catches up with events other processes appended (the ledger moved),
+//! 2. checks each request's condition in arrival order — against the committed index and against the requests
+//!    already accepted into this group, so each accepted batch is visible to the next one's check,
+//! 3. writes all accepted event files (and, with `IndexWrites::EveryCommit`, the changed index files) in one
+//!    durable `BatchIo` batch,
+//! 4. writes the ledger (the commit record) in a second durable batch,
+//! 5. publishes the new head and answers every appender.
+//!
+//! Any write or fsync error poisons the store: the writer refuses all further appends (a failed fsync may have
+//! lost dirty pages; retrying would lie), readers keep working below the last acknowledged head, and the next
+//! `open` recovers.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::recovery::{self, encode_dirty_index_files, flush_index_files, replace_all};
+use super::{
+    elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
+    StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+};
+use crate::format::Ledger;
+use crate::io::{FileWrite, WriteMode};
+use crate::model::AppendCondition;
+
+struct Pending {
+    events: Vec<PreparedEvent>,
+    condition: Option<AppendCondition>,
+    reply: std::sync::mpsc::SyncSender<Result<Appended, StoreError>>,
+}
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    lock_file: File,
+    requests: Receiver<Request>,
+    last_index_flush: Instant,
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
+        Writer { shared, lock_file, requests, last_index_flush: Instant::now() }
+    }
+
+    fn durable(&self) -> bool {
+        self.shared.options.durability == Durability::Fsync
+    }
+
+    fn flush_interval(&self) -> Option<Duration> {
+        match self.shared.options.index_writes {
+            IndexWrites::EveryCommit => None,
+            IndexWrites::Deferred { interval } => Some(interval),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            let request = match self.flush_interval() {
+                None => match self.requests.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                },
+                Some(interval) => match self.requests.recv_timeout(interval.saturating_sub(self.last_index_flush.elapsed())) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            match request {
+                Some(Request::Sync { reply }) => {
+                    let _ = reply.send(self.sync());
+                }
+                Some(Request::Append { events, condition, reply }) => {
+                    let mut syncs = Vec::new();
+                    let mut group = vec![Pending { events, condition, reply }];
+                    let mut group_events = group[0].events.len();
+                    while group_events < GROUP_EVENTS_MAX {
+                        match self.requests.try_recv() {
+                            Ok(Request::Append { events, condition, reply }) => {
+                                group_events += events.len();
+                                group.push(Pending { events, condition, reply });
+                            }
+                            Ok(Request::Sync { reply }) => syncs.push(reply),
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    }
+                    self.commit(group);
+                    for reply in syncs {
+                        let _ = reply.send(self.sync());
+                    }
+                }
+                None => {}
+            }
+            if self.flush_interval().is_some_and(|i| self.last_index_flush.elapsed() >= i) {
+                self.flush_deferred_index();
+            }
+        }
+        if self.flush_interval().is_some() {
+            self.flush_deferred_index();
+        }
+    }
+
+    /// `Request::Sync`: catch up with other writers and flush deferred index files.
+    fn sync(&mut self) -> Result<u64, StoreError> {
+        if let Some(reason) = self.shared.poison_reason() {
+            return Err(StoreError::Poisoned(reason));
+        }
+        {
+            let _lock = StoreLock::acquire(&self.lock_file, &self.shared.layout)?;
+            self.catch_up()?;
+        }
+        if self.flush_interval().is_some() {
+            self.flush_deferred_index();
+        }
+        Ok(self.shared.head())
+    }
+
+    fn flush_deferred_index(&mut self) {
+        self.last_index_flush = Instant::now();
+        if self.shared.poison_reason().is_some() {
+            return;
+        }
+        let dirty = {
+            let index = self.shared.index.read().unwrap();
+            !index.dirty_tags.is_empty() || !index.dirty_types.is_empty()
+        };
+        if !dirty {
+            return;
+        }
+        let result = StoreLock::acquire(&self.lock_file, &self.shared.layout).and_then(|_lock| {
+            flush_index_files(&self.shared.layout, self.shared.io.as_ref(), &self.shared.index, self.durable())
+        });
+        match result {
+            Ok(batches) => {
+                self.shared.counters.write_batches.fetch_add(batches as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.shared.poison(format!("writing index files failed: {e}")),
+        }
+    }
+
+    /// Picks up events another process appended since our head (it moved the ledger).
+    fn catch_up(&self) -> Result<(), StoreError> {
+        let ledger = recovery::read_ledger(&self.shared.layout)?;
+        let head = self.shared.head();
+        if ledger < head {
+            return Err(StoreError::Corrupt {
+                path: self.shared.layout.ledger(),
+                reason: format!("the ledger went back from {head} to {ledger}"),
+            });
+        }
+        if ledger == head {
+            return Ok(());
+        }
+        tracing::info!(from = head + 1, to = ledger, "picking up events appended by another process");
+        let positions: Vec<u64> = (head + 1..=ledger).collect();
+        for chunk in positions.chunks(READ_BATCH_FILES_DEFAULT) {
+            let events = read_event_files(&self.shared.layout, self.shared.io.as_ref(), chunk, ledger)?;
+            let mut index = self.shared.index.write().unwrap();
+            for e in events {
+                index.insert(e.position, &e.event_type, &e.tags);
+            }
+        }
+        self.shared.head.store(ledger, Ordering::Release);
+        Ok(())
+    }
+
+    fn commit(&mut self, group: Vec<Pending>) {
+        let started = Instant::now();
+        if let Some(reason) = self.shared.poison_reason() {
+            for p in group {
+                let _ = p.reply.send(Err(StoreError::Poisoned(reason.clone())));
+            }
+            return;
+        }
+        let lock = match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
+            Ok(lock) => lock,
+            Err(e) => {
+                for p in group {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        if let Err(e) = self.catch_up() {
+            self.shared.poison(format!("could not pick up other writers' events: {e}"));
+            for p in group {
+                let _ = p.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let head = self.shared.head();
+        let mut next = head + 1;
+        let mut accepted: Vec<(Pending, u64)> = Vec::with_capacity(group.len());
+        for p in group {
+            match self.check(&p, head, &accepted) {
+                Ok(()) => {
+                    let first = next;
+                    next += p.events.len() as u64;
+                    accepted.push((p, first));
+                }
+                Err(e) => {
+                    if matches!(e, StoreError::ConditionFailed { .. }) {
+                        self.shared.counters.condition_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let new_head = next - 1;
+        match self.write(&accepted, head, new_head) {
+            Ok(()) => {
+                self.shared.head.store(new_head, Ordering::Release);
+                drop(lock);
+                let c = &self.shared.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.appends.fetch_add(accepted.len() as u64, Ordering::Relaxed);
+                c.events_appended.fetch_add(new_head - head, Ordering::Relaxed);
+                c.commit_latency_us_total.fetch_add(elapsed_us(started), Ordering::Relaxed);
+                for (p, first) in accepted {
+                    let last = first + p.events.len() as u64 - 1;
+                    let _ = p.reply.send(Ok(Appended { first, last }));
+                }
+            }
+            Err(e) => {
+                self.shared.poison(format!("group commit of positions {}..={new_head} failed: {e}", head + 1));
+                self.shared.index.write().unwrap().truncate(head);
+                for (p, _) in accepted {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Does `p`'s condition hold, given the committed events up to `head` and this group's accepted requests?
+    fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<(), StoreError> {
+        let Some(condition) = &p.condition else { return Ok(()) };
+        let query = &condition.fail_if_events_match;
+        let after = condition.after.unwrap_or(0);
+        for (q, first) in accepted {
+            for (i, e) in q.events.iter().enumerate() {
+                let position = first + i as u64;
+                if position > after && query.matches(&e.event_type, &e.tags) {
+                    return Err(StoreError::ConditionFailed { position });
+                }
+            }
+        }
+        if after >= head {
+            return Ok(());
+        }
+        let mut unknown = Vec::new();
+        {
+            let index = self.shared.index.read().unwrap();
+            let Some(candidates) = index.candidates(query, after + 1, head) else {
+                return Err(StoreError::ConditionFailed { position: head });
+            };
+            for p in candidates {
+                match index.keys(p) {
+                    Some(keys) if keys.matches(query) => return Err(StoreError::ConditionFailed { position: p }),
+                    Some(_) => {}
+                    None => unknown.push(p),
+                }
+            }
+        }
+        // Events loaded from index files: their exact type and tags are in their files.
+        for chunk in unknown.chunks(READ_BATCH_FILES_DEFAULT) {
+            let events = read_event_files(&self.shared.layout, self.shared.io.as_ref(), chunk, head)?;
+            let mut index = self.shared.index.write().unwrap();
+            for e in &events {
+                index.remember(e.position, &e.event_type, &e.tags);
+            }
+            if let Some(e) = events.iter().find(|e| query.matches(&e.event_type, &e.tags)) {
+                return Err(StoreError::ConditionFailed { position: e.position });
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, then the ledger.
+    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64) -> Result<(), StoreError> {
+        let layout = &self.shared.layout;
+        let durable = self.durable();
+        let mut event_files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity((new_head - head) as usize);
+        {
+            let mut index = self.shared.index.write().unwrap();
+            for (p, first) in accepted {
+                for (i, e) in p.events.iter().enumerate() {
+                    let position = first + i as u64;
+                    event_files.push((layout.event_file(position), e.file_bytes(position)));
+                    index.insert(position, &e.event_type, &e.tags);
+                }
+            }
+        }
+        let index_files = match self.shared.options.index_writes {
+            IndexWrites::EveryCommit => {
+                let index = self.shared.index.read().unwrap();
+                let mut files = encode_dirty_index_files(layout, &index, true);
+                files.extend(encode_dirty_index_files(layout, &index, false));
+                files
+            }
+            IndexWrites::Deferred { .. } => Vec::new(),
+        };
+        let mut batch: Vec<FileWrite<'_>> = event_files
+            .iter()
+            .map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::CreateNew })
+            .collect();
+        batch.extend(replace_all(&index_files));
+        let written = self.shared.io.write_files(&batch, durable);
+        self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = written {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e.into());
+            }
+            // Another process crashed after writing event files it never committed, at the positions we want.
+            // They are not events (the ledger does not cover them): set them aside and write ours.
+            let strays: Vec<PathBuf> =
+                (head + 1..=new_head).map(|p| layout.event_file(p)).filter(|p| p.exists()).collect();
+            recovery::quarantine(layout, &strays, durable)?;
+            self.shared.io.write_files(&batch, durable)?;
+            self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        if !index_files.is_empty() {
+            let mut index = self.shared.index.write().unwrap();
+            index.dirty_tags.clear();
+            index.dirty_types.clear();
+        }
+        let ledger = Ledger { last_sequence_position: new_head, event_count: new_head }.encode();
+        let ledger_path = layout.ledger();
+        self.shared.io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Replace }], durable)?;
+        self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}

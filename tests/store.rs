@@ -1,0 +1,568 @@
+//! The store library against real files: DCB semantics, the on-disk layout, recovery, fault injection, races
+//! and SIGKILL crashes. Runs over the backend named by `OPOSSUM_TEST_IO_BACKEND` (`threads`, `uring`, `auto`),
+//! so CI runs it once per backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+
+use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind};
+use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
+use opossum::store::{Durability, IndexWrites, Store, StoreError, StoreOptions};
+
+#[path = "store/crash.rs"]
+mod crash;
+
+pub fn backend() -> Arc<dyn BatchIo> {
+    let kind: IoBackendKind =
+        std::env::var("OPOSSUM_TEST_IO_BACKEND").ok().map_or(IoBackendKind::Auto, |s| s.parse().expect("backend name"));
+    io::open_backend(kind).expect("io backend")
+}
+
+pub fn options(durability: Durability) -> StoreOptions {
+    StoreOptions { durability, io: Some(backend()), ..StoreOptions::default() }
+}
+
+pub fn open(dir: &Path) -> Store {
+    Store::open(dir, options(Durability::None)).expect("open store")
+}
+
+pub fn ev(event_type: &str, tags: &[(&str, &str)]) -> Event {
+    Event::new(event_type, r#"{"n":1}"#, tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect()).unwrap()
+}
+
+fn types(t: &[&str]) -> Query {
+    Query::items(vec![QueryItem::types(t)]).unwrap()
+}
+
+fn tags(t: &[(&str, &str)]) -> Query {
+    Query::items(vec![QueryItem::tags(t)]).unwrap()
+}
+
+fn cond(query: Query, after: Option<u64>) -> Option<AppendCondition> {
+    Some(AppendCondition { fail_if_events_match: query, after })
+}
+
+fn positions(events: &[SequencedEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.position).collect()
+}
+
+fn read(store: &Store, query: &Query, options: ReadOptions) -> Vec<u64> {
+    positions(&store.read_to_vec(query, options).unwrap())
+}
+
+fn event_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir.join("events")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn positions_are_contiguous_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.head(), 0);
+    let a = store.append(vec![ev("A", &[])], None).unwrap();
+    let b = store.append(vec![ev("B", &[]), ev("C", &[]), ev("A", &[])], None).unwrap();
+    assert_eq!((a.first, a.last, b.first, b.last), (1, 1, 2, 4));
+    assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1, 2, 3, 4]);
+    let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B", "C", "A"]);
+    assert_eq!(event_files(dir.path()), ["0000000001.json", "0000000002.json", "0000000003.json", "0000000004.json"]);
+}
+
+#[test]
+fn the_boundary_is_narrow_unrelated_events_do_not_fail_an_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![ev("CourseCreated", &[("course", "1")])], None).unwrap();
+    let seen = store.head();
+    let boundary = || tags(&[("course", "1")]);
+    // Someone else writes about another course after we read.
+    store.append(vec![ev("CourseCreated", &[("course", "2")])], None).unwrap();
+    let ok = store.append(vec![ev("SeatTaken", &[("course", "1")])], cond(boundary(), Some(seen))).unwrap();
+    assert_eq!(ok.first, 3);
+    // Now a matching event exists after `seen`: the same decision must fail, naming it.
+    match store.append(vec![ev("SeatTaken", &[("course", "1")])], cond(boundary(), Some(seen))) {
+        Err(StoreError::ConditionFailed { position }) => assert_eq!(position, 3),
+        other => panic!("expected a condition failure, got {other:?}"),
+    }
+    // With an up-to-date `after` it passes.
+    store.append(vec![ev("SeatTaken", &[("course", "1")])], cond(boundary(), Some(3))).unwrap();
+}
+
+#[test]
+fn uniqueness_without_after_fails_on_any_matching_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let unique = || Query::items(vec![QueryItem::types(&["UserRegistered"]).with_tags(&[("email", "a@x")])]).unwrap();
+    store.append(vec![ev("UserRegistered", &[("email", "b@x")])], None).unwrap();
+    store.append(vec![ev("UserRegistered", &[("email", "a@x")])], cond(unique(), None)).unwrap();
+    let err = store.append(vec![ev("UserRegistered", &[("email", "a@x")])], cond(unique(), None)).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 2 }), "{err:?}");
+    // `Query::All` with `after` = head passes, with an older `after` fails.
+    store.append(vec![ev("X", &[])], cond(Query::All, Some(2))).unwrap();
+    assert!(store.append(vec![ev("X", &[])], cond(Query::All, Some(2))).is_err());
+}
+
+#[test]
+fn a_failed_append_leaves_nothing_behind_and_burns_no_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+    let files_before = event_files(dir.path());
+    let index_before = std::fs::read(dir.path().join("Indices/Tags/k_v.json")).unwrap();
+    let ledger_before = std::fs::read(dir.path().join(".ledger")).unwrap();
+    let err = store.append(vec![ev("B", &[("k", "v")]), ev("C", &[])], cond(tags(&[("k", "v")]), None)).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 1 }));
+    for bad in [vec![], vec![ev("", &[])], vec![ev("A", &[("k", "a/b")])], vec![ev("A", &[("k", "..")])]] {
+        assert!(matches!(store.append(bad, None), Err(StoreError::Invalid(_))));
+    }
+    assert_eq!(store.head(), 1);
+    assert_eq!(event_files(dir.path()), files_before);
+    assert_eq!(std::fs::read(dir.path().join("Indices/Tags/k_v.json")).unwrap(), index_before);
+    assert_eq!(std::fs::read(dir.path().join(".ledger")).unwrap(), ledger_before);
+    assert!(!dir.path().join("Indices/EventType/B.json").exists());
+    assert_eq!(store.append(vec![ev("B", &[])], None).unwrap().first, 2);
+}
+
+#[test]
+fn read_options_combine_after_before_limit_backwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for i in 1..=10 {
+        store.append(vec![ev(if i % 2 == 0 { "Even" } else { "Odd" }, &[])], None).unwrap();
+    }
+    let o = |after, before, limit, backwards| ReadOptions { after, before, limit, backwards };
+    assert_eq!(read(&store, &Query::All, o(Some(3), None, None, false)), vec![4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(read(&store, &Query::All, o(None, Some(4), None, false)), vec![1, 2, 3]);
+    assert_eq!(read(&store, &Query::All, o(Some(2), Some(7), Some(2), false)), vec![3, 4]);
+    assert_eq!(read(&store, &Query::All, o(None, None, Some(3), true)), vec![10, 9, 8], "backwards+limit = newest N");
+    assert_eq!(read(&store, &Query::All, o(Some(2), Some(7), Some(2), true)), vec![6, 5]);
+    let even = types(&["Even"]);
+    assert_eq!(read(&store, &even, o(None, None, None, false)), vec![2, 4, 6, 8, 10]);
+    assert_eq!(read(&store, &even, o(Some(4), None, Some(2), false)), vec![6, 8]);
+    assert_eq!(read(&store, &even, o(None, Some(9), Some(2), true)), vec![8, 6]);
+    assert_eq!(read(&store, &even, o(Some(10), None, None, false)), Vec::<u64>::new());
+    assert_eq!(read(&store, &even, o(None, None, Some(0), false)), Vec::<u64>::new());
+    assert_eq!(read(&store, &Query::All, o(Some(5), Some(6), None, false)), Vec::<u64>::new());
+}
+
+#[test]
+fn query_items_are_ored_and_tags_anded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.append(vec![ev("Enrolled", &[("course", "1"), ("student", "a")])], None).unwrap();
+    store.append(vec![ev("Enrolled", &[("course", "1"), ("student", "b")])], None).unwrap();
+    store.append(vec![ev("Dropped", &[("course", "1"), ("student", "a")])], None).unwrap();
+    store.append(vec![ev("Created", &[("course", "2")])], None).unwrap();
+    let all = ReadOptions::default();
+    assert_eq!(read(&store, &tags(&[("course", "1"), ("student", "a")]), all), vec![1, 3]);
+    let q = Query::items(vec![
+        QueryItem::types(&["Enrolled"]).with_tags(&[("student", "b")]),
+        QueryItem::types(&["Created"]),
+    ])
+    .unwrap();
+    assert_eq!(read(&store, &q, all), vec![2, 4]);
+    assert_eq!(read(&store, &tags(&[("course", "3")]), all), Vec::<u64>::new());
+}
+
+#[test]
+fn tags_sharing_an_index_file_are_post_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append(vec![ev("E", &[("a_b", "c")])], None).unwrap();
+        store.append(vec![ev("E", &[("a", "b_c")])], None).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("Indices/Tags/a_b_c.json")).unwrap(), r#"{"Positions":[1,2]}"#);
+        assert_eq!(read(&store, &tags(&[("a_b", "c")]), ReadOptions::default()), vec![1]);
+        assert_eq!(read(&store, &tags(&[("a", "b_c")]), ReadOptions::default()), vec![2]);
+        // Limit counts matches, not candidates.
+        let newest = ReadOptions { limit: Some(1), backwards: true, ..Default::default() };
+        assert_eq!(read(&store, &tags(&[("a_b", "c")]), newest), vec![1]);
+    }
+    // After a reopen the exact tags come from the event files, not memory: the condition must still be exact.
+    let store = open(dir.path());
+    store.append(vec![ev("E", &[("x", "1")])], cond(tags(&[("a_b", "x")]), None)).unwrap();
+    let err = store.append(vec![ev("E", &[])], cond(tags(&[("a", "b_c")]), Some(1))).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 2 }), "{err:?}");
+    store.append(vec![ev("E", &[])], cond(tags(&[("a_b", "c")]), Some(1))).unwrap();
+}
+
+#[test]
+fn on_disk_layout_matches_opossum() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let mut e = Event::new("StudentRegistered", r#"{ "$type": "S, A", "name" : "Zoë" }"#, vec![Tag::new("studentId", "7")])
+        .unwrap();
+    e.metadata = Some(serde_json::value::RawValue::from_string(r#"{"correlationId":"c-1"}"#.into()).unwrap());
+    store.append(vec![e], None).unwrap();
+    store.append(vec![ev("CourseCreated", &[("courseId", "9")])], None).unwrap();
+    let root = dir.path();
+    assert_eq!(std::fs::read_to_string(root.join(".ledger")).unwrap(), r#"{"LastSequencePosition":2,"EventCount":2}"#);
+    assert_eq!(
+        std::fs::read_to_string(root.join("Indices/EventType/StudentRegistered.json")).unwrap(),
+        r#"{"Positions":[1]}"#
+    );
+    assert_eq!(std::fs::read_to_string(root.join("Indices/Tags/courseId_9.json")).unwrap(), r#"{"Positions":[2]}"#);
+    assert!(root.join(".store.lock").exists());
+    let text = std::fs::read_to_string(root.join("events/0000000001.json")).unwrap();
+    let prefix = r#"{"event":{"eventType":"StudentRegistered","event":{"$type":"S, A","name":"Zoë"},"tags":[{"key":"studentId","value":"7"}]},"position":1,"metadata":{"correlationId":"c-1","timestamp":""#;
+    assert!(text.starts_with(prefix), "{text}");
+    assert!(!text.contains('\n'));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ts = v["metadata"]["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "2026-03-11T10:30:00.1234567+00:00".len(), "{ts}");
+    assert!(ts.ends_with("+00:00"));
+    let names: Vec<String> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    for expected in [".ledger", ".store.lock", "events", "Indices"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing in {names:?}");
+    }
+    assert!(!names.iter().any(|n| n.contains(".tmp.")), "temporary files left: {names:?}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn fixture_store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("OpossumSample");
+    copy_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dotnet-store"), &root);
+    (dir, root)
+}
+
+const STUDENT: &str = "0d9a4b1e-5f7c-4c53-9a55-3b0f0a0e2c11";
+const COURSE: &str = "7b2e9c40-1111-4d2a-8f00-aaaaaaaaaaaa";
+
+#[test]
+fn opens_a_store_written_by_dotnet_opossum() {
+    let (_dir, root) = fixture_store();
+    let store = open(&root);
+    assert_eq!(store.head(), 3);
+    let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    assert_eq!(positions(&all), vec![1, 2, 3]);
+    assert_eq!(all[0].event_type, "StudentRegisteredEvent");
+    let data: serde_json::Value = serde_json::from_str(all[0].data.get()).unwrap();
+    assert_eq!(data["firstName"], "Zoë");
+    assert_eq!(data["lastName"], "O'Brien");
+    assert_eq!(data["email"], "zoe+test@example.com");
+    assert!(data["$type"].as_str().unwrap().starts_with("OpossumSample.CourseManagement.Events.StudentRegisteredEvent, "));
+    assert!(!all[0].data.get().contains('\n'), "indented payloads are minified for the wire");
+    let course: serde_json::Value = serde_json::from_str(all[1].data.get()).unwrap();
+    assert_eq!(course["name"], "Algebra <I> & Geometry");
+    assert_eq!(all[2].tags, vec![Tag::new("studentId", STUDENT), Tag::new("courseId", COURSE)]);
+    let meta: serde_json::Value = serde_json::from_str(all[1].metadata.get()).unwrap();
+    assert_eq!(meta["timestamp"], "2026-03-11T10:30:01.0000000+00:00");
+    assert_eq!(read(&store, &tags(&[("studentId", STUDENT)]), ReadOptions::default()), vec![1, 3]);
+    assert_eq!(read(&store, &types(&["CourseCreatedEvent"]), ReadOptions::default()), vec![2]);
+    // The DCB decision a .NET app would make: enrolling the same student twice fails.
+    let boundary = Query::items(vec![QueryItem::types(&["StudentEnrolledToCourseEvent"])
+        .with_tags(&[("studentId", STUDENT), ("courseId", COURSE)])])
+    .unwrap();
+    let err = store.append(vec![ev("StudentEnrolledToCourseEvent", &[])], cond(boundary, None)).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 3 }));
+    // Appending continues the .NET store's positions and index files.
+    store.append(vec![ev("CourseCreatedEvent", &[("courseId", "new")])], None).unwrap();
+    assert_eq!(std::fs::read_to_string(root.join("Indices/EventType/CourseCreatedEvent.json")).unwrap(), r#"{"Positions":[2,4]}"#);
+    assert_eq!(
+        std::fs::read_to_string(root.join(".ledger")).unwrap(),
+        r#"{"LastSequencePosition":4,"EventCount":4}"#
+    );
+}
+
+#[test]
+fn index_files_are_rebuilt_when_missing_corrupt_or_behind() {
+    let (_dir, root) = fixture_store();
+    let expect = |store: &Store| {
+        assert_eq!(read(store, &tags(&[("studentId", STUDENT)]), ReadOptions::default()), vec![1, 3]);
+        assert_eq!(read(store, &tags(&[("courseId", COURSE)]), ReadOptions::default()), vec![2, 3]);
+        assert_eq!(read(store, &types(&["StudentEnrolledToCourseEvent"]), ReadOptions::default()), vec![3]);
+    };
+    // Missing entirely.
+    std::fs::remove_dir_all(root.join("Indices")).unwrap();
+    drop(open(&root));
+    assert_eq!(
+        std::fs::read_to_string(root.join(format!("Indices/Tags/studentId_{STUDENT}.json"))).unwrap(),
+        r#"{"Positions":[1,3]}"#
+    );
+    expect(&open(&root));
+    // A corrupt tag index: never read as "empty".
+    std::fs::write(root.join(format!("Indices/Tags/courseId_{COURSE}.json")), b"{\"Posit").unwrap();
+    expect(&open(&root));
+    // A type index behind the ledger (an interrupted deferred flush): the uncovered event is re-indexed.
+    std::fs::write(root.join("Indices/EventType/StudentEnrolledToCourseEvent.json"), br#"{"Positions":[]}"#).unwrap();
+    std::fs::write(root.join(format!("Indices/Tags/courseId_{COURSE}.json")), br#"{"Positions":[2]}"#).unwrap();
+    expect(&open(&root));
+    // Positions beyond the ledger in index files (a crash before the ledger write) are dropped.
+    std::fs::write(root.join("Indices/EventType/CourseCreatedEvent.json"), br#"{"Positions":[2,4]}"#).unwrap();
+    let store = open(&root);
+    assert_eq!(read(&store, &types(&["CourseCreatedEvent"]), ReadOptions::default()), vec![2]);
+    assert_eq!(
+        std::fs::read_to_string(root.join("Indices/EventType/CourseCreatedEvent.json")).unwrap(),
+        r#"{"Positions":[2]}"#
+    );
+}
+
+#[test]
+fn files_beyond_the_ledger_are_quarantined_not_served() {
+    let (_dir, root) = fixture_store();
+    let orphan = std::fs::read_to_string(root.join("events/0000000003.json")).unwrap().replace("\"position\": 3", "\"position\": 4");
+    std::fs::write(root.join("events/0000000004.json"), &orphan).unwrap();
+    std::fs::write(root.join("events/0000000005.json.tmp.0123456789abcdef0123456789abcdef"), b"{\"ev").unwrap();
+    let store = open(&root);
+    assert_eq!(store.head(), 3);
+    assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1, 2, 3]);
+    assert!(!root.join("events/0000000004.json").exists());
+    let quarantined: Vec<PathBuf> = walk(&root.join(".quarantine"));
+    let names: Vec<String> = quarantined.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"0000000004.json".to_string()), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("0000000005.json.tmp.")), "{names:?}");
+    let kept = quarantined.iter().find(|p| p.ends_with("0000000004.json")).unwrap();
+    assert_eq!(std::fs::read_to_string(kept).unwrap(), orphan, "quarantine keeps the bytes");
+    assert_eq!(store.append(vec![ev("A", &[])], None).unwrap().first, 4);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn damage_inside_the_ledger_is_a_loud_error_naming_the_file() {
+    let (_dir, root) = fixture_store();
+    std::fs::remove_file(root.join("events/0000000002.json")).unwrap();
+    match Store::open(&root, options(Durability::None)) {
+        Err(StoreError::MissingEvent { path, ledger: 3 }) => assert!(path.ends_with("events/0000000002.json")),
+        other => panic!("expected MissingEvent, got {:?}", other.err()),
+    }
+    let (_dir, root) = fixture_store();
+    std::fs::write(root.join(".ledger"), b"{\"LastSequencePos").unwrap();
+    match Store::open(&root, options(Durability::None)) {
+        Err(StoreError::Corrupt { path, .. }) => assert!(path.ends_with(".ledger")),
+        other => panic!("expected a corrupt ledger error, got {:?}", other.err()),
+    }
+    let (_dir, root) = fixture_store();
+    std::fs::write(root.join("events/0000000002.json"), b"{\"event\":").unwrap();
+    let store = open(&root);
+    let err = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap_err();
+    match &err {
+        StoreError::Corrupt { path, .. } => assert!(path.ends_with("events/0000000002.json")),
+        other => panic!("expected a corrupt event error, got {other:?}"),
+    }
+    assert!(err.to_string().contains("0000000002.json"), "{err}");
+}
+
+#[test]
+fn a_second_writer_process_is_noticed_before_the_condition_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = open(dir.path());
+    let theirs = open(dir.path()); // stands in for a .NET process: separate lock descriptor, separate index
+    ours.append(vec![ev("A", &[])], None).unwrap();
+    let seen = theirs.head();
+    assert_eq!(seen, 0, "no refresh without the lock");
+    let err = theirs.append(vec![ev("A", &[])], cond(types(&["A"]), Some(seen))).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 1 }), "{err:?}");
+    assert_eq!(theirs.append(vec![ev("B", &[])], None).unwrap().first, 2);
+    assert_eq!(ours.sync().unwrap(), 2);
+    assert_eq!(read(&ours, &types(&["B"]), ReadOptions::default()), vec![2]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/A.json")).unwrap(), r#"{"Positions":[1]}"#);
+}
+
+#[test]
+fn exclusive_opens_exclude_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let exclusive = || StoreOptions { exclusive: true, ..options(Durability::None) };
+    let first = Store::open(dir.path(), exclusive()).unwrap();
+    assert!(matches!(Store::open(dir.path(), exclusive()), Err(StoreError::Locked(_))));
+    drop(first);
+    Store::open(dir.path(), exclusive()).unwrap();
+}
+
+#[test]
+fn racing_for_one_free_seat_exactly_one_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), options(Durability::Fsync)).unwrap());
+    store.append(vec![ev("CourseCreated", &[("course", "c1")])], None).unwrap();
+    for round in 0..5 {
+        let course = format!("seat-{round}");
+        let seen = store.head();
+        let k = 8;
+        let barrier = Arc::new(Barrier::new(k));
+        let handles: Vec<_> = (0..k)
+            .map(|i| {
+                let (store, barrier, course) = (store.clone(), barrier.clone(), course.clone());
+                std::thread::spawn(move || {
+                    let boundary = Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])])
+                        .unwrap();
+                    barrier.wait();
+                    let student = format!("s{i}");
+                    store.append(vec![ev("SeatTaken", &[("course", &course), ("student", &student)])], cond(boundary, Some(seen)))
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        assert!(results.iter().all(|r| r.is_ok() || matches!(r, Err(StoreError::ConditionFailed { .. }))));
+    }
+    // Different courses do not conflict: everyone wins.
+    let seen = store.head();
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let course = format!("own-{i}");
+                let boundary = Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])]).unwrap();
+                barrier.wait();
+                store.append(vec![ev("SeatTaken", &[("course", &course)]), ev("Extra", &[])], cond(boundary, Some(seen)))
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let all = read(&store, &Query::All, ReadOptions::default());
+    assert_eq!(all, (1..=store.head()).collect::<Vec<_>>());
+    assert_eq!(store.head(), 1 + 5 + 16);
+    // Each two-event append is contiguous.
+    let events = store.read_to_vec(&types(&["SeatTaken"]), ReadOptions { after: Some(seen), ..Default::default() }).unwrap();
+    for e in events {
+        let next = store.read_to_vec(&Query::All, ReadOptions { after: Some(e.position), limit: Some(1), ..Default::default() }).unwrap();
+        assert_eq!(next[0].event_type, "Extra");
+    }
+}
+
+#[test]
+fn concurrent_durable_appends_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), options(Durability::Fsync)).unwrap());
+    let threads = 16;
+    let per_thread = 20;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..per_thread)
+                    .map(|i| store.append(vec![ev("Tick", &[("t", &t.to_string()), ("i", &i.to_string())])], None).unwrap().first)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut firsts: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    firsts.sort();
+    assert_eq!(firsts, (1..=(threads * per_thread) as u64).collect::<Vec<_>>());
+    let stats = store.stats();
+    assert_eq!(stats.appends, (threads * per_thread) as u64);
+    assert!(stats.commits < stats.appends / 2, "appends were not grouped: {stats:?}");
+}
+
+#[test]
+fn reads_stream_in_bounded_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions { read_batch_files: 64, ..options(Durability::None) }).unwrap();
+    let batch: Vec<Event> = (0..1000).map(|i| ev(if i % 3 == 0 { "Third" } else { "Other" }, &[])).collect();
+    store.append(batch, None).unwrap();
+    let mut reader = store.read(&Query::All, ReadOptions::default()).unwrap();
+    let mut seen = 0;
+    let mut batches = 0;
+    while let Some(batch) = reader.next_batch() {
+        let batch = batch.unwrap();
+        assert!(!batch.is_empty() && batch.len() <= 64);
+        assert_eq!(batch[0].position, seen + 1);
+        seen += batch.len() as u64;
+        batches += 1;
+    }
+    assert_eq!((seen, batches), (1000, 16));
+    let backwards = store.read(&types(&["Third"]), ReadOptions { backwards: true, ..Default::default() }).unwrap();
+    let ps: Vec<u64> = backwards.map(|e| e.unwrap().position).collect();
+    assert_eq!(ps.len(), 334);
+    assert!(ps.windows(2).all(|w| w[0] > w[1]));
+    assert_eq!(ps[0], 1000);
+}
+
+#[test]
+fn deferred_index_writes_are_recovered_from_event_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let deferred = StoreOptions {
+        index_writes: IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) },
+        ..options(Durability::Fsync)
+    };
+    let store = Store::open(dir.path(), deferred.clone()).unwrap();
+    store.append(vec![ev("A", &[("k", "1")])], None).unwrap();
+    store.append(vec![ev("B", &[("k", "1")])], None).unwrap();
+    assert!(!dir.path().join("Indices/EventType/B.json").exists(), "index files are not written per commit");
+    // Simulate a crash: the writer never gets to flush (leak the store; its thread waits forever).
+    std::mem::forget(store);
+    let reopened = open(dir.path());
+    assert_eq!(read(&reopened, &tags(&[("k", "1")]), ReadOptions::default()), vec![1, 2]);
+    assert_eq!(std::fs::read_to_string(dir.path().join("Indices/Tags/k_1.json")).unwrap(), r#"{"Positions":[1,2]}"#);
+    drop(reopened);
+    // A clean close flushes.
+    let store = Store::open(dir.path(), deferred).unwrap();
+    store.append(vec![ev("C", &[])], None).unwrap();
+    store.close().unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/C.json")).unwrap(), r#"{"Positions":[3]}"#);
+}
+
+fn faulty_store(dir: &Path) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
+    let io = Arc::new(FaultyIo::new(backend()));
+    let store = Store::open(dir, StoreOptions { io: Some(io.clone()), ..options(Durability::Fsync) }).unwrap();
+    (store, io)
+}
+
+#[test]
+fn a_failed_write_poisons_the_writer_and_shows_nothing() {
+    for (skip, fault) in [
+        (0, Fault::Write { errno: libc::ENOSPC, files_written: 1 }),
+        (0, Fault::Fsync { errno: libc::EIO }),
+        (1, Fault::Write { errno: libc::ENOSPC, files_written: 0 }),
+        (1, Fault::Fsync { errno: libc::EIO }),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, io) = faulty_store(dir.path());
+        store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+        io.arm(skip, fault);
+        let batch = vec![ev("B", &[("k", "v")]), ev("B", &[("k", "v")]), ev("B", &[])];
+        let err = store.append(batch, None).unwrap_err();
+        assert!(matches!(err, StoreError::Io(_)), "{fault:?}: {err:?}");
+        // Poisoned: no further writes, even ones that would succeed.
+        assert!(matches!(store.append(vec![ev("C", &[])], None), Err(StoreError::Poisoned(_))), "{fault:?}");
+        assert!(store.stats().poisoned.is_some());
+        // Reads keep working and show only acknowledged events.
+        assert_eq!(store.head(), 1);
+        assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1]);
+        assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1]);
+        drop(store);
+        // Reopening recovers: the batch is either wholly there (its ledger write reached the disk before the
+        // fsync error) or wholly absent.
+        let store = open(dir.path());
+        let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+        let bs = all.iter().filter(|e| e.event_type == "B").count();
+        assert!(bs == 0 || bs == 3, "{fault:?}: partial batch visible: {:?}", positions(&all));
+        assert_eq!(positions(&all), (1..=store.head()).collect::<Vec<_>>());
+        assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()).len(), 1 + bs.min(2));
+        let next = store.append(vec![ev("D", &[])], None).unwrap();
+        assert_eq!(next.first, store.head());
+    }
+}
