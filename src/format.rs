@@ -293,7 +293,10 @@ fn strip_bom(bytes: &[u8]) -> &[u8] {
 }
 
 /// Fills in `timestamp` when the caller's metadata lacks one; returns minified metadata JSON.
-pub fn metadata_with_timestamp(metadata: Option<&RawValue>, now: std::time::SystemTime) -> Result<RawJson, FormatError> {
+pub fn metadata_with_timestamp(
+    metadata: Option<&RawValue>,
+    now: std::time::SystemTime,
+) -> Result<RawJson, FormatError> {
     let mut map: serde_json::Map<String, serde_json::Value> = match metadata {
         Some(m) => serde_json::from_str(m.get()).map_err(|e| FormatError::Invalid(format!("metadata: {e}")))?,
         None => serde_json::Map::new(),

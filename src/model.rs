@@ -165,13 +165,13 @@ impl<'de> Deserialize<'de> for Query {
         #[serde(untagged)]
         enum Wire {
             Word(String),
-            Items {
-                items: Vec<QueryItem>,
-            },
+            Items { items: Vec<QueryItem> },
         }
         match Wire::deserialize(d)? {
             Wire::Word(w) if w == "all" => Ok(Query::All),
-            Wire::Word(w) => Err(serde::de::Error::custom(format!("unknown query {w:?}: use \"all\" or {{\"items\":[..]}}"))),
+            Wire::Word(w) => {
+                Err(serde::de::Error::custom(format!("unknown query {w:?}: use \"all\" or {{\"items\":[..]}}")))
+            }
             Wire::Items { items } => Query::items(items).map_err(serde::de::Error::custom),
         }
     }
@@ -223,10 +223,15 @@ pub fn validate_event_type(t: &str) -> Result<(), ModelError> {
         return Err(ModelError::InvalidEvent("event type must not be empty".into()));
     }
     if t.len() > EVENT_TYPE_BYTES_MAX {
-        return Err(ModelError::InvalidEvent(format!("event type is {} bytes; the limit is {EVENT_TYPE_BYTES_MAX}", t.len())));
+        return Err(ModelError::InvalidEvent(format!(
+            "event type is {} bytes; the limit is {EVENT_TYPE_BYTES_MAX}",
+            t.len()
+        )));
     }
     if t.contains(['\0', '/', '\\']) || t.chars().any(char::is_control) {
-        return Err(ModelError::InvalidEvent(format!("event type {t:?} contains '/', '\\\\', NUL or a control character")));
+        return Err(ModelError::InvalidEvent(format!(
+            "event type {t:?} contains '/', '\\\\', NUL or a control character"
+        )));
     }
     if t == "." || t == ".." {
         return Err(ModelError::InvalidEvent(format!("event type {t:?} is not a usable name")));
@@ -242,14 +247,19 @@ pub fn validate_tag(tag: &Tag) -> Result<(), ModelError> {
             return Err(ModelError::InvalidEvent(format!("tag {what} must not be empty")));
         }
         if s.contains(['\0', '/', '\\']) || s.chars().any(char::is_control) {
-            return Err(ModelError::InvalidEvent(format!("tag {what} {s:?} contains '/', '\\\\', NUL or a control character")));
+            return Err(ModelError::InvalidEvent(format!(
+                "tag {what} {s:?} contains '/', '\\\\', NUL or a control character"
+            )));
         }
         if s.chars().all(|c| c == '.') {
             return Err(ModelError::InvalidEvent(format!("tag {what} {s:?} is not a usable name")));
         }
     }
     if tag.key.len() + tag.value.len() > TAG_BYTES_MAX {
-        return Err(ModelError::InvalidEvent(format!("tag {}={} is longer than {TAG_BYTES_MAX} bytes", tag.key, tag.value)));
+        return Err(ModelError::InvalidEvent(format!(
+            "tag {}={} is longer than {TAG_BYTES_MAX} bytes",
+            tag.key, tag.value
+        )));
     }
     Ok(())
 }

@@ -174,7 +174,10 @@ fn tags_sharing_an_index_file_are_post_filtered() {
         let store = open(dir.path());
         store.append(vec![ev("E", &[("a_b", "c")])], None).unwrap();
         store.append(vec![ev("E", &[("a", "b_c")])], None).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.path().join("Indices/Tags/a_b_c.json")).unwrap(), r#"{"Positions":[1,2]}"#);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("Indices/Tags/a_b_c.json")).unwrap(),
+            r#"{"Positions":[1,2]}"#
+        );
         assert_eq!(read(&store, &tags(&[("a_b", "c")]), ReadOptions::default()), vec![1]);
         assert_eq!(read(&store, &tags(&[("a", "b_c")]), ReadOptions::default()), vec![2]);
         // Limit counts matches, not candidates.
@@ -193,8 +196,9 @@ fn tags_sharing_an_index_file_are_post_filtered() {
 fn on_disk_layout_matches_opossum() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let mut e = Event::new("StudentRegistered", r#"{ "$type": "S, A", "name" : "Zoë" }"#, vec![Tag::new("studentId", "7")])
-        .unwrap();
+    let mut e =
+        Event::new("StudentRegistered", r#"{ "$type": "S, A", "name" : "Zoë" }"#, vec![Tag::new("studentId", "7")])
+            .unwrap();
     e.metadata = Some(serde_json::value::RawValue::from_string(r#"{"correlationId":"c-1"}"#.into()).unwrap());
     store.append(vec![e], None).unwrap();
     store.append(vec![ev("CourseCreated", &[("courseId", "9")])], None).unwrap();
@@ -214,7 +218,8 @@ fn on_disk_layout_matches_opossum() {
     let ts = v["metadata"]["timestamp"].as_str().unwrap();
     assert_eq!(ts.len(), "2026-03-11T10:30:00.1234567+00:00".len(), "{ts}");
     assert!(ts.ends_with("+00:00"));
-    let names: Vec<String> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let names: Vec<String> =
+        std::fs::read_dir(root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     for expected in [".ledger", ".store.lock", "events", "Indices"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing in {names:?}");
     }
@@ -256,7 +261,10 @@ fn opens_a_store_written_by_dotnet_opossum() {
     assert_eq!(data["firstName"], "Zoë");
     assert_eq!(data["lastName"], "O'Brien");
     assert_eq!(data["email"], "zoe+test@example.com");
-    assert!(data["$type"].as_str().unwrap().starts_with("OpossumSample.CourseManagement.Events.StudentRegisteredEvent, "));
+    assert!(data["$type"]
+        .as_str()
+        .unwrap()
+        .starts_with("OpossumSample.CourseManagement.Events.StudentRegisteredEvent, "));
     assert!(!all[0].data.get().contains('\n'), "indented payloads are minified for the wire");
     let course: serde_json::Value = serde_json::from_str(all[1].data.get()).unwrap();
     assert_eq!(course["name"], "Algebra <I> & Geometry");
@@ -266,18 +274,19 @@ fn opens_a_store_written_by_dotnet_opossum() {
     assert_eq!(read(&store, &tags(&[("studentId", STUDENT)]), ReadOptions::default()), vec![1, 3]);
     assert_eq!(read(&store, &types(&["CourseCreatedEvent"]), ReadOptions::default()), vec![2]);
     // The DCB decision a .NET app would make: enrolling the same student twice fails.
-    let boundary = Query::items(vec![QueryItem::types(&["StudentEnrolledToCourseEvent"])
-        .with_tags(&[("studentId", STUDENT), ("courseId", COURSE)])])
-    .unwrap();
+    let boundary =
+        Query::items(vec![QueryItem::types(&["StudentEnrolledToCourseEvent"])
+            .with_tags(&[("studentId", STUDENT), ("courseId", COURSE)])])
+        .unwrap();
     let err = store.append(vec![ev("StudentEnrolledToCourseEvent", &[])], cond(boundary, None)).unwrap_err();
     assert!(matches!(err, StoreError::ConditionFailed { position: 3 }));
     // Appending continues the .NET store's positions and index files.
     store.append(vec![ev("CourseCreatedEvent", &[("courseId", "new")])], None).unwrap();
-    assert_eq!(std::fs::read_to_string(root.join("Indices/EventType/CourseCreatedEvent.json")).unwrap(), r#"{"Positions":[2,4]}"#);
     assert_eq!(
-        std::fs::read_to_string(root.join(".ledger")).unwrap(),
-        r#"{"LastSequencePosition":4,"EventCount":4}"#
+        std::fs::read_to_string(root.join("Indices/EventType/CourseCreatedEvent.json")).unwrap(),
+        r#"{"Positions":[2,4]}"#
     );
+    assert_eq!(std::fs::read_to_string(root.join(".ledger")).unwrap(), r#"{"LastSequencePosition":4,"EventCount":4}"#);
 }
 
 #[test]
@@ -316,7 +325,9 @@ fn index_files_are_rebuilt_when_missing_corrupt_or_behind() {
 #[test]
 fn files_beyond_the_ledger_are_quarantined_not_served() {
     let (_dir, root) = fixture_store();
-    let orphan = std::fs::read_to_string(root.join("events/0000000003.json")).unwrap().replace("\"position\": 3", "\"position\": 4");
+    let orphan = std::fs::read_to_string(root.join("events/0000000003.json"))
+        .unwrap()
+        .replace("\"position\": 3", "\"position\": 4");
     std::fs::write(root.join("events/0000000004.json"), &orphan).unwrap();
     std::fs::write(root.join("events/0000000005.json.tmp.0123456789abcdef0123456789abcdef"), b"{\"ev").unwrap();
     let store = open(&root);
@@ -324,7 +335,8 @@ fn files_beyond_the_ledger_are_quarantined_not_served() {
     assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1, 2, 3]);
     assert!(!root.join("events/0000000004.json").exists());
     let quarantined: Vec<PathBuf> = walk(&root.join(".quarantine"));
-    let names: Vec<String> = quarantined.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        quarantined.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert!(names.contains(&"0000000004.json".to_string()), "{names:?}");
     assert!(names.iter().any(|n| n.starts_with("0000000005.json.tmp.")), "{names:?}");
     let kept = quarantined.iter().find(|p| p.ends_with("0000000004.json")).unwrap();
@@ -410,11 +422,14 @@ fn racing_for_one_free_seat_exactly_one_wins() {
             .map(|i| {
                 let (store, barrier, course) = (store.clone(), barrier.clone(), course.clone());
                 std::thread::spawn(move || {
-                    let boundary = Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])])
-                        .unwrap();
+                    let boundary =
+                        Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])]).unwrap();
                     barrier.wait();
                     let student = format!("s{i}");
-                    store.append(vec![ev("SeatTaken", &[("course", &course), ("student", &student)])], cond(boundary, Some(seen)))
+                    store.append(
+                        vec![ev("SeatTaken", &[("course", &course), ("student", &student)])],
+                        cond(boundary, Some(seen)),
+                    )
                 })
             })
             .collect();
@@ -431,9 +446,11 @@ fn racing_for_one_free_seat_exactly_one_wins() {
             let (store, barrier) = (store.clone(), barrier.clone());
             std::thread::spawn(move || {
                 let course = format!("own-{i}");
-                let boundary = Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])]).unwrap();
+                let boundary =
+                    Query::items(vec![QueryItem::types(&["SeatTaken"]).with_tags(&[("course", &course)])]).unwrap();
                 barrier.wait();
-                store.append(vec![ev("SeatTaken", &[("course", &course)]), ev("Extra", &[])], cond(boundary, Some(seen)))
+                store
+                    .append(vec![ev("SeatTaken", &[("course", &course)]), ev("Extra", &[])], cond(boundary, Some(seen)))
             })
         })
         .collect();
@@ -444,9 +461,12 @@ fn racing_for_one_free_seat_exactly_one_wins() {
     assert_eq!(all, (1..=store.head()).collect::<Vec<_>>());
     assert_eq!(store.head(), 1 + 5 + 16);
     // Each two-event append is contiguous.
-    let events = store.read_to_vec(&types(&["SeatTaken"]), ReadOptions { after: Some(seen), ..Default::default() }).unwrap();
+    let events =
+        store.read_to_vec(&types(&["SeatTaken"]), ReadOptions { after: Some(seen), ..Default::default() }).unwrap();
     for e in events {
-        let next = store.read_to_vec(&Query::All, ReadOptions { after: Some(e.position), limit: Some(1), ..Default::default() }).unwrap();
+        let next = store
+            .read_to_vec(&Query::All, ReadOptions { after: Some(e.position), limit: Some(1), ..Default::default() })
+            .unwrap();
         assert_eq!(next[0].event_type, "Extra");
     }
 }
@@ -464,7 +484,12 @@ fn concurrent_durable_appends_share_group_commits() {
             std::thread::spawn(move || {
                 barrier.wait();
                 (0..per_thread)
-                    .map(|i| store.append(vec![ev("Tick", &[("t", &t.to_string()), ("i", &i.to_string())])], None).unwrap().first)
+                    .map(|i| {
+                        store
+                            .append(vec![ev("Tick", &[("t", &t.to_string()), ("i", &i.to_string())])], None)
+                            .unwrap()
+                            .first
+                    })
                     .collect::<Vec<_>>()
             })
         })

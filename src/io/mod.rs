@@ -115,9 +115,14 @@ pub trait BatchIo: Send + Sync {
     /// Writes a batch of files, each to a fresh `<final>.tmp.<32 hex>` in its own directory and then renamed to
     /// its final name according to its [`WriteMode`].
     ///
-    /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage:
-    /// each file is fsynced before its rename and each distinct parent directory is fsynced once after all
-    /// renames. With `durable == false` nothing is fsynced (the page cache decides).
+    /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage
+    /// (each distinct parent directory is fsynced once). With `durable == false` nothing is fsynced (the page cache
+    /// decides). Ordering within a durable batch, per mode:
+    /// - `Replace`: the file's data is durable *before* its rename, so even after a power loss the final name holds
+    ///   the old or the new contents, whole.
+    /// - `CreateNew`: the rename may come before the data is durable (one fsync round for the whole batch instead
+    ///   of two), so a crash during the call can leave a torn file at the final name. Callers create only files
+    ///   that a later commit record makes valid (event files beyond the ledger are quarantined at open).
     ///
     /// On `Err` the batch is **not** atomic: any subset of the files may have reached their final names, and after
     /// a failed fsync the page cache may have dropped data. Callers treat an error like a crash: they stop writing

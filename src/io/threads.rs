@@ -46,11 +46,13 @@ impl BatchIo for ThreadPoolIo {
         if paths.len() <= 2 {
             return paths.iter().map(|p| read_file(p)).collect();
         }
-        self.pool.install(|| paths.par_iter().with_min_len(READ_CHUNK_FILES.min(paths.len() / 2)).map(|p| read_file(p)).collect())
+        self.pool.install(|| {
+            paths.par_iter().with_min_len(READ_CHUNK_FILES.min(paths.len() / 2)).map(|p| read_file(p)).collect()
+        })
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        write_files_blocking(files, durable, |work| self.pool.install(|| work.par_iter().map(|f| f()).collect()))
+        write_files_blocking(files, durable, &self.pool)
     }
 }
 
@@ -58,25 +60,48 @@ pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, IoError> {
     std::fs::read(path).map_err(|e| IoError::new(IoOp::Read, path, e))
 }
 
-type Job<'a> = Box<dyn Fn() -> Result<(), IoError> + Send + Sync + 'a>;
+/// Most files of one write batch held open at once (their descriptors wait for the final fsync round); bigger
+/// batches are written in chunks of this size. Well below the 20,000-descriptor hard limit seen here.
+pub const WRITE_OPEN_FILES_MAX: usize = 4096;
 
-/// The write protocol shared by blocking backends: write + (fsync) every temporary file through `run_parallel`,
-/// rename them in order, then (fsync) each parent directory once. Temporary files are removed on failure.
+/// The write protocol of blocking backends, in at most three parallel rounds per chunk of files:
+/// 1. write every temporary file (a `Replace` file is also fsynced here, so its rename is an atomic replace
+///    even across power loss);
+/// 2. rename each to its final name, in order (`CreateNew` never replaces);
+/// 3. when durable, fsync every `CreateNew` file and every parent directory at once. A crash before this round
+///    ends can leave a `CreateNew` file torn at its final name, which the `BatchIo` contract allows: such files
+///    only become valid through a later commit record (the ledger).
+///
+/// Temporary files are removed on failure.
 pub(crate) fn write_files_blocking(
     files: &[FileWrite<'_>],
     durable: bool,
-    run_parallel: impl Fn(&[Job<'_>]) -> Vec<Result<(), IoError>>,
+    pool: &rayon::ThreadPool,
 ) -> Result<(), IoError> {
+    for chunk in files.chunks(WRITE_OPEN_FILES_MAX) {
+        write_chunk(chunk, durable, pool)?;
+    }
+    Ok(())
+}
+
+fn write_chunk(files: &[FileWrite<'_>], durable: bool, pool: &rayon::ThreadPool) -> Result<(), IoError> {
     let tmps: Vec<PathBuf> = files.iter().map(|f| tmp_path(f.path)).collect();
-    let jobs: Vec<Job<'_>> = files
-        .iter()
-        .zip(&tmps)
-        .map(|(f, tmp)| -> Job<'_> { Box::new(move || write_tmp(tmp, f.bytes, durable)) })
-        .collect();
-    let results = if files.len() <= 1 { jobs.iter().map(|j| j()).collect() } else { run_parallel(&jobs) };
-    if let Some(err) = results.into_iter().find_map(Result::err) {
-        remove_all(&tmps);
-        return Err(err);
+    let write_one =
+        |(f, tmp): (&FileWrite<'_>, &PathBuf)| write_tmp(tmp, f.bytes, durable && f.mode == WriteMode::Replace);
+    let written: Vec<Result<std::fs::File, IoError>> = if files.len() <= 2 {
+        files.iter().zip(&tmps).map(write_one).collect()
+    } else {
+        pool.install(|| files.par_iter().zip(tmps.par_iter()).map(write_one).collect())
+    };
+    let mut handles = Vec::with_capacity(files.len());
+    for result in written {
+        match result {
+            Ok(file) => handles.push(file),
+            Err(err) => {
+                remove_all(&tmps);
+                return Err(err);
+            }
+        }
     }
     for (i, (f, tmp)) in files.iter().zip(&tmps).enumerate() {
         let renamed = match f.mode {
@@ -88,22 +113,40 @@ pub(crate) fn write_files_blocking(
             return Err(IoError::new(IoOp::Rename, f.path, e));
         }
     }
-    if durable {
-        for dir in parent_dirs(files) {
-            fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, dir, e))?;
-        }
+    if !durable {
+        return Ok(());
     }
-    Ok(())
+    enum Sync<'a> {
+        File(&'a std::fs::File, &'a std::path::Path),
+        Dir(&'a std::path::Path),
+    }
+    let mut syncs: Vec<Sync<'_>> = files
+        .iter()
+        .zip(&handles)
+        .filter(|(f, _)| f.mode == WriteMode::CreateNew)
+        .map(|(f, h)| Sync::File(h, f.path))
+        .collect();
+    syncs.extend(parent_dirs(files).into_iter().map(Sync::Dir));
+    let sync_one = |s: &Sync<'_>| match s {
+        Sync::File(h, path) => h.sync_data().map_err(|e| IoError::new(IoOp::Fsync, *path, e)),
+        Sync::Dir(dir) => fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, *dir, e)),
+    };
+    let results: Vec<Result<(), IoError>> = if syncs.len() <= 1 {
+        syncs.iter().map(sync_one).collect()
+    } else {
+        pool.install(|| syncs.par_iter().map(sync_one).collect())
+    };
+    results.into_iter().collect()
 }
 
-fn write_tmp(tmp: &std::path::Path, bytes: &[u8], durable: bool) -> Result<(), IoError> {
+fn write_tmp(tmp: &std::path::Path, bytes: &[u8], sync: bool) -> Result<std::fs::File, IoError> {
     let mut file =
         OpenOptions::new().write(true).create_new(true).open(tmp).map_err(|e| IoError::new(IoOp::Open, tmp, e))?;
     file.write_all(bytes).map_err(|e| IoError::new(IoOp::Write, tmp, e))?;
-    if durable {
+    if sync {
         file.sync_data().map_err(|e| IoError::new(IoOp::Fsync, tmp, e))?;
     }
-    Ok(())
+    Ok(file)
 }
 
 fn remove_all(paths: &[PathBuf]) {

@@ -141,11 +141,8 @@ impl Index {
         });
         // Types OR: union.
         let by_types = (!item.types.is_empty()).then(|| {
-            let lists: Vec<Vec<u64>> = item
-                .types
-                .iter()
-                .map(|t| self.by_type.get(&type_stem(t)).map_or_else(Vec::new, |l| clip(l)))
-                .collect();
+            let lists: Vec<Vec<u64>> =
+                item.types.iter().map(|t| self.by_type.get(&type_stem(t)).map_or_else(Vec::new, |l| clip(l))).collect();
             union_sorted(&lists)
         });
         match (by_types, by_tags) {

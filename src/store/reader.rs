@@ -10,9 +10,16 @@ use crate::model::{Query, ReadOptions, SequencedEvent};
 
 enum Positions {
     /// `Query::All`: every position in `[lo, hi]`, never materialised.
-    Range { lo: u64, hi: u64 },
+    Range {
+        lo: u64,
+        hi: u64,
+    },
     /// Candidate positions, ascending; consumed from the front (or back when reading backwards).
-    List { positions: Vec<u64>, front: usize, back: usize },
+    List {
+        positions: Vec<u64>,
+        front: usize,
+        back: usize,
+    },
     Done,
 }
 

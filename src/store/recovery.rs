@@ -164,7 +164,8 @@ fn load_index_dir(
         }
     }
     let mut out = Vec::with_capacity(stems.len());
-    for (chunk_stems, chunk_paths) in stems.chunks(READ_BATCH_FILES_DEFAULT).zip(paths.chunks(READ_BATCH_FILES_DEFAULT)) {
+    for (chunk_stems, chunk_paths) in stems.chunks(READ_BATCH_FILES_DEFAULT).zip(paths.chunks(READ_BATCH_FILES_DEFAULT))
+    {
         for ((stem, path), result) in chunk_stems.iter().zip(chunk_paths).zip(io.read_files(chunk_paths)) {
             let bytes = result?;
             match format::decode_index(&bytes) {

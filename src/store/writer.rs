@@ -14,6 +14,7 @@
 //! lost dirty pages; retrying would lie), readers keep working below the last acknowledged head, and the next
 //! `open` recovers.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -41,11 +42,31 @@ pub(crate) struct Writer {
     lock_file: File,
     requests: Receiver<Request>,
     last_index_flush: Instant,
+    /// Identity of the ledger file as we last wrote or read it; while it is unchanged no other process has
+    /// appended, and the commit skips re-reading it.
+    ledger_seen: Cell<Option<LedgerFingerprint>>,
+}
+
+/// Writers replace the ledger by rename (we do, and so does .NET Opossum), so a new inode means a new ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LedgerFingerprint {
+    inode: u64,
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+}
+
+fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(LedgerFingerprint { inode, modified: meta.modified().ok(), len: meta.len() })
 }
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
-        Writer { shared, lock_file, requests, last_index_flush: Instant::now() }
+        Writer { shared, lock_file, requests, last_index_flush: Instant::now(), ledger_seen: Cell::new(None) }
     }
 
     fn durable(&self) -> bool {
@@ -66,11 +87,13 @@ impl Writer {
                     Ok(r) => Some(r),
                     Err(_) => break,
                 },
-                Some(interval) => match self.requests.recv_timeout(interval.saturating_sub(self.last_index_flush.elapsed())) {
-                    Ok(r) => Some(r),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+                Some(interval) => {
+                    match self.requests.recv_timeout(interval.saturating_sub(self.last_index_flush.elapsed())) {
+                        Ok(r) => Some(r),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
             };
             match request {
                 Some(Request::Sync { reply }) => {
@@ -146,7 +169,12 @@ impl Writer {
 
     /// Picks up events another process appended since our head (it moved the ledger).
     fn catch_up(&self) -> Result<(), StoreError> {
+        let fingerprint = ledger_fingerprint(&self.shared.layout.ledger());
+        if fingerprint.is_some() && fingerprint == self.ledger_seen.get() {
+            return Ok(());
+        }
         let ledger = recovery::read_ledger(&self.shared.layout)?;
+        self.ledger_seen.set(fingerprint);
         let head = self.shared.head();
         if ledger < head {
             return Err(StoreError::Corrupt {
@@ -308,10 +336,8 @@ impl Writer {
             }
             IndexWrites::Deferred { .. } => Vec::new(),
         };
-        let mut batch: Vec<FileWrite<'_>> = event_files
-            .iter()
-            .map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::CreateNew })
-            .collect();
+        let mut batch: Vec<FileWrite<'_>> =
+            event_files.iter().map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::CreateNew }).collect();
         batch.extend(replace_all(&index_files));
         let written = self.shared.io.write_files(&batch, durable);
         self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
@@ -334,8 +360,11 @@ impl Writer {
         }
         let ledger = Ledger { last_sequence_position: new_head, event_count: new_head }.encode();
         let ledger_path = layout.ledger();
-        self.shared.io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Replace }], durable)?;
+        self.shared
+            .io
+            .write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Replace }], durable)?;
         self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.ledger_seen.set(ledger_fingerprint(&ledger_path));
         Ok(())
     }
 }

@@ -32,8 +32,12 @@ fn crash_child() {
                     let events: Vec<Event> = (0..n)
                         .map(|j| {
                             let data = format!(r#"{{"batch":{id},"n":{n},"i":{j}}}"#);
-                            Event::new("Batch", &data, vec![Tag::new("batch", &batch_tag), Tag::new("thread", t.to_string())])
-                                .unwrap()
+                            Event::new(
+                                "Batch",
+                                &data,
+                                vec![Tag::new("batch", &batch_tag), Tag::new("thread", t.to_string())],
+                            )
+                            .unwrap()
                         })
                         .collect();
                     // Half of the appends carry a (passing) uniqueness condition, so the check path runs too.
@@ -117,7 +121,10 @@ fn sigkill_during_durable_appends_loses_no_acknowledged_event() {
         }
         verify(dir.path(), &acked, cycle);
     }
-    println!("{cycles} kill cycles ({kills_before_first_ack} during start-up), {} acknowledged appends verified", acked.len());
+    println!(
+        "{cycles} kill cycles ({kills_before_first_ack} during start-up), {} acknowledged appends verified",
+        acked.len()
+    );
     assert!(acked.len() as u64 >= cycles / 2, "too few acknowledged appends to mean anything");
 }
 

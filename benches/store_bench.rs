@@ -1,0 +1,210 @@
+//! Store benchmark (issue 2's numbers), printed as a table with same-run baselines:
+//!
+//! 1. `durability = none`: N single-event appends, then read back with `Query::All`, by type and by tag, next to a
+//!    sequential `std::fs::read` of the same event files.
+//! 2. `durability = fsync`: one appender (one commit, so one round of fsyncs, per event) against 16 concurrent
+//!    appenders sharing group commits: events/s and p50/p99 latency, plus a raw write+fdatasync-per-file baseline.
+//!
+//! `cargo bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `OPOSSUM_BENCH_DIR` to choose
+//! the disk (default: a temp dir under ./target).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use opossum::io::IoBackendKind;
+use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
+use opossum::store::{Durability, IndexWrites, Store, StoreOptions};
+
+const TYPES: [&str; 4] = ["StudentRegistered", "CourseCreated", "StudentEnrolled", "StudentDropped"];
+const STUDENTS: u64 = 1_000;
+
+fn event(i: u64) -> Event {
+    let student = format!("student-{}", i % STUDENTS);
+    let data = format!(
+        r#"{{"$type":"Sample.Events.{t}, Sample","studentId":"{student}","courseId":"course-{c}","name":"Student number {i}","email":"s{i}@example.com","note":"padding padding padding padding padding padding padding"}}"#,
+        t = TYPES[(i % 4) as usize],
+        c = i % 200
+    );
+    Event::new(
+        TYPES[(i % 4) as usize],
+        &data,
+        vec![Tag::new("studentId", student), Tag::new("courseId", format!("course-{}", i % 200))],
+    )
+    .unwrap()
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn row(what: &str, n: u64, d: Duration, baseline: Option<f64>) {
+    let r = rate(n, d);
+    match baseline {
+        Some(b) => println!("{what:<58} {n:>9} {:>10.1} ms {r:>12.0}/s {:>7.2}x", d.as_secs_f64() * 1e3, r / b),
+        None => println!("{what:<58} {n:>9} {:>10.1} ms {r:>12.0}/s", d.as_secs_f64() * 1e3),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes `--bench`; under `cargo test --all-targets` (no `--bench`) this runs as a quick smoke test.
+    let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
+    let n: u64 = if quick { 5_000 } else { 100_000 };
+    let durable_secs = if quick { 1 } else { 5 };
+    let base = std::env::var_os("OPOSSUM_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"));
+    std::fs::create_dir_all(&base).unwrap();
+    let backend: IoBackendKind =
+        std::env::var("OPOSSUM_IO_BACKEND").ok().map_or(IoBackendKind::Auto, |s| s.parse().expect("backend"));
+    println!("store_bench: N = {n}, io backend {backend:?}, dir {}", base.display());
+    println!("{:<58} {:>9} {:>13} {:>13} {:>8}", "workload", "events", "time", "rate", "ratio");
+
+    // 1. Appends and reads without fsync.
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let opts = |durability, index_writes| StoreOptions {
+        durability,
+        io_backend: backend,
+        index_writes,
+        ..StoreOptions::default()
+    };
+    let deferred = IndexWrites::Deferred { interval: Duration::from_secs(1) };
+    let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
+    println!("io backend in use: {}", store.io_backend());
+    let raw_dir = tempfile::tempdir_in(&base).unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        std::fs::write(raw_dir.path().join(format!("{:010}.json", i + 1)), event_bytes(i)).unwrap();
+    }
+    let raw_write = t.elapsed();
+    row("baseline: std::fs::write of one file per event", n, raw_write, None);
+    let t = Instant::now();
+    for i in 0..n {
+        store.append(vec![event(i)], None).unwrap();
+    }
+    row("append, 1 event/request, durability none, deferred index", n, t.elapsed(), Some(rate(n, raw_write)));
+    store.sync().unwrap();
+    drop(store);
+
+    // Every-commit index files (Opossum's own behaviour) on a smaller store: O(index size) per append.
+    let small = (n / 10).max(1000);
+    let every_dir = tempfile::tempdir_in(&base).unwrap();
+    let every = Store::open(every_dir.path(), opts(Durability::None, IndexWrites::EveryCommit)).unwrap();
+    let t = Instant::now();
+    for i in 0..small {
+        every.append(vec![event(i)], None).unwrap();
+    }
+    row("append, 1 event/request, durability none, every-commit index", small, t.elapsed(), Some(rate(n, raw_write)));
+    drop(every);
+
+    let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
+    let paths: Vec<PathBuf> = (1..=n).map(|p| dir.path().join("events").join(format!("{p:010}.json"))).collect();
+    let t = Instant::now();
+    let mut bytes = 0usize;
+    for p in &paths {
+        bytes += std::fs::read(p).unwrap().len();
+    }
+    let raw_read = t.elapsed();
+    assert!(bytes > 0);
+    row("baseline: sequential std::fs::read of the same files", n, raw_read, None);
+    let raw = rate(n, raw_read);
+    let t = Instant::now();
+    let count = store.read(&Query::All, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+    assert_eq!(count, n);
+    row("read Query::All", count, t.elapsed(), Some(raw));
+    let t = Instant::now();
+    let q = Query::items(vec![QueryItem::types(&["StudentEnrolled"])]).unwrap();
+    let count = store.read(&q, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+    assert_eq!(count, n / 4);
+    row("read by type (1 of 4 types)", count, t.elapsed(), Some(raw));
+    let tag_queries = 100;
+    let t = Instant::now();
+    let mut count = 0;
+    for s in 0..tag_queries {
+        let q = Query::items(vec![QueryItem::tags(&[("studentId", &format!("student-{s}"))])]).unwrap();
+        count += store.read(&q, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+    }
+    assert_eq!(count, tag_queries * (n / STUDENTS));
+    row(&format!("read by tag ({tag_queries} queries of {} events)", n / STUDENTS), count, t.elapsed(), Some(raw));
+    drop(store);
+    drop(dir);
+    drop(raw_dir);
+
+    // 2. Durable appends: one appender vs 16 sharing group commits.
+    println!();
+    let raw_dir = tempfile::tempdir_in(&base).unwrap();
+    let t = Instant::now();
+    let mut raw_n = 0;
+    while t.elapsed() < Duration::from_secs(durable_secs) {
+        let path = raw_dir.path().join(format!("{raw_n:010}.json"));
+        let f = std::fs::File::create(&path).unwrap();
+        std::io::Write::write_all(&mut &f, &event_bytes(raw_n)).unwrap();
+        f.sync_data().unwrap();
+        raw_n += 1;
+    }
+    let raw_fsync = rate(raw_n, t.elapsed());
+    row("baseline: std::fs write + fdatasync, one file at a time", raw_n, t.elapsed(), None);
+    drop(raw_dir);
+    let mut single = 0.0;
+    for (appenders, index_writes, label) in [
+        (1, deferred, "deferred index"),
+        (16, deferred, "deferred index"),
+        (1, IndexWrites::EveryCommit, "every-commit index"),
+        (16, IndexWrites::EveryCommit, "every-commit index"),
+    ] {
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let store = Arc::new(Store::open(dir.path(), opts(Durability::Fsync, index_writes)).unwrap());
+        let (events, elapsed, hist, commits) = durable_run(&store, appenders, Duration::from_secs(durable_secs));
+        let r = rate(events, elapsed);
+        if appenders == 1 && index_writes == deferred {
+            single = r;
+        }
+        println!(
+            "durable appends, {appenders:>2} appender(s), {label:<18} {events:>9} events {r:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>5.1} events/commit  {:>6.2}x one appender  {:>6.2}x raw fsync",
+            hist.value_at_quantile(0.5) as f64 / 1e3,
+            hist.value_at_quantile(0.99) as f64 / 1e3,
+            events as f64 / commits.max(1) as f64,
+            r / single.max(1e-9),
+            r / raw_fsync,
+        );
+    }
+}
+
+fn event_bytes(i: u64) -> Vec<u8> {
+    let e = event(i);
+    let meta = serde_json::value::RawValue::from_string(r#"{"timestamp":"2026-03-11T10:30:00.1234567+00:00"}"#.into())
+        .unwrap();
+    opossum::format::encode_event(i + 1, &e.event_type, &e.data, &e.tags, &meta)
+}
+
+fn durable_run(store: &Arc<Store>, appenders: usize, duration: Duration) -> (u64, Duration, Histogram<u64>, u64) {
+    let barrier = Arc::new(Barrier::new(appenders + 1));
+    let commits_before = store.stats().commits;
+    let handles: Vec<_> = (0..appenders)
+        .map(|a| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                barrier.wait();
+                let start = Instant::now();
+                let mut i = a as u64 * 10_000_000;
+                while start.elapsed() < duration {
+                    let t = Instant::now();
+                    store.append(vec![event(i)], None).unwrap();
+                    hist.record(t.elapsed().as_micros() as u64).unwrap();
+                    i += 1;
+                }
+                hist
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for h in handles {
+        total.add(h.join().unwrap()).unwrap();
+    }
+    (total.len(), start.elapsed(), total, store.stats().commits - commits_before)
+}
