@@ -111,12 +111,12 @@ fn main() {
     row("baseline: sequential std::fs::read of the same files", n, raw_read, None);
     let raw = rate(n, raw_read);
     let t = Instant::now();
-    let count = store.read(&Query::All, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+    let count = drain(store.read(&Query::All, ReadOptions::default()).unwrap());
     assert_eq!(count, n);
     row("read Query::All", count, t.elapsed(), Some(raw));
     let t = Instant::now();
     let q = Query::items(vec![QueryItem::types(&["StudentEnrolled"])]).unwrap();
-    let count = store.read(&q, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+    let count = drain(store.read(&q, ReadOptions::default()).unwrap());
     assert_eq!(count, n / 4);
     row("read by type (1 of 4 types)", count, t.elapsed(), Some(raw));
     let tag_queries = 100;
@@ -124,7 +124,7 @@ fn main() {
     let mut count = 0;
     for s in 0..tag_queries {
         let q = Query::items(vec![QueryItem::tags(&[("studentId", &format!("student-{s}"))])]).unwrap();
-        count += store.read(&q, ReadOptions::default()).unwrap().map(|e| e.unwrap()).count() as u64;
+        count += drain(store.read(&q, ReadOptions::default()).unwrap());
     }
     assert_eq!(count, tag_queries * (n / STUDENTS));
     row(&format!("read by tag ({tag_queries} queries of {} events)", n / STUDENTS), count, t.elapsed(), Some(raw));
@@ -170,6 +170,15 @@ fn main() {
             r / raw_fsync,
         );
     }
+}
+
+/// Streams a read to the end batch by batch, as the daemon does, and counts the events.
+fn drain(mut reader: opossum::store::EventReader) -> u64 {
+    let mut count = 0;
+    while let Some(batch) = reader.next_batch() {
+        count += batch.unwrap().len() as u64;
+    }
+    count
 }
 
 fn event_bytes(i: u64) -> Vec<u8> {

@@ -3,7 +3,12 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod client;
+pub mod config;
 pub mod format;
 pub mod io;
 pub mod model;
+pub mod projection;
+pub mod protocol;
+pub mod server;
 pub mod store;

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""A dependency-free client for opossumd (protocol v1, docs/PROTOCOL.md): stdlib socket + json only.
+
+    from client import Client
+    with Client("./opossum.sock") as c:
+        print(c.hello())
+        c.append([{"type": "StudentRegistered", "data": {"name": "Ada"},
+                   "tags": [{"key": "studentId", "value": "42"}]}])
+        for event in c.read({"items": [{"tags": [{"key": "studentId", "value": "42"}]}]}):
+            print(event["position"], event["type"], event["data"])
+
+Run it as a script for a short example against a running daemon: python3 scripts/client.py --socket ./opossum.sock
+"""
+
+import argparse
+import json
+import socket
+import sys
+import uuid
+
+
+class OpossumError(Exception):
+    """An error line from the server: .code is e.g. 'append_condition_failed', 'invalid_request'."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Client:
+    def __init__(self, path="./opossum.sock", timeout=None):
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        self._sock.connect(path)
+        self._file = self._sock.makefile("rb", buffering=1 << 16)
+        self._next_id = 1
+
+    def close(self):
+        self._file.close()
+        self._sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _send(self, op, **fields):
+        request_id = self._next_id
+        self._next_id += 1
+        body = {"id": request_id, "op": op}
+        body.update({k: v for k, v in fields.items() if v is not None})
+        self._sock.sendall(json.dumps(body, separators=(",", ":")).encode() + b"\n")
+        return request_id
+
+    def _recv(self):
+        line = self._file.readline()
+        if not line:
+            raise ConnectionError("the server closed the connection")
+        return json.loads(line)
+
+    def _final(self, request_id):
+        reply = self._recv()
+        if reply.get("id") != request_id and reply.get("id") is not None:
+            raise RuntimeError(f"answer for id {reply.get('id')} while waiting for {request_id}")
+        if not reply.get("ok"):
+            err = reply.get("error", {})
+            raise OpossumError(err.get("code", "unknown"), err.get("message", ""))
+        return reply
+
+    def call(self, op, **fields):
+        """Any op that answers with one final line; returns that line as a dict."""
+        return self._final(self._send(op, **fields))
+
+    def hello(self):
+        return self.call("hello")
+
+    def head(self):
+        return self.call("head")["head"]
+
+    def stats(self):
+        return self.call("stats")
+
+    def append(self, events, fail_if_events_match=None, after=None):
+        """Appends events atomically. With fail_if_events_match (a query), fails with
+        OpossumError(code='append_condition_failed') if a matching event exists after `after`."""
+        condition = None
+        if fail_if_events_match is not None:
+            condition = {"fail_if_events_match": fail_if_events_match, "after": after}
+        return self.call("append", events=events, condition=condition)
+
+    def read(self, query="all", after=None, before=None, limit=None, backwards=None):
+        """Yields events in position order (newest first when backwards). Consume it to the end."""
+        request_id = self._send("read", query=query, after=after, before=before, limit=limit, backwards=backwards)
+        while True:
+            line = self._recv()
+            if "event" in line:
+                yield line["event"]
+                continue
+            if not line.get("ok"):
+                err = line.get("error", {})
+                raise OpossumError(err.get("code", "unknown"), err.get("message", ""))
+            if line.get("id") != request_id:
+                raise RuntimeError("out of step with the server")
+            return
+
+
+def example(path):
+    with Client(path, timeout=30) as c:
+        hello = c.hello()
+        print(f"connected to {hello['server']} {hello['version']} (io: {hello['io_backend']}), head {hello['head']}")
+        email = f"ada-{uuid.uuid4().hex[:8]}@example.com"
+        unique = {"items": [{"types": ["UserRegistered"], "tags": [{"key": "email", "value": email}]}]}
+        event = {"type": "UserRegistered", "data": {"name": "Ada"}, "tags": [{"key": "email", "value": email}]}
+        first = c.append([event], fail_if_events_match=unique)
+        print(f"registered {email} at position {first['first']}")
+        try:
+            c.append([event], fail_if_events_match=unique)
+            print("BUG: a duplicate registration was accepted")
+            return 1
+        except OpossumError as e:
+            assert e.code == "append_condition_failed", e
+            print(f"second registration: condition failed as expected ({e.code})")
+        c.append([{"type": "UserRenamed", "data": "Ada L.", "tags": [{"key": "email", "value": email}]}])
+        history = list(c.read({"items": [{"tags": [{"key": "email", "value": email}]}]}))
+        for e in history:
+            print(f"  {e['position']:>6} {e['type']:<16} {json.dumps(e['data'])}")
+        newest = list(c.read("all", backwards=True, limit=1))
+        print(f"newest event: {newest[0]['type']} at {newest[0]['position']}; head {c.head()}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", default="./opossum.sock")
+    sys.exit(example(parser.parse_args().socket))

@@ -1,0 +1,319 @@
+//! `opossum`: command-line client for `opossumd` (docs/PROTOCOL.md).
+//!
+//! ```text
+//! opossum head
+//! opossum append --type StudentRegistered --data '{"name":"Ada"}' --tag studentId=42
+//! opossum append --fail-if-tag studentId=42 --fail-if-type StudentRegistered < events.ndjson
+//! opossum read --type StudentRegistered --tag studentId=42 --backwards --limit 1
+//! opossum export all.ndjson && opossum --socket other.sock import all.ndjson
+//! ```
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use opossum::client::Client;
+use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, Tag};
+use serde_json::value::RawValue;
+
+#[derive(Parser)]
+#[command(name = "opossum", version, about = "Client for the opossumd event store daemon")]
+struct Cli {
+    /// The daemon's socket
+    #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = "./opossum.sock")]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Server name, version, protocol, io backend and head
+    Hello,
+    /// The store's head position (0 when empty)
+    Head,
+    /// Server and store counters
+    Stats,
+    /// Append one event given by flags, or (without --type) the NDJSON events on stdin, atomically
+    Append(AppendArgs),
+    /// Read events as NDJSON
+    Read(ReadArgs),
+    /// Append NDJSON events (as `export` or `read` write them; positions are reassigned) in batches
+    Import(ImportArgs),
+    /// Write matching events as NDJSON to a file or stdout
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Match this event type (repeatable; any of them)
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Match events carrying this tag (repeatable; all of them)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<Tag>,
+    /// A full query in wire form: "all" or {"items":[...]} (instead of --type/--tag)
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["types", "tags"])]
+    query: Option<String>,
+    /// Only events after this position
+    #[arg(long)]
+    after: Option<u64>,
+    /// Only events before this position
+    #[arg(long)]
+    before: Option<u64>,
+    /// At most this many events
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Newest first
+    #[arg(long)]
+    backwards: bool,
+}
+
+impl QueryArgs {
+    fn query(&self) -> anyhow::Result<Query> {
+        if let Some(text) = &self.query {
+            return serde_json::from_str(text).context("--query");
+        }
+        if self.types.is_empty() && self.tags.is_empty() {
+            return Ok(Query::All);
+        }
+        Ok(Query::items(vec![QueryItem::new(self.types.clone(), self.tags.clone())?])?)
+    }
+
+    fn options(&self) -> ReadOptions {
+        ReadOptions { after: self.after, before: self.before, limit: self.limit, backwards: self.backwards }
+    }
+}
+
+#[derive(Args)]
+struct AppendArgs {
+    /// Event type (without it, events are read as NDJSON from stdin)
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+    /// Event data, any JSON value
+    #[arg(long, default_value = "{}", requires = "event_type")]
+    data: String,
+    /// A tag of the event (repeatable)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag, requires = "event_type")]
+    tags: Vec<Tag>,
+    /// Metadata object
+    #[arg(long, value_name = "JSON", requires = "event_type")]
+    metadata: Option<String>,
+    /// Condition: fail if an event of this type (repeatable) ...
+    #[arg(long = "fail-if-type", value_name = "TYPE")]
+    fail_if_types: Vec<String>,
+    /// ... carrying these tags (repeatable) exists
+    #[arg(long = "fail-if-tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    fail_if_tags: Vec<Tag>,
+    /// A full condition in wire form {"fail_if_events_match":..,"after":..}
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["fail_if_types", "fail_if_tags"])]
+    condition: Option<String>,
+    /// ... after this position (the position your decision was based on)
+    #[arg(long)]
+    after: Option<u64>,
+}
+
+#[derive(Args)]
+struct ReadArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// NDJSON file of events ("-" for stdin)
+    #[arg(default_value = "-")]
+    file: PathBuf,
+    /// Events per append request (each batch is atomic)
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Output file ("-" for stdout)
+    #[arg(default_value = "-")]
+    file: PathBuf,
+    #[command(flatten)]
+    query: QueryArgs,
+}
+
+fn parse_tag(s: &str) -> Result<Tag, String> {
+    match s.split_once('=') {
+        Some((k, v)) => Ok(Tag::new(k, v)),
+        None => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = run(cli);
+    if let Err(e) = result {
+        // `opossum read | head` is not an error.
+        if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) {
+            return;
+        }
+        eprintln!("opossum: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    Client::connect(&cli.socket).with_context(|| format!("connecting to {}", cli.socket.display()))
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    out.write_all(b"\n")?;
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut client = connect(&cli)?;
+    match &cli.command {
+        Command::Hello => print_json(&client.hello()?),
+        Command::Head => print_json(&serde_json::json!({ "head": client.head()? })),
+        Command::Stats => print_json(&client.stats()?),
+        Command::Append(args) => append(&mut client, args),
+        Command::Read(args) => export(&mut client, &args.query, &PathBuf::from("-"), false),
+        Command::Export(args) => export(&mut client, &args.query, &args.file, true),
+        Command::Import(args) => import(&mut client, args),
+    }
+}
+
+fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
+    let events = match &args.event_type {
+        Some(event_type) => {
+            let data = RawValue::from_string(args.data.clone()).context("--data is not valid JSON")?;
+            let metadata = match &args.metadata {
+                Some(m) => Some(RawValue::from_string(m.clone()).context("--metadata is not valid JSON")?),
+                None => None,
+            };
+            vec![Event { event_type: event_type.clone(), data, tags: args.tags.clone(), metadata }]
+        }
+        None => {
+            if io::stdin().is_terminal() {
+                eprintln!("opossum: reading NDJSON events from stdin (one {{\"type\",\"data\",\"tags\"}} per line)");
+            }
+            let mut events = Vec::new();
+            for (n, line) in io::stdin().lock().lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                events.push(serde_json::from_str::<Event>(&line).with_context(|| format!("stdin line {}", n + 1))?);
+            }
+            events
+        }
+    };
+    let condition = if let Some(text) = &args.condition {
+        Some(serde_json::from_str::<AppendCondition>(text).context("--condition")?)
+    } else if !args.fail_if_types.is_empty() || !args.fail_if_tags.is_empty() {
+        let item = QueryItem::new(args.fail_if_types.clone(), args.fail_if_tags.clone())?;
+        Some(AppendCondition { fail_if_events_match: Query::items(vec![item])?, after: args.after })
+    } else {
+        if args.after.is_some() {
+            bail!("--after needs --fail-if-type or --fail-if-tag");
+        }
+        None
+    };
+    print_json(&client.append(events, condition)?)
+}
+
+fn progress(len: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// `read` and `export`: NDJSON of `SequencedEvent`s; export shows progress by position.
+fn export(client: &mut Client, args: &QueryArgs, file: &PathBuf, show_progress: bool) -> anyhow::Result<()> {
+    let query = args.query()?;
+    let head = client.head()?;
+    let out: Box<dyn Write> = if file.as_os_str() == "-" {
+        Box::new(io::stdout().lock())
+    } else {
+        Box::new(File::create(file).with_context(|| format!("creating {}", file.display()))?)
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, out);
+    let bar = if show_progress && head > 0 {
+        progress(head, "{spinner} exporting [{bar:40}] position {pos}/{len} {per_sec} ({eta})")
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut count = 0u64;
+    let mut stream = client.read(&query, args.options())?;
+    for event in stream.by_ref() {
+        let event = event?;
+        serde_json::to_writer(&mut out, &event)?;
+        out.write_all(b"\n")?;
+        count += 1;
+        if count.is_multiple_of(1024) {
+            bar.set_position(if args.backwards { head - event.position } else { event.position });
+        }
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    if show_progress {
+        let done = stream.done().map_or(head, |d| d.head);
+        eprintln!("exported {count} events (store head {done})");
+    }
+    Ok(())
+}
+
+fn import(client: &mut Client, args: &ImportArgs) -> anyhow::Result<()> {
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (input, len): (Box<dyn Read>, u64) = if args.file.as_os_str() == "-" {
+        (Box::new(io::stdin().lock()), 0)
+    } else {
+        let f = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+        let len = f.metadata()?.len();
+        (Box::new(f), len)
+    };
+    let bar = if len > 0 {
+        progress(len, "{spinner} importing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ({eta}) {msg}")
+    } else {
+        progress(0, "{spinner} importing {msg}")
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let mut batch = Vec::with_capacity(args.batch);
+    let (mut line, mut line_no, mut imported, mut first) = (String::new(), 0u64, 0u64, None);
+    let mut flush = |batch: &mut Vec<Event>, imported: &mut u64| -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        let appended = client.append(std::mem::take(batch), None)?;
+        first.get_or_insert(appended.first);
+        *imported += n;
+        Ok(())
+    };
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        bar.inc(n as u64);
+        if line.trim().is_empty() {
+            continue;
+        }
+        batch.push(serde_json::from_str::<Event>(&line).with_context(|| format!("line {line_no}"))?);
+        if batch.len() >= args.batch {
+            flush(&mut batch, &mut imported)?;
+            bar.set_message(format!("{imported} events"));
+        }
+    }
+    flush(&mut batch, &mut imported)?;
+    bar.finish_and_clear();
+    print_json(&serde_json::json!({ "imported": imported, "head": client.head()? }))
+}

@@ -1,0 +1,97 @@
+//! `opossumd`: serves one opossum store over a Unix socket (docs/PROTOCOL.md).
+//!
+//! Exit status: 0 after a graceful stop (SIGTERM/SIGINT), 1 when it cannot start (bad config, store in use by
+//! another daemon, socket in use, ...). Logs go to stderr (journald-friendly), filtered by RUST_LOG or `log`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use opossum::config::{Config, DaemonArgs};
+use opossum::server::{self, Hooks, Listener};
+use opossum::store::{Store, StoreOptions};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter};
+
+/// Blocking threads for store work: each connection runs at most one blocking request at a time, so this bounds
+/// nothing in practice; threads are started lazily.
+const MAX_BLOCKING_THREADS: usize = 4096;
+
+fn filter_for(log: &str) -> EnvFilter {
+    match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(env).unwrap_or_else(|_| EnvFilter::new(log)),
+        _ => EnvFilter::new(log),
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("opossumd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args = DaemonArgs::parse();
+    let config = Config::load(&args)?;
+
+    let (filter, filter_handle) = reload::Layer::new(filter_for(&config.log));
+    let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    if under_journald {
+        tracing_subscriber::registry().with(filter).with(fmt.without_time()).init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(fmt).init();
+    }
+
+    // Before any thread exists: socket activation edits the environment.
+    let activated = server::systemd::take_activated_listener().context("socket activation")?;
+
+    let options = StoreOptions {
+        durability: config.durability,
+        io_backend: config.io_backend,
+        index_writes: config.index_writes,
+        exclusive: true,
+        ..StoreOptions::default()
+    };
+    tracing::info!(data = %config.data.display(), ?options, "opening store");
+    let store =
+        Store::open(&config.data, options).with_context(|| format!("opening store {}", config.data.display()))?;
+    let listener = match activated {
+        Some(listener) => {
+            if args.socket.is_some() {
+                tracing::info!("socket activation: ignoring --socket");
+            }
+            Listener::Activated(listener)
+        }
+        None => Listener::bind(&config.socket, config.socket_mode)?,
+    };
+
+    let reload_args = args.clone();
+    let filter_handle = Arc::new(filter_handle);
+    let hooks = Hooks {
+        reload: Some(Box::new(move || match Config::load(&reload_args) {
+            Ok(new) => {
+                if let Err(e) = filter_handle.reload(filter_for(&new.log)) {
+                    tracing::error!("reloading the log filter: {e}");
+                }
+                Some(new)
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: keeping the current configuration: {e}");
+                None
+            }
+        })),
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .thread_name("opossumd")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(server::run(config, store, listener, hooks))?;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! A small blocking client for the wire protocol (docs/PROTOCOL.md), used by the `opossum` CLI, the integration
+//! tests and the benchmarks.
+//!
+//! ```no_run
+//! use opossum::client::Client;
+//! use opossum::model::{Event, Query, ReadOptions, Tag};
+//! let mut client = Client::connect("./opossum.sock")?;
+//! let event = Event::new("StudentRegistered", r#"{"name":"Ada"}"#, vec![Tag::new("studentId", "42")])?;
+//! let appended = client.append(vec![event], None)?;
+//! for event in client.read(&Query::All, ReadOptions::default())? {
+//!     println!("{} {}", event?.position, appended.head);
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent};
+use crate::protocol::{AppendResponse, ErrorCode, HeadResponse, HelloResponse, ReadDone, WireError};
+
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The server answered with an error line.
+    #[error("{code}: {message}")]
+    Server { code: String, message: String },
+    /// The server's answer did not follow the protocol (or the connection closed mid-answer).
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The server's error code, when the server answered with an error line.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn is(&self, code: ErrorCode) -> bool {
+        self.code() == Some(code.as_str())
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// One connection to `opossumd`. Requests are answered in order; a [`ReadStream`] must be consumed to its end (or
+/// dropped, which closes the connection's usefulness: later calls fail) before the next request.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+    line: Vec<u8>,
+    /// Set when a read stream was abandoned mid-way: the connection is out of step with its requests.
+    broken: bool,
+}
+
+impl Client {
+    pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
+        let stream = UnixStream::connect(path)?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+            writer,
+            next_id: 1,
+            line: Vec::with_capacity(4096),
+            broken: false,
+        })
+    }
+
+    /// Limits how long a single socket read may block (`None`: forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        self.writer.set_read_timeout(timeout)?;
+        self.writer.set_write_timeout(timeout)?;
+        Ok(())
+    }
+
+    pub fn hello(&mut self) -> Result<HelloResponse> {
+        self.call("hello", &NoBody {})
+    }
+
+    pub fn head(&mut self) -> Result<u64> {
+        Ok(self.call::<_, HeadResponse>("head", &NoBody {})?.head)
+    }
+
+    /// Server and store counters, as the JSON object the server sent (without `id`/`ok`).
+    pub fn stats(&mut self) -> Result<serde_json::Value> {
+        let mut value: serde_json::Value = self.call("stats", &NoBody {})?;
+        if let Some(map) = value.as_object_mut() {
+            map.remove("id");
+            map.remove("ok");
+        }
+        Ok(value)
+    }
+
+    /// Appends `events` atomically, if `condition` holds; fails with code `append_condition_failed` otherwise.
+    pub fn append(&mut self, events: Vec<Event>, condition: Option<AppendCondition>) -> Result<AppendResponse> {
+        #[derive(Serialize)]
+        struct Body {
+            events: Vec<Event>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            condition: Option<AppendCondition>,
+        }
+        self.call("append", &Body { events, condition })
+    }
+
+    /// Streams the events matching `query`. Consume the stream to the end before the next request.
+    pub fn read(&mut self, query: &Query, options: ReadOptions) -> Result<ReadStream<'_>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            query: &'a Query,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            after: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            before: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u64>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            backwards: bool,
+        }
+        let body = Body {
+            query,
+            after: options.after,
+            before: options.before,
+            limit: options.limit,
+            backwards: options.backwards,
+        };
+        let id = self.send("read", &body)?;
+        Ok(ReadStream { client: self, id, done: None, failed: false })
+    }
+
+    /// Sends a request (`body`'s fields next to `id` and `op`) and returns its id, without waiting for the answer.
+    pub fn send<B: Serialize>(&mut self, op: &str, body: &B) -> Result<u64> {
+        if self.broken {
+            return Err(ClientError::Protocol("an earlier read was not consumed to its end; reconnect".into()));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut line = format!("{{\"id\":{id},\"op\":{}", serde_json::to_string(op).expect("op")).into_bytes();
+        let fields = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(format!("encoding {op}: {e}")))?;
+        if fields.len() > 2 && fields[0] == b'{' {
+            line.push(b',');
+            line.extend_from_slice(&fields[1..fields.len() - 1]);
+        }
+        line.extend_from_slice(b"}\n");
+        self.writer.write_all(&line)?;
+        Ok(id)
+    }
+
+    /// Writes raw bytes to the socket (tests: malformed input, pipelining).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads the next response line as JSON (tests, tools); `None` when the server closed the connection.
+    pub fn recv_value(&mut self) -> Result<Option<serde_json::Value>> {
+        if !self.recv_line()? {
+            return Ok(None);
+        }
+        serde_json::from_slice(&self.line).map(Some).map_err(|e| ClientError::Protocol(format!("bad response: {e}")))
+    }
+
+    fn recv_line(&mut self) -> Result<bool> {
+        self.line.clear();
+        let n = self.reader.read_until(b'\n', &mut self.line)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if self.line.last() != Some(&b'\n') {
+            return Err(ClientError::Protocol("connection closed mid-line".into()));
+        }
+        Ok(true)
+    }
+
+    fn call<B: Serialize, R: DeserializeOwned>(&mut self, op: &str, body: &B) -> Result<R> {
+        let id = self.send(op, body)?;
+        self.recv_final(id)
+    }
+
+    /// Reads the final line of request `id` and decodes its fields as `R`.
+    fn recv_final<R: DeserializeOwned>(&mut self, id: u64) -> Result<R> {
+        if !self.recv_line()? {
+            return Err(ClientError::Protocol("the server closed the connection".into()));
+        }
+        decode_final(&self.line, id)
+    }
+}
+
+#[derive(Serialize)]
+struct NoBody {}
+
+#[derive(Deserialize)]
+struct FinalHeader {
+    #[serde(default)]
+    id: serde_json::Value,
+    #[serde(default)]
+    ok: Option<bool>,
+    #[serde(default)]
+    error: Option<WireError>,
+}
+
+fn decode_final<R: DeserializeOwned>(line: &[u8], id: u64) -> Result<R> {
+    let header: FinalHeader =
+        serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad response line: {e}")))?;
+    match header.ok {
+        Some(false) => {
+            let error = header.error.unwrap_or(WireError { code: "unknown".into(), message: String::new() });
+            Err(ClientError::Server { code: error.code, message: error.message })
+        }
+        Some(true) if header.id.as_u64() == Some(id) => serde_json::from_slice(line)
+            .map_err(|e| ClientError::Protocol(format!("bad response: {e}: {}", String::from_utf8_lossy(line)))),
+        Some(true) => Err(ClientError::Protocol(format!("answer for id {} while waiting for {id}", header.id))),
+        None => Err(ClientError::Protocol(format!("expected a final line, got {}", String::from_utf8_lossy(line)))),
+    }
+}
+
+/// The events of one read, in the order the server sends them. Yields `Err` once if the read fails.
+pub struct ReadStream<'a> {
+    client: &'a mut Client,
+    id: u64,
+    done: Option<ReadDone>,
+    failed: bool,
+}
+
+impl ReadStream<'_> {
+    /// The final line's count and head, once the stream has ended successfully.
+    pub fn done(&self) -> Option<ReadDone> {
+        self.done
+    }
+
+    fn next_event(&mut self) -> Result<Option<SequencedEvent>> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "id")]
+            _id: IgnoredAny,
+            event: SequencedEvent,
+        }
+        if !self.client.recv_line()? {
+            return Err(ClientError::Protocol("the server closed the connection mid-read".into()));
+        }
+        let line = &self.client.line;
+        // Item lines look like {"id":<id>,"event":...}; final lines carry "ok" instead.
+        if memmem(&line[..line.len().min(64)], b"\"event\":") {
+            let item: Item =
+                serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
+            return Ok(Some(item.event));
+        }
+        self.done = Some(decode_final(line, self.id)?);
+        Ok(None)
+    }
+}
+
+fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Iterator for ReadStream<'_> {
+    type Item = Result<SequencedEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done.is_some() || self.failed {
+            return None;
+        }
+        match self.next_event() {
+            Ok(Some(event)) => Some(Ok(event)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                if !matches!(e, ClientError::Server { .. }) {
+                    self.client.broken = true;
+                }
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for ReadStream<'_> {
+    fn drop(&mut self) {
+        if self.done.is_none() && !self.failed {
+            self.client.broken = true;
+        }
+    }
+}
