@@ -67,8 +67,12 @@ pub enum WriteMode {
     /// The final name must not exist yet (event files: never overwrite). An existing file fails the write
     /// with `ErrorKind::AlreadyExists` and is left untouched.
     CreateNew,
-    /// Atomically replace whatever is at the final name (index files, the ledger).
+    /// Atomically replace whatever is at the final name (index files).
     Replace,
+    /// Atomically replace the final name, but only once every other file of the batch is durable: the batch's
+    /// commit record (the ledger). Its contents are made durable together with the other files and its rename
+    /// comes last, so a commit costs two durability rounds, not three.
+    Commit,
 }
 
 /// One file of a write batch.
@@ -123,6 +127,9 @@ pub trait BatchIo: Send + Sync {
     /// - `CreateNew`: the rename may come before the data is durable (one fsync round for the whole batch instead
     ///   of two), so a crash during the call can leave a torn file at the final name. Callers create only files
     ///   that a later commit record makes valid (event files beyond the ledger are quarantined at open).
+    /// - `Commit`: renamed after every other file of the batch (and its directory entry) is durable, then its own
+    ///   directory is fsynced. After a crash the final name holds the old record, or the new one with every file it
+    ///   vouches for. An interrupted call can leave its temporary file behind.
     ///
     /// On `Err` the batch is **not** atomic: any subset of the files may have reached their final names, and after
     /// a failed fsync the page cache may have dropped data. Callers treat an error like a crash: they stop writing

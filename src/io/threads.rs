@@ -6,7 +6,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
@@ -17,8 +17,17 @@ pub const THREADS_DEFAULT: usize = 32;
 /// Files handed to one pool task at once; amortises task overhead without starving other threads.
 const READ_CHUNK_FILES: usize = 16;
 
+/// Most files of one write batch held open at once (their descriptors wait for the final fsync round); bigger
+/// batches are written in chunks of this size. Well below the 20,000-descriptor hard limit seen here.
+pub const WRITE_OPEN_FILES_MAX: usize = 4096;
+/// From this many files and directories to make durable at once, one `syncfs(2)` replaces the per-file fsyncs:
+/// measured here (ext4 on virtio) 16 new files cost 4.1 ms with parallel fdatasyncs and 1.6 ms with one syncfs,
+/// 64 files 12.8 ms against 4.5 ms; a single file is cheaper with its own fdatasync.
+pub const SYNCFS_MIN_TARGETS: usize = 3;
+
 pub struct ThreadPoolIo {
     pool: rayon::ThreadPool,
+    barrier: FsBarrier,
 }
 
 impl ThreadPoolIo {
@@ -28,7 +37,7 @@ impl ThreadPoolIo {
             .thread_name(|i| format!("opossum-io-{i}"))
             .build()
             .expect("spawning I/O threads");
-        ThreadPoolIo { pool }
+        ThreadPoolIo { pool, barrier: FsBarrier::default() }
     }
 
     /// Runs `f` on this pool's threads (for callers that want their own parallel loops on the same threads).
@@ -52,7 +61,50 @@ impl BatchIo for ThreadPoolIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        write_files_blocking(files, durable, &self.pool)
+        let (commits, others): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
+            files.iter().partition(|f| f.mode == WriteMode::Commit);
+        let commit_dirs = parent_dirs(&commits);
+        if durable {
+            self.barrier.prepare(&commit_dirs)?;
+        }
+        // Commit records are written first but renamed last: their data becomes durable in the same barrier as the
+        // last chunk's new files, their new names only after that barrier.
+        let mut commit_tmps = Vec::with_capacity(commits.len());
+        let mut commit_handles = Vec::with_capacity(commits.len());
+        for f in &commits {
+            let tmp = tmp_path(f.path);
+            match write_tmp(&tmp, f.bytes) {
+                Ok(handle) => commit_handles.push(handle),
+                Err(e) => {
+                    remove_all(&commit_tmps);
+                    return Err(e);
+                }
+            }
+            commit_tmps.push(tmp);
+        }
+        let commit_targets: Vec<SyncTarget<'_>> =
+            commit_handles.iter().zip(&commit_tmps).map(|(h, tmp)| SyncTarget::File(h, tmp)).collect();
+        let chunks: Vec<&[FileWrite<'_>]> =
+            if others.is_empty() { vec![&[]] } else { others.chunks(WRITE_OPEN_FILES_MAX).collect() };
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let extra = if i == last { &commit_targets[..] } else { &[] };
+            if let Err(e) = self.write_chunk(chunk, durable, extra) {
+                remove_all(&commit_tmps);
+                return Err(e);
+            }
+        }
+        for (i, (f, tmp)) in commits.iter().zip(&commit_tmps).enumerate() {
+            if let Err(e) = std::fs::rename(tmp, f.path) {
+                remove_all(&commit_tmps[i..]);
+                return Err(IoError::new(IoOp::Rename, f.path, e));
+            }
+        }
+        if durable && !commits.is_empty() {
+            let dirs: Vec<SyncTarget<'_>> = commit_dirs.iter().map(|d| SyncTarget::Dir(d)).collect();
+            self.barrier(&dirs, &commit_dirs)?;
+        }
+        Ok(())
     }
 }
 
@@ -60,92 +112,178 @@ pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, IoError> {
     std::fs::read(path).map_err(|e| IoError::new(IoOp::Read, path, e))
 }
 
-/// Most files of one write batch held open at once (their descriptors wait for the final fsync round); bigger
-/// batches are written in chunks of this size. Well below the 20,000-descriptor hard limit seen here.
-pub const WRITE_OPEN_FILES_MAX: usize = 4096;
-
-/// The write protocol of blocking backends, in at most three parallel rounds per chunk of files:
-/// 1. write every temporary file (a `Replace` file is also fsynced here, so its rename is an atomic replace
-///    even across power loss);
-/// 2. rename each to its final name, in order (`CreateNew` never replaces);
-/// 3. when durable, fsync every `CreateNew` file and every parent directory at once. A crash before this round
-///    ends can leave a `CreateNew` file torn at its final name, which the `BatchIo` contract allows: such files
-///    only become valid through a later commit record (the ledger).
-///
-/// Temporary files are removed on failure.
-pub(crate) fn write_files_blocking(
-    files: &[FileWrite<'_>],
-    durable: bool,
-    pool: &rayon::ThreadPool,
-) -> Result<(), IoError> {
-    for chunk in files.chunks(WRITE_OPEN_FILES_MAX) {
-        write_chunk(chunk, durable, pool)?;
-    }
-    Ok(())
+/// What one durability barrier must cover.
+#[derive(Clone)]
+enum SyncTarget<'a> {
+    File(&'a std::fs::File, &'a Path),
+    Dir(&'a Path),
 }
 
-fn write_chunk(files: &[FileWrite<'_>], durable: bool, pool: &rayon::ThreadPool) -> Result<(), IoError> {
-    let tmps: Vec<PathBuf> = files.iter().map(|f| tmp_path(f.path)).collect();
-    let write_one =
-        |(f, tmp): (&FileWrite<'_>, &PathBuf)| write_tmp(tmp, f.bytes, durable && f.mode == WriteMode::Replace);
-    let written: Vec<Result<std::fs::File, IoError>> = if files.len() <= 2 {
-        files.iter().zip(&tmps).map(write_one).collect()
-    } else {
-        pool.install(|| files.par_iter().zip(tmps.par_iter()).map(write_one).collect())
-    };
-    let mut handles = Vec::with_capacity(files.len());
-    for result in written {
-        match result {
-            Ok(file) => handles.push(file),
-            Err(err) => {
-                remove_all(&tmps);
-                return Err(err);
+impl ThreadPoolIo {
+    /// The write protocol for one chunk of non-commit files, in at most four parallel rounds:
+    /// 1. write every temporary file;
+    /// 2. (durable, if any `Replace` file) a barrier over the `Replace` temporaries, so their renames are atomic
+    ///    replaces even across power loss;
+    /// 3. rename each to its final name, in order (`CreateNew` never replaces);
+    /// 4. (durable) a barrier over every `CreateNew` file, every parent directory and the `extra` targets (the
+    ///    batch's commit records, on its last chunk). A crash before it ends can leave a `CreateNew` file torn at
+    ///    its final name, which the `BatchIo` contract allows.
+    ///
+    /// Temporary files are removed on failure.
+    fn write_chunk(&self, files: &[FileWrite<'_>], durable: bool, extra: &[SyncTarget<'_>]) -> Result<(), IoError> {
+        if files.is_empty() {
+            return if durable { self.barrier(extra, &[]) } else { Ok(()) };
+        }
+        let dirs = parent_dirs(files);
+        if durable {
+            self.barrier.prepare(&dirs)?;
+        }
+        let tmps: Vec<PathBuf> = files.iter().map(|f| tmp_path(f.path)).collect();
+        let written: Vec<Result<std::fs::File, IoError>> = if files.len() <= 2 {
+            files.iter().zip(&tmps).map(|(f, tmp)| write_tmp(tmp, f.bytes)).collect()
+        } else {
+            self.pool
+                .install(|| files.par_iter().zip(tmps.par_iter()).map(|(f, tmp)| write_tmp(tmp, f.bytes)).collect())
+        };
+        let mut handles = Vec::with_capacity(files.len());
+        for result in written {
+            match result {
+                Ok(file) => handles.push(file),
+                Err(err) => {
+                    remove_all(&tmps);
+                    return Err(err);
+                }
             }
         }
-    }
-    for (i, (f, tmp)) in files.iter().zip(&tmps).enumerate() {
-        let renamed = match f.mode {
-            WriteMode::CreateNew => rename_no_replace(tmp, f.path),
-            WriteMode::Replace => std::fs::rename(tmp, f.path),
-        };
-        if let Err(e) = renamed {
-            remove_all(&tmps[i..]);
-            return Err(IoError::new(IoOp::Rename, f.path, e));
+        if durable {
+            let replaced: Vec<SyncTarget<'_>> = files
+                .iter()
+                .zip(&handles)
+                .zip(&tmps)
+                .filter(|((f, _), _)| f.mode == WriteMode::Replace)
+                .map(|((_, h), tmp)| SyncTarget::File(h, tmp))
+                .collect();
+            if let Err(e) = self.barrier(&replaced, &dirs) {
+                remove_all(&tmps);
+                return Err(e);
+            }
         }
+        for (i, (f, tmp)) in files.iter().zip(&tmps).enumerate() {
+            let renamed = match f.mode {
+                WriteMode::CreateNew => rename_no_replace(tmp, f.path),
+                WriteMode::Replace | WriteMode::Commit => std::fs::rename(tmp, f.path),
+            };
+            if let Err(e) = renamed {
+                remove_all(&tmps[i..]);
+                return Err(IoError::new(IoOp::Rename, f.path, e));
+            }
+        }
+        if !durable {
+            return Ok(());
+        }
+        let mut targets: Vec<SyncTarget<'_>> = files
+            .iter()
+            .zip(&handles)
+            .filter(|(f, _)| f.mode == WriteMode::CreateNew)
+            .map(|(f, h)| SyncTarget::File(h, f.path))
+            .collect();
+        targets.extend(dirs.iter().map(|d| SyncTarget::Dir(d)));
+        targets.extend(extra.iter().map(SyncTarget::clone));
+        self.barrier(&targets, &dirs)
     }
-    if !durable {
-        return Ok(());
+
+    /// Makes `targets` durable: one `syncfs` for many (Linux), else parallel fsyncs.
+    fn barrier(&self, targets: &[SyncTarget<'_>], dirs: &[&Path]) -> Result<(), IoError> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        if targets.len() >= SYNCFS_MIN_TARGETS && !dirs.is_empty() {
+            if let Some(result) = self.barrier.syncfs(dirs) {
+                return result;
+            }
+        }
+        let sync_one = |t: &SyncTarget<'_>| match t {
+            SyncTarget::File(h, path) => h.sync_data().map_err(|e| IoError::new(IoOp::Fsync, *path, e)),
+            SyncTarget::Dir(dir) => fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, *dir, e)),
+        };
+        let results: Vec<Result<(), IoError>> = if targets.len() == 1 {
+            targets.iter().map(sync_one).collect()
+        } else {
+            self.pool.install(|| targets.par_iter().map(sync_one).collect())
+        };
+        results.into_iter().collect()
     }
-    enum Sync<'a> {
-        File(&'a std::fs::File, &'a std::path::Path),
-        Dir(&'a std::path::Path),
-    }
-    let mut syncs: Vec<Sync<'_>> = files
-        .iter()
-        .zip(&handles)
-        .filter(|(f, _)| f.mode == WriteMode::CreateNew)
-        .map(|(f, h)| Sync::File(h, f.path))
-        .collect();
-    syncs.extend(parent_dirs(files).into_iter().map(Sync::Dir));
-    let sync_one = |s: &Sync<'_>| match s {
-        Sync::File(h, path) => h.sync_data().map_err(|e| IoError::new(IoOp::Fsync, *path, e)),
-        Sync::Dir(dir) => fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, *dir, e)),
-    };
-    let results: Vec<Result<(), IoError>> = if syncs.len() <= 1 {
-        syncs.iter().map(sync_one).collect()
-    } else {
-        pool.install(|| syncs.par_iter().map(sync_one).collect())
-    };
-    results.into_iter().collect()
 }
 
-fn write_tmp(tmp: &std::path::Path, bytes: &[u8], sync: bool) -> Result<std::fs::File, IoError> {
+/// Filesystem-wide durability barriers (`syncfs(2)`), through one long-lived directory descriptor per filesystem.
+///
+/// The descriptor must outlive the writes it vouches for: since Linux 5.8 `syncfs` reports a writeback error that
+/// happened after the descriptor was opened, so one opened *after* a failed background writeback would miss it.
+/// `prepare` opens them before a batch's first write; they are kept for the backend's lifetime.
+#[derive(Default)]
+struct FsBarrier {
+    #[cfg(target_os = "linux")]
+    fds: std::sync::Mutex<Vec<(u64, std::fs::File)>>,
+}
+
+impl FsBarrier {
+    /// Descriptors for the filesystems holding `dirs`, opening any missing one.
+    #[cfg(target_os = "linux")]
+    fn descriptors(&self, dirs: &[&Path]) -> Result<Vec<(std::fs::File, PathBuf)>, IoError> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out: Vec<(u64, std::fs::File, PathBuf)> = Vec::new();
+        let mut fds = self.fds.lock().unwrap();
+        for dir in dirs {
+            let dev = std::fs::metadata(dir).map_err(|e| IoError::new(IoOp::Open, *dir, e))?.dev();
+            if out.iter().any(|(d, _, _)| *d == dev) {
+                continue;
+            }
+            let known = fds.iter().find(|(d, _)| *d == dev).map(|(_, f)| f.try_clone());
+            let file = match known {
+                Some(clone) => clone.map_err(|e| IoError::new(IoOp::Open, *dir, e))?,
+                None => {
+                    let f = std::fs::File::open(dir).map_err(|e| IoError::new(IoOp::Open, *dir, e))?;
+                    let clone = f.try_clone().map_err(|e| IoError::new(IoOp::Open, *dir, e))?;
+                    fds.push((dev, f));
+                    clone
+                }
+            };
+            out.push((dev, file, dir.to_path_buf()));
+        }
+        Ok(out.into_iter().map(|(_, f, p)| (f, p)).collect())
+    }
+
+    /// Opens the descriptors a later `syncfs` over `dirs` will use, before anything is written.
+    fn prepare(&self, dirs: &[&Path]) -> Result<(), IoError> {
+        #[cfg(target_os = "linux")]
+        self.descriptors(dirs)?;
+        let _ = dirs;
+        Ok(())
+    }
+
+    /// `None` when this platform has no `syncfs` (the caller fsyncs file by file).
+    #[cfg(target_os = "linux")]
+    fn syncfs(&self, dirs: &[&Path]) -> Option<Result<(), IoError>> {
+        use std::os::fd::AsRawFd;
+        let run = || {
+            for (fd, dir) in self.descriptors(dirs)? {
+                nix::unistd::syncfs(fd.as_raw_fd()).map_err(|e| IoError::new(IoOp::Fsync, dir, e.into()))?;
+            }
+            Ok(())
+        };
+        Some(run())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn syncfs(&self, _dirs: &[&Path]) -> Option<Result<(), IoError>> {
+        None
+    }
+}
+
+fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<std::fs::File, IoError> {
     let mut file =
         OpenOptions::new().write(true).create_new(true).open(tmp).map_err(|e| IoError::new(IoOp::Open, tmp, e))?;
     file.write_all(bytes).map_err(|e| IoError::new(IoOp::Write, tmp, e))?;
-    if sync {
-        file.sync_data().map_err(|e| IoError::new(IoOp::Fsync, tmp, e))?;
-    }
     Ok(file)
 }
 

@@ -25,7 +25,7 @@
 //! `registered_buffers` is set) and are copied out at their exact size; files larger than 4 KiB grow their own
 //! buffer, and a ring stops starting new files while those buffers exceed [`MAX_BYTES_IN_FLIGHT_PER_RING`].
 //!
-//! Writes go through the thread pool's blocking protocol (`threads::write_files_blocking`): group commits are
+//! Writes go through the thread pool's blocking protocol (`ThreadPoolIo::write_files`): group commits are
 //! a handful of files dominated by fsync, where a ring measured no gain (see docs/io-engine.md).
 
 use std::os::unix::ffi::OsStrExt;

@@ -331,6 +331,11 @@ impl Store {
         self.shared.io.name()
     }
 
+    /// The store's `BatchIo` backend, to share with the projection store.
+    pub fn io(&self) -> Arc<dyn BatchIo> {
+        self.shared.io.clone()
+    }
+
     /// Appends `events` atomically at the next positions, if `condition` holds. Blocks until the events are durable
     /// (per `Durability`); concurrent callers share group commits.
     pub fn append(&self, events: Vec<Event>, condition: Option<AppendCondition>) -> Result<Appended, StoreError> {
@@ -449,9 +454,11 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
     let mut total_bytes = 0usize;
     let mut prepared = Vec::with_capacity(events.len());
     for (i, event) in events.into_iter().enumerate() {
-        model::validate_event(&event).map_err(|e| ModelError::InvalidEvent(format!("event {i}: {e}")))?;
-        let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now)
-            .map_err(|e| ModelError::InvalidEvent(format!("event {i}: {e}")))?;
+        let in_event = |reason: &dyn std::fmt::Display| ModelError::InvalidEvent(format!("event {i}: {reason}"));
+        model::validate_event(&event).map_err(|e| match e {
+            ModelError::InvalidEvent(reason) | ModelError::InvalidQuery(reason) => in_event(&reason),
+        })?;
+        let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now).map_err(|e| in_event(&e))?;
         let data = format::minify_raw(&event.data);
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
         let bytes = file_head.len() + file_tail.len();

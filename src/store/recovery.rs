@@ -19,6 +19,7 @@ pub(crate) struct Recovered {
 
 pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Result<Recovered, StoreError> {
     create_layout(layout, durable)?;
+    remove_commit_leftovers(layout)?;
     let head = read_ledger(layout)?;
     let scan = scan_events(layout, head)?;
     if let Some(&missing) = scan.missing.first() {
@@ -75,6 +76,20 @@ fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
         for dir in layout.dirs() {
             let parent = dir.parent().unwrap_or(Path::new("."));
             io::fsync_dir(parent).map_err(|e| StoreError::io(IoOp::FsyncDir, parent, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes `.ledger.tmp.*` files: ledgers of commits that never completed. They vouch for nothing; the events they
+/// would have covered are quarantined by `scan_events`.
+fn remove_commit_leftovers(layout: &Layout) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(&layout.root).map_err(|e| StoreError::io(IoOp::Open, &layout.root, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(IoOp::Read, &layout.root, e))?;
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.starts_with(format::LEDGER_FILE) && format::is_tmp_file_name(n)) {
+            std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(IoOp::Rename, &entry.path(), e))?;
         }
     }
     Ok(())

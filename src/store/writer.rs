@@ -5,10 +5,10 @@
 //! 1. catches up with events other processes appended (the ledger moved),
 //! 2. checks each request's condition in arrival order — against the committed index and against the requests
 //!    already accepted into this group, so each accepted batch is visible to the next one's check,
-//! 3. writes all accepted event files (and, with `IndexWrites::EveryCommit`, the changed index files) in one
-//!    durable `BatchIo` batch,
-//! 4. writes the ledger (the commit record) in a second durable batch,
-//! 5. publishes the new head and answers every appender.
+//! 3. writes all accepted event files (and, with `IndexWrites::EveryCommit`, the changed index files) and the
+//!    ledger in one durable `BatchIo` batch, the ledger as its `WriteMode::Commit` record (renamed only after
+//!    every event file is durable),
+//! 4. publishes the new head and answers every appender.
 //!
 //! Any write or fsync error poisons the store: the writer refuses all further appends (a failed fsync may have
 //! lost dirty pages; retrying would lie), readers keep working below the last acknowledged head, and the next
@@ -312,7 +312,7 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, then the ledger.
+    /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, and the ledger as the commit record.
     fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64) -> Result<(), StoreError> {
         let layout = &self.shared.layout;
         let durable = self.durable();
@@ -336,9 +336,12 @@ impl Writer {
             }
             IndexWrites::Deferred { .. } => Vec::new(),
         };
+        let ledger = Ledger { last_sequence_position: new_head, event_count: new_head }.encode();
+        let ledger_path = layout.ledger();
         let mut batch: Vec<FileWrite<'_>> =
             event_files.iter().map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::CreateNew }).collect();
         batch.extend(replace_all(&index_files));
+        batch.push(FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit });
         let written = self.shared.io.write_files(&batch, durable);
         self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = written {
@@ -358,12 +361,6 @@ impl Writer {
             index.dirty_tags.clear();
             index.dirty_types.clear();
         }
-        let ledger = Ledger { last_sequence_position: new_head, event_count: new_head }.encode();
-        let ledger_path = layout.ledger();
-        self.shared
-            .io
-            .write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Replace }], durable)?;
-        self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         self.ledger_seen.set(ledger_fingerprint(&ledger_path));
         Ok(())
     }
