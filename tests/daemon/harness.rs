@@ -33,6 +33,12 @@ pub fn command(data: &Path, socket: &Path, args: &[&str]) -> (Command, PathBuf) 
     let log = data.with_file_name(format!("opossumd-{}-{n}.log", data.file_name().unwrap().to_string_lossy()));
     let mut cmd = Command::new(BIN);
     cmd.arg("--data").arg(data).arg("--socket").arg(socket).args(args);
+    // CI runs the suite once per backend (scripts/test.sh).
+    if let Ok(backend) = std::env::var("OPOSSUM_TEST_IO_BACKEND") {
+        if !args.contains(&"--io-backend") {
+            cmd.arg("--io-backend").arg(backend);
+        }
+    }
     cmd.env("RUST_LOG", "info").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(File::create(&log).unwrap()));
     (cmd, log)
