@@ -8,6 +8,9 @@
                    "tags": [{"key": "studentId", "value": "42"}]}])
         for event in c.read({"items": [{"tags": [{"key": "studentId", "value": "42"}]}]}):
             print(event["position"], event["type"], event["data"])
+        c.projection_put("StudentShortInfo", "42", {"Name": "Ada"}, tags={"EnrollmentTier": "Basic"})
+        for item in c.projection_query("StudentShortInfo", {"enrollmenttier": "basic"}):
+            print(item["key"], item["state"], item["metadata"]["version"])
 
 Run it as a script for a short example against a running daemon: python3 scripts/client.py --socket ./opossum.sock
 """
@@ -105,6 +108,72 @@ class Client:
                 raise RuntimeError("out of step with the server")
             return
 
+    # Projections (docs/PROTOCOL.md, "Projections"). Tags may be given as a dict {key: value} or a list of
+    # {"key","value"} objects.
+
+    @staticmethod
+    def _tags(tags):
+        if tags is None:
+            return None
+        if isinstance(tags, dict):
+            return [{"key": k, "value": v} for k, v in tags.items()]
+        return list(tags)
+
+    def projection_put(self, projection, key, state, tags=None, expected_version=None):
+        """Writes one projection; returns its new version. With expected_version (0: must not exist), raises
+        OpossumError(code='version_conflict') when the key's current version differs."""
+        return self.call("projection.put", projection=projection, key=key, state=state, tags=self._tags(tags),
+                         expected_version=expected_version)["version"]
+
+    def projection_put_many(self, puts):
+        """puts: dicts with projection, key, state and optional tags / expected_version. Returns the versions."""
+        puts = [{k: (self._tags(v) if k == "tags" else v) for k, v in p.items() if v is not None} for p in puts]
+        return self.call("projection.put_many", puts=puts)["versions"]
+
+    def projection_get(self, projection, key):
+        """{key, state, metadata, tags} or None when the key does not exist."""
+        try:
+            reply = self.call("projection.get", projection=projection, key=key)
+        except OpossumError as e:
+            if e.code == "not_found":
+                return None
+            raise
+        return {k: reply[k] for k in ("key", "state", "metadata", "tags") if k in reply}
+
+    def projection_delete(self, projection, key):
+        return self.call("projection.delete", projection=projection, key=key)["deleted"]
+
+    def _items(self, op, **fields):
+        request_id = self._send(op, **fields)
+        while True:
+            line = self._recv()
+            if "item" in line:
+                yield line["item"]
+                continue
+            if not line.get("ok"):
+                err = line.get("error", {})
+                raise OpossumError(err.get("code", "unknown"), err.get("message", ""))
+            if line.get("id") != request_id:
+                raise RuntimeError("out of step with the server")
+            return
+
+    def projection_get_all(self, projection):
+        """Yields every projection of `projection`, by key. Consume it to the end."""
+        return self._items("projection.get_all", projection=projection)
+
+    def projection_query(self, projection, tags):
+        """Yields the projections carrying all of `tags` (case-insensitive), by key. Consume it to the end."""
+        return self._items("projection.query", projection=projection, tags=self._tags(tags))
+
+    def projection_list(self):
+        return self.call("projection.list")["projections"]
+
+    def projection_checkpoint(self, projection):
+        return self.call("projection.checkpoint", projection=projection)["position"]
+
+    def projection_set_checkpoint(self, projection, position):
+        self.call("projection.checkpoint", projection=projection, position=position)
+
 
 def example(path):
     with Client(path, timeout=30) as c:
@@ -128,6 +197,18 @@ def example(path):
             print(f"  {e['position']:>6} {e['type']:<16} {json.dumps(e['data'])}")
         newest = list(c.read("all", backwards=True, limit=1))
         print(f"newest event: {newest[0]['type']} at {newest[0]['position']}; head {c.head()}")
+        # A read model: one projection per user, found again by a tag in any letter case.
+        version = c.projection_put("Users", email, {"Name": "Ada L."}, tags={"Tier": "Basic"})
+        try:
+            c.projection_put("Users", email, {"Name": "stale"}, expected_version=version + 1)
+            print("BUG: a stale projection write was accepted")
+            return 1
+        except OpossumError as e:
+            assert e.code == "version_conflict", e
+        found = [item["key"] for item in c.projection_query("Users", {"tier": "BASIC"})]
+        assert email in found, found
+        print(f"projection Users/{email}: version {version}, {len(found)} Basic users; "
+              f"projections: {c.projection_list()}")
     return 0
 
 

@@ -21,8 +21,13 @@ use std::time::Duration;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent};
-use crate::protocol::{AppendResponse, ErrorCode, HeadResponse, HelloResponse, ReadDone, WireError};
+use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent, Tag};
+use crate::projection::{ProjectionItem, ProjectionSummary, Put};
+use crate::protocol::{
+    AppendResponse, ErrorCode, HeadResponse, HelloResponse, ProjectionCheckpointResponse, ProjectionDeleteResponse,
+    ProjectionItemIn, ProjectionListResponse, ProjectionPutManyResponse, ProjectionPutResponse, ProjectionReadDone,
+    ReadDone, WireError,
+};
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -139,6 +144,78 @@ impl Client {
         Ok(ReadStream { client: self, id, done: None, failed: false })
     }
 
+    /// Writes one projection (`projection.put`); returns its new version. With `expected_version`, fails with code
+    /// `version_conflict` unless the key's current version is that (0: the key must not exist).
+    pub fn projection_put(&mut self, put: &Put) -> Result<u64> {
+        Ok(self.call::<_, ProjectionPutResponse>("projection.put", put)?.version)
+    }
+
+    /// Writes many projections in one group commit (`projection.put_many`); returns their versions in order.
+    pub fn projection_put_many(&mut self, puts: &[Put]) -> Result<Vec<u64>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            puts: &'a [Put],
+        }
+        Ok(self.call::<_, ProjectionPutManyResponse>("projection.put_many", &Body { puts })?.versions)
+    }
+
+    /// Reads one projection; `None` when the server answers `not_found`.
+    pub fn projection_get(&mut self, projection: &str, key: &str) -> Result<Option<ProjectionItem>> {
+        match self.call::<_, ProjectionItemIn>("projection.get", &KeyBody { projection, key }) {
+            Ok(item) => Ok(Some(item.into())),
+            Err(e) if e.is(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a projection key; returns whether it existed.
+    pub fn projection_delete(&mut self, projection: &str, key: &str) -> Result<bool> {
+        Ok(self.call::<_, ProjectionDeleteResponse>("projection.delete", &KeyBody { projection, key })?.deleted)
+    }
+
+    /// Streams every projection of `projection`, by key. Consume the stream to the end before the next request.
+    pub fn projection_get_all(&mut self, projection: &str) -> Result<ProjectionStream<'_>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            projection: &'a str,
+        }
+        let id = self.send("projection.get_all", &Body { projection })?;
+        Ok(ProjectionStream { client: self, id, done: None, failed: false })
+    }
+
+    /// Streams the projections carrying every one of `tags` (matched case-insensitively), by key.
+    pub fn projection_query(&mut self, projection: &str, tags: &[Tag]) -> Result<ProjectionStream<'_>> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            projection: &'a str,
+            tags: &'a [Tag],
+        }
+        let id = self.send("projection.query", &Body { projection, tags })?;
+        Ok(ProjectionStream { client: self, id, done: None, failed: false })
+    }
+
+    /// Every projection with its number of keys, by name.
+    pub fn projection_list(&mut self) -> Result<Vec<ProjectionSummary>> {
+        Ok(self.call::<_, ProjectionListResponse>("projection.list", &NoBody {})?.projections)
+    }
+
+    /// The checkpoint (last processed event position) of `projection`; `None` when it has none.
+    pub fn projection_checkpoint(&mut self, projection: &str) -> Result<Option<u64>> {
+        Ok(self
+            .call::<_, ProjectionCheckpointResponse>(
+                "projection.checkpoint",
+                &CheckpointBody { projection, position: None },
+            )?
+            .position)
+    }
+
+    /// Durably records that `projection` has processed the events up to `position`.
+    pub fn projection_set_checkpoint(&mut self, projection: &str, position: u64) -> Result<()> {
+        let body = CheckpointBody { projection, position: Some(position) };
+        self.call::<_, ProjectionCheckpointResponse>("projection.checkpoint", &body)?;
+        Ok(())
+    }
+
     /// Sends a request (`body`'s fields next to `id` and `op`) and returns its id, without waiting for the answer.
     pub fn send<B: Serialize>(&mut self, op: &str, body: &B) -> Result<u64> {
         if self.broken {
@@ -199,6 +276,19 @@ impl Client {
 
 #[derive(Serialize)]
 struct NoBody {}
+
+#[derive(Serialize)]
+struct KeyBody<'a> {
+    projection: &'a str,
+    key: &'a str,
+}
+
+#[derive(Serialize)]
+struct CheckpointBody<'a> {
+    projection: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+}
 
 #[derive(Deserialize)]
 struct FinalHeader {
@@ -287,6 +377,77 @@ impl Iterator for ReadStream<'_> {
 }
 
 impl Drop for ReadStream<'_> {
+    fn drop(&mut self) {
+        if self.done.is_none() && !self.failed {
+            self.client.broken = true;
+        }
+    }
+}
+
+/// The projections of one `projection_get_all` or `projection_query`, in the order the server sends them (by key).
+/// Yields `Err` once if the read fails. Consume it to the end (or drop it and reconnect).
+pub struct ProjectionStream<'a> {
+    client: &'a mut Client,
+    id: u64,
+    done: Option<ProjectionReadDone>,
+    failed: bool,
+}
+
+impl ProjectionStream<'_> {
+    /// The final line's count, once the stream has ended successfully.
+    pub fn done(&self) -> Option<ProjectionReadDone> {
+        self.done
+    }
+
+    /// Collects the rest of the stream.
+    pub fn into_vec(self) -> Result<Vec<ProjectionItem>> {
+        self.collect()
+    }
+
+    fn next_item(&mut self) -> Result<Option<ProjectionItem>> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "id")]
+            _id: IgnoredAny,
+            item: ProjectionItemIn,
+        }
+        if !self.client.recv_line()? {
+            return Err(ClientError::Protocol("the server closed the connection mid-read".into()));
+        }
+        let line = &self.client.line;
+        // Item lines look like {"id":<id>,"item":...}; final lines carry "ok" instead.
+        if memmem(&line[..line.len().min(64)], b"\"item\":") {
+            let item: Item =
+                serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
+            return Ok(Some(item.item.into()));
+        }
+        self.done = Some(decode_final(line, self.id)?);
+        Ok(None)
+    }
+}
+
+impl Iterator for ProjectionStream<'_> {
+    type Item = Result<ProjectionItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done.is_some() || self.failed {
+            return None;
+        }
+        match self.next_item() {
+            Ok(Some(item)) => Some(Ok(item)),
+            Ok(None) => None,
+            Err(e) => {
+                self.failed = true;
+                if !matches!(e, ClientError::Server { .. }) {
+                    self.client.broken = true;
+                }
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for ProjectionStream<'_> {
     fn drop(&mut self) {
         if self.done.is_none() && !self.failed {
             self.client.broken = true;

@@ -13,7 +13,9 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent};
+use crate::model::{AppendCondition, Event, Query, RawJson, ReadOptions, SequencedEvent, Tag};
+use crate::projection::format::ProjectionView;
+use crate::projection::{ProjectionError, ProjectionItem, ProjectionMetadata, ProjectionSummary, Put};
 use crate::store::StoreError;
 
 /// Protocol version reported by `hello`.
@@ -37,6 +39,8 @@ pub enum ErrorCode {
     UnknownOp,
     /// The request names something that does not exist (projections, ...).
     NotFound,
+    /// A projection put's `expected_version` is not the key's current version: nothing was written.
+    VersionConflict,
     /// The store failed to read or write (I/O error, corrupt file, store poisoned after a failed fsync).
     StorageError,
     /// The server is at its connection limit; the connection is closed after this line.
@@ -46,12 +50,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::InvalidRequest,
         ErrorCode::AppendConditionFailed,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOp,
         ErrorCode::NotFound,
+        ErrorCode::VersionConflict,
         ErrorCode::StorageError,
         ErrorCode::Busy,
         ErrorCode::ShuttingDown,
@@ -64,6 +69,7 @@ impl ErrorCode {
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::VersionConflict => "version_conflict",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
@@ -110,6 +116,25 @@ impl From<StoreError> for ProtocolError {
             | StoreError::MissingEvent { .. }
             | StoreError::Poisoned(_)
             | StoreError::Locked(_) => ErrorCode::StorageError,
+        };
+        ProtocolError::new(code, e.to_string())
+    }
+}
+
+impl From<ProjectionError> for ProtocolError {
+    fn from(e: ProjectionError) -> Self {
+        let code = match &e {
+            // A name or key that could leave its directory, a bad tag, a state too large, a key whose file name
+            // another key already uses: the request cannot be stored as it is.
+            ProjectionError::InvalidName(_) | ProjectionError::Invalid(_) | ProjectionError::KeyCollision { .. } => {
+                ErrorCode::InvalidRequest
+            }
+            ProjectionError::NotFound { .. } => ErrorCode::NotFound,
+            ProjectionError::VersionConflict { .. } => ErrorCode::VersionConflict,
+            ProjectionError::Closed => ErrorCode::ShuttingDown,
+            ProjectionError::Io(_) | ProjectionError::Corrupt { .. } | ProjectionError::Poisoned(_) => {
+                ErrorCode::StorageError
+            }
         };
         ProtocolError::new(code, e.to_string())
     }
@@ -281,6 +306,94 @@ impl ReadRequest {
     }
 }
 
+/// Body of `projection.put`: one [`Put`], its fields beside `id` and `op`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionPutRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub projection: String,
+    pub key: String,
+    pub state: RawJson,
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+impl ProjectionPutRequest {
+    pub fn into_put(self) -> Put {
+        Put {
+            projection: self.projection,
+            key: self.key,
+            state: self.state,
+            tags: self.tags,
+            expected_version: self.expected_version,
+        }
+    }
+}
+
+/// Body of `projection.put_many`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionPutManyRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub puts: Vec<Put>,
+}
+
+/// Body of `projection.get` and `projection.delete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionKeyRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub projection: String,
+    pub key: String,
+}
+
+/// Body of `projection.get_all`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionNameRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub projection: String,
+}
+
+/// Body of `projection.query`: the projections carrying every one of `tags`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionQueryRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub projection: String,
+    pub tags: Vec<Tag>,
+}
+
+/// Body of `projection.checkpoint`: reads the checkpoint, or sets it when `position` is given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionCheckpointRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    pub projection: String,
+    #[serde(default)]
+    pub position: Option<u64>,
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Encoding responses.
 
@@ -321,6 +434,159 @@ pub fn encode_item(out: &mut Vec<u8>, id: &RequestId, event: &SequencedEvent) {
     out.extend_from_slice(b",\"event\":");
     serde_json::to_writer(&mut *out, event).expect("events serialise");
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends one projection item line `{"id":<id>,"item":{...}}\n` to `out`.
+pub fn encode_projection_item(out: &mut Vec<u8>, id: &RequestId, item: &ProjectionItemOut<'_>) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"item\":");
+    serde_json::to_writer(&mut *out, item).expect("projections serialise");
+    out.extend_from_slice(b"}\n");
+}
+
+impl<'a> ProjectionItemOut<'a> {
+    /// A projection file parsed in place (`decode_view`), for `key`, whose file is `file_len` bytes long.
+    pub fn from_view(key: &'a str, view: &'a ProjectionView<'a>, file_len: usize) -> ProjectionItemOut<'a> {
+        ProjectionItemOut {
+            key,
+            state: &view.state,
+            metadata: ProjectionMetadataOut {
+                created_at: &view.created_at,
+                last_updated_at: &view.last_updated_at,
+                version: view.version,
+                size_in_bytes: file_len as u64,
+            },
+            tags: view.tags.as_deref().map(TagsOut::Pairs),
+        }
+    }
+}
+
+/// Tags as `[{"key":..,"value":..},..]`, from items or from files parsed in place.
+pub enum TagsOut<'a> {
+    Tags(&'a [Tag]),
+    Pairs(&'a [(std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)]),
+}
+
+impl Serialize for TagsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Pair<'b> {
+            key: &'b str,
+            value: &'b str,
+        }
+        match self {
+            TagsOut::Tags(tags) => s.collect_seq(tags.iter()),
+            TagsOut::Pairs(pairs) => s.collect_seq(pairs.iter().map(|(key, value)| Pair { key, value })),
+        }
+    }
+}
+
+/// A projection on the wire (borrowed, for encoding): the `item` of a streamed line and the body of `projection.get`.
+#[derive(Serialize)]
+pub struct ProjectionItemOut<'a> {
+    pub key: &'a str,
+    pub state: &'a RawValue,
+    pub metadata: ProjectionMetadataOut<'a>,
+    /// Absent for projections written by .NET Opossum (it keeps tags only in its index files).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<TagsOut<'a>>,
+}
+
+impl<'a> From<&'a ProjectionItem> for ProjectionItemOut<'a> {
+    fn from(item: &'a ProjectionItem) -> Self {
+        let m = &item.metadata;
+        ProjectionItemOut {
+            key: &item.key,
+            state: &item.state,
+            metadata: ProjectionMetadataOut {
+                created_at: &m.created_at,
+                last_updated_at: &m.last_updated_at,
+                version: m.version,
+                size_in_bytes: m.size_in_bytes,
+            },
+            tags: item.tags.as_deref().map(TagsOut::Tags),
+        }
+    }
+}
+
+/// A projection's metadata on the wire: Opossum's `ProjectionMetadata` in the protocol's snake_case.
+/// `size_in_bytes` is the projection file's length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProjectionMetadataOut<'a> {
+    pub created_at: &'a str,
+    pub last_updated_at: &'a str,
+    pub version: u64,
+    pub size_in_bytes: u64,
+}
+
+/// [`ProjectionMetadataOut`] as a client decodes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ProjectionMetadataIn {
+    pub created_at: String,
+    pub last_updated_at: String,
+    pub version: u64,
+    pub size_in_bytes: u64,
+}
+
+/// A projection as a client decodes it (item lines and the `projection.get` answer).
+#[derive(Debug, Deserialize)]
+pub struct ProjectionItemIn {
+    pub key: String,
+    pub state: RawJson,
+    pub metadata: ProjectionMetadataIn,
+    #[serde(default)]
+    pub tags: Option<Vec<Tag>>,
+}
+
+impl From<ProjectionItemIn> for ProjectionItem {
+    fn from(w: ProjectionItemIn) -> Self {
+        ProjectionItem {
+            key: w.key,
+            state: w.state,
+            metadata: ProjectionMetadata {
+                created_at: w.metadata.created_at,
+                last_updated_at: w.metadata.last_updated_at,
+                version: w.metadata.version,
+                size_in_bytes: w.metadata.size_in_bytes,
+            },
+            tags: w.tags,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionPutResponse {
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionPutManyResponse {
+    pub versions: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionDeleteResponse {
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionListResponse {
+    pub projections: Vec<ProjectionSummary>,
+}
+
+/// The answer to `projection.checkpoint`: `position` is `null` when the projection has no checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionCheckpointResponse {
+    pub position: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
+}
+
+/// The final line of a successful `projection.get_all` or `projection.query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectionReadDone {
+    pub count: u64,
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -18,3 +18,5 @@ mod crash;
 mod dcb;
 #[path = "daemon/lifecycle.rs"]
 mod lifecycle;
+#[path = "daemon/projection.rs"]
+mod projection;

@@ -6,6 +6,8 @@
 //! opossum append --fail-if-tag studentId=42 --fail-if-type StudentRegistered < events.ndjson
 //! opossum read --type StudentRegistered --tag studentId=42 --backwards --limit 1
 //! opossum export all.ndjson && opossum --socket other.sock import all.ndjson
+//! opossum projection put StudentShortInfo 42 '{"Name":"Ada"}' --tag EnrollmentTier=Basic
+//! opossum projection query StudentShortInfo --tag enrollmenttier=basic
 //! ```
 
 use std::fs::File;
@@ -46,6 +48,11 @@ enum Command {
     Import(ImportArgs),
     /// Write matching events as NDJSON to a file or stdout
     Export(ExportArgs),
+    /// Benchmark suite: start opossumd on a fresh temporary store, seed it, measure, write target/bench/*.json
+    Bench(opossum::bench::BenchArgs),
+    /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
+    #[command(subcommand)]
+    Projection(ProjectionCommand),
 }
 
 #[derive(Args)]
@@ -142,6 +149,49 @@ struct ExportArgs {
     query: QueryArgs,
 }
 
+#[derive(Subcommand)]
+enum ProjectionCommand {
+    /// Write one projection; prints its new version
+    Put {
+        projection: String,
+        key: String,
+        /// The state, any JSON value
+        state: String,
+        /// A tag (repeatable; replaces the key's tags)
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<Tag>,
+        /// Fail with version_conflict unless the current version is this (0: the key must not exist)
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Write the NDJSON puts on stdin ({"projection","key","state","tags"?,"expected_version"?}) in batches
+    PutMany {
+        /// Puts per request (each request is one group commit)
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Print one projection (exit status 1 when the key does not exist)
+    Get { projection: String, key: String },
+    /// Delete one projection key
+    Delete { projection: String, key: String },
+    /// Print every projection of a projection as NDJSON
+    GetAll { projection: String },
+    /// Print the projections carrying all of the tags (case-insensitive) as NDJSON
+    Query {
+        projection: String,
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag, required = true)]
+        tags: Vec<Tag>,
+    },
+    /// Every projection with its number of keys
+    List,
+    /// Print a projection's checkpoint, or set it with --set
+    Checkpoint {
+        projection: String,
+        #[arg(long, value_name = "POSITION")]
+        set: Option<u64>,
+    },
+}
+
 fn parse_tag(s: &str) -> Result<Tag, String> {
     match s.split_once('=') {
         Some((k, v)) => Ok(Tag::new(k, v)),
@@ -174,6 +224,9 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Bench(args) = &cli.command {
+        return opossum::bench::run(args).map(drop);
+    }
     let mut client = connect(&cli)?;
     match &cli.command {
         Command::Hello => print_json(&client.hello()?),
@@ -183,6 +236,72 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => export(&mut client, &args.query, &PathBuf::from("-"), false),
         Command::Export(args) => export(&mut client, &args.query, &args.file, true),
         Command::Import(args) => import(&mut client, args),
+        Command::Projection(command) => projection(&mut client, command),
+        Command::Bench(_) => unreachable!("bench runs its own daemon; handled before connecting"),
+    }
+}
+
+fn projection(client: &mut Client, command: &ProjectionCommand) -> anyhow::Result<()> {
+    use opossum::projection::{ProjectionItem, Put};
+    use opossum::protocol::ProjectionItemOut;
+    fn print_items(items: impl Iterator<Item = opossum::client::Result<ProjectionItem>>) -> anyhow::Result<()> {
+        let mut out = BufWriter::new(io::stdout().lock());
+        for item in items {
+            serde_json::to_writer(&mut out, &ProjectionItemOut::from(&item?))?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+    match command {
+        ProjectionCommand::Put { projection, key, state, tags, expected_version } => {
+            let state = RawValue::from_string(state.clone()).context("the state is not valid JSON")?;
+            let put = Put {
+                projection: projection.clone(),
+                key: key.clone(),
+                state,
+                tags: tags.clone(),
+                expected_version: *expected_version,
+            };
+            print_json(&serde_json::json!({ "version": client.projection_put(&put)? }))
+        }
+        ProjectionCommand::PutMany { batch } => {
+            if *batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let (mut puts, mut written) = (Vec::new(), 0usize);
+            for (n, line) in io::stdin().lock().lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                puts.push(serde_json::from_str::<Put>(&line).with_context(|| format!("stdin line {}", n + 1))?);
+                if puts.len() >= *batch {
+                    written += client.projection_put_many(&std::mem::take(&mut puts))?.len();
+                }
+            }
+            if !puts.is_empty() {
+                written += client.projection_put_many(&puts)?.len();
+            }
+            print_json(&serde_json::json!({ "written": written }))
+        }
+        ProjectionCommand::Get { projection, key } => match client.projection_get(projection, key)? {
+            Some(item) => print_json(&ProjectionItemOut::from(&item)),
+            None => bail!("projection {projection}: no key {key:?}"),
+        },
+        ProjectionCommand::Delete { projection, key } => {
+            print_json(&serde_json::json!({ "deleted": client.projection_delete(projection, key)? }))
+        }
+        ProjectionCommand::GetAll { projection } => print_items(client.projection_get_all(projection)?),
+        ProjectionCommand::Query { projection, tags } => print_items(client.projection_query(projection, tags)?),
+        ProjectionCommand::List => print_json(&client.projection_list()?),
+        ProjectionCommand::Checkpoint { projection, set: Some(position) } => {
+            client.projection_set_checkpoint(projection, *position)?;
+            print_json(&serde_json::json!({ "position": position }))
+        }
+        ProjectionCommand::Checkpoint { projection, set: None } => {
+            print_json(&serde_json::json!({ "position": client.projection_checkpoint(projection)? }))
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use opossum::config::{Config, DaemonArgs};
+use opossum::projection::{ProjectionOptions, ProjectionStore};
 use opossum::server::{self, Hooks, Listener};
 use opossum::store::{Store, StoreOptions};
 use tracing_subscriber::layer::SubscriberExt;
@@ -59,6 +60,17 @@ fn run() -> anyhow::Result<()> {
     tracing::info!(data = %config.data.display(), ?options, "opening store");
     let store =
         Store::open(&config.data, options).with_context(|| format!("opening store {}", config.data.display()))?;
+    // Same root, same I/O backend; after the event store, whose `.opossumd.lock` keeps a second daemon out.
+    let projection_options = ProjectionOptions { durability: config.durability, ..ProjectionOptions::default() };
+    let projections = ProjectionStore::open(store.root(), store.io(), projection_options)
+        .with_context(|| format!("opening the projections of {}", config.data.display()))?;
+    let report = projections.open_report();
+    for (name, reason) in &report.rebuilt {
+        tracing::warn!(projection = %name, "rebuilt projection indices: {reason}");
+    }
+    for path in &report.skipped_files {
+        tracing::warn!(file = %path.display(), "projection file could not be parsed; not served");
+    }
     let listener = match activated {
         Some(listener) => {
             if args.socket.is_some() {
@@ -92,6 +104,6 @@ fn run() -> anyhow::Result<()> {
         .thread_name("opossumd")
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(server::run(config, store, listener, hooks))?;
+    runtime.block_on(server::run(config, store, projections, listener, hooks))?;
     Ok(())
 }

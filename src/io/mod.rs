@@ -218,7 +218,7 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 pub fn parent_dirs<'a>(files: &[FileWrite<'a>]) -> Vec<&'a Path> {
     let mut dirs: Vec<&Path> = Vec::new();
     for f in files {
-        let dir = f.path.parent().unwrap_or(Path::new("."));
+        let dir = f.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         if !dirs.contains(&dir) {
             dirs.push(dir);
         }

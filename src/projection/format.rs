@@ -18,6 +18,7 @@
 //! Like Opossum, the `SizeInBytes` inside a projection file is 0 and the one in `Metadata/index.json` is the file's
 //! length (Opossum cannot know the length before serialising; we report the real length on reads).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -196,12 +197,68 @@ struct FileOut<'a> {
 struct FileIn<'a> {
     #[serde(rename = "Data", alias = "data", borrow)]
     data: &'a RawValue,
-    #[serde(rename = "Metadata", alias = "metadata")]
-    metadata: ProjectionMetadata,
-    #[serde(rename = "Key", alias = "key", default)]
-    key: Option<String>,
+    #[serde(rename = "Metadata", alias = "metadata", borrow)]
+    metadata: MetadataIn<'a>,
+    #[serde(rename = "Key", alias = "key", default, borrow)]
+    key: Option<Cow<'a, str>>,
     #[serde(rename = "Tags", alias = "tags", default, borrow)]
     tags: Option<Vec<TagIo<'a>>>,
+}
+
+/// [`ProjectionMetadata`] borrowed from the file's bytes.
+#[derive(Deserialize)]
+struct MetadataIn<'a> {
+    #[serde(rename = "CreatedAt", alias = "createdAt", borrow)]
+    created_at: Cow<'a, str>,
+    #[serde(rename = "LastUpdatedAt", alias = "lastUpdatedAt", borrow)]
+    last_updated_at: Cow<'a, str>,
+    #[serde(rename = "Version", alias = "version")]
+    version: u64,
+    #[serde(rename = "SizeInBytes", alias = "sizeInBytes", default)]
+    size_in_bytes: u64,
+}
+
+/// A projection file parsed without copying: what streaming reads re-frame onto the wire as they are.
+#[derive(Debug)]
+pub struct ProjectionView<'a> {
+    /// The state, minified (borrowed unless the file was indented, as .NET writes it).
+    pub state: Cow<'a, RawValue>,
+    pub created_at: Cow<'a, str>,
+    pub last_updated_at: Cow<'a, str>,
+    pub version: u64,
+    /// As written in the file (Opossum writes 0 there).
+    pub size_in_bytes: u64,
+    /// Present in files this crate wrote.
+    pub key: Option<Cow<'a, str>>,
+    /// Present in files this crate wrote: (key, value) pairs.
+    pub tags: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
+}
+
+/// Whether JSON text has whitespace outside its string literals (then it is not minified).
+fn has_insignificant_whitespace(text: &[u8]) -> bool {
+    // Most states hold no whitespace byte at all: check that first, 32 bytes at a time (branch-free, vectorised).
+    let is_ws = |b: &u8| matches!(*b, b' ' | b'\n' | b'\r' | b'\t');
+    if !text.chunks(32).any(|chunk| chunk.iter().fold(false, |seen, b| seen | is_ws(b))) {
+        return false;
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+            return true;
+        }
+    }
+    false
 }
 
 /// A projection file as read back.
@@ -229,19 +286,43 @@ pub fn encode_projection(key: &str, state: &RawValue, metadata: &ProjectionMetad
 
 /// Parses a projection file written by this crate or by .NET Opossum (indented, CRLF, `\uXXXX` escapes, BOM).
 pub fn decode_projection(bytes: &[u8]) -> Result<DecodedProjection, FormatError> {
+    let v = decode_projection_view(bytes)?;
+    Ok(DecodedProjection {
+        state: v.state.into_owned(),
+        metadata: ProjectionMetadata {
+            created_at: v.created_at.into_owned(),
+            last_updated_at: v.last_updated_at.into_owned(),
+            version: v.version,
+            size_in_bytes: v.size_in_bytes,
+        },
+        key: v.key.map(Cow::into_owned),
+        tags: v.tags.map(|tags| tags.into_iter().map(|(k, v)| Tag::new(k, v)).collect()),
+    })
+}
+
+/// [`decode_projection`] without copying what can be borrowed from `bytes`.
+pub fn decode_projection_view(bytes: &[u8]) -> Result<ProjectionView<'_>, FormatError> {
     let bytes = strip_bom(bytes);
     let file: FileIn<'_> = serde_json::from_slice(bytes).map_err(|e| FormatError::Json(e.to_string()))?;
     if file.metadata.version == 0 {
         return Err(FormatError::Invalid("Metadata.Version is 0 (versions start at 1)".into()));
     }
-    let text = file.data.get();
-    let state = if text.contains(['\n', '\r', '\t', ' ']) {
-        crate::format::minify_raw(file.data)
+    // Files we write are minified; .NET indents them. (Whitespace inside strings is data, not indentation.)
+    let state = if has_insignificant_whitespace(file.data.get().as_bytes()) {
+        Cow::Owned(crate::format::minify_raw(file.data))
     } else {
-        file.data.to_owned()
+        Cow::Borrowed(file.data)
     };
-    let tags = file.tags.map(|tags| tags.into_iter().map(|t| Tag::new(t.key, t.value)).collect());
-    Ok(DecodedProjection { state, metadata: file.metadata, key: file.key, tags })
+    let m = file.metadata;
+    Ok(ProjectionView {
+        state,
+        created_at: m.created_at,
+        last_updated_at: m.last_updated_at,
+        version: m.version,
+        size_in_bytes: m.size_in_bytes,
+        key: file.key,
+        tags: file.tags.map(|tags| tags.into_iter().map(|t| (t.key, t.value)).collect()),
+    })
 }
 
 /// `Metadata/index.json`: key → metadata, keys sorted.
@@ -369,6 +450,18 @@ mod tests {
         assert_eq!(d.metadata, meta(3));
         assert_eq!(d.key.as_deref(), Some("a/b"));
         assert_eq!(d.tags, Some(vec![Tag::new("T", "v")]));
+    }
+
+    #[test]
+    fn whitespace_inside_strings_is_data() {
+        assert!(!has_insignificant_whitespace(br#"{"Name":"Anna Maria","Q":"a \" b"}"#));
+        assert!(has_insignificant_whitespace(br#"{"Name":"Anna", "Q":1}"#));
+        assert!(has_insignificant_whitespace(b"{\"a\\\\\":\n1}"));
+        let state = RawValue::from_string(r#"{"Name":"Anna Maria"}"#.into()).unwrap();
+        let bytes = encode_projection("k", &state, &meta(1), &[]);
+        let v = decode_projection_view(&bytes).unwrap();
+        assert!(matches!(v.state, Cow::Borrowed(_)));
+        assert_eq!(v.state.get(), r#"{"Name":"Anna Maria"}"#);
     }
 
     #[test]

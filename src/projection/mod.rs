@@ -52,7 +52,7 @@ mod state;
 mod writer;
 
 pub use format::{Checkpoint, NameError, ProjectionMetadata};
-pub use reader::ProjectionReader;
+pub use reader::{decode_view, ProjectionReader};
 
 /// Most puts one `put_many` may carry.
 pub const PUT_MANY_MAX: usize = 10_000;
@@ -115,13 +115,17 @@ impl From<IoError> for ProjectionError {
 }
 
 /// One put: replaces the state and the tags of `key` (tags are not merged: a put without tags leaves none).
-#[derive(Debug, Clone)]
+/// Also the wire form of one element of `projection.put_many`'s `puts`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Put {
     pub projection: String,
     pub key: String,
     pub state: RawJson,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<Tag>,
     /// `Some(0)`: the key must not exist; `Some(v)`: its current version must be `v`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<u64>,
 }
 
@@ -136,7 +140,7 @@ pub struct ProjectionItem {
     pub tags: Option<Vec<Tag>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProjectionSummary {
     pub name: String,
     pub count: usize,

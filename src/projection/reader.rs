@@ -63,6 +63,21 @@ impl ProjectionReader {
         if !rest.is_empty() {
             return Some(Ok(rest));
         }
+        self.next_batch_map(decode_item)
+    }
+
+    /// Like [`next_batch`](Self::next_batch), but hands each file's bytes (with its key and path) to `f` instead of
+    /// decoding them into a [`ProjectionItem`]: the server re-frames files straight onto the wire this way
+    /// (see [`format::decode_projection_view`]). `f` runs on the rayon pool for large batches. Do not mix with
+    /// `next`/`next_batch` on one reader.
+    pub fn next_batch_map<T, F>(&mut self, f: F) -> Option<Result<Vec<T>, ProjectionError>>
+    where
+        T: Send,
+        F: Fn(&str, &std::path::Path, &[u8]) -> Result<T, ProjectionError> + Sync,
+    {
+        if self.failed {
+            return None;
+        }
         while self.next < self.keys.len() {
             let end = (self.next + self.batch_files).min(self.keys.len());
             let chunk = &self.keys[self.next..end];
@@ -72,7 +87,7 @@ impl ProjectionReader {
             let results = self.io.read_files(&files);
             let decode = |(((key, _), path), result): ReadResult<'_>| {
                 match result {
-                    Ok(bytes) => decode_item(key, path, &bytes).map(Some),
+                    Ok(bytes) => f(key, path, &bytes).map(Some),
                     // Deleted after the snapshot was taken.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(ProjectionError::from(e)),
@@ -80,12 +95,11 @@ impl ProjectionReader {
             };
             let pairs = chunk.iter().map(|(k, s)| (k, s)).zip(&files).zip(results);
             // Decoding costs about as much as a warm read: spread big batches over the cores.
-            let decoded: Vec<Result<Option<ProjectionItem>, ProjectionError>> =
-                if chunk.len() >= PARALLEL_DECODE_MIN_FILES {
-                    pairs.collect::<Vec<_>>().into_par_iter().map(decode).collect()
-                } else {
-                    pairs.map(decode).collect()
-                };
+            let decoded: Vec<Result<Option<T>, ProjectionError>> = if chunk.len() >= PARALLEL_DECODE_MIN_FILES {
+                pairs.collect::<Vec<_>>().into_par_iter().map(decode).collect()
+            } else {
+                pairs.map(decode).collect()
+            };
             let mut items = Vec::with_capacity(chunk.len());
             for result in decoded {
                 match result {
@@ -105,11 +119,16 @@ impl ProjectionReader {
     }
 }
 
-/// Decodes one projection file read for `key`; metadata reports the file's real size.
-pub(crate) fn decode_item(key: &str, path: &std::path::Path, bytes: &[u8]) -> Result<ProjectionItem, ProjectionError> {
-    let d = format::decode_projection(bytes)
+/// Parses one projection file read for `key` without copying (see [`format::decode_projection_view`]); a file that
+/// does not parse, or names another key, is `Corrupt`.
+pub fn decode_view<'a>(
+    key: &str,
+    path: &std::path::Path,
+    bytes: &'a [u8],
+) -> Result<format::ProjectionView<'a>, ProjectionError> {
+    let v = format::decode_projection_view(bytes)
         .map_err(|e| ProjectionError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
-    if let Some(k) = &d.key {
+    if let Some(k) = &v.key {
         if k != key {
             return Err(ProjectionError::Corrupt {
                 path: path.to_path_buf(),
@@ -117,11 +136,22 @@ pub(crate) fn decode_item(key: &str, path: &std::path::Path, bytes: &[u8]) -> Re
             });
         }
     }
+    Ok(v)
+}
+
+/// Decodes one projection file read for `key`; metadata reports the file's real size.
+pub(crate) fn decode_item(key: &str, path: &std::path::Path, bytes: &[u8]) -> Result<ProjectionItem, ProjectionError> {
+    let v = decode_view(key, path, bytes)?;
     Ok(ProjectionItem {
         key: key.to_string(),
-        state: d.state,
-        metadata: ProjectionMetadata { size_in_bytes: bytes.len() as u64, ..d.metadata },
-        tags: d.tags,
+        state: v.state.into_owned(),
+        metadata: ProjectionMetadata {
+            created_at: v.created_at.into_owned(),
+            last_updated_at: v.last_updated_at.into_owned(),
+            version: v.version,
+            size_in_bytes: bytes.len() as u64,
+        },
+        tags: v.tags.map(|tags| tags.into_iter().map(|(k, v)| crate::model::Tag::new(k, v)).collect()),
     })
 }
 

@@ -1,4 +1,5 @@
-//! The daemon's socket server: tokio on a Unix stream socket, one [`Store`] per daemon.
+//! The daemon's socket server: tokio on a Unix stream socket, one [`Store`] and one [`ProjectionStore`] (on the same
+//! root and `BatchIo`) per daemon.
 //!
 //! - **Connections**: at most `max_connections` at once (default [`crate::config::MAX_CONNECTIONS_DEFAULT`]); an
 //!   excess connection gets one `busy` error line and is closed.
@@ -10,7 +11,7 @@
 //!   a channel of [`READ_CHUNKS_IN_FLIGHT`] chunks, so memory stays bounded however many events match, and a client
 //!   that reads slowly stalls only its own producer (backpressure).
 //! - **Op families**: [`dispatch`] is one `match` on the op name; each family is one arm and one module (`ops` for
-//!   the core ops). A family handler gets the parsed [`Request`] and a [`Responder`] that can write one final line
+//!   the core ops, `projection_ops` for `projection.*`). A family handler gets the parsed [`Request`] and a [`Responder`] that can write one final line
 //!   or stream item lines.
 //! - **Signals**: SIGTERM/SIGINT = graceful stop: stop accepting (the socket file is removed), answer new requests
 //!   with `shutting_down`, let in-flight requests finish (up to `shutdown_timeout`), flush the store, exit 0.
@@ -30,10 +31,12 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Notify};
 
 use crate::config::Config;
+use crate::projection::ProjectionStore;
 use crate::protocol::{self, ErrorCode, ProtocolError, RequestId};
 use crate::store::Store;
 
 mod ops;
+mod projection_ops;
 pub mod systemd;
 
 /// Bytes of encoded item lines handed from a read's producer to the socket at a time.
@@ -147,23 +150,27 @@ struct ServerCounters {
 /// State shared by the accept loop, the connections and the op handlers.
 pub struct Context {
     pub store: Arc<Store>,
+    pub projections: Arc<ProjectionStore>,
     pub started: Instant,
     pub max_frame_bytes: usize,
     max_connections: AtomicUsize,
     connections: AtomicUsize,
     counters: ServerCounters,
+    projection_counters: projection_ops::Counters,
     shutdown: Shutdown,
 }
 
 impl Context {
-    pub fn new(store: Arc<Store>, config: &Config) -> Context {
+    pub fn new(store: Arc<Store>, projections: Arc<ProjectionStore>, config: &Config) -> Context {
         Context {
             store,
+            projections,
             started: Instant::now(),
             max_frame_bytes: config.max_frame_bytes,
             max_connections: AtomicUsize::new(config.max_connections),
             connections: AtomicUsize::new(0),
             counters: ServerCounters::default(),
+            projection_counters: projection_ops::Counters::default(),
             shutdown: Shutdown::new(),
         }
     }
@@ -220,8 +227,14 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Serves `store` on `listener` until SIGTERM/SIGINT, then stops gracefully and closes the store.
-pub async fn run(config: Config, store: Store, listener: Listener, mut hooks: Hooks) -> Result<(), ServerError> {
+/// Serves `store` and `projections` on `listener` until SIGTERM/SIGINT, then stops gracefully and closes both.
+pub async fn run(
+    config: Config,
+    store: Store,
+    projections: ProjectionStore,
+    listener: Listener,
+    mut hooks: Hooks,
+) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -230,7 +243,7 @@ pub async fn run(config: Config, store: Store, listener: Listener, mut hooks: Ho
     let (std_listener, bound) = listener.into_parts();
     std_listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(std_listener)?;
-    let ctx = Arc::new(Context::new(Arc::new(store), &config));
+    let ctx = Arc::new(Context::new(Arc::new(store), Arc::new(projections), &config));
     match &bound {
         Some((path, _)) => tracing::info!(socket = %path.display(), "listening"),
         None => tracing::info!("listening on the socket systemd passed"),
@@ -294,24 +307,27 @@ pub async fn run(config: Config, store: Store, listener: Listener, mut hooks: Ho
     // Flush (deferred index files) and close the store. Blocking work still holding the store (a read producer
     // whose client vanished) ends at its next chunk; wait for it briefly.
     let store = ctx.store.clone();
+    let projections = ctx.projections.clone();
     drop(ctx);
     let closed = tokio::task::spawn_blocking(move || {
         if let Err(e) = store.sync() {
             tracing::error!("flushing the store at shutdown failed: {e}");
         }
         let deadline = Instant::now() + CLOSE_GRACE;
-        let mut store = store;
-        loop {
-            match Arc::try_unwrap(store) {
-                Ok(store) => return store.close(),
-                Err(shared) if Instant::now() < deadline => {
-                    store = shared;
-                    std::thread::sleep(Duration::from_millis(10));
+        // Projection reads hold no handle on the projection store; writes in flight hold one until they commit.
+        match wait_unshared(projections, deadline) {
+            Some(projections) => {
+                if let Err(e) = projections.close() {
+                    tracing::error!("closing the projection store: {e}");
                 }
-                Err(_) => {
-                    tracing::warn!("store still in use at exit; it was flushed, not closed");
-                    return Ok(());
-                }
+            }
+            None => tracing::warn!("projection store still in use at exit; its indices are rebuilt at the next start"),
+        }
+        match wait_unshared(store, deadline) {
+            Some(store) => store.close(),
+            None => {
+                tracing::warn!("store still in use at exit; it was flushed, not closed");
+                Ok(())
             }
         }
     })
@@ -322,6 +338,20 @@ pub async fn run(config: Config, store: Store, listener: Listener, mut hooks: Ho
         Err(e) => tracing::error!("closing the store panicked: {e}"),
     }
     Ok(())
+}
+
+/// Waits until `shared` is the last handle (blocking work still holding it ends soon), up to `deadline`.
+fn wait_unshared<T>(mut shared: Arc<T>, deadline: Instant) -> Option<T> {
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(value) => return Some(value),
+            Err(still) if Instant::now() < deadline => {
+                shared = still;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 fn remove_socket_if_ours(path: &Path, dev_ino: (u64, u64)) {
@@ -432,9 +462,10 @@ async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_
         "stats" => ops::stats(ctx, req, resp),
         "append" => ops::append(ctx, req, resp).await,
         "read" => ops::read(ctx, req, resp).await,
+        op if op.starts_with("projection.") => projection_ops::dispatch(ctx, req, resp).await,
         other => Err(ProtocolError::new(
             ErrorCode::UnknownOp,
-            format!("unknown op {other:?}; this server knows hello, head, append, read, stats"),
+            format!("unknown op {other:?}; this server knows hello, head, append, read, stats and projection.*"),
         )
         .into()),
     }

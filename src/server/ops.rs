@@ -52,6 +52,7 @@ struct StatsResponse {
     uptime_ms: u64,
     server: ServerStats,
     store: StoreStats,
+    projections: super::projection_ops::ProjectionStats,
 }
 
 pub(super) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
@@ -75,6 +76,7 @@ pub(super) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) 
             in_flight: ctx.shutdown.in_flight.load(Ordering::Relaxed),
         },
         store,
+        projections: super::projection_ops::stats(ctx),
     };
     protocol::encode_ok(resp.out, &req.id, &body);
     Ok(())

@@ -277,8 +277,11 @@ impl Store {
     /// Opens (creating if needed) the store whose root directory is `root`: the folder holding `.ledger`,
     /// `events/` and `Indices/`. Recovers from crashes first: see ARCHITECTURE.md, "Recovery".
     pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
-        let layout = Layout::new(root.as_ref());
-        std::fs::create_dir_all(&layout.root).map_err(|e| StoreError::io(io::IoOp::Open, &layout.root, e))?;
+        let root = root.as_ref();
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
+        // Absolute from here on: error messages and logs name real paths, and no parent is ever "".
+        let root = std::fs::canonicalize(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
+        let layout = Layout::new(&root);
         let owner_lock = if options.exclusive {
             let path = layout.owner_lock();
             let file = open_lock_file(&path)?;

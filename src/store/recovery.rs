@@ -74,7 +74,7 @@ fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
     }
     if created && durable {
         for dir in layout.dirs() {
-            let parent = dir.parent().unwrap_or(Path::new("."));
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             io::fsync_dir(parent).map_err(|e| StoreError::io(IoOp::FsyncDir, parent, e))?;
         }
     }

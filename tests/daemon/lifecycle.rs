@@ -192,3 +192,22 @@ fn sighup_reloads_max_connections_from_the_config_file() {
     let all = read_all(&mut daemon.client(), &Query::All, ReadOptions::default());
     assert!(all.is_empty());
 }
+
+#[test]
+fn relative_data_and_socket_paths_work_from_a_fresh_directory() {
+    // The README's first command: defaults relative to the working directory, store not there yet.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("opossumd.log");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--data", "rel-store", "--socket", "rel.sock"]).current_dir(dir.path());
+    cmd.env("RUST_LOG", "info").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    cmd.stderr(std::fs::File::create(&log).unwrap());
+    let mut daemon = Daemon::spawn(cmd, &dir.path().join("rel-store"), &dir.path().join("rel.sock"), log)
+        .unwrap_or_else(|e| panic!("daemon did not start on a relative path: {e}"));
+    let mut client = daemon.client();
+    let appended = client.append(vec![event("A", &[])], None).unwrap();
+    assert_eq!(appended.first, 1);
+    assert!(dir.path().join("rel-store/events/0000000001.json").is_file());
+    assert!(daemon.terminate().success());
+}

@@ -1,0 +1,277 @@
+//! The projection ops (`projection.*`): the daemon's [`ProjectionStore`] over the wire (docs/PROTOCOL.md,
+//! "Projections"). Writes wait for their group commit and reads do file I/O, so both run on tokio's blocking pool;
+//! `get_all` and `query` stream like event reads: a blocking producer encodes item lines into chunks of
+//! [`READ_CHUNK_BYTES`] and hands at most [`READ_CHUNKS_IN_FLIGHT`] of them to the socket at a time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::{Context, OpError, Request, Responder, READ_CHUNKS_IN_FLIGHT, READ_CHUNK_BYTES};
+use crate::projection::{decode_view, ProjectionError, ProjectionReader, ProjectionStore};
+use crate::protocol::{
+    self, EmptyRequest, ErrorCode, ProjectionCheckpointRequest, ProjectionCheckpointResponse, ProjectionDeleteResponse,
+    ProjectionItemOut, ProjectionKeyRequest, ProjectionListResponse, ProjectionNameRequest, ProjectionPutManyRequest,
+    ProjectionPutManyResponse, ProjectionPutRequest, ProjectionPutResponse, ProjectionQueryRequest, ProjectionReadDone,
+    ProtocolError,
+};
+
+/// Every op of this family, for `unknown_op` messages.
+const OPS: &str = "projection.put, projection.put_many, projection.get, projection.delete, projection.get_all, \
+                   projection.query, projection.list, projection.checkpoint";
+
+/// Counters of the projection ops, reported by `stats`.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    deletes: AtomicU64,
+    reads: AtomicU64,
+    items_read: AtomicU64,
+    version_conflicts: AtomicU64,
+}
+
+#[derive(Debug, Serialize)]
+pub(super) struct ProjectionStats {
+    /// Projections (directories) and the keys they hold.
+    projections: usize,
+    keys: u64,
+    /// Projections written (each element of a `put_many` counts).
+    puts: u64,
+    gets: u64,
+    deletes: u64,
+    /// `get_all` and `query` requests, and the items they streamed.
+    reads: u64,
+    items_read: u64,
+    version_conflicts: u64,
+}
+
+pub(super) fn stats(ctx: &Context) -> ProjectionStats {
+    let list = ctx.projections.list();
+    let c = &ctx.projection_counters;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    ProjectionStats {
+        projections: list.len(),
+        keys: list.iter().map(|s| s.count as u64).sum(),
+        puts: get(&c.puts),
+        gets: get(&c.gets),
+        deletes: get(&c.deletes),
+        reads: get(&c.reads),
+        items_read: get(&c.items_read),
+        version_conflicts: get(&c.version_conflicts),
+    }
+}
+
+pub(super) async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    let result = match req.op.as_str() {
+        "projection.put" => put(ctx, req, resp).await,
+        "projection.put_many" => put_many(ctx, req, resp).await,
+        "projection.get" => get(ctx, req, resp).await,
+        "projection.delete" => delete(ctx, req, resp).await,
+        "projection.get_all" => get_all(ctx, req, resp).await,
+        "projection.query" => query(ctx, req, resp).await,
+        "projection.list" => list(ctx, req, resp),
+        "projection.checkpoint" => checkpoint(ctx, req, resp).await,
+        other => {
+            Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown op {other:?}; projection ops are {OPS}"))
+                .into())
+        }
+    };
+    if let Err(OpError::Protocol(e)) = &result {
+        if e.code == ErrorCode::VersionConflict {
+            ctx.projection_counters.version_conflicts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, ProtocolError> + Send + 'static,
+) -> Result<T, OpError> {
+    let joined = tokio::task::spawn_blocking(f).await;
+    let result = joined.map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("{what} task failed: {e}")))?;
+    Ok(result?)
+}
+
+async fn put(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    // Answers to earlier pipelined requests should not wait for this commit.
+    resp.flush().await?;
+    let (line, op, store) = (req.line.to_vec(), req.op.clone(), ctx.projections.clone());
+    let version = blocking("projection.put", move || {
+        let body: ProjectionPutRequest = protocol::parse_body(&op, &line)?;
+        drop(line);
+        Ok(store.put(body.into_put())?)
+    })
+    .await?;
+    ctx.projection_counters.puts.fetch_add(1, Ordering::Relaxed);
+    protocol::encode_ok(resp.out, &req.id, &ProjectionPutResponse { version });
+    Ok(())
+}
+
+async fn put_many(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    resp.flush().await?;
+    let (line, op, store) = (req.line.to_vec(), req.op.clone(), ctx.projections.clone());
+    let versions = blocking("projection.put_many", move || {
+        let body: ProjectionPutManyRequest = protocol::parse_body(&op, &line)?;
+        drop(line);
+        Ok(store.put_many(body.puts)?)
+    })
+    .await?;
+    ctx.projection_counters.puts.fetch_add(versions.len() as u64, Ordering::Relaxed);
+    protocol::encode_ok(resp.out, &req.id, &ProjectionPutManyResponse { versions });
+    Ok(())
+}
+
+async fn get(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    let body: ProjectionKeyRequest = protocol::parse_body(&req.op, req.line)?;
+    let store = ctx.projections.clone();
+    let item = blocking("projection.get", move || Ok(store.get(&body.projection, &body.key)?)).await?;
+    ctx.projection_counters.gets.fetch_add(1, Ordering::Relaxed);
+    protocol::encode_ok(resp.out, &req.id, &ProjectionItemOut::from(&item));
+    Ok(())
+}
+
+async fn delete(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    resp.flush().await?;
+    let body: ProjectionKeyRequest = protocol::parse_body(&req.op, req.line)?;
+    let store = ctx.projections.clone();
+    let deleted = blocking("projection.delete", move || Ok(store.delete(&body.projection, &body.key)?)).await?;
+    if deleted {
+        ctx.projection_counters.deletes.fetch_add(1, Ordering::Relaxed);
+    }
+    protocol::encode_ok(resp.out, &req.id, &ProjectionDeleteResponse { deleted });
+    Ok(())
+}
+
+async fn get_all(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    let body: ProjectionNameRequest = protocol::parse_body(&req.op, req.line)?;
+    stream(ctx, req, resp, move |store| store.get_all(&body.projection)).await
+}
+
+async fn query(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    let body: ProjectionQueryRequest = protocol::parse_body(&req.op, req.line)?;
+    stream(ctx, req, resp, move |store| store.query(&body.projection, &body.tags)).await
+}
+
+fn list(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
+    protocol::encode_ok(resp.out, &req.id, &ProjectionListResponse { projections: ctx.projections.list() });
+    Ok(())
+}
+
+async fn checkpoint(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    let body: ProjectionCheckpointRequest = protocol::parse_body(&req.op, req.line)?;
+    if body.position.is_some() {
+        resp.flush().await?;
+    }
+    let store = ctx.projections.clone();
+    let answer = blocking("projection.checkpoint", move || match body.position {
+        Some(position) => {
+            store.set_checkpoint(&body.projection, position)?;
+            Ok(ProjectionCheckpointResponse { position: Some(position), last_updated: None })
+        }
+        None => {
+            let checkpoint = store.checkpoint(&body.projection)?;
+            Ok(ProjectionCheckpointResponse {
+                position: checkpoint.as_ref().map(|c| c.last_processed_position),
+                last_updated: checkpoint.map(|c| c.last_updated),
+            })
+        }
+    })
+    .await?;
+    protocol::encode_ok(resp.out, &req.id, &answer);
+    Ok(())
+}
+
+/// What a read's producer hands to the socket.
+enum Chunk {
+    /// Item lines.
+    Items(Vec<u8>),
+    /// Item lines (possibly none) followed by the final line, and how many items the read streamed.
+    Final(Vec<u8>, u64),
+}
+
+/// Streams the projections `open` selects: item lines `{"id":..,"item":{..}}`, then `{"id":..,"ok":true,"count":N}`
+/// (or an error line, after the items already sent).
+async fn stream(
+    ctx: &Arc<Context>,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+    open: impl FnOnce(&ProjectionStore) -> Result<ProjectionReader, ProjectionError> + Send + 'static,
+) -> Result<(), OpError> {
+    ctx.projection_counters.reads.fetch_add(1, Ordering::Relaxed);
+    let store = ctx.projections.clone();
+    let id = req.id.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(READ_CHUNKS_IN_FLIGHT);
+    // The producer blocks when the channel is full and stops when the receiver is gone (client disconnected).
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES + 4096);
+        let opened = open(&store);
+        // The reader needs no handle on the store: a slow client must not keep it from closing at shutdown.
+        drop(store);
+        let mut reader = match opened {
+            Ok(reader) => reader,
+            Err(e) => {
+                protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
+                let _ = tx.blocking_send(Chunk::Final(buf, 0));
+                return;
+            }
+        };
+        let mut count = 0u64;
+        // Each file is parsed in place and re-framed as its item line (on the rayon pool for large batches): the
+        // state's bytes are copied once, from the file into the line, never decoded into owned values.
+        let frame = |key: &str, path: &std::path::Path, bytes: &[u8]| {
+            let view = decode_view(key, path, bytes)?;
+            let mut line = Vec::with_capacity(bytes.len() + key.len() + 96);
+            protocol::encode_projection_item(&mut line, &id, &ProjectionItemOut::from_view(key, &view, bytes.len()));
+            Ok(line)
+        };
+        while let Some(batch) = reader.next_batch_map(frame) {
+            match batch {
+                Ok(lines) => {
+                    for line in &lines {
+                        buf.extend_from_slice(line);
+                        count += 1;
+                        if buf.len() >= READ_CHUNK_BYTES {
+                            let full = std::mem::replace(&mut buf, Vec::with_capacity(READ_CHUNK_BYTES + 4096));
+                            if tx.blocking_send(Chunk::Items(full)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("projection read failed after {count} items: {e}");
+                    protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
+                    let _ = tx.blocking_send(Chunk::Final(buf, count));
+                    return;
+                }
+            }
+        }
+        protocol::encode_ok(&mut buf, &id, &ProjectionReadDone { count });
+        let _ = tx.blocking_send(Chunk::Final(buf, count));
+    });
+    resp.flush().await?;
+    let mut finished = false;
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Chunk::Items(bytes) => resp.write(&bytes).await?,
+            Chunk::Final(bytes, count) => {
+                ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+                resp.write(&bytes).await?;
+                finished = true;
+            }
+        }
+    }
+    if !finished {
+        let reason = match producer.await {
+            Err(e) => format!("projection read task failed: {e}"),
+            Ok(()) => "projection read task ended without a result".to_string(),
+        };
+        return Err(ProtocolError::new(ErrorCode::StorageError, reason).into());
+    }
+    Ok(())
+}
