@@ -611,3 +611,60 @@ impl LineReader {
         }
     }
 }
+
+/// Where a streaming op's blocking producer puts its output: item lines are gathered into chunks of
+/// [`READ_CHUNK_BYTES`] and handed to the socket task, at most [`READ_CHUNKS_IN_FLIGHT`] at a time.
+pub(crate) struct ChunkSink {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    finished: bool,
+}
+
+impl ChunkSink {
+    /// Appends one item line (`encode` writes it into the buffer). Blocks while the client is behind (backpressure);
+    /// `false` once the client is gone, and the producer should stop.
+    pub fn item(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        encode(&mut self.buf);
+        if self.buf.len() < READ_CHUNK_BYTES {
+            return true;
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(READ_CHUNK_BYTES + 4096));
+        self.tx.blocking_send(full).is_ok()
+    }
+
+    /// Appends the final line and sends what is left.
+    pub fn finish(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        encode(&mut self.buf);
+        self.finished = true;
+        let rest = std::mem::take(&mut self.buf);
+        let _ = self.tx.blocking_send(rest);
+    }
+}
+
+/// Runs `produce` on tokio's blocking pool and streams what it writes into its [`ChunkSink`] to the client. Memory
+/// stays bounded however much it produces; a producer that ends without a final line is a `storage_error`.
+pub(crate) async fn stream_blocking(
+    resp: &mut Responder<'_>,
+    what: &'static str,
+    produce: impl FnOnce(&mut ChunkSink) + Send + 'static,
+) -> Result<(), OpError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_CHUNKS_IN_FLIGHT);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut sink = ChunkSink { buf: Vec::with_capacity(READ_CHUNK_BYTES + 4096), tx, finished: false };
+        produce(&mut sink);
+        if sink.finished {
+            let _ = done_tx.send(());
+        }
+    });
+    resp.flush().await?;
+    while let Some(chunk) = rx.recv().await {
+        resp.write(&chunk).await?;
+    }
+    let reason = match producer.await {
+        Err(e) => format!("{what} task failed: {e}"),
+        Ok(()) if done_rx.await.is_ok() => return Ok(()),
+        Ok(()) => format!("{what} task ended without a result"),
+    };
+    Err(ProtocolError::new(ErrorCode::StorageError, reason).into())
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Context, OpError, Request, Responder, READ_CHUNKS_IN_FLIGHT, READ_CHUNK_BYTES};
+use super::{Context, OpError, Request, Responder};
 use crate::protocol::{
     self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
     ReadRequest, PROTOCOL_VERSION, SERVER_NAME,
@@ -100,74 +100,34 @@ pub(super) async fn append(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Res
     Ok(())
 }
 
-/// What a read's producer hands to the socket.
-enum Chunk {
-    /// Item lines.
-    Items(Vec<u8>),
-    /// Item lines (possibly none) followed by the final line.
-    Final(Vec<u8>),
-}
-
 pub(super) async fn read(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
     let body: ReadRequest = protocol::parse_body(&req.op, req.line)?;
     let store = ctx.store.clone();
     let id = req.id.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(READ_CHUNKS_IN_FLIGHT);
-    // The producer reads batches of event files and encodes them; it blocks when the channel is full and stops
-    // when the receiver is gone (client disconnected).
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES + 4096);
+    // The producer reads batches of event files and encodes them as item lines.
+    super::stream_blocking(resp, "read", move |sink| {
         let mut reader = match store.read(&body.query, body.options()) {
             Ok(reader) => reader,
-            Err(e) => {
-                protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
-                let _ = tx.blocking_send(Chunk::Final(buf));
-                return;
-            }
+            Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
         while let Some(batch) = reader.next_batch() {
             match batch {
                 Ok(events) => {
                     for event in &events {
-                        protocol::encode_item(&mut buf, &id, event);
                         count += 1;
-                        if buf.len() >= READ_CHUNK_BYTES {
-                            let full = std::mem::replace(&mut buf, Vec::with_capacity(READ_CHUNK_BYTES + 4096));
-                            if tx.blocking_send(Chunk::Items(full)).is_err() {
-                                return;
-                            }
+                        if !sink.item(|buf| protocol::encode_item(buf, &id, event)) {
+                            return;
                         }
                     }
                 }
                 Err(e) => {
                     tracing::error!("read failed after {count} events: {e}");
-                    protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
-                    let _ = tx.blocking_send(Chunk::Final(buf));
-                    return;
+                    return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e)));
                 }
             }
         }
-        protocol::encode_ok(&mut buf, &id, &ReadDone { count, head: reader.head() });
-        let _ = tx.blocking_send(Chunk::Final(buf));
-    });
-    resp.flush().await?;
-    let mut finished = false;
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            Chunk::Items(bytes) => resp.write(&bytes).await?,
-            Chunk::Final(bytes) => {
-                resp.write(&bytes).await?;
-                finished = true;
-            }
-        }
-    }
-    if !finished {
-        let reason = match producer.await {
-            Err(e) => format!("read task failed: {e}"),
-            Ok(()) => "read task ended without a result".to_string(),
-        };
-        return Err(ProtocolError::new(ErrorCode::StorageError, reason).into());
-    }
-    Ok(())
+        sink.finish(|buf| protocol::encode_ok(buf, &id, &ReadDone { count, head: reader.head() }));
+    })
+    .await
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Context, OpError, Request, Responder, READ_CHUNKS_IN_FLIGHT, READ_CHUNK_BYTES};
+use super::{Context, OpError, Request, Responder};
 use crate::projection::{decode_view, ProjectionError, ProjectionReader, ProjectionStore};
 use crate::protocol::{
     self, EmptyRequest, ErrorCode, ProjectionCheckpointRequest, ProjectionCheckpointResponse, ProjectionDeleteResponse,
@@ -186,14 +186,6 @@ async fn checkpoint(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<
     Ok(())
 }
 
-/// What a read's producer hands to the socket.
-enum Chunk {
-    /// Item lines.
-    Items(Vec<u8>),
-    /// Item lines (possibly none) followed by the final line, and how many items the read streamed.
-    Final(Vec<u8>, u64),
-}
-
 /// Streams the projections `open` selects: item lines `{"id":..,"item":{..}}`, then `{"id":..,"ok":true,"count":N}`
 /// (or an error line, after the items already sent).
 async fn stream(
@@ -204,21 +196,15 @@ async fn stream(
 ) -> Result<(), OpError> {
     ctx.projection_counters.reads.fetch_add(1, Ordering::Relaxed);
     let store = ctx.projections.clone();
+    let ctx = ctx.clone();
     let id = req.id.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(READ_CHUNKS_IN_FLIGHT);
-    // The producer blocks when the channel is full and stops when the receiver is gone (client disconnected).
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES + 4096);
+    super::stream_blocking(resp, "projection read", move |sink| {
         let opened = open(&store);
         // The reader needs no handle on the store: a slow client must not keep it from closing at shutdown.
         drop(store);
         let mut reader = match opened {
             Ok(reader) => reader,
-            Err(e) => {
-                protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
-                let _ = tx.blocking_send(Chunk::Final(buf, 0));
-                return;
-            }
+            Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
         // Each file is parsed in place and re-framed as its item line (on the rayon pool for large batches): the
@@ -233,45 +219,21 @@ async fn stream(
             match batch {
                 Ok(lines) => {
                     for line in &lines {
-                        buf.extend_from_slice(line);
                         count += 1;
-                        if buf.len() >= READ_CHUNK_BYTES {
-                            let full = std::mem::replace(&mut buf, Vec::with_capacity(READ_CHUNK_BYTES + 4096));
-                            if tx.blocking_send(Chunk::Items(full)).is_err() {
-                                return;
-                            }
+                        if !sink.item(|buf| buf.extend_from_slice(line)) {
+                            return;
                         }
                     }
                 }
                 Err(e) => {
                     tracing::error!("projection read failed after {count} items: {e}");
-                    protocol::encode_error(&mut buf, &id, &ProtocolError::from(e));
-                    let _ = tx.blocking_send(Chunk::Final(buf, count));
-                    return;
+                    ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+                    return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e)));
                 }
             }
         }
-        protocol::encode_ok(&mut buf, &id, &ProjectionReadDone { count });
-        let _ = tx.blocking_send(Chunk::Final(buf, count));
-    });
-    resp.flush().await?;
-    let mut finished = false;
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            Chunk::Items(bytes) => resp.write(&bytes).await?,
-            Chunk::Final(bytes, count) => {
-                ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
-                resp.write(&bytes).await?;
-                finished = true;
-            }
-        }
-    }
-    if !finished {
-        let reason = match producer.await {
-            Err(e) => format!("projection read task failed: {e}"),
-            Ok(()) => "projection read task ended without a result".to_string(),
-        };
-        return Err(ProtocolError::new(ErrorCode::StorageError, reason).into());
-    }
-    Ok(())
+        ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+        sink.finish(|buf| protocol::encode_ok(buf, &id, &ProjectionReadDone { count }));
+    })
+    .await
 }

@@ -1,0 +1,240 @@
+//! The benchmark data set, modelled on .NET Opossum's course-management sample: courses created, students
+//! registered, then a mix of enrollments, subscription changes and course capacity changes, tagged `courseId` and
+//! `studentId` as the sample tags them. Every event is a pure function of its index, so seeders can generate any
+//! range on any thread and two runs with the same parameters write the same store (timestamps aside).
+
+use crate::model::{Event, Query, QueryItem, Tag};
+
+pub const COURSE_CREATED: &str = "CourseCreatedEvent";
+pub const STUDENT_REGISTERED: &str = "StudentRegisteredEvent";
+pub const STUDENT_ENROLLED: &str = "StudentEnrolledToCourseEvent";
+pub const SUBSCRIPTION_UPDATED: &str = "StudentSubscriptionUpdatedEvent";
+pub const COURSE_LIMIT_MODIFIED: &str = "CourseStudentLimitModifiedEvent";
+
+/// The event types the StudentShortInfo projection folds.
+pub const STUDENT_SHORT_INFO_TYPES: [&str; 3] = [STUDENT_REGISTERED, STUDENT_ENROLLED, SUBSCRIPTION_UPDATED];
+pub const TIERS: [&str; 4] = ["Basic", "Standard", "Professional", "Master"];
+
+const FIRST: [&str; 8] = ["Anna", "Bob", "Chloé", "Dávid", "Eve", "Farkas", "Greta", "Hiroshi"];
+const LAST: [&str; 8] = ["Kovács", "Smith", "O'Brien", "Nagy", "Müller", "Tanaka", "Rossi", "Dubois"];
+const SUBJECTS: [&str; 8] =
+    ["Algebra", "Biology", "Chemistry", "Databases", "Economics", "French", "Geology", "History"];
+
+/// splitmix64: a fast, well-mixed deterministic hash of `x`.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// A small deterministic generator for choices made while running (which student to query, ...).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(1);
+        mix(self.0)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+pub fn student_id(i: u64) -> String {
+    format!("{:08x}-5f7c-4c53-9a55-{:012x}", i, mix(i) & 0xffff_ffff_ffff)
+}
+
+pub fn course_id(i: u64) -> String {
+    format!("{:08x}-1111-4d2a-8f00-{:012x}", i, mix(i ^ 0xc0) & 0xffff_ffff_ffff)
+}
+
+pub fn student_tag(i: u64) -> Tag {
+    Tag::new("studentId", student_id(i))
+}
+
+pub fn course_tag(i: u64) -> Tag {
+    Tag::new("courseId", course_id(i))
+}
+
+pub fn student_query(i: u64) -> Query {
+    Query::Items(vec![QueryItem { types: Vec::new(), tags: vec![student_tag(i)] }])
+}
+
+pub fn course_query(i: u64) -> Query {
+    Query::Items(vec![QueryItem { types: Vec::new(), tags: vec![course_tag(i)] }])
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct DataSet {
+    pub events: u64,
+    pub students: u64,
+    pub courses: u64,
+}
+
+impl DataSet {
+    /// Event number `n` (0-based; it lands at position `n + 1` when seeded in order).
+    pub fn event(&self, n: u64) -> Event {
+        let h = mix(n ^ 0x5eed);
+        if n < self.courses {
+            return course_created(n, h);
+        }
+        if n < self.courses + self.students {
+            return student_registered(n - self.courses);
+        }
+        let student = (h >> 8) % self.students.max(1);
+        let course = (h >> 40) % self.courses.max(1);
+        match h % 100 {
+            0..=84 => enrolled(course, student),
+            85..=94 => {
+                let tier = TIERS[((h >> 20) % 4) as usize];
+                let data = format!(r#"{{"studentId":"{}","enrollmentTier":"{tier}"}}"#, student_id(student));
+                Event::new(SUBSCRIPTION_UPDATED, &data, vec![student_tag(student)]).expect("valid event")
+            }
+            _ => {
+                let limit = 10 + (h >> 20) % 90;
+                let data = format!(r#"{{"courseId":"{}","newStudentLimit":{limit}}}"#, course_id(course));
+                Event::new(COURSE_LIMIT_MODIFIED, &data, vec![course_tag(course)]).expect("valid event")
+            }
+        }
+    }
+}
+
+fn course_created(i: u64, h: u64) -> Event {
+    let subject = SUBJECTS[(i % 8) as usize];
+    let data = format!(
+        r#"{{"courseId":"{}","name":"{subject} {}","description":"An introduction to {subject}, section {i}: lectures, labs and a final project.","studentLimit":{}}}"#,
+        course_id(i),
+        100 + i % 400,
+        10 + h % 90
+    );
+    Event::new(COURSE_CREATED, &data, vec![course_tag(i)]).expect("valid event")
+}
+
+fn student_registered(i: u64) -> Event {
+    let (first, last) = (FIRST[(i % 8) as usize], LAST[((i / 8) % 8) as usize]);
+    let data = format!(
+        r#"{{"studentId":"{}","firstName":"{first}","lastName":"{last}","email":"student{i}@example.com"}}"#,
+        student_id(i)
+    );
+    Event::new(STUDENT_REGISTERED, &data, vec![student_tag(i)]).expect("valid event")
+}
+
+pub fn enrolled(course: u64, student: u64) -> Event {
+    let data = format!(r#"{{"courseId":"{}","studentId":"{}"}}"#, course_id(course), student_id(student));
+    Event::new(STUDENT_ENROLLED, &data, vec![course_tag(course), student_tag(student)]).expect("valid event")
+}
+
+/// The StudentShortInfo read model of the sample, folded from a student's events.
+#[derive(Debug, Clone, Default)]
+pub struct StudentShortInfo {
+    pub student_id: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub tier: usize,
+    pub enrollments: u64,
+}
+
+impl StudentShortInfo {
+    pub fn max_enrollments(&self) -> u64 {
+        [5, 10, 25, 100][self.tier.min(3)]
+    }
+
+    /// The state as .NET Opossum serialises it (PascalCase).
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "StudentId": self.student_id,
+            "FirstName": self.first_name,
+            "LastName": self.last_name,
+            "Email": self.email,
+            "EnrollmentTier": TIERS[self.tier.min(3)],
+            "CurrentEnrollmentCount": self.enrollments,
+            "MaxEnrollmentCount": self.max_enrollments(),
+            "IsMaxedOut": self.enrollments >= self.max_enrollments(),
+        })
+        .to_string()
+    }
+
+    pub fn tags(&self) -> Vec<Tag> {
+        vec![
+            Tag::new("EnrollmentTier", TIERS[self.tier.min(3)]),
+            Tag::new("IsMaxedOut", if self.enrollments >= self.max_enrollments() { "true" } else { "false" }),
+        ]
+    }
+
+    /// A freshly registered student `i` (used to populate the `get_all` workload's projection).
+    pub fn registered(i: u64) -> StudentShortInfo {
+        StudentShortInfo {
+            student_id: student_id(i),
+            first_name: FIRST[(i % 8) as usize].into(),
+            last_name: LAST[((i / 8) % 8) as usize].into(),
+            email: format!("student{i}@example.com"),
+            tier: (i % 4) as usize,
+            enrollments: i % 7,
+        }
+    }
+
+    /// Applies one event's data (as JSON text) of type `event_type`.
+    pub fn apply(&mut self, event_type: &str, data: &str) {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Data {
+            #[serde(default)]
+            student_id: String,
+            #[serde(default)]
+            first_name: String,
+            #[serde(default)]
+            last_name: String,
+            #[serde(default)]
+            email: String,
+            #[serde(default)]
+            enrollment_tier: String,
+        }
+        let Ok(d) = serde_json::from_str::<Data>(data) else { return };
+        match event_type {
+            STUDENT_REGISTERED => {
+                self.student_id = d.student_id;
+                self.first_name = d.first_name;
+                self.last_name = d.last_name;
+                self.email = d.email;
+            }
+            STUDENT_ENROLLED => self.enrollments += 1,
+            SUBSCRIPTION_UPDATED => self.tier = TIERS.iter().position(|t| *t == d.enrollment_tier).unwrap_or(0),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_deterministic_and_valid() {
+        let set = DataSet { events: 5_000, students: 100, courses: 20 };
+        for n in 0..set.events {
+            let (a, b) = (set.event(n), set.event(n));
+            assert_eq!(a.event_type, b.event_type);
+            assert_eq!(a.data.get(), b.data.get());
+            crate::model::validate_event(&a).unwrap();
+        }
+        assert_eq!(set.event(0).event_type, COURSE_CREATED);
+        assert_eq!(set.event(20).event_type, STUDENT_REGISTERED);
+    }
+
+    #[test]
+    fn folds_student_short_info() {
+        let mut s = StudentShortInfo::default();
+        s.apply(STUDENT_REGISTERED, student_registered(7).data.get());
+        s.apply(STUDENT_ENROLLED, enrolled(1, 7).data.get());
+        s.apply(SUBSCRIPTION_UPDATED, r#"{"studentId":"x","enrollmentTier":"Master"}"#);
+        assert_eq!(s.student_id, student_id(7));
+        assert_eq!((s.enrollments, s.tier), (1, 3));
+        let state: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+        assert_eq!(state["MaxEnrollmentCount"], 100);
+    }
+}

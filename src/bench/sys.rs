@@ -1,0 +1,226 @@
+//! The machine side of a benchmark: cache eviction, machine description, raw-filesystem baselines.
+
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evict {
+    DropCaches,
+    Fadvise,
+}
+
+impl Evict {
+    /// `drop_caches` when we may write it (root), else per-file `posix_fadvise(DONTNEED)`.
+    pub fn detect() -> Evict {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok() {
+            Evict::DropCaches
+        } else {
+            Evict::Fadvise
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Evict::DropCaches => "sync; echo 3 > /proc/sys/vm/drop_caches",
+            Evict::Fadvise => "posix_fadvise(DONTNEED) per file",
+        }
+    }
+
+    /// Evicts `files` (all of the page cache, with `DropCaches`) from the cache.
+    pub fn evict(self, files: &[PathBuf]) -> anyhow::Result<()> {
+        match self {
+            Evict::DropCaches => {
+                // SAFETY: sync has no preconditions.
+                unsafe { libc::sync() };
+                std::fs::write("/proc/sys/vm/drop_caches", "3")?;
+            }
+            Evict::Fadvise => {
+                for f in files {
+                    let file = std::fs::File::open(f)?;
+                    // SAFETY: the descriptor is open for the call; DONTNEED only drops clean cached pages.
+                    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// CPU model, cores, memory, kernel, the filesystem holding `dir`, git commit.
+pub fn machine_info(dir: &Path) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_string(), |(_, v)| v.trim().to_string());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": cores(),
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": kernel,
+        "filesystem": filesystem_of(dir),
+        "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+    })
+}
+
+/// The mount (device, type, options) holding `dir`, from /proc/mounts (longest matching mount point).
+fn filesystem_of(dir: &Path) -> serde_json::Value {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let best = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && dir.starts_with(f[1])).then(|| (f[1].len(), f[0], f[1], f[2], f[3]))
+        })
+        .max_by_key(|m| m.0);
+    match best {
+        Some((_, device, mount, fstype, options)) => {
+            serde_json::json!({"device": device, "mount": mount, "type": fstype, "options": options})
+        }
+        None => serde_json::Value::Null,
+    }
+}
+
+/// `git rev-parse HEAD` (with `-dirty` when the tree has changes) in the current directory, if it is a checkout.
+pub fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let mut commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let dirty = std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    if dirty {
+        commit.push_str("-dirty");
+    }
+    Some(commit)
+}
+
+/// Sequential `std::fs::read` of every file, one thread: (time, bytes).
+pub fn read_files(files: &[PathBuf]) -> anyhow::Result<(Duration, u64)> {
+    let t = Instant::now();
+    let mut bytes = 0u64;
+    for f in files {
+        bytes += std::fs::read(f)?.len() as u64;
+    }
+    Ok((t.elapsed(), bytes))
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
+/// Raw durable single writes: create a new file, write `bytes` bytes, `fdatasync`, for `seconds`, one thread.
+/// Returns (ops/s, latency histogram in µs).
+pub fn fdatasync_loop(dir: &Path, bytes: usize, seconds: f64) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let d = dir.join("raw-fdatasync");
+    std::fs::create_dir_all(&d)?;
+    let payload = vec![b'x'; bytes];
+    let mut hist = new_histogram();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < seconds {
+        let s = Instant::now();
+        let mut f = std::fs::File::create(d.join(format!("{n:010}.json")))?;
+        f.write_all(&payload)?;
+        f.sync_data()?;
+        hist.record(s.elapsed().as_micros().max(1) as u64)?;
+        n += 1;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&d)?;
+    Ok((rate, hist))
+}
+
+/// Raw durable batches: `batch` new files written, each `fdatasync`ed, then the directory fsynced; for `seconds`.
+/// Returns files/s.
+pub fn batch_write_loop(dir: &Path, batch: usize, bytes: usize, seconds: f64) -> anyhow::Result<f64> {
+    let d = dir.join("raw-batches");
+    std::fs::create_dir_all(&d)?;
+    let payload = vec![b'x'; bytes];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < seconds {
+        let mut open = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let mut f = std::fs::File::create(d.join(format!("{n:010}.json")))?;
+            f.write_all(&payload)?;
+            open.push(f);
+            n += 1;
+        }
+        for f in &open {
+            f.sync_data()?;
+        }
+        std::fs::File::open(&d)?.sync_all()?;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&d)?;
+    Ok(rate)
+}
+
+/// Writes each `(name, bytes)` into a new directory under `dir`, then one `syncfs`: (time).
+pub fn write_files_syncfs(dir: &Path, files: &[(String, Vec<u8>)]) -> anyhow::Result<Duration> {
+    let d = dir.join("raw-projection-writes");
+    std::fs::create_dir_all(&d)?;
+    let t = Instant::now();
+    for (name, bytes) in files {
+        std::fs::write(d.join(name), bytes)?;
+    }
+    let handle = std::fs::File::open(&d)?;
+    // SAFETY: the descriptor is open for the duration of the call.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let took = t.elapsed();
+    std::fs::remove_dir_all(&d)?;
+    Ok(took)
+}
+
+/// The `events` directory of a store (its name's case varies between Opossum versions).
+pub fn events_dir(store: &Path) -> anyhow::Result<PathBuf> {
+    for entry in std::fs::read_dir(store)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().eq_ignore_ascii_case("events") {
+            return Ok(entry.path());
+        }
+    }
+    anyhow::bail!("no events directory in {}", store.display())
+}
+
+/// The event file of `position`.
+pub fn event_file(events_dir: &Path, position: u64) -> PathBuf {
+    events_dir.join(format!("{position:010}.json"))
+}
+
+/// Every `*.json` file directly in `dir`, sorted.
+pub fn json_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
