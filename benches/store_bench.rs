@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use opossum::io::IoBackendKind;
+use opossum::io::{IoBackendKind, SyncStrategy};
 use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
 use opossum::store::{Durability, IndexWrites, Store, StoreOptions};
 
@@ -70,6 +70,8 @@ fn main() {
         index_writes,
         ..StoreOptions::default()
     };
+    let opts_sync =
+        |durability, index_writes, sync_strategy| StoreOptions { sync_strategy, ..opts(durability, index_writes) };
     let deferred = IndexWrites::Deferred { interval: Duration::from_secs(1) };
     let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
     println!("io backend in use: {}", store.io_backend());
@@ -148,21 +150,22 @@ fn main() {
     row("baseline: std::fs write + fdatasync, one file at a time", raw_n, t.elapsed(), None);
     drop(raw_dir);
     let mut single = 0.0;
-    for (appenders, index_writes, label) in [
-        (1, deferred, "deferred index"),
-        (16, deferred, "deferred index"),
-        (1, IndexWrites::EveryCommit, "every-commit index"),
-        (16, IndexWrites::EveryCommit, "every-commit index"),
+    for (appenders, index_writes, sync, label) in [
+        (1, deferred, SyncStrategy::PerFile, "deferred index, per-file"),
+        (16, deferred, SyncStrategy::PerFile, "deferred index, per-file"),
+        (16, deferred, SyncStrategy::Syncfs, "deferred index, syncfs"),
+        (1, IndexWrites::EveryCommit, SyncStrategy::PerFile, "every-commit index"),
+        (16, IndexWrites::EveryCommit, SyncStrategy::PerFile, "every-commit index"),
     ] {
         let dir = tempfile::tempdir_in(&base).unwrap();
-        let store = Arc::new(Store::open(dir.path(), opts(Durability::Fsync, index_writes)).unwrap());
+        let store = Arc::new(Store::open(dir.path(), opts_sync(Durability::Fsync, index_writes, sync)).unwrap());
         let (events, elapsed, hist, commits) = durable_run(&store, appenders, Duration::from_secs(durable_secs));
         let r = rate(events, elapsed);
-        if appenders == 1 && index_writes == deferred {
+        if appenders == 1 && index_writes == deferred && sync == SyncStrategy::PerFile {
             single = r;
         }
         println!(
-            "durable appends, {appenders:>2} appender(s), {label:<18} {events:>9} events {r:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>5.1} events/commit  {:>6.2}x one appender  {:>6.2}x raw fsync",
+            "durable appends, {appenders:>2} appender(s), {label:<26} {events:>9} events {r:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>5.1} events/commit  {:>6.2}x one appender  {:>6.2}x raw fsync",
             hist.value_at_quantile(0.5) as f64 / 1e3,
             hist.value_at_quantile(0.99) as f64 / 1e3,
             events as f64 / commits.max(1) as f64,

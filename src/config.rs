@@ -8,6 +8,7 @@
 //! socket_mode = "0660"               # octal; applied to the socket file the daemon binds
 //! io_backend = "auto"                # auto | uring | threads
 //! durability = "fsync"               # fsync | none
+//! sync_strategy = "per-file"         # per-file | syncfs (syncfs: only for a store on a filesystem of its own)
 //! index_writes = "every-commit"      # every-commit | deferred
 //! index_flush_interval_ms = 1000     # with deferred index writes
 //! max_connections = 1024             # excess connections get a `busy` line and are closed
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::io::IoBackendKind;
+use crate::io::{IoBackendKind, SyncStrategy};
 use crate::protocol::MAX_FRAME_BYTES_DEFAULT;
 use crate::store::{Durability, IndexWrites};
 
@@ -59,6 +60,7 @@ pub struct ConfigFile {
     pub socket_mode: Option<String>,
     pub io_backend: Option<String>,
     pub durability: Option<String>,
+    pub sync_strategy: Option<String>,
     pub index_writes: Option<String>,
     pub index_flush_interval_ms: Option<u64>,
     pub max_connections: Option<usize>,
@@ -102,6 +104,9 @@ pub struct DaemonArgs {
     /// fsync | none [default: fsync]
     #[arg(long)]
     pub durability: Option<String>,
+    /// per-file | syncfs [default: per-file]; syncfs only for a store on a filesystem of its own
+    #[arg(long, value_name = "HOW")]
+    pub sync_strategy: Option<String>,
     /// every-commit | deferred [default: every-commit]
     #[arg(long, value_name = "WHEN")]
     pub index_writes: Option<String>,
@@ -130,6 +135,7 @@ pub struct Config {
     pub socket_mode: u32,
     pub io_backend: IoBackendKind,
     pub durability: Durability,
+    pub sync_strategy: SyncStrategy,
     pub index_writes: IndexWrites,
     pub max_connections: usize,
     pub max_frame_bytes: usize,
@@ -171,6 +177,10 @@ impl Config {
         let durability = match pick(&args.durability, &file.durability) {
             None => Durability::Fsync,
             Some(s) => s.parse().map_err(|e: String| invalid("durability", e))?,
+        };
+        let sync_strategy = match pick(&args.sync_strategy, &file.sync_strategy) {
+            None => SyncStrategy::default(),
+            Some(s) => s.parse().map_err(|e: String| invalid("sync_strategy", e))?,
         };
         let interval = pick(&args.index_flush_interval_ms, &file.index_flush_interval_ms)
             .map_or(INDEX_FLUSH_INTERVAL_DEFAULT, Duration::from_millis);
@@ -216,6 +226,7 @@ impl Config {
             socket_mode,
             io_backend,
             durability,
+            sync_strategy,
             index_writes,
             max_connections,
             max_frame_bytes,

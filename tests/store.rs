@@ -5,17 +5,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
-use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind};
+use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind, SyncStrategy};
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{Durability, IndexWrites, Store, StoreError, StoreOptions};
 
 #[path = "store/crash.rs"]
 mod crash;
 
+/// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
 pub fn backend() -> Arc<dyn BatchIo> {
     let kind: IoBackendKind =
         std::env::var("OPOSSUM_TEST_IO_BACKEND").ok().map_or(IoBackendKind::Auto, |s| s.parse().expect("backend name"));
-    io::open_backend(kind).expect("io backend")
+    let sync: SyncStrategy =
+        std::env::var("OPOSSUM_TEST_SYNC_STRATEGY").ok().map_or(SyncStrategy::default(), |s| s.parse().expect("sync"));
+    io::open_backend_with(kind, sync).expect("io backend")
 }
 
 pub fn options(durability: Durability) -> StoreOptions {

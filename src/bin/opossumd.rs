@@ -53,6 +53,7 @@ fn run() -> anyhow::Result<()> {
     let options = StoreOptions {
         durability: config.durability,
         io_backend: config.io_backend,
+        sync_strategy: config.sync_strategy,
         index_writes: config.index_writes,
         exclusive: true,
         ..StoreOptions::default()

@@ -149,12 +149,44 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
     }
 }
 
-/// Opens the backend `kind` asks for. `Auto` probes io_uring and falls back to the thread pool, logging why.
+/// How a durable write batch waits for stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncStrategy {
+    /// `fdatasync` each file and `fsync` each directory, in parallel. Costs grow with the batch, but only with it:
+    /// the default, because its latency does not depend on what else is dirty on the filesystem.
+    #[default]
+    PerFile,
+    /// One `syncfs(2)` per barrier of three or more files (Linux; elsewhere `PerFile`). Measured here: 16 new files
+    /// 1.6 ms instead of 4.1 ms, 64 files 4.5 ms instead of 12.8 ms. But it also writes back everything else dirty
+    /// on that filesystem: a barrier after a bulk non-durable import, or next to a busy neighbour, took seconds.
+    /// For stores on a filesystem of their own.
+    Syncfs,
+}
+
+impl std::str::FromStr for SyncStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "per-file" => Ok(SyncStrategy::PerFile),
+            "syncfs" => Ok(SyncStrategy::Syncfs),
+            other => Err(format!("unknown sync strategy {other:?}: expected per-file or syncfs")),
+        }
+    }
+}
+
+/// Opens the backend `kind` asks for with the default [`SyncStrategy`]; see [`open_backend_with`].
 pub fn open_backend(kind: IoBackendKind) -> Result<Arc<dyn BatchIo>, IoError> {
+    open_backend_with(kind, SyncStrategy::default())
+}
+
+/// Opens the backend `kind` asks for. `Auto` probes io_uring and falls back to the thread pool, logging why.
+pub fn open_backend_with(kind: IoBackendKind, sync: SyncStrategy) -> Result<Arc<dyn BatchIo>, IoError> {
+    let pool = || ThreadPoolIo::with_sync_strategy(threads::THREADS_DEFAULT, sync);
+    let uring_config = || uring::UringConfig { sync, ..uring::UringConfig::default() };
     match kind {
-        IoBackendKind::Threads => Ok(Arc::new(ThreadPoolIo::new(threads::THREADS_DEFAULT))),
+        IoBackendKind::Threads => Ok(Arc::new(pool())),
         #[cfg(target_os = "linux")]
-        IoBackendKind::Uring => Ok(Arc::new(uring::UringIo::new(uring::UringConfig::default())?)),
+        IoBackendKind::Uring => Ok(Arc::new(uring::UringIo::new(uring_config())?)),
         #[cfg(not(target_os = "linux"))]
         IoBackendKind::Uring => Err(IoError::new(
             IoOp::Open,
@@ -163,11 +195,11 @@ pub fn open_backend(kind: IoBackendKind) -> Result<Arc<dyn BatchIo>, IoError> {
         )),
         IoBackendKind::Auto => {
             #[cfg(target_os = "linux")]
-            match uring::UringIo::new(uring::UringConfig::default()) {
+            match uring::UringIo::new(uring_config()) {
                 Ok(io) => return Ok(Arc::new(io)),
                 Err(e) => tracing::warn!("io_uring unavailable, using the thread pool: {e}"),
             }
-            Ok(Arc::new(ThreadPoolIo::new(threads::THREADS_DEFAULT)))
+            Ok(Arc::new(pool()))
         }
     }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{fsync_dir, parent_dirs, rename_no_replace, tmp_path, BatchIo, FileWrite, IoError, IoOp, WriteMode};
+use super::{
+    fsync_dir, parent_dirs, rename_no_replace, tmp_path, BatchIo, FileWrite, IoError, IoOp, SyncStrategy, WriteMode,
+};
 
 /// Pool size used by `open_backend`: I/O-bound threads, not CPU-bound, so many more than cores.
 pub const THREADS_DEFAULT: usize = 32;
@@ -20,24 +22,28 @@ const READ_CHUNK_FILES: usize = 16;
 /// Most files of one write batch held open at once (their descriptors wait for the final fsync round); bigger
 /// batches are written in chunks of this size. Well below the 20,000-descriptor hard limit seen here.
 pub const WRITE_OPEN_FILES_MAX: usize = 4096;
-/// From this many files and directories to make durable at once, one `syncfs(2)` replaces the per-file fsyncs:
-/// measured here (ext4 on virtio) 16 new files cost 4.1 ms with parallel fdatasyncs and 1.6 ms with one syncfs,
-/// 64 files 12.8 ms against 4.5 ms; a single file is cheaper with its own fdatasync.
+/// With `SyncStrategy::Syncfs`, from this many files and directories to make durable at once one `syncfs(2)`
+/// replaces the per-file fsyncs (a single file is cheaper with its own fdatasync).
 pub const SYNCFS_MIN_TARGETS: usize = 3;
 
 pub struct ThreadPoolIo {
     pool: rayon::ThreadPool,
+    sync: SyncStrategy,
     barrier: FsBarrier,
 }
 
 impl ThreadPoolIo {
     pub fn new(threads: usize) -> ThreadPoolIo {
+        ThreadPoolIo::with_sync_strategy(threads, SyncStrategy::default())
+    }
+
+    pub fn with_sync_strategy(threads: usize, sync: SyncStrategy) -> ThreadPoolIo {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("opossum-io-{i}"))
             .build()
             .expect("spawning I/O threads");
-        ThreadPoolIo { pool, barrier: FsBarrier::default() }
+        ThreadPoolIo { pool, sync, barrier: FsBarrier::default() }
     }
 
     /// Runs `f` on this pool's threads (for callers that want their own parallel loops on the same threads).
@@ -64,9 +70,6 @@ impl BatchIo for ThreadPoolIo {
         let (commits, others): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
             files.iter().partition(|f| f.mode == WriteMode::Commit);
         let commit_dirs = parent_dirs(&commits);
-        if durable {
-            self.barrier.prepare(&commit_dirs)?;
-        }
         // Commit records are written first but renamed last: their data becomes durable in the same barrier as the
         // last chunk's new files, their new names only after that barrier.
         let mut commit_tmps = Vec::with_capacity(commits.len());
@@ -135,7 +138,7 @@ impl ThreadPoolIo {
             return if durable { self.barrier(extra, &[]) } else { Ok(()) };
         }
         let dirs = parent_dirs(files);
-        if durable {
+        if durable && self.sync == SyncStrategy::Syncfs {
             self.barrier.prepare(&dirs)?;
         }
         let tmps: Vec<PathBuf> = files.iter().map(|f| tmp_path(f.path)).collect();
@@ -192,12 +195,12 @@ impl ThreadPoolIo {
         self.barrier(&targets, &dirs)
     }
 
-    /// Makes `targets` durable: one `syncfs` for many (Linux), else parallel fsyncs.
+    /// Makes `targets` durable: parallel fsyncs, or one `syncfs` for many with `SyncStrategy::Syncfs` (Linux).
     fn barrier(&self, targets: &[SyncTarget<'_>], dirs: &[&Path]) -> Result<(), IoError> {
         if targets.is_empty() {
             return Ok(());
         }
-        if targets.len() >= SYNCFS_MIN_TARGETS && !dirs.is_empty() {
+        if self.sync == SyncStrategy::Syncfs && targets.len() >= SYNCFS_MIN_TARGETS && !dirs.is_empty() {
             if let Some(result) = self.barrier.syncfs(dirs) {
                 return result;
             }

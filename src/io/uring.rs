@@ -74,6 +74,8 @@ pub struct UringConfig {
     pub coop_taskrun: bool,
     /// `io_uring_register_iowq_max_workers` `[bounded, unbounded]`; 0 leaves the kernel default.
     pub iowq_max_workers: [u32; 2],
+    /// Durability barriers of write batches (which run on the thread pool's protocol).
+    pub sync: super::SyncStrategy,
 }
 
 impl Default for UringConfig {
@@ -86,6 +88,7 @@ impl Default for UringConfig {
             relative_opens: true,
             coop_taskrun: true,
             iowq_max_workers: [0, 0],
+            sync: super::SyncStrategy::default(),
         }
     }
 }
@@ -113,7 +116,8 @@ impl UringIo {
         for _ in 0..config.rings {
             rings.push(Mutex::new(Ring::new(&config).map_err(|e| IoError::new(IoOp::Open, "io_uring", e))?));
         }
-        Ok(UringIo { rings, next_ring: AtomicUsize::new(0), config, writer: ThreadPoolIo::new(THREADS_DEFAULT) })
+        let writer = ThreadPoolIo::with_sync_strategy(THREADS_DEFAULT, config.sync);
+        Ok(UringIo { rings, next_ring: AtomicUsize::new(0), config, writer })
     }
 
     /// The effective configuration (rings and depth resolved and clamped).

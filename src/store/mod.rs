@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::format::{self, Layout};
-use crate::io::{self, BatchIo, IoBackendKind, IoError};
+use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
 use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
@@ -75,6 +75,8 @@ pub enum IndexWrites {
 pub struct StoreOptions {
     pub durability: Durability,
     pub io_backend: IoBackendKind,
+    /// How durable write batches wait for stable storage (when the store opens its own backend).
+    pub sync_strategy: SyncStrategy,
     /// Use this backend instead of opening `io_backend` (tests wrap backends, e.g. in `FaultyIo`).
     pub io: Option<Arc<dyn BatchIo>>,
     pub index_writes: IndexWrites,
@@ -88,6 +90,7 @@ impl Default for StoreOptions {
         StoreOptions {
             durability: Durability::Fsync,
             io_backend: IoBackendKind::Auto,
+            sync_strategy: SyncStrategy::default(),
             io: None,
             index_writes: IndexWrites::EveryCommit,
             exclusive: false,
@@ -101,6 +104,7 @@ impl std::fmt::Debug for StoreOptions {
         f.debug_struct("StoreOptions")
             .field("durability", &self.durability)
             .field("io_backend", &self.io_backend)
+            .field("sync_strategy", &self.sync_strategy)
             .field("io", &self.io.as_ref().map(|io| io.name()))
             .field("index_writes", &self.index_writes)
             .field("exclusive", &self.exclusive)
@@ -295,7 +299,7 @@ impl Store {
         };
         let io = match &options.io {
             Some(io) => io.clone(),
-            None => io::open_backend(options.io_backend)?,
+            None => io::open_backend_with(options.io_backend, options.sync_strategy)?,
         };
         let lock_file = open_lock_file(&layout.lock())?;
         let recovered = {

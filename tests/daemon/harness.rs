@@ -39,6 +39,9 @@ pub fn command(data: &Path, socket: &Path, args: &[&str]) -> (Command, PathBuf) 
             cmd.arg("--io-backend").arg(backend);
         }
     }
+    if let Ok(sync) = std::env::var("OPOSSUM_TEST_SYNC_STRATEGY") {
+        cmd.arg("--sync-strategy").arg(sync);
+    }
     cmd.env("RUST_LOG", "info").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(File::create(&log).unwrap()));
     (cmd, log)
