@@ -73,6 +73,12 @@ pub enum WriteMode {
     /// commit record (the ledger). Its contents are made durable together with the other files and its rename
     /// comes last, so a commit costs two durability rounds, not three.
     Commit,
+    /// Like `Commit`, but the record is overwritten in place (padded with spaces to its old length, created when
+    /// absent) instead of replaced by a new file: one `fdatasync` instead of a new inode, a rename and a directory
+    /// fsync (measured here: 0.12 ms instead of 0.73 ms durable, 2 µs instead of 177 µs without fsync). The record
+    /// must fit in one disk sector (512 bytes), so a crash leaves the old or the new one; a reader that takes no lock
+    /// could see a half-copied record, so only for files no lockless reader shares (see `IndexWrites::Deferred`).
+    CommitInPlace,
 }
 
 /// One file of a write batch.
@@ -130,6 +136,8 @@ pub trait BatchIo: Send + Sync {
     /// - `Commit`: renamed after every other file of the batch (and its directory entry) is durable, then its own
     ///   directory is fsynced. After a crash the final name holds the old record, or the new one with every file it
     ///   vouches for. An interrupted call can leave its temporary file behind.
+    /// - `CommitInPlace`: overwritten after every other file of the batch is durable, then fdatasynced (and its
+    ///   directory fsynced if the call created it).
     ///
     /// On `Err` the batch is **not** atomic: any subset of the files may have reached their final names, and after
     /// a failed fsync the page cache may have dropped data. Callers treat an error like a crash: they stop writing

@@ -67,6 +67,8 @@ impl BatchIo for ThreadPoolIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
+        let (in_place, files): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
+            files.iter().partition(|f| f.mode == WriteMode::CommitInPlace);
         let (commits, others): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
             files.iter().partition(|f| f.mode == WriteMode::Commit);
         let commit_dirs = parent_dirs(&commits);
@@ -106,6 +108,9 @@ impl BatchIo for ThreadPoolIo {
         if durable && !commits.is_empty() {
             let dirs: Vec<SyncTarget<'_>> = commit_dirs.iter().map(|d| SyncTarget::Dir(d)).collect();
             self.barrier(&dirs, &commit_dirs)?;
+        }
+        for f in &in_place {
+            overwrite_in_place(f, durable)?;
         }
         Ok(())
     }
@@ -174,7 +179,7 @@ impl ThreadPoolIo {
         for (i, (f, tmp)) in files.iter().zip(&tmps).enumerate() {
             let renamed = match f.mode {
                 WriteMode::CreateNew => rename_no_replace(tmp, f.path),
-                WriteMode::Replace | WriteMode::Commit => std::fs::rename(tmp, f.path),
+                WriteMode::Replace | WriteMode::Commit | WriteMode::CommitInPlace => std::fs::rename(tmp, f.path),
             };
             if let Err(e) = renamed {
                 remove_all(&tmps[i..]);
@@ -281,6 +286,56 @@ impl FsBarrier {
     fn syncfs(&self, _dirs: &[&Path]) -> Option<Result<(), IoError>> {
         None
     }
+}
+
+/// Largest record `WriteMode::CommitInPlace` accepts: one disk sector, so a crash cannot tear it.
+pub const IN_PLACE_RECORD_BYTES_MAX: usize = 512;
+
+/// `WriteMode::CommitInPlace`: overwrite `f.path` from offset 0, padded with spaces to its old length (JSON allows
+/// trailing whitespace), so the file never shrinks and no stale bytes follow the record.
+fn overwrite_in_place(f: &FileWrite<'_>, durable: bool) -> Result<(), IoError> {
+    let io_err = |op, e| IoError::new(op, f.path, e);
+    let mut bytes = f.bytes.to_vec();
+    let (file, created) = match OpenOptions::new().write(true).create_new(true).open(f.path) {
+        Ok(file) => (file, true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            (OpenOptions::new().write(true).open(f.path).map_err(|e| io_err(IoOp::Open, e))?, false)
+        }
+        Err(e) => return Err(io_err(IoOp::Open, e)),
+    };
+    let old_len = file.metadata().map_err(|e| io_err(IoOp::Open, e))?.len() as usize;
+    if bytes.len() < old_len {
+        bytes.resize(old_len, b' ');
+    }
+    if bytes.len() > IN_PLACE_RECORD_BYTES_MAX {
+        let message = format!("an in-place record must fit in {IN_PLACE_RECORD_BYTES_MAX} bytes, not {}", bytes.len());
+        return Err(io_err(IoOp::Write, std::io::Error::new(std::io::ErrorKind::InvalidInput, message)));
+    }
+    write_all_at(&file, &bytes).map_err(|e| io_err(IoOp::Write, e))?;
+    if durable {
+        file.sync_data().map_err(|e| io_err(IoOp::Fsync, e))?;
+        if created {
+            let dir = f.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, bytes, 0)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &std::fs::File, mut bytes: &[u8]) -> std::io::Result<()> {
+    let mut offset = 0u64;
+    while !bytes.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, bytes, offset)?;
+        bytes = &bytes[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<std::fs::File, IoError> {

@@ -66,8 +66,9 @@ pub enum IndexWrites {
     /// `.store.lock` is free, so .NET processes can share the store. Costs O(index file size) per commit.
     #[default]
     EveryCommit,
-    /// At most every `interval` and at close: appends stay O(batch) on big stores. Meant for a store this daemon
-    /// owns alone; .NET readers see index files up to `interval` old.
+    /// At most every `interval` and at close: appends stay O(batch) on big stores. Meant for a store this process
+    /// owns alone: .NET readers would see index files up to `interval` old, and the ledger is overwritten in place
+    /// (`WriteMode::CommitInPlace`), which a reader taking no lock could catch half-written.
     Deferred { interval: Duration },
 }
 

@@ -341,7 +341,13 @@ impl Writer {
         let mut batch: Vec<FileWrite<'_>> =
             event_files.iter().map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::CreateNew }).collect();
         batch.extend(replace_all(&index_files));
-        batch.push(FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit });
+        // A daemon-owned store (deferred index files) overwrites its ledger in place: far cheaper than a new file,
+        // but a lockless .NET reader could catch it half-written (see `WriteMode::CommitInPlace`).
+        let ledger_mode = match self.shared.options.index_writes {
+            IndexWrites::EveryCommit => WriteMode::Commit,
+            IndexWrites::Deferred { .. } => WriteMode::CommitInPlace,
+        };
+        batch.push(FileWrite { path: &ledger_path, bytes: &ledger, mode: ledger_mode });
         let written = self.shared.io.write_files(&batch, durable);
         self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = written {

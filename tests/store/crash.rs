@@ -20,7 +20,14 @@ const CHILD_THREADS: u64 = 4;
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else { return };
     let cycle: u64 = std::env::var(CHILD_CYCLE_ENV).unwrap().parse().unwrap();
-    let store = Arc::new(Store::open(&dir, options(Durability::Fsync)).unwrap());
+    // Odd cycles defer index files and overwrite the ledger in place; even ones write both per commit, so recovery
+    // also meets stores left by the other mode.
+    let index_writes = if cycle % 2 == 1 {
+        IndexWrites::Deferred { interval: Duration::from_millis(20) }
+    } else {
+        IndexWrites::EveryCommit
+    };
+    let store = Arc::new(Store::open(&dir, StoreOptions { index_writes, ..options(Durability::Fsync) }).unwrap());
     let handles: Vec<_> = (0..CHILD_THREADS)
         .map(|t| {
             let store = store.clone();
