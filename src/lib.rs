@@ -3,7 +3,6 @@
 //!
 //! See ARCHITECTURE.md for the code map and the invariants.
 
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod format;

@@ -35,6 +35,9 @@ pub struct Index {
     /// File stems changed since the index files were last written.
     pub dirty_types: BTreeSet<String>,
     pub dirty_tags: BTreeSet<String>,
+    /// The highest position inserted so far. Positions are inserted in increasing order, so every position up to it
+    /// has had its stems marked dirty (or written) already: a flush writes lists clipped to it.
+    pub max_position: u64,
 }
 
 pub fn type_stem(event_type: &str) -> String {
@@ -48,6 +51,7 @@ pub fn tag_stem(tag: &Tag) -> String {
 impl Index {
     /// Adds event `position` with its exact keys to the index (idempotent), marking the touched files dirty.
     pub fn insert(&mut self, position: u64, event_type: &str, tags: &[Tag]) {
+        self.max_position = self.max_position.max(position);
         let stem = type_stem(event_type);
         if insert_sorted(self.by_type.entry(stem.clone()).or_default(), position) {
             self.dirty_types.insert(stem);
@@ -108,6 +112,7 @@ impl Index {
             }
         }
         self.keys.truncate(head as usize);
+        self.max_position = self.max_position.min(head);
     }
 
     /// Candidate positions for `query` within `[lo, hi]`, ascending: a superset of the matching events (index

@@ -191,6 +191,8 @@ pub(crate) struct Shared {
     pub head: AtomicU64,
     pub poisoned: Mutex<Option<String>>,
     pub counters: Counters,
+    /// Serialises deferred index flushes (the flusher thread, `sync`, close).
+    pub index_flush: Mutex<()>,
 }
 
 impl Shared {
@@ -200,6 +202,22 @@ impl Shared {
 
     pub fn poison_reason(&self) -> Option<String> {
         self.poisoned.lock().unwrap().clone()
+    }
+
+    /// Writes the index files changed since the last flush (deferred index writes), without blocking appends: see
+    /// `recovery::flush_index_files`. Flushes do not overlap. A failure poisons the store.
+    pub fn flush_index(&self) {
+        let _one_at_a_time = self.index_flush.lock().unwrap();
+        if self.poison_reason().is_some() {
+            return;
+        }
+        let durable = self.options.durability == Durability::Fsync;
+        match recovery::flush_index_files(&self.layout, self.io.as_ref(), &self.index, durable) {
+            Ok(batches) => {
+                self.counters.write_batches.fetch_add(batches as u64, Ordering::Relaxed);
+            }
+            Err(e) => self.poison(format!("writing index files failed: {e}")),
+        }
     }
 
     pub fn poison(&self, reason: String) {
@@ -275,7 +293,35 @@ pub struct Store {
     shared: Arc<Shared>,
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
+    flusher: Option<IndexFlusher>,
     _owner_lock: Option<File>,
+}
+
+/// With deferred index writes: a thread that flushes changed index files every `interval`, off the writer thread,
+/// so a flush of thousands of files never stalls appends.
+struct IndexFlusher {
+    stop: SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl IndexFlusher {
+    fn spawn(shared: Arc<Shared>, interval: Duration) -> Result<IndexFlusher, StoreError> {
+        let (stop, stopped) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("opossum-index-flush".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    shared.flush_index();
+                }
+            })
+            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("index flush thread"), e))?;
+        Ok(IndexFlusher { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
 }
 
 impl Store {
@@ -315,6 +361,7 @@ impl Store {
             head: AtomicU64::new(recovered.head),
             poisoned: Mutex::new(None),
             counters: Counters::default(),
+            index_flush: Mutex::new(()),
         });
         let (tx, rx) = sync_channel(APPEND_QUEUE_MAX);
         let writer = writer::Writer::new(shared.clone(), lock_file, rx);
@@ -322,8 +369,12 @@ impl Store {
             .name("opossum-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("writer thread"), e))?;
+        let flusher = match shared.options.index_writes {
+            IndexWrites::EveryCommit => None,
+            IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
+        };
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
-        Ok(Store { shared, requests: Some(tx), writer: Some(handle), _owner_lock: owner_lock })
+        Ok(Store { shared, requests: Some(tx), writer: Some(handle), flusher, _owner_lock: owner_lock })
     }
 
     pub fn root(&self) -> &Path {
@@ -407,6 +458,10 @@ impl Store {
         self.requests.take();
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            flusher.stop();
+            self.shared.flush_index();
         }
     }
 }

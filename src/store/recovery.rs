@@ -59,6 +59,8 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
             }
         }
     }
+    // Every event up to the ledger is in the lists now (loaded or re-derived).
+    index.max_position = head;
     let index = RwLock::new(index);
     flush_index_files(layout, io, &index, durable)?;
     Ok(Recovered { index: index.into_inner().unwrap(), head })
@@ -201,17 +203,20 @@ fn load_index_dir(
     Ok(out)
 }
 
-/// The index files whose lists changed since they were last written (tag files or type files), encoded.
-pub(crate) fn encode_dirty_index_files(layout: &Layout, index: &Index, tags: bool) -> Vec<(PathBuf, Vec<u8>)> {
-    let (dir, dirty, lists) = if tags {
-        (&layout.tag_index, &index.dirty_tags, &index.by_tag)
-    } else {
-        (&layout.type_index, &index.dirty_types, &index.by_type)
-    };
-    dirty
+/// The index files of `stems` (tag files or type files), encoded from the lists in `index` up to position `limit`.
+pub(crate) fn encode_index_files(
+    layout: &Layout,
+    index: &Index,
+    stems: &BTreeSet<String>,
+    tags: bool,
+    limit: u64,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let (dir, lists) = if tags { (&layout.tag_index, &index.by_tag) } else { (&layout.type_index, &index.by_type) };
+    stems
         .iter()
         .map(|stem| {
             let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
+            let positions = &positions[..positions.partition_point(|&p| p <= limit)];
             (dir.join(format!("{stem}.json")), format::encode_index(positions))
         })
         .collect()
@@ -223,27 +228,70 @@ pub(crate) fn replace_all(files: &[(PathBuf, Vec<u8>)]) -> Vec<FileWrite<'_>> {
 
 /// Rewrites the index files whose lists changed: tag files first, then type files, each batch durable before the
 /// next. Type files are the coverage record `open` trusts, so they must never get ahead of the tag files.
-/// Holds the index lock only to encode and to clear the dirty marks, not during I/O (only the caller mutates).
+/// Takes the dirty marks at the start (they are put back if a write fails) and holds the index lock only to encode,
+/// never during I/O, so appends go on while a flush writes. Both kinds of file are encoded in one snapshot, clipped
+/// to the highest position inserted when the marks were taken: a position inserted later may be in a list being
+/// written while its other stems are not being written, and must wait for the next flush.
 pub(crate) fn flush_index_files(
     layout: &Layout,
     io: &dyn BatchIo,
     index: &RwLock<Index>,
     durable: bool,
 ) -> Result<usize, StoreError> {
-    let mut batches = 0;
-    for tags in [true, false] {
-        let files = encode_dirty_index_files(layout, &index.read().unwrap(), tags);
-        if files.is_empty() {
-            continue;
-        }
-        io.write_files(&replace_all(&files), durable)?;
-        batches += 1;
+    let (tags, types, limit) = {
         let mut index = index.write().unwrap();
-        if tags {
-            index.dirty_tags.clear();
-        } else {
-            index.dirty_types.clear();
+        (std::mem::take(&mut index.dirty_tags), std::mem::take(&mut index.dirty_types), index.max_position)
+    };
+    let (tag_files, type_files) = {
+        let index = index.read().unwrap();
+        (
+            encode_index_files(layout, &index, &tags, true, limit),
+            encode_index_files(layout, &index, &types, false, limit),
+        )
+    };
+    let mut batches = 0;
+    let mut write = || -> Result<(), StoreError> {
+        for files in [&tag_files, &type_files] {
+            if files.is_empty() {
+                continue;
+            }
+            io.write_files(&replace_all(files), durable)?;
+            batches += 1;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => Ok(batches),
+        Err(e) => {
+            let mut index = index.write().unwrap();
+            index.dirty_tags.extend(tags);
+            index.dirty_types.extend(types);
+            Err(e)
         }
     }
-    Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::ThreadPoolIo;
+    use crate::model::Tag;
+
+    #[test]
+    fn a_flush_never_lets_type_files_cover_positions_inserted_after_its_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        create_layout(&layout, false).unwrap();
+        let mut index = Index::default();
+        index.insert(1, "A", &[Tag::new("k", "1")]);
+        // Position 2 arrives after the flush took its marks: its type list is being written, its tag's is not.
+        index.by_type.get_mut("A").unwrap().push(2);
+        index.by_tag.insert("k_2".into(), vec![2]);
+        let index = RwLock::new(index);
+        flush_index_files(&layout, &ThreadPoolIo::new(2), &index, false).unwrap();
+        let read = |p: PathBuf| format::decode_index(&std::fs::read(p).unwrap()).unwrap();
+        assert_eq!(read(layout.type_index.join("A.json")), vec![1], "type file ran ahead of the tag files");
+        assert_eq!(read(layout.tag_index.join("k_1.json")), vec![1]);
+        assert!(!layout.tag_index.join("k_2.json").exists());
+    }
 }

@@ -18,11 +18,11 @@ use std::cell::Cell;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::recovery::{self, encode_dirty_index_files, flush_index_files, replace_all};
+use super::recovery::{self, encode_index_files, replace_all};
 use super::{
     elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
     StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
@@ -41,7 +41,6 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     lock_file: File,
     requests: Receiver<Request>,
-    last_index_flush: Instant,
     /// Identity of the ledger file as we last wrote or read it; while it is unchanged no other process has
     /// appended, and the commit skips re-reading it.
     ledger_seen: Cell<Option<LedgerFingerprint>>,
@@ -66,40 +65,20 @@ fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
-        Writer { shared, lock_file, requests, last_index_flush: Instant::now(), ledger_seen: Cell::new(None) }
+        Writer { shared, lock_file, requests, ledger_seen: Cell::new(None) }
     }
 
     fn durable(&self) -> bool {
         self.shared.options.durability == Durability::Fsync
     }
 
-    fn flush_interval(&self) -> Option<Duration> {
-        match self.shared.options.index_writes {
-            IndexWrites::EveryCommit => None,
-            IndexWrites::Deferred { interval } => Some(interval),
-        }
-    }
-
     pub fn run(mut self) {
-        loop {
-            let request = match self.flush_interval() {
-                None => match self.requests.recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => break,
-                },
-                Some(interval) => {
-                    match self.requests.recv_timeout(interval.saturating_sub(self.last_index_flush.elapsed())) {
-                        Ok(r) => Some(r),
-                        Err(RecvTimeoutError::Timeout) => None,
-                        Err(RecvTimeoutError::Disconnected) => break,
-                    }
-                }
-            };
+        while let Ok(request) = self.requests.recv() {
             match request {
-                Some(Request::Sync { reply }) => {
+                Request::Sync { reply } => {
                     let _ = reply.send(self.sync());
                 }
-                Some(Request::Append { events, condition, reply }) => {
+                Request::Append { events, condition, reply } => {
                     let mut syncs = Vec::new();
                     let mut group = vec![Pending { events, condition, reply }];
                     let mut group_events = group[0].events.len();
@@ -118,14 +97,7 @@ impl Writer {
                         let _ = reply.send(self.sync());
                     }
                 }
-                None => {}
             }
-            if self.flush_interval().is_some_and(|i| self.last_index_flush.elapsed() >= i) {
-                self.flush_deferred_index();
-            }
-        }
-        if self.flush_interval().is_some() {
-            self.flush_deferred_index();
         }
     }
 
@@ -138,33 +110,10 @@ impl Writer {
             let _lock = StoreLock::acquire(&self.lock_file, &self.shared.layout)?;
             self.catch_up()?;
         }
-        if self.flush_interval().is_some() {
-            self.flush_deferred_index();
+        if matches!(self.shared.options.index_writes, IndexWrites::Deferred { .. }) {
+            self.shared.flush_index();
         }
         Ok(self.shared.head())
-    }
-
-    fn flush_deferred_index(&mut self) {
-        self.last_index_flush = Instant::now();
-        if self.shared.poison_reason().is_some() {
-            return;
-        }
-        let dirty = {
-            let index = self.shared.index.read().unwrap();
-            !index.dirty_tags.is_empty() || !index.dirty_types.is_empty()
-        };
-        if !dirty {
-            return;
-        }
-        let result = StoreLock::acquire(&self.lock_file, &self.shared.layout).and_then(|_lock| {
-            flush_index_files(&self.shared.layout, self.shared.io.as_ref(), &self.shared.index, self.durable())
-        });
-        match result {
-            Ok(batches) => {
-                self.shared.counters.write_batches.fetch_add(batches as u64, Ordering::Relaxed);
-            }
-            Err(e) => self.shared.poison(format!("writing index files failed: {e}")),
-        }
     }
 
     /// Picks up events another process appended since our head (it moved the ledger).
@@ -330,8 +279,8 @@ impl Writer {
         let index_files = match self.shared.options.index_writes {
             IndexWrites::EveryCommit => {
                 let index = self.shared.index.read().unwrap();
-                let mut files = encode_dirty_index_files(layout, &index, true);
-                files.extend(encode_dirty_index_files(layout, &index, false));
+                let mut files = encode_index_files(layout, &index, &index.dirty_tags, true, new_head);
+                files.extend(encode_index_files(layout, &index, &index.dirty_types, false, new_head));
                 files
             }
             IndexWrites::Deferred { .. } => Vec::new(),

@@ -16,10 +16,10 @@ use super::data::{self, DataSet, Rng, StudentShortInfo};
 use super::report::{num, Latency, Workload};
 use super::sys::{self, new_histogram, Evict};
 use super::{secs, Params};
-use crate::client::Client;
-use crate::model::{AppendCondition, Query, QueryItem, ReadOptions};
-use crate::projection::{ProjectionOptions, ProjectionStore, Put};
-use crate::protocol::ErrorCode;
+use opossum::client::Client;
+use opossum::model::{AppendCondition, Query, QueryItem, ReadOptions};
+use opossum::projection::{ProjectionOptions, ProjectionStore, Put};
+use opossum::protocol::ErrorCode;
 
 const PROJECTION: &str = "StudentShortInfo";
 const PUT_BATCH: usize = 1_000;
@@ -256,7 +256,7 @@ impl Projections {
             Err(e) if e.is(ErrorCode::UnknownOp) => {
                 eprintln!("   the daemon does not serve projection.* ({e}): measuring the in-process ProjectionStore");
                 let root = ctx.work.join("projections-in-process");
-                let io = crate::io::open_backend(backend.parse().map_err(anyhow::Error::msg)?)?;
+                let io = opossum::io::open_backend(backend.parse().map_err(anyhow::Error::msg)?)?;
                 let store = ProjectionStore::open(&root, io, ProjectionOptions::default())?;
                 Ok(Projections::InProcess { store, root })
             }

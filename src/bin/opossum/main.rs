@@ -10,6 +10,8 @@
 //! opossum projection query StudentShortInfo --tag enrollmenttier=basic
 //! ```
 
+mod bench;
+
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -49,7 +51,7 @@ enum Command {
     /// Write matching events as NDJSON to a file or stdout
     Export(ExportArgs),
     /// Benchmark suite: start opossumd on a fresh temporary store, seed it, measure, write target/bench/*.json
-    Bench(opossum::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
     #[command(subcommand)]
     Projection(ProjectionCommand),
@@ -225,7 +227,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Bench(args) = &cli.command {
-        return opossum::bench::run(args).map(drop);
+        return bench::run(args).map(drop);
     }
     let mut client = connect(&cli)?;
     match &cli.command {

@@ -3,7 +3,7 @@
 //! `studentId` as the sample tags them. Every event is a pure function of its index, so seeders can generate any
 //! range on any thread and two runs with the same parameters write the same store (timestamps aside).
 
-use crate::model::{Event, Query, QueryItem, Tag};
+use opossum::model::{Event, Query, QueryItem, Tag};
 
 pub const COURSE_CREATED: &str = "CourseCreatedEvent";
 pub const STUDENT_REGISTERED: &str = "StudentRegisteredEvent";
@@ -220,7 +220,7 @@ mod tests {
             let (a, b) = (set.event(n), set.event(n));
             assert_eq!(a.event_type, b.event_type);
             assert_eq!(a.data.get(), b.data.get());
-            crate::model::validate_event(&a).unwrap();
+            opossum::model::validate_event(&a).unwrap();
         }
         assert_eq!(set.event(0).event_type, COURSE_CREATED);
         assert_eq!(set.event(20).event_type, STUDENT_REGISTERED);

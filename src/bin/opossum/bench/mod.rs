@@ -294,8 +294,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn opossum_client(daemon: &Daemon) -> anyhow::Result<crate::client::Client> {
-    crate::client::Client::connect(&daemon.socket).with_context(|| format!("connecting to {}", daemon.socket.display()))
+fn opossum_client(daemon: &Daemon) -> anyhow::Result<opossum::client::Client> {
+    opossum::client::Client::connect(&daemon.socket)
+        .with_context(|| format!("connecting to {}", daemon.socket.display()))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
