@@ -32,6 +32,7 @@ struct Args {
     dir: PathBuf,
     daemon: PathBuf,
     index_writes: String,
+    sync_strategy: String,
     io_backend: String,
     skip_read: bool,
     skip_append: bool,
@@ -47,6 +48,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: std::env::temp_dir(),
         daemon: default_daemon,
         index_writes: "every-commit".into(),
+        sync_strategy: "per-file".into(),
         io_backend: "auto".into(),
         skip_read: false,
         skip_append: false,
@@ -61,13 +63,14 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => a.dir = value()?.into(),
             "--daemon" => a.daemon = value()?.into(),
             "--index-writes" => a.index_writes = value()?,
+            "--sync-strategy" => a.sync_strategy = value()?,
             "--io-backend" => a.io_backend = value()?,
             "--skip-read" => a.skip_read = true,
             "--skip-append" => a.skip_append = true,
             "--help" | "-h" => {
                 println!(
                     "wire_bench [--events N] [--clients 1,16,64] [--seconds S] [--dir DIR] [--daemon PATH]\n           \
-                     [--index-writes every-commit|deferred] [--io-backend auto|uring|threads] [--skip-read] [--skip-append]"
+                     [--index-writes every-commit|deferred] [--sync-strategy per-file|syncfs] [--io-backend auto|uring|threads] [--skip-read] [--skip-append]"
                 );
                 std::process::exit(0);
             }
@@ -329,8 +332,12 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
     for &k in &args.clients {
         let data = dir.join(format!("append-store-{k}"));
         let socket = dir.join(format!("append-{k}.sock"));
-        let daemon =
-            Daemon::start(args, &data, &socket, &["--durability", "fsync", "--index-writes", &args.index_writes])?;
+        let daemon = Daemon::start(
+            args,
+            &data,
+            &socket,
+            &["--durability", "fsync", "--index-writes", &args.index_writes, "--sync-strategy", &args.sync_strategy],
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
         let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
