@@ -11,12 +11,14 @@
 //! Cold runs drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) when running as root, else evict each
 //! projection file with `posix_fadvise(DONTNEED)`; the output says which.
 
-use std::os::unix::net::UnixDatagram;
+#[path = "common/daemon.rs"]
+mod daemon;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use daemon::Daemon;
 use opossum::client::Client;
 use opossum::model::Tag;
 use opossum::projection::Put;
@@ -69,62 +71,6 @@ fn parse_args() -> anyhow::Result<Args> {
         bail!("{} not found: build it (cargo build --release --bins) or pass --daemon", a.daemon.display());
     }
     Ok(a)
-}
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &Args, data: &Path, socket: &Path) -> anyhow::Result<Daemon> {
-        let notify_path = data.with_extension("notify");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut child = Command::new(&args.daemon)
-            .arg("--data")
-            .arg(data)
-            .arg("--socket")
-            .arg(socket)
-            .args(["--io-backend", &args.io_backend, "--durability", "none"])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?;
-        let start = Instant::now();
-        let mut buf = [0u8; 256];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                    break;
-                }
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("opossumd exited: {status}");
-            }
-            if start.elapsed() > Duration::from_secs(600) {
-                bail!("opossumd not ready after 600 s");
-            }
-        }
-        Ok(Daemon { child, socket: socket.to_path_buf() })
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("opossumd exited with {status}");
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A StudentShortInfo state as .NET serialises it (PascalCase), sized for 400–800 byte files.
@@ -251,7 +197,8 @@ fn main() -> anyhow::Result<()> {
     for &count in &args.counts {
         let data = tmp.path().join(format!("store-{count}"));
         let socket = tmp.path().join(format!("s-{count}.sock"));
-        let daemon = Daemon::start(&args, &data, &socket)?;
+        let daemon =
+            Daemon::start(&args.daemon, &data, &socket, &["--io-backend", &args.io_backend, "--durability", "none"])?;
         let mut c = Client::connect(&daemon.socket)?;
         let t = Instant::now();
         populate(&mut c, count)?;

@@ -12,14 +12,16 @@
 //! ```
 //! The store is seeded with durability none + deferred index writes, 1000 events per append request.
 
-use std::os::unix::net::UnixDatagram;
+#[path = "common/daemon.rs"]
+mod daemon;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use daemon::Daemon;
 use hdrhistogram::Histogram;
 use opossum::client::Client;
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, Tag};
@@ -83,56 +85,6 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    fn start(args: &Args, data: &Path, socket: &Path, extra: &[&str]) -> anyhow::Result<Daemon> {
-        let notify_path = data.with_extension("notify");
-        let _ = std::fs::remove_file(&notify_path);
-        let notify = UnixDatagram::bind(&notify_path)?;
-        notify.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let mut child = Command::new(&args.daemon)
-            .arg("--data")
-            .arg(data)
-            .arg("--socket")
-            .arg(socket)
-            .args(["--io-backend", &args.io_backend])
-            .args(extra)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()?;
-        let start = Instant::now();
-        let mut buf = [0u8; 256];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
-                    break;
-                }
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("opossumd exited: {status}");
-            }
-            if start.elapsed() > Duration::from_secs(600) {
-                bail!("opossumd not ready after 600 s");
-            }
-        }
-        Ok(Daemon { child, socket: socket.to_path_buf() })
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
-        if !status.success() {
-            bail!("opossumd exited with {status}");
-        }
-        Ok(())
-    }
-}
-
 fn event(i: u64, tags: Vec<Tag>) -> Event {
     let data = format!(r#"{{"studentId":{i},"name":"Student {i}","email":"student{i}@example.com","credits":12}}"#);
     Event::new("StudentRegistered", &data, tags).expect("valid event")
@@ -164,7 +116,12 @@ fn read_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let socket = dir.join("read.sock");
     let n = args.events;
     println!("\n## read-all of {n} events");
-    let daemon = Daemon::start(args, &data, &socket, &["--durability", "none", "--index-writes", "deferred"])?;
+    let daemon = Daemon::start(
+        &args.daemon,
+        &data,
+        &socket,
+        &["--io-backend", &args.io_backend, "--durability", "none", "--index-writes", "deferred"],
+    )?;
     let t = Instant::now();
     let seeders = 4u64;
     let per = n.div_ceil(seeders);
@@ -253,7 +210,12 @@ fn read_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let backend = store.io_backend();
     store.close()?;
 
-    let daemon = Daemon::start(args, &data, &socket, &["--durability", "none", "--index-writes", "deferred"])?;
+    let daemon = Daemon::start(
+        &args.daemon,
+        &data,
+        &socket,
+        &["--io-backend", &args.io_backend, "--durability", "none", "--index-writes", "deferred"],
+    )?;
     let mut wire = Vec::new();
     let mut client = Client::connect(&daemon.socket)?;
     for run in 1..=2 {
@@ -333,10 +295,19 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let data = dir.join(format!("append-store-{k}"));
         let socket = dir.join(format!("append-{k}.sock"));
         let daemon = Daemon::start(
-            args,
+            &args.daemon,
             &data,
             &socket,
-            &["--durability", "fsync", "--index-writes", &args.index_writes, "--sync-strategy", &args.sync_strategy],
+            &[
+                "--io-backend",
+                &args.io_backend,
+                "--durability",
+                "fsync",
+                "--index-writes",
+                &args.index_writes,
+                "--sync-strategy",
+                &args.sync_strategy,
+            ],
         )?;
         let stop = Arc::new(AtomicBool::new(false));
         let total = Arc::new(AtomicU64::new(0));
