@@ -141,7 +141,7 @@ impl Client {
             backwards: options.backwards,
         };
         let id = self.send("read", &body)?;
-        Ok(ReadStream { client: self, id, done: None, failed: false })
+        Ok(Stream::new(self, id))
     }
 
     /// Writes one projection (`projection.put`); returns its new version. With `expected_version`, fails with code
@@ -180,7 +180,7 @@ impl Client {
             projection: &'a str,
         }
         let id = self.send("projection.get_all", &Body { projection })?;
-        Ok(ProjectionStream { client: self, id, done: None, failed: false })
+        Ok(Stream::new(self, id))
     }
 
     /// Streams the projections carrying every one of `tags` (matched case-insensitively), by key.
@@ -191,7 +191,7 @@ impl Client {
             tags: &'a [Tag],
         }
         let id = self.send("projection.query", &Body { projection, tags })?;
-        Ok(ProjectionStream { client: self, id, done: None, failed: false })
+        Ok(Stream::new(self, id))
     }
 
     /// Every projection with its number of keys, by name.
@@ -315,36 +315,83 @@ fn decode_final<R: DeserializeOwned>(line: &[u8], id: u64) -> Result<R> {
     }
 }
 
-/// The events of one read, in the order the server sends them. Yields `Err` once if the read fails.
-pub struct ReadStream<'a> {
-    client: &'a mut Client,
-    id: u64,
-    done: Option<ReadDone>,
-    failed: bool,
+/// What a streamed response's item lines carry: the field that marks an item line, and how to decode it.
+pub trait StreamItem: Sized {
+    /// The final line's body.
+    type Done: DeserializeOwned + Copy;
+    /// Item lines look like `{"id":<id>,"<FIELD>":...}`; final lines carry `"ok"` instead.
+    const FIELD: &'static [u8];
+    fn decode(line: &[u8]) -> Result<Self>;
 }
 
-impl ReadStream<'_> {
-    /// The final line's count and head, once the stream has ended successfully.
-    pub fn done(&self) -> Option<ReadDone> {
-        self.done
-    }
-
-    fn next_event(&mut self) -> Result<Option<SequencedEvent>> {
+impl StreamItem for SequencedEvent {
+    type Done = ReadDone;
+    const FIELD: &'static [u8] = b"\"event\":";
+    fn decode(line: &[u8]) -> Result<Self> {
         #[derive(Deserialize)]
         struct Item {
             #[serde(rename = "id")]
             _id: IgnoredAny,
             event: SequencedEvent,
         }
+        let item: Item =
+            serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
+        Ok(item.event)
+    }
+}
+
+impl StreamItem for ProjectionItem {
+    type Done = ProjectionReadDone;
+    const FIELD: &'static [u8] = b"\"item\":";
+    fn decode(line: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Item {
+            #[serde(rename = "id")]
+            _id: IgnoredAny,
+            item: ProjectionItemIn,
+        }
+        let item: Item =
+            serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
+        Ok(item.item.into())
+    }
+}
+
+/// The item lines of one streamed response, in the order the server sends them, then its final line. Yields `Err`
+/// once if the stream fails. Consume it to the end (dropping it early leaves the connection unusable: reconnect).
+pub struct Stream<'a, T: StreamItem> {
+    client: &'a mut Client,
+    id: u64,
+    done: Option<T::Done>,
+    failed: bool,
+}
+
+/// The events of one read.
+pub type ReadStream<'a> = Stream<'a, SequencedEvent>;
+/// The projections of one `projection_get_all` or `projection_query` (by key).
+pub type ProjectionStream<'a> = Stream<'a, ProjectionItem>;
+
+impl<'a, T: StreamItem> Stream<'a, T> {
+    fn new(client: &'a mut Client, id: u64) -> Stream<'a, T> {
+        Stream { client, id, done: None, failed: false }
+    }
+
+    /// The final line, once the stream has ended successfully.
+    pub fn done(&self) -> Option<T::Done> {
+        self.done
+    }
+
+    /// Collects the rest of the stream.
+    pub fn into_vec(self) -> Result<Vec<T>> {
+        self.collect()
+    }
+
+    fn next_item(&mut self) -> Result<Option<T>> {
         if !self.client.recv_line()? {
             return Err(ClientError::Protocol("the server closed the connection mid-read".into()));
         }
         let line = &self.client.line;
-        // Item lines look like {"id":<id>,"event":...}; final lines carry "ok" instead.
-        if memmem(&line[..line.len().min(64)], b"\"event\":") {
-            let item: Item =
-                serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
-            return Ok(Some(item.event));
+        if memmem(&line[..line.len().min(64)], T::FIELD) {
+            return T::decode(line).map(Some);
         }
         self.done = Some(decode_final(line, self.id)?);
         Ok(None)
@@ -355,79 +402,8 @@ fn memmem(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-impl Iterator for ReadStream<'_> {
-    type Item = Result<SequencedEvent>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done.is_some() || self.failed {
-            return None;
-        }
-        match self.next_event() {
-            Ok(Some(event)) => Some(Ok(event)),
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                if !matches!(e, ClientError::Server { .. }) {
-                    self.client.broken = true;
-                }
-                Some(Err(e))
-            }
-        }
-    }
-}
-
-impl Drop for ReadStream<'_> {
-    fn drop(&mut self) {
-        if self.done.is_none() && !self.failed {
-            self.client.broken = true;
-        }
-    }
-}
-
-/// The projections of one `projection_get_all` or `projection_query`, in the order the server sends them (by key).
-/// Yields `Err` once if the read fails. Consume it to the end (or drop it and reconnect).
-pub struct ProjectionStream<'a> {
-    client: &'a mut Client,
-    id: u64,
-    done: Option<ProjectionReadDone>,
-    failed: bool,
-}
-
-impl ProjectionStream<'_> {
-    /// The final line's count, once the stream has ended successfully.
-    pub fn done(&self) -> Option<ProjectionReadDone> {
-        self.done
-    }
-
-    /// Collects the rest of the stream.
-    pub fn into_vec(self) -> Result<Vec<ProjectionItem>> {
-        self.collect()
-    }
-
-    fn next_item(&mut self) -> Result<Option<ProjectionItem>> {
-        #[derive(Deserialize)]
-        struct Item {
-            #[serde(rename = "id")]
-            _id: IgnoredAny,
-            item: ProjectionItemIn,
-        }
-        if !self.client.recv_line()? {
-            return Err(ClientError::Protocol("the server closed the connection mid-read".into()));
-        }
-        let line = &self.client.line;
-        // Item lines look like {"id":<id>,"item":...}; final lines carry "ok" instead.
-        if memmem(&line[..line.len().min(64)], b"\"item\":") {
-            let item: Item =
-                serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad item line: {e}")))?;
-            return Ok(Some(item.item.into()));
-        }
-        self.done = Some(decode_final(line, self.id)?);
-        Ok(None)
-    }
-}
-
-impl Iterator for ProjectionStream<'_> {
-    type Item = Result<ProjectionItem>;
+impl<T: StreamItem> Iterator for Stream<'_, T> {
+    type Item = Result<T>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done.is_some() || self.failed {
@@ -447,7 +423,7 @@ impl Iterator for ProjectionStream<'_> {
     }
 }
 
-impl Drop for ProjectionStream<'_> {
+impl<T: StreamItem> Drop for Stream<'_, T> {
     fn drop(&mut self) {
         if self.done.is_none() && !self.failed {
             self.client.broken = true;
