@@ -154,12 +154,15 @@ impl Raw {
         Raw { stream, reader }
     }
 
+    /// Sends `text` as one line, in one write: a server that answers an oversize line and closes the connection
+    /// must not race a second write of ours (EPIPE).
     pub fn send(&mut self, text: &str) {
         use std::io::Write;
-        self.stream.write_all(text.as_bytes()).unwrap();
+        let mut line = text.as_bytes().to_vec();
         if !text.ends_with('\n') {
-            self.stream.write_all(b"\n").unwrap();
+            line.push(b'\n');
         }
+        self.stream.write_all(&line).unwrap();
     }
 
     /// The next line as JSON, or `None` at end of stream.
