@@ -193,6 +193,9 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Serialises deferred index flushes (the flusher thread, `sync`, close).
     pub index_flush: Mutex<()>,
+    /// Identity of the ledger as the writer last wrote or read it: while the file is unchanged no other process
+    /// has appended, so commits skip re-reading it and reads skip catching up.
+    pub ledger_seen: Mutex<Option<writer::LedgerFingerprint>>,
 }
 
 impl Shared {
@@ -349,9 +352,10 @@ impl Store {
             None => io::open_backend_with(options.io_backend, options.sync_strategy)?,
         };
         let lock_file = open_lock_file(&layout.lock())?;
-        let recovered = {
+        let (recovered, ledger_seen) = {
             let _guard = StoreLock::acquire(&lock_file, &layout)?;
-            recovery::recover(&layout, io.as_ref(), options.durability == Durability::Fsync)?
+            let recovered = recovery::recover(&layout, io.as_ref(), options.durability == Durability::Fsync)?;
+            (recovered, writer::ledger_fingerprint(&layout.ledger()))
         };
         let shared = Arc::new(Shared {
             layout,
@@ -362,6 +366,7 @@ impl Store {
             poisoned: Mutex::new(None),
             counters: Counters::default(),
             index_flush: Mutex::new(()),
+            ledger_seen: Mutex::new(ledger_seen),
         });
         let (tx, rx) = sync_channel(APPEND_QUEUE_MAX);
         let writer = writer::Writer::new(shared.clone(), lock_file, rx);
@@ -418,8 +423,14 @@ impl Store {
     }
 
     /// Streams the events matching `query` within `options`, in position order (descending when backwards).
+    /// If another process (a .NET Opossum writer) moved the ledger since the writer last looked, its events are
+    /// picked up first (one `stat` per read when nothing changed).
     pub fn read(&self, query: &Query, options: ReadOptions) -> Result<EventReader, StoreError> {
         query.validate()?;
+        let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
+        if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
+            self.sync()?;
+        }
         Ok(EventReader::new(self.shared.clone(), query.clone(), options))
     }
 

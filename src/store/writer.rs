@@ -14,7 +14,6 @@
 //! lost dirty pages; retrying would lie), readers keep working below the last acknowledged head, and the next
 //! `open` recovers.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -41,20 +40,17 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     lock_file: File,
     requests: Receiver<Request>,
-    /// Identity of the ledger file as we last wrote or read it; while it is unchanged no other process has
-    /// appended, and the commit skips re-reading it.
-    ledger_seen: Cell<Option<LedgerFingerprint>>,
 }
 
 /// Writers replace the ledger by rename (we do, and so does .NET Opossum), so a new inode means a new ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LedgerFingerprint {
+pub(crate) struct LedgerFingerprint {
     inode: u64,
     modified: Option<std::time::SystemTime>,
     len: u64,
 }
 
-fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
+pub(crate) fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
@@ -65,7 +61,7 @@ fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
-        Writer { shared, lock_file, requests, ledger_seen: Cell::new(None) }
+        Writer { shared, lock_file, requests }
     }
 
     fn durable(&self) -> bool {
@@ -119,11 +115,11 @@ impl Writer {
     /// Picks up events another process appended since our head (it moved the ledger).
     fn catch_up(&self) -> Result<(), StoreError> {
         let fingerprint = ledger_fingerprint(&self.shared.layout.ledger());
-        if fingerprint.is_some() && fingerprint == self.ledger_seen.get() {
+        if fingerprint.is_some() && fingerprint == *self.shared.ledger_seen.lock().unwrap() {
             return Ok(());
         }
         let ledger = recovery::read_ledger(&self.shared.layout)?;
-        self.ledger_seen.set(fingerprint);
+        *self.shared.ledger_seen.lock().unwrap() = fingerprint;
         let head = self.shared.head();
         if ledger < head {
             return Err(StoreError::Corrupt {
@@ -316,7 +312,7 @@ impl Writer {
             index.dirty_tags.clear();
             index.dirty_types.clear();
         }
-        self.ledger_seen.set(ledger_fingerprint(&ledger_path));
+        *self.shared.ledger_seen.lock().unwrap() = ledger_fingerprint(&ledger_path);
         Ok(())
     }
 }
