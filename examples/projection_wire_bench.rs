@@ -11,6 +11,8 @@
 //! Cold runs drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) when running as root, else evict each
 //! projection file with `posix_fadvise(DONTNEED)`; the output says which.
 
+#[path = "common/cache.rs"]
+mod cache;
 #[path = "common/daemon.rs"]
 mod daemon;
 
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use cache::{evict, evict_method, raw_read, Evict};
 use daemon::Daemon;
 use opossum::client::Client;
 use opossum::model::Tag;
@@ -116,49 +119,6 @@ fn projection_files(data: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Evict {
-    DropCaches,
-    Fadvise,
-}
-
-fn evict_method() -> Evict {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if root && std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok() {
-        Evict::DropCaches
-    } else {
-        Evict::Fadvise
-    }
-}
-
-fn evict(method: Evict, files: &[PathBuf]) {
-    match method {
-        Evict::DropCaches => {
-            // SAFETY: sync has no preconditions.
-            unsafe { libc::sync() };
-            std::fs::write("/proc/sys/vm/drop_caches", "3").expect("drop caches");
-        }
-        Evict::Fadvise => {
-            use std::os::fd::AsRawFd;
-            for f in files {
-                let file = std::fs::File::open(f).expect("open");
-                // SAFETY: the descriptor is open for the duration of the call; fadvise only drops clean pages.
-                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-            }
-        }
-    }
-}
-
-fn raw_read(files: &[PathBuf]) -> (Duration, usize) {
-    let t = Instant::now();
-    let mut bytes = 0;
-    for f in files {
-        bytes += std::fs::read(f).expect("read").len();
-    }
-    (t.elapsed(), bytes)
 }
 
 /// `projection.get_all` through the socket, every item decoded by the client.
