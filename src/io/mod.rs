@@ -122,16 +122,17 @@ pub trait BatchIo: Send + Sync {
     /// bytes it keeps in flight itself. Callers that need bounded memory pass bounded slices.
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>>;
 
-    /// Writes a batch of files, each to a fresh `<final>.tmp.<32 hex>` in its own directory and then renamed to
-    /// its final name according to its [`WriteMode`].
+    /// Writes a batch of files: a `CreateNew` file straight at its final name (exclusive create), any other to a
+    /// fresh `<final>.tmp.<32 hex>` in its own directory, then renamed to its final name according to its
+    /// [`WriteMode`].
     ///
     /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage
     /// (each distinct parent directory is fsynced once). With `durable == false` nothing is fsynced (the page cache
     /// decides). Ordering within a durable batch, per mode:
     /// - `Replace`: the file's data is durable *before* its rename, so even after a power loss the final name holds
     ///   the old or the new contents, whole.
-    /// - `CreateNew`: the rename may come before the data is durable (one fsync round for the whole batch instead
-    ///   of two), so a crash during the call can leave a torn file at the final name. Callers create only files
+    /// - `CreateNew`: the name appears before the data is durable (one fsync round for the whole batch instead
+    ///   of two, and no rename per file), so a crash during the call can leave a torn file at the final name. Callers create only files
     ///   that a later commit record makes valid (event files beyond the ledger are quarantined at open).
     /// - `Commit`: renamed after every other file of the batch (and its directory entry) is durable, then its own
     ///   directory is fsynced. After a crash the final name holds the old record, or the new one with every file it
@@ -224,21 +225,6 @@ pub fn tmp_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing an existing `to`.
-pub fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        match nix::fcntl::renameat2(None, from, None, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
-            Ok(()) => return Ok(()),
-            // Some filesystems (and old kernels) lack RENAME_NOREPLACE: fall through to link + unlink.
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    std::fs::hard_link(from, to)?;
-    std::fs::remove_file(from)
-}
-
 /// fsyncs a directory so that renames and new entries in it are durable.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -280,20 +266,5 @@ mod tests {
         let hex = name.strip_prefix("0000000001.json.tmp.").unwrap();
         assert_eq!(hex.len(), 32);
         assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
-    }
-
-    #[test]
-    fn rename_no_replace_refuses_to_overwrite() {
-        let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-        std::fs::write(&a, "new").unwrap();
-        std::fs::write(&b, "old").unwrap();
-        let err = rename_no_replace(&a, &b).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
-        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old");
-        std::fs::remove_file(&b).unwrap();
-        rename_no_replace(&a, &b).unwrap();
-        assert_eq!(std::fs::read_to_string(&b).unwrap(), "new");
-        assert!(!a.exists());
     }
 }

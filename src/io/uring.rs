@@ -35,7 +35,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
-use super::threads::{read_file, ThreadPoolIo, THREADS_DEFAULT};
+use super::threads::{read_file, sync_one, FsyncRunner, SyncTarget, ThreadPoolIo, THREADS_DEFAULT};
 use super::{BatchIo, FileWrite, IoError, IoOp};
 
 /// Bytes of the first read of every file; event files are 300–800 B, so almost every file is read in one go.
@@ -116,7 +116,8 @@ impl UringIo {
         for _ in 0..config.rings {
             rings.push(Mutex::new(Ring::new(&config).map_err(|e| IoError::new(IoOp::Open, "io_uring", e))?));
         }
-        let writer = ThreadPoolIo::with_sync_strategy(THREADS_DEFAULT, config.sync);
+        let fsyncs = RingFsyncs::new().map_err(|e| IoError::new(IoOp::Open, "io_uring", e))?;
+        let writer = ThreadPoolIo::with_sync_strategy(THREADS_DEFAULT, config.sync).with_fsync_runner(Box::new(fsyncs));
         Ok(UringIo { rings, next_ring: AtomicUsize::new(0), config, writer })
     }
 
@@ -192,6 +193,91 @@ impl BatchIo for UringIo {
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.writer.write_files(files, durable)
+    }
+}
+
+/// Fsyncs in one durability barrier submitted to a ring at once (`IORING_OP_FSYNC`), so the kernel's io-wq
+/// workers run them in parallel while the caller sleeps in one `io_uring_enter`: no pool of user threads to wake.
+/// Each barrier holds the ring's lock; barriers come from one group-committing writer per store.
+pub(crate) struct RingFsyncs {
+    ring: Mutex<IoUring>,
+}
+
+/// Entries of the fsync ring: barriers with more targets are submitted in rounds of this many.
+const FSYNC_RING_ENTRIES: u32 = 256;
+
+impl RingFsyncs {
+    fn new() -> std::io::Result<RingFsyncs> {
+        Ok(RingFsyncs { ring: Mutex::new(IoUring::new(FSYNC_RING_ENTRIES)?) })
+    }
+
+    /// Submits one round and waits for all of its completions; `Err` only when the ring itself failed.
+    fn round(ring: &mut IoUring, fds: &[(i32, bool)], results: &mut Vec<i32>) -> std::io::Result<()> {
+        for (i, &(fd, datasync)) in fds.iter().enumerate() {
+            let flags = if datasync { types::FsyncFlags::DATASYNC } else { types::FsyncFlags::empty() };
+            let entry = opcode::Fsync::new(types::Fd(fd)).flags(flags).build().user_data(i as u64);
+            // SAFETY: an fsync entry points at no user memory; its descriptor stays open until this call has reaped
+            // every completion (the caller owns it for longer), and a stale descriptor could only fsync another file.
+            unsafe { ring.submission().push(&entry) }.expect("a round never exceeds the ring");
+        }
+        results.clear();
+        results.resize(fds.len(), i32::MIN);
+        let mut done = 0;
+        while done < fds.len() {
+            match ring.submit_and_wait(fds.len() - done) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
+            for cqe in ring.completion() {
+                results[cqe.user_data() as usize] = cqe.result();
+                done += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FsyncRunner for RingFsyncs {
+    fn sync_all(&self, targets: &[SyncTarget<'_>]) -> Result<(), IoError> {
+        use std::os::fd::AsRawFd;
+        // Directories are opened here and closed when `dirs` drops, after every completion is reaped.
+        let mut dirs = Vec::new();
+        for t in targets {
+            if let SyncTarget::Dir(dir) = t {
+                dirs.push(std::fs::File::open(dir).map_err(|e| IoError::new(IoOp::FsyncDir, *dir, e))?);
+            }
+        }
+        let mut dir_fds = dirs.iter();
+        let fds: Vec<(i32, bool)> = targets
+            .iter()
+            .map(|t| match t {
+                SyncTarget::File(f, _) => (f.as_raw_fd(), true),
+                SyncTarget::Dir(_) => (dir_fds.next().expect("one per directory").as_raw_fd(), false),
+            })
+            .collect();
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut results = Vec::with_capacity(fds.len().min(FSYNC_RING_ENTRIES as usize));
+        for (round, chunk) in fds.chunks(FSYNC_RING_ENTRIES as usize).enumerate() {
+            let chunk_targets = &targets[round * FSYNC_RING_ENTRIES as usize..][..chunk.len()];
+            if Self::round(&mut ring, chunk, &mut results).is_err() {
+                // The ring failed mid-round (not an fsync): do this round's fsyncs the blocking way.
+                // Repeating an fsync that did complete is harmless.
+                *ring = IoUring::new(FSYNC_RING_ENTRIES).map_err(|e| IoError::new(IoOp::Fsync, "io_uring", e))?;
+                chunk_targets.iter().try_for_each(sync_one)?;
+                continue;
+            }
+            for (res, t) in results.iter().zip(chunk_targets) {
+                if *res < 0 {
+                    let e = std::io::Error::from_raw_os_error(-res);
+                    return Err(match t {
+                        SyncTarget::File(_, path) => IoError::new(IoOp::Fsync, *path, e),
+                        SyncTarget::Dir(dir) => IoError::new(IoOp::FsyncDir, *dir, e),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -949,5 +1035,38 @@ mod tests {
         let io = UringIo::new(UringConfig { rings: 4, depth: 100_000, ..UringConfig::default() }).unwrap();
         assert!(io.config().rings * io.config().depth <= MAX_FDS_IN_FLIGHT);
         assert_eq!(io.name(), "uring");
+    }
+
+    #[test]
+    fn ring_fsyncs_cover_every_target_over_several_rounds_and_name_a_failing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = FSYNC_RING_ENTRIES as usize + 44;
+        let paths: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("{i}.json"))).collect();
+        let files: Vec<std::fs::File> = paths
+            .iter()
+            .map(|p| {
+                let mut f = std::fs::File::create_new(p).unwrap();
+                std::io::Write::write_all(&mut f, b"{}").unwrap();
+                f
+            })
+            .collect();
+        let mut targets: Vec<SyncTarget<'_>> = files.iter().zip(&paths).map(|(f, p)| SyncTarget::File(f, p)).collect();
+        targets.push(SyncTarget::Dir(dir.path()));
+        let fsyncs = RingFsyncs::new().unwrap();
+        fsyncs.sync_all(&targets).unwrap();
+        // A directory that cannot be opened fails the barrier, naming it.
+        let gone = dir.path().join("gone");
+        targets.push(SyncTarget::Dir(&gone));
+        let err = fsyncs.sync_all(&targets).unwrap_err();
+        assert_eq!((err.op, err.path.as_path()), (IoOp::FsyncDir, gone.as_path()));
+        // A failed fsync is reported with its file (a socket cannot be fsynced: EINVAL).
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sock_file = std::fs::File::from(std::os::fd::OwnedFd::from(sock));
+        let sock_path = Path::new("socket");
+        let err = fsyncs.sync_all(&[SyncTarget::File(&files[0], &paths[0]), SyncTarget::File(&sock_file, sock_path)]);
+        let err = err.unwrap_err();
+        assert_eq!((err.op, err.path.as_path()), (IoOp::Fsync, sock_path));
+        // The ring still works afterwards.
+        fsyncs.sync_all(&targets[..2]).unwrap();
     }
 }
