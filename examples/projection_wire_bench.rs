@@ -8,8 +8,11 @@
 //! target/release/examples/projection_wire_bench                    # 5,000 and 100,000 projections
 //! target/release/examples/projection_wire_bench --counts 5000 --runs 9 --dir /var/tmp --io-backend threads
 //! ```
-//! Cold runs drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) when running as root, else evict each
-//! projection file with `posix_fadvise(DONTNEED)`; the output says which.
+//! Warm runs are served by the daemon's hot tier (the projection cache, filled by the puts): the output gives the hit
+//! rate `stats` reported over the measured runs. Cold runs restart the daemon (an empty cache; the restart is not
+//! timed) and then drop the page cache (`sync; echo 3 > /proc/sys/vm/drop_caches`) when running as root, else evict
+//! each projection file with `posix_fadvise(DONTNEED)`; the output says which. `--projection-cache-bytes 0` measures
+//! the daemon without its cache.
 
 #[path = "common/cache.rs"]
 mod cache;
@@ -37,6 +40,8 @@ struct Args {
     dir: PathBuf,
     daemon: PathBuf,
     io_backend: String,
+    /// Passed to the daemon when set.
+    cache_bytes: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -49,6 +54,7 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: std::env::temp_dir(),
         daemon: default_daemon,
         io_backend: "auto".into(),
+        cache_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,10 +66,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--dir" => a.dir = value()?.into(),
             "--daemon" => a.daemon = value()?.into(),
             "--io-backend" => a.io_backend = value()?,
+            "--projection-cache-bytes" => a.cache_bytes = Some(value()?),
             "--help" | "-h" => {
                 println!(
                     "projection_wire_bench [--counts 5000,100000] [--runs 9] [--cold-runs 3] [--dir DIR] \
-                     [--daemon PATH] [--io-backend auto|uring|threads]"
+                     [--daemon PATH] [--io-backend auto|uring|threads] [--projection-cache-bytes N]"
                 );
                 std::process::exit(0);
             }
@@ -132,6 +139,13 @@ fn get_all(c: &mut Client) -> anyhow::Result<(Duration, usize, usize)> {
     Ok((t.elapsed(), n, state_bytes))
 }
 
+/// `stats`' projection cache hits and misses so far (0 from a daemon without a cache).
+fn cache_counters(c: &mut Client) -> anyhow::Result<(u64, u64)> {
+    let stats = c.stats()?;
+    let cache = &stats["projections"]["cache"];
+    Ok((cache["hits"].as_u64().unwrap_or(0), cache["misses"].as_u64().unwrap_or(0)))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -157,8 +171,11 @@ fn main() -> anyhow::Result<()> {
     for &count in &args.counts {
         let data = tmp.path().join(format!("store-{count}"));
         let socket = tmp.path().join(format!("s-{count}.sock"));
-        let daemon =
-            Daemon::start(&args.daemon, &data, &socket, &["--io-backend", &args.io_backend, "--durability", "none"])?;
+        let mut daemon_args = vec!["--io-backend", args.io_backend.as_str(), "--durability", "none"];
+        if let Some(bytes) = &args.cache_bytes {
+            daemon_args.extend(["--projection-cache-bytes", bytes.as_str()]);
+        }
+        let mut daemon = Daemon::start(&args.daemon, &data, &socket, &daemon_args)?;
         let mut c = Client::connect(&daemon.socket)?;
         let t = Instant::now();
         populate(&mut c, count)?;
@@ -174,6 +191,9 @@ fn main() -> anyhow::Result<()> {
         );
         for cold in [false, true] {
             let runs = if cold { args.cold_runs } else { args.runs };
+            if runs == 0 {
+                continue;
+            }
             if !cold {
                 // Warm up the page cache, the daemon's threads and the client's buffers.
                 raw_read(&files);
@@ -181,15 +201,25 @@ fn main() -> anyhow::Result<()> {
             }
             let (mut raw, mut ours) = (Vec::new(), Vec::new());
             let mut wire_state_bytes = 0;
+            let (mut hits, mut misses) = (0, 0);
             for _ in 0..runs {
                 if cold {
                     evict(method, &files);
                 }
                 raw.push(raw_read(&files).0);
                 if cold {
+                    // A fresh daemon: nothing in its cache.
+                    drop(c);
+                    daemon.stop()?;
+                    daemon = Daemon::start(&args.daemon, &data, &socket, &daemon_args)?;
+                    c = Client::connect(&daemon.socket)?;
                     evict(method, &files);
                 }
+                let before = cache_counters(&mut c)?;
                 let (d, n, state_bytes) = get_all(&mut c)?;
+                let after = cache_counters(&mut c)?;
+                hits += after.0 - before.0;
+                misses += after.1 - before.1;
                 anyhow::ensure!(n == count, "get_all returned {n} of {count}");
                 wire_state_bytes = state_bytes;
                 ours.push(d);
@@ -198,7 +228,8 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{:<4} get_all via socket: best {:>8.2} ms, median {:>8.2} ms = {:>9.0} files/s | \
                  raw sequential std::fs::read: best {:>8.2} ms, median {:>8.2} ms = {:>9.0} files/s | \
-                 median ratio raw/ours {:.2}x ({runs} runs, {:.1} MB of state)",
+                 median ratio raw/ours {:.2}x ({runs} runs, {:.1} MB of state) | daemon cache: {hits} hits, \
+                 {misses} misses ({:.1}% hits)",
                 if cold { "cold" } else { "warm" },
                 ms(best),
                 ms(med),
@@ -208,6 +239,7 @@ fn main() -> anyhow::Result<()> {
                 count as f64 / raw_med.as_secs_f64(),
                 raw_med.as_secs_f64() / med.as_secs_f64(),
                 wire_state_bytes as f64 / 1e6,
+                if hits + misses == 0 { 0.0 } else { 100.0 * hits as f64 / (hits + misses) as f64 },
             );
         }
         drop(c);

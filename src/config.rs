@@ -14,6 +14,7 @@
 //! max_connections = 1024             # excess connections get a `busy` line and are closed
 //! max_frame_bytes = 16777216         # longest request line
 //! shutdown_timeout_ms = 30000        # SIGTERM: how long in-flight requests may take to finish
+//! projection_cache_bytes = 134217728 # hot tier of projection reads; 0 turns it off (Linux default 128 MiB, else 0)
 //! log = "info"                       # tracing filter (RUST_LOG syntax); RUST_LOG overrides it
 //! ```
 //!
@@ -66,6 +67,7 @@ pub struct ConfigFile {
     pub max_connections: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub shutdown_timeout_ms: Option<u64>,
+    pub projection_cache_bytes: Option<usize>,
     pub log: Option<String>,
 }
 
@@ -122,6 +124,9 @@ pub struct DaemonArgs {
     /// On SIGTERM, how long in-flight requests may take to finish [default: 30000]
     #[arg(long, value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
+    /// Byte budget of the in-memory cache of projection files; 0 turns it off [default: 134217728 on Linux, else 0]
+    #[arg(long, value_name = "BYTES")]
+    pub projection_cache_bytes: Option<usize>,
     /// Log filter in RUST_LOG syntax (RUST_LOG, when set, wins) [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -140,6 +145,8 @@ pub struct Config {
     pub max_connections: usize,
     pub max_frame_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// The projection store's hot tier ([`crate::projection::cache`]); 0: off.
+    pub projection_cache_bytes: usize,
     pub log: String,
     /// The file this came from, for SIGHUP reloads.
     pub config_file: Option<PathBuf>,
@@ -204,6 +211,8 @@ impl Config {
         }
         let shutdown_timeout = pick(&args.shutdown_timeout_ms, &file.shutdown_timeout_ms)
             .map_or(SHUTDOWN_TIMEOUT_DEFAULT, Duration::from_millis);
+        let projection_cache_bytes = pick(&args.projection_cache_bytes, &file.projection_cache_bytes)
+            .unwrap_or(crate::projection::PROJECTION_CACHE_BYTES_DEFAULT);
         let log = pick(&args.log, &file.log).unwrap_or_else(|| LOG_DEFAULT.to_string());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
@@ -231,6 +240,7 @@ impl Config {
             max_connections,
             max_frame_bytes,
             shutdown_timeout,
+            projection_cache_bytes,
             log,
             config_file: args.config.clone(),
         })
@@ -260,6 +270,7 @@ mod tests {
         assert_eq!(c.index_writes, IndexWrites::EveryCommit);
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.projection_cache_bytes, crate::projection::PROJECTION_CACHE_BYTES_DEFAULT);
     }
 
     #[test]
@@ -269,13 +280,24 @@ mod tests {
             Path::new("x.toml"),
         )
         .unwrap();
-        let args = DaemonArgs::parse_from(["opossumd", "--socket", "/t", "--io-backend", "threads"]);
+        let args = DaemonArgs::parse_from([
+            "opossumd",
+            "--socket",
+            "/t",
+            "--io-backend",
+            "threads",
+            "--projection-cache-bytes",
+            "0",
+        ]);
         let c = Config::resolve(&args, &file).unwrap();
         assert_eq!(c.data, PathBuf::from("/d"));
         assert_eq!(c.socket, PathBuf::from("/t"));
         assert_eq!(c.durability, Durability::None);
         assert_eq!(c.io_backend, IoBackendKind::Threads);
         assert_eq!(c.max_connections, 7);
+        assert_eq!(c.projection_cache_bytes, 0);
+        let file = ConfigFile::parse("projection_cache_bytes = 1048576\n", Path::new("x.toml")).unwrap();
+        assert_eq!(Config::resolve(&DaemonArgs::default(), &file).unwrap().projection_cache_bytes, 1 << 20);
         assert_eq!(c.index_writes, IndexWrites::Deferred { interval: INDEX_FLUSH_INTERVAL_DEFAULT });
     }
 

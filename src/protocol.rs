@@ -441,8 +441,28 @@ pub fn encode_projection_item(out: &mut Vec<u8>, id: &RequestId, item: &Projecti
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id.as_json().as_bytes());
     out.extend_from_slice(b",\"item\":");
-    serde_json::to_writer(&mut *out, item).expect("projections serialise");
+    encode_projection_item_body(out, item);
     out.extend_from_slice(b"}\n");
+}
+
+/// The `"item"` object of a projection item line alone: what the projection cache keeps, so that streaming a cached
+/// projection is [`encode_projection_item_line`], a copy.
+pub fn encode_projection_item_body(out: &mut Vec<u8>, item: &ProjectionItemOut<'_>) {
+    serde_json::to_writer(&mut *out, item).expect("projections serialise");
+}
+
+/// An item line around a body made by [`encode_projection_item_body`]; the same bytes as [`encode_projection_item`].
+pub fn encode_projection_item_line(out: &mut Vec<u8>, id: &RequestId, body: &[u8]) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"item\":");
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"}\n");
+}
+
+/// Reads back a body made by [`encode_projection_item_body`].
+pub fn decode_projection_item_body(body: &[u8]) -> Result<ProjectionItem, serde_json::Error> {
+    serde_json::from_slice::<ProjectionItemIn>(body).map(ProjectionItem::from)
 }
 
 impl<'a> ProjectionItemOut<'a> {

@@ -1,6 +1,10 @@
 //! The projection store against real files: every operation over both backends (thread pool and io_uring when the
 //! kernel allows it), .NET-written fixtures, tag changes, restart persistence, index rebuilds, hostile names,
-//! concurrency, group commit, and SIGKILL crashes (`projection/crash.rs`).
+//! concurrency, group commit, the hot tier (cached reads after puts and deletes, other processes' rewrites), and
+//! SIGKILL crashes (`projection/crash.rs`).
+//!
+//! Stores opened with [`open_with`] use the default cache budget; `OPOSSUM_TEST_PROJECTION_CACHE_BYTES=0 cargo test
+//! --test projection` runs the whole suite with the cache off (the cache tests below cover both settings anyway).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,8 +32,31 @@ pub fn backends() -> Vec<Arc<dyn BatchIo>> {
     out
 }
 
+/// `OPOSSUM_TEST_PROJECTION_CACHE_BYTES`, else the default budget.
+pub fn cache_bytes() -> usize {
+    match std::env::var("OPOSSUM_TEST_PROJECTION_CACHE_BYTES") {
+        Ok(v) => v.parse().expect("OPOSSUM_TEST_PROJECTION_CACHE_BYTES is a number"),
+        Err(_) => opossum::projection::PROJECTION_CACHE_BYTES_DEFAULT,
+    }
+}
+
 pub fn open_with(root: &Path, io: Arc<dyn BatchIo>, durability: Durability) -> ProjectionStore {
-    ProjectionStore::open(root, io, ProjectionOptions { durability, ..ProjectionOptions::default() }).expect("open")
+    let options = ProjectionOptions { durability, cache_bytes: cache_bytes(), ..ProjectionOptions::default() };
+    ProjectionStore::open(root, io, options).expect("open")
+}
+
+/// Every backend, with the cache at its default budget (when the platform has one) and off.
+fn backends_and_cache_budgets() -> Vec<(Arc<dyn BatchIo>, usize)> {
+    let mut budgets = vec![0];
+    if opossum::projection::PROJECTION_CACHE_BYTES_DEFAULT > 0 {
+        budgets.push(opossum::projection::PROJECTION_CACHE_BYTES_DEFAULT);
+    }
+    backends().into_iter().flat_map(|io| budgets.iter().map(move |&b| (io.clone(), b))).collect()
+}
+
+fn open_cached(root: &Path, io: Arc<dyn BatchIo>, cache_bytes: usize) -> ProjectionStore {
+    let options = ProjectionOptions { durability: Durability::None, cache_bytes, ..ProjectionOptions::default() };
+    ProjectionStore::open(root, io, options).expect("open")
 }
 
 pub fn raw(json: &str) -> Box<RawValue> {
@@ -411,7 +438,8 @@ fn put_many_is_one_durable_write_batch_and_all_or_nothing() {
 fn get_all_streams_in_bounded_batches_over_every_backend() {
     for io in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let options = ProjectionOptions { durability: Durability::None, read_batch_files: 7 };
+        let options =
+            ProjectionOptions { durability: Durability::None, read_batch_files: 7, cache_bytes: cache_bytes() };
         let store = ProjectionStore::open(dir.path(), io.clone(), options).unwrap();
         let puts: Vec<Put> = (0..50)
             .map(|i| {
@@ -477,5 +505,118 @@ fn concurrent_writers_from_many_threads_lose_nothing() {
     assert_eq!(keys(store.get_all("P").unwrap()).len(), threads * per_thread + 1);
     for t in 0..threads {
         assert_eq!(query_keys(&store, "P", &[("thread", &t.to_string())]).len(), per_thread);
+    }
+}
+
+fn states(items: impl IntoIterator<Item = Result<ProjectionItem, ProjectionError>>) -> Vec<(String, String, u64)> {
+    items
+        .into_iter()
+        .map(|i| {
+            let i = i.unwrap();
+            (i.key, i.state.get().to_string(), i.metadata.version)
+        })
+        .collect()
+}
+
+#[test]
+fn cached_reads_follow_puts_and_deletes_with_and_without_the_cache() {
+    for (io, budget) in backends_and_cache_budgets() {
+        let name = format!("{} cache {budget}", io.name());
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_cached(dir.path(), io.clone(), budget);
+        store.put(put("P", "k1", r#"{"v":1}"#, &[("T", "a")], None)).unwrap();
+        store.put(put("P", "k2", r#"{"v":1}"#, &[("T", "a")], None)).unwrap();
+        for _ in 0..2 {
+            assert_eq!(store.get("P", "k1").unwrap().state.get(), r#"{"v":1}"#, "{name}");
+            assert_eq!(states(store.get_all("P").unwrap())[0], ("k1".into(), r#"{"v":1}"#.into(), 1), "{name}");
+        }
+        // A cached get after a put returns the new version, through every read.
+        store.put(put("P", "k1", r#"{"v":2}"#, &[("T", "a")], None)).unwrap();
+        let item = store.get("P", "k1").unwrap();
+        assert_eq!((item.state.get(), item.metadata.version), (r#"{"v":2}"#, 2), "{name}");
+        let expected = vec![("k1".to_string(), r#"{"v":2}"#.to_string(), 2), ("k2".into(), r#"{"v":1}"#.into(), 1)];
+        assert_eq!(states(store.get_all("P").unwrap()), expected, "{name}");
+        assert_eq!(states(store.query("P", &[Tag::new("T", "a")]).unwrap()), expected, "{name}");
+        // put_many too.
+        store.put_many(vec![put("P", "k1", r#"{"v":3}"#, &[], None), put("P", "k2", r#"{"v":3}"#, &[], None)]).unwrap();
+        assert_eq!(store.get("P", "k2").unwrap().state.get(), r#"{"v":3}"#, "{name}");
+        let expected = vec![("k1".to_string(), r#"{"v":3}"#.to_string(), 3), ("k2".into(), r#"{"v":3}"#.into(), 2)];
+        assert_eq!(states(store.get_all("P").unwrap()), expected, "{name}");
+        assert!(query_keys(&store, "P", &[("T", "a")]).is_empty(), "{name}");
+        // Delete, then get: not_found; get_all: gone.
+        assert!(store.delete("P", "k1").unwrap());
+        assert!(matches!(store.get("P", "k1"), Err(ProjectionError::NotFound { .. })), "{name}");
+        assert_eq!(keys(store.get_all("P").unwrap()), vec!["k2"], "{name}");
+        store.put(put("P", "k1", r#"{"v":4}"#, &[], None)).unwrap();
+        assert_eq!(store.get("P", "k1").unwrap().metadata.version, 1, "{name}");
+        let stats = store.cache_stats();
+        if budget == 0 {
+            assert_eq!(stats, Default::default(), "{name}");
+        } else {
+            assert!(stats.hits > 0 && stats.entries == 2 && stats.bytes > 0, "{name}: {stats:?}");
+            assert!(stats.bytes <= stats.budget_bytes, "{name}: {stats:?}");
+        }
+        store.close().unwrap();
+        // After a restart the cache is empty: reads fill it from disk (a file is admitted on its second read).
+        let store = open_cached(dir.path(), io, budget);
+        for _ in 0..3 {
+            assert_eq!(keys(store.get_all("P").unwrap()), vec!["k1", "k2"], "{name}");
+        }
+        let stats = store.cache_stats();
+        if budget > 0 {
+            assert_eq!((stats.misses, stats.hits, stats.entries), (4, 2, 2), "{name}: {stats:?}");
+        }
+    }
+}
+
+/// Another process rewrites a cached projection file in place (same inode): the next read sees it.
+#[cfg(target_os = "linux")]
+#[test]
+fn another_process_rewriting_a_cached_file_is_seen_by_the_next_read() {
+    use std::os::unix::fs::MetadataExt;
+    for (io, budget) in backends_and_cache_budgets() {
+        let name = format!("{} cache {budget}", io.name());
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_cached(dir.path(), io.clone(), budget);
+        let tags = [("T", "a")];
+        store.put(put("P", "k1", r#"{"v":1}"#, &tags, None)).unwrap();
+        store.put(put("P", "k2", r#"{"v":1}"#, &tags, None)).unwrap();
+        // Cached by the writer, and by a read (k2 read twice more after a restart).
+        store.close().unwrap();
+        let store = open_cached(dir.path(), io.clone(), budget);
+        store.put(put("P", "k1", r#"{"v":2}"#, &tags, None)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(store.get("P", "k2").unwrap().state.get(), r#"{"v":1}"#);
+        }
+        let hits_before = store.cache_stats().hits;
+        assert_eq!(store.get("P", "k1").unwrap().state.get(), r#"{"v":2}"#);
+        if budget > 0 {
+            assert_eq!(store.cache_stats().hits, hits_before + 1, "{name}: k1 is served from memory");
+        }
+        let rewrite = |key: &str, state: &str| {
+            let path = dir.path().join("Projections/P").join(format!("{key}.json"));
+            let inode = std::fs::metadata(&path).unwrap().ino();
+            let meta = format::ProjectionMetadata {
+                created_at: "2024-01-01T00:00:00.0000000+00:00".into(),
+                last_updated_at: "2024-01-02T00:00:00.0000000+00:00".into(),
+                version: 9,
+                size_in_bytes: 0,
+            };
+            let tags = [Tag::new("T", "a")];
+            std::fs::write(&path, format::encode_projection(key, &raw(state), &meta, &tags)).unwrap();
+            assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode, "rewritten in place");
+        };
+        rewrite("k1", r#"{"v":"external"}"#);
+        let item = store.get("P", "k1").unwrap();
+        assert_eq!((item.state.get(), item.metadata.version), (r#"{"v":"external"}"#, 9), "{name}");
+        rewrite("k2", r#"{"v":"external"}"#);
+        let all = states(store.get_all("P").unwrap());
+        assert_eq!(all[1], ("k2".to_string(), r#"{"v":"external"}"#.to_string(), 9), "{name}");
+        assert_eq!(states(store.query("P", &[Tag::new("T", "a")]).unwrap()), all, "{name}");
+        rewrite("k1", r#"{"v":"again"}"#);
+        assert_eq!(states(store.get_all("P").unwrap())[0].1, r#"{"v":"again"}"#, "{name}");
+        if budget > 0 {
+            assert!(store.cache_stats().invalidations >= 2, "{name}: {:?}", store.cache_stats());
+        }
     }
 }

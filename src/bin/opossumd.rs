@@ -62,7 +62,11 @@ fn run() -> anyhow::Result<()> {
     let store =
         Store::open(&config.data, options).with_context(|| format!("opening store {}", config.data.display()))?;
     // Same root, same I/O backend; after the event store, whose `.opossumd.lock` keeps a second daemon out.
-    let projection_options = ProjectionOptions { durability: config.durability, ..ProjectionOptions::default() };
+    let projection_options = ProjectionOptions {
+        durability: config.durability,
+        cache_bytes: config.projection_cache_bytes,
+        ..ProjectionOptions::default()
+    };
     let projections = ProjectionStore::open(store.root(), store.io(), projection_options)
         .with_context(|| format!("opening the projections of {}", config.data.display()))?;
     let report = projections.open_report();

@@ -8,7 +8,8 @@
 //! [`ProjectionStore`] is `Send + Sync`. One writer thread owns every mutation (so writers are serialised globally)
 //! and group-commits queued puts and deletes: one durable `BatchIo::write_files` per commit, however many callers.
 //! Readers run on the calling thread without a lock on disk: `get`, `get_all` and `query` take a snapshot of the
-//! in-memory view (a `RwLock` held only while copying keys) and read the files through `BatchIo`.
+//! in-memory view (a `RwLock` held only while copying keys), take what the hot tier ([`cache`]) holds and read the
+//! other files through `BatchIo`.
 //!
 //! # No `.store.lock`
 //! .NET Opossum takes no file lock for projections (`FileSystemProjectionStore` serialises saves with an in-process
@@ -16,7 +17,8 @@
 //! to an open file description, a second descriptor in this process would contend with our own event store's writer
 //! and serialise projection commits behind event appends for nothing. Two daemons on one store are excluded by the
 //! event store's `.opossumd.lock`. A .NET process and the daemon must not write the *same* projection at once (two
-//! .NET processes cannot either).
+//! .NET processes cannot either). Other processes' changes to projection files still reach `get`/`get_all`/`query`:
+//! the cache watches projection directories with inotify (see [`cache`], "Coherence").
 //!
 //! # Crash consistency
 //! The projection files are the truth; `Indices/` and `Metadata/index.json` are derived caches kept current on every
@@ -46,13 +48,15 @@ use crate::io::{BatchIo, IoError, IoOp};
 use crate::model::{RawJson, Tag};
 use crate::store::Durability;
 
+pub mod cache;
 pub mod format;
 mod reader;
 mod state;
 mod writer;
 
+pub use cache::{CacheStats, PROJECTION_CACHE_BYTES_DEFAULT};
 pub use format::{Checkpoint, NameError, ProjectionMetadata};
-pub use reader::{decode_view, ProjectionReader};
+pub use reader::{decode_view, item_body, ItemSource, ProjectionReader};
 
 /// Most puts one `put_many` may carry.
 pub const PUT_MANY_MAX: usize = 10_000;
@@ -78,11 +82,17 @@ pub struct ProjectionOptions {
     /// `Fsync` (default): every acknowledged write is on stable storage. `None`: page cache only.
     pub durability: Durability,
     pub read_batch_files: usize,
+    /// Byte budget of the hot tier of projection reads ([`cache`]); 0 turns it off.
+    pub cache_bytes: usize,
 }
 
 impl Default for ProjectionOptions {
     fn default() -> Self {
-        ProjectionOptions { durability: Durability::Fsync, read_batch_files: READ_BATCH_FILES_DEFAULT }
+        ProjectionOptions {
+            durability: Durability::Fsync,
+            read_batch_files: READ_BATCH_FILES_DEFAULT,
+            cache_bytes: PROJECTION_CACHE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -204,6 +214,8 @@ pub(crate) struct Shared {
     pub options: ProjectionOptions,
     pub projections: RwLock<BTreeMap<String, state::Projection>>,
     pub poisoned: Mutex<Option<String>>,
+    /// The hot tier; `None` when off.
+    pub cache: Option<Arc<cache::ProjectionCache>>,
 }
 
 impl Shared {
@@ -277,8 +289,15 @@ impl ProjectionStore {
             projections.insert(name, projection);
         }
         report.projections = projections.len();
-        let shared =
-            Arc::new(Shared { paths, io, options, projections: RwLock::new(projections), poisoned: Mutex::new(None) });
+        let cache = cache::ProjectionCache::new(options.cache_bytes, paths.clone()).map(Arc::new);
+        let shared = Arc::new(Shared {
+            paths,
+            io,
+            options,
+            projections: RwLock::new(projections),
+            poisoned: Mutex::new(None),
+            cache,
+        });
         let (tx, rx) = sync_channel(REQUEST_QUEUE_MAX);
         let writer = writer::Writer::new(shared.clone(), rx);
         let handle = std::thread::Builder::new()
@@ -360,12 +379,32 @@ impl ProjectionStore {
             return Err(not_found());
         }
         let path = self.shared.paths.projection_file(projection, &stem);
+        let mut hit = Vec::with_capacity(1);
+        let token = self.shared.cache.as_ref().map(|c| c.lookup(projection, std::iter::once(stem.as_str()), &mut hit));
+        if let Some(Some(item)) = hit.pop() {
+            return reader::decode_body(&item.body);
+        }
         let bytes = match self.shared.io.read_files(std::slice::from_ref(&path)).pop().expect("one result per path") {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
-        reader::decode_item(key, &path, &bytes)
+        let item = reader::decode_item(key, &path, &bytes)?;
+        if let (Some(cache), Some(token)) = (&self.shared.cache, token) {
+            if cache.second_touch(token, projection, std::iter::once(stem.as_str())) == [true] {
+                cache.admit(
+                    token,
+                    projection,
+                    std::iter::once((stem.as_str(), reader::item_body(key, &path, &bytes)?)),
+                );
+            }
+        }
+        Ok(item)
+    }
+
+    /// The hot tier's counters; all zero when it is off.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.cache.as_ref().map(|c| c.stats()).unwrap_or_default()
     }
 
     /// Streams every projection of `projection`, by key. An unknown projection streams nothing.
@@ -412,6 +451,7 @@ impl ProjectionStore {
             projection.to_string(),
             keys,
             self.shared.options.read_batch_files,
+            self.shared.cache.clone(),
         )
     }
 

@@ -1,12 +1,15 @@
 //! Streaming projection reads (`get_all`, `query`): the keys come from a snapshot of the in-memory view taken when
-//! the read starts; files are read through `BatchIo` a batch at a time and decoded in order. Memory stays bounded by
-//! one batch of states plus the key list, however many projections there are.
+//! the read starts; each batch of keys is looked up in the hot tier ([`super::cache`]) under one lock, only the
+//! misses are read through `BatchIo`, and hits and misses are decoded in key order. Memory stays bounded by one
+//! batch of states plus the key list, however many projections there are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::cache::{CachedItem, ProjectionCache};
 use super::format::{self, ProjectionMetadata};
 use super::{Paths, ProjectionError, ProjectionItem};
+use crate::protocol;
 use rayon::prelude::*;
 
 use crate::io::{BatchIo, IoError};
@@ -14,8 +17,27 @@ use crate::io::{BatchIo, IoError};
 /// Batches at least this large are decoded on the rayon pool.
 const PARALLEL_DECODE_MIN_FILES: usize = 256;
 
-/// One file of a batch: ((key, stem), path) and what `read_files` returned for it.
-type ReadResult<'a> = (((&'a String, &'a String), &'a PathBuf), Result<Vec<u8>, IoError>);
+/// One projection of a batch as [`ProjectionReader::next_batch_map`] hands it over.
+pub enum ItemSource<'a> {
+    /// From the cache: the item's wire body ([`protocol::encode_projection_item_body`]).
+    Cached(&'a Arc<CachedItem>),
+    /// Read from disk: the projection file of `key` at `path`.
+    File { key: &'a str, path: &'a std::path::Path, bytes: &'a [u8] },
+}
+
+/// Where one file of a batch comes from.
+enum Source<'a> {
+    Cached(&'a Arc<CachedItem>),
+    /// The `n`th file read from disk, and what `read_files` returned for it.
+    Read(usize, &'a Result<Vec<u8>, IoError>),
+}
+
+/// Why one file of a batch could not be delivered.
+enum Failure {
+    Decode(ProjectionError),
+    /// `read_files` failed for the `n`th file read (the error is taken from the results afterwards).
+    Io(usize),
+}
 
 pub struct ProjectionReader {
     io: Arc<dyn BatchIo>,
@@ -27,6 +49,7 @@ pub struct ProjectionReader {
     batch_files: usize,
     current: std::vec::IntoIter<ProjectionItem>,
     failed: bool,
+    cache: Option<Arc<ProjectionCache>>,
 }
 
 impl ProjectionReader {
@@ -36,6 +59,7 @@ impl ProjectionReader {
         projection: String,
         keys: Vec<(String, String)>,
         batch_files: usize,
+        cache: Option<Arc<ProjectionCache>>,
     ) -> ProjectionReader {
         ProjectionReader {
             io,
@@ -46,6 +70,7 @@ impl ProjectionReader {
             batch_files: batch_files.max(1),
             current: Vec::new().into_iter(),
             failed: false,
+            cache,
         }
     }
 
@@ -63,17 +88,20 @@ impl ProjectionReader {
         if !rest.is_empty() {
             return Some(Ok(rest));
         }
-        self.next_batch_map(decode_item)
+        self.next_batch_map(|source| match source {
+            ItemSource::Cached(item) => decode_body(&item.body),
+            ItemSource::File { key, path, bytes } => decode_item(key, path, bytes),
+        })
     }
 
-    /// Like [`next_batch`](Self::next_batch), but hands each file's bytes (with its key and path) to `f` instead of
-    /// decoding them into a [`ProjectionItem`]: the server re-frames files straight onto the wire this way
-    /// (see [`format::decode_projection_view`]). `f` runs on the rayon pool for large batches. Do not mix with
-    /// `next`/`next_batch` on one reader.
+    /// Like [`next_batch`](Self::next_batch), but hands each projection (a cached wire body, or a file's bytes with
+    /// its key and path) to `f` instead of decoding it into a [`ProjectionItem`]: the server copies cached bodies and
+    /// re-frames files straight onto the wire this way (see [`item_body`]). `f` runs on the rayon pool for large
+    /// batches. Do not mix with `next`/`next_batch` on one reader.
     pub fn next_batch_map<T, F>(&mut self, f: F) -> Option<Result<Vec<T>, ProjectionError>>
     where
         T: Send,
-        F: Fn(&str, &std::path::Path, &[u8]) -> Result<T, ProjectionError> + Sync,
+        F: Fn(ItemSource<'_>) -> Result<T, ProjectionError> + Sync,
     {
         if self.failed {
             return None;
@@ -82,20 +110,43 @@ impl ProjectionReader {
             let end = (self.next + self.batch_files).min(self.keys.len());
             let chunk = &self.keys[self.next..end];
             self.next = end;
-            let files: Vec<PathBuf> =
-                chunk.iter().map(|(_, stem)| self.paths.projection_file(&self.projection, stem)).collect();
-            let results = self.io.read_files(&files);
-            let decode = |(((key, _), path), result): ReadResult<'_>| {
-                match result {
-                    Ok(bytes) => f(key, path, &bytes).map(Some),
-                    // Deleted after the snapshot was taken.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                    Err(e) => Err(ProjectionError::from(e)),
+            let mut cached: Vec<Option<Arc<CachedItem>>> = Vec::with_capacity(chunk.len());
+            let token = match &self.cache {
+                Some(cache) => Some(cache.lookup(&self.projection, chunk.iter().map(|(_, s)| s.as_str()), &mut cached)),
+                None => {
+                    cached.resize(chunk.len(), None);
+                    None
                 }
             };
-            let pairs = chunk.iter().map(|(k, s)| (k, s)).zip(&files).zip(results);
-            // Decoding costs about as much as a warm read: spread big batches over the cores.
-            let decoded: Vec<Result<Option<T>, ProjectionError>> = if chunk.len() >= PARALLEL_DECODE_MIN_FILES {
+            // Paths of the misses only: a hit needs none.
+            let misses: Vec<usize> = (0..chunk.len()).filter(|&i| cached[i].is_none()).collect();
+            let read: Vec<PathBuf> =
+                misses.iter().map(|&i| self.paths.projection_file(&self.projection, &chunk[i].1)).collect();
+            let mut results = if read.is_empty() { Vec::new() } else { self.io.read_files(&read) };
+            let mut sources: Vec<Source<'_>> = Vec::with_capacity(chunk.len());
+            let mut next_miss = results.iter().enumerate();
+            for item in &cached {
+                sources.push(match item {
+                    Some(item) => Source::Cached(item),
+                    None => {
+                        let (n, result) = next_miss.next().expect("one result per path");
+                        Source::Read(n, result)
+                    }
+                });
+            }
+            let decode = |((key, _), source): (&(String, String), Source<'_>)| match source {
+                Source::Cached(item) => f(ItemSource::Cached(item)).map(Some).map_err(Failure::Decode),
+                Source::Read(n, Ok(bytes)) => {
+                    f(ItemSource::File { key, path: &read[n], bytes }).map(Some).map_err(Failure::Decode)
+                }
+                // Deleted after the snapshot was taken.
+                Source::Read(_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Source::Read(n, Err(_)) => Err(Failure::Io(n)),
+            };
+            let pairs = chunk.iter().zip(sources);
+            // Decoding a file costs about as much as a warm read: spread batches with many misses over the cores.
+            // Hits cost next to nothing.
+            let decoded: Vec<Result<Option<T>, Failure>> = if read.len() >= PARALLEL_DECODE_MIN_FILES {
                 pairs.collect::<Vec<_>>().into_par_iter().map(decode).collect()
             } else {
                 pairs.map(decode).collect()
@@ -105,10 +156,27 @@ impl ProjectionReader {
                 match result {
                     Ok(Some(item)) => items.push(item),
                     Ok(None) => {}
-                    Err(e) => {
+                    Err(failure) => {
                         self.failed = true;
-                        return Some(Err(e));
+                        return Some(Err(match failure {
+                            Failure::Decode(e) => e,
+                            Failure::Io(n) => results.swap_remove(n).expect_err("a failed read").into(),
+                        }));
                     }
+                }
+            }
+            if let (Some(cache), Some(token)) = (&self.cache, token) {
+                let ok: Vec<(usize, &Vec<u8>)> =
+                    results.iter().enumerate().filter_map(|(n, r)| r.as_ref().ok().map(|bytes| (n, bytes))).collect();
+                let admit =
+                    cache.second_touch(token, &self.projection, ok.iter().map(|(n, _)| chunk[misses[*n]].1.as_str()));
+                let bodies = ok.iter().zip(admit).filter(|(_, admit)| *admit).filter_map(|((n, bytes), _)| {
+                    let (key, stem) = &chunk[misses[*n]];
+                    item_body(key, &read[*n], bytes).ok().map(|body| (stem.as_str(), body))
+                });
+                let bodies: Vec<(&str, Vec<u8>)> = bodies.collect();
+                if !bodies.is_empty() {
+                    cache.admit(token, &self.projection, bodies.into_iter());
                 }
             }
             if !items.is_empty() {
@@ -137,6 +205,21 @@ pub fn decode_view<'a>(
         }
     }
     Ok(v)
+}
+
+/// The wire body of the projection file read for `key` ([`protocol::encode_projection_item_body`]): what the cache
+/// keeps, and what a cache miss streams.
+pub fn item_body(key: &str, path: &std::path::Path, bytes: &[u8]) -> Result<Vec<u8>, ProjectionError> {
+    let view = decode_view(key, path, bytes)?;
+    let mut body = Vec::with_capacity(bytes.len() + 64);
+    protocol::encode_projection_item_body(&mut body, &protocol::ProjectionItemOut::from_view(key, &view, bytes.len()));
+    Ok(body)
+}
+
+/// Decodes a cached projection's wire body.
+pub(crate) fn decode_body(body: &[u8]) -> Result<ProjectionItem, ProjectionError> {
+    protocol::decode_projection_item_body(body)
+        .map_err(|e| ProjectionError::Invalid(format!("a cached projection does not decode (a bug): {e}")))
 }
 
 /// Decodes one projection file read for `key`; metadata reports the file's real size.

@@ -5,6 +5,7 @@
 //! all-or-nothing; a rejected one leaves no trace) → make sure each touched projection has its directories and a
 //! durable dirty marker → unlink deleted projection files → one write batch: projection files first, then the
 //! changed tag index files, then `Metadata/index.json` → unlink emptied tag index files → fsync touched directories
+//! → update the hot tier (`cache.rs`: written files in, deleted ones out; after a failed batch every staged file out)
 //! → publish the new view to readers → acknowledge. A failed write poisons the store (see `BatchIo::write_files`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -155,6 +156,28 @@ impl Writer {
         }
         let written = self.write(&view, &staged);
         drop(view);
+        if let Some(cache) = &self.shared.cache {
+            // The files now on disk (after a failure: unknown, so evicted), in their wire form. Before the reply, so
+            // a reader that starts after the acknowledgement never sees an older version from memory.
+            let ok = written.is_ok();
+            let paths = &self.shared.paths;
+            let changes: Vec<(String, String, Option<Vec<u8>>)> = staged
+                .iter()
+                .flat_map(|(name, changes)| {
+                    changes.iter().map(move |(stem, change)| {
+                        let body = match &change.new {
+                            Some(entry) if ok => {
+                                let path = paths.projection_file(name, stem);
+                                super::reader::item_body(&entry.key, &path, &change.bytes).ok()
+                            }
+                            _ => None,
+                        };
+                        (name.clone(), stem.clone(), body)
+                    })
+                })
+                .collect();
+            cache.commit_writes(changes.into_iter());
+        }
         if let Err(e) = written {
             let e = self.shared.poison_with(e);
             for (reply, _) in accepted {
@@ -189,6 +212,9 @@ impl Writer {
         for (name, changes) in staged {
             let current = view.get(name).unwrap_or(&empty);
             self.prepare_dirs(name)?;
+            if let Some(cache) = &self.shared.cache {
+                cache.prepare_write(name);
+            }
             // Projection files.
             let mut touched: BTreeSet<&str> = BTreeSet::new();
             for (stem, change) in changes {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{Context, OpError, Request, Responder};
-use crate::projection::{decode_view, ProjectionError, ProjectionReader, ProjectionStore};
+use crate::projection::cache::CachedItem;
+use crate::projection::{decode_view, ItemSource, ProjectionError, ProjectionReader, ProjectionStore};
 use crate::protocol::{
     self, EmptyRequest, ErrorCode, ProjectionCheckpointRequest, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemOut, ProjectionKeyRequest, ProjectionListResponse, ProjectionNameRequest, ProjectionPutManyRequest,
@@ -45,6 +46,9 @@ pub(super) struct ProjectionStats {
     reads: u64,
     items_read: u64,
     version_conflicts: u64,
+    /// The hot tier: budget, bytes and entries held, hits and misses of `get`, `get_all` and `query`, evictions and
+    /// invalidations (all 0 when off).
+    cache: crate::projection::CacheStats,
 }
 
 pub(super) fn stats(ctx: &Context) -> ProjectionStats {
@@ -60,6 +64,7 @@ pub(super) fn stats(ctx: &Context) -> ProjectionStats {
         reads: get(&c.reads),
         items_read: get(&c.items_read),
         version_conflicts: get(&c.version_conflicts),
+        cache: ctx.projections.cache_stats(),
     }
 }
 
@@ -207,20 +212,38 @@ async fn stream(
             Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
-        // Each file is parsed in place and re-framed as its item line (on the rayon pool for large batches): the
-        // state's bytes are copied once, from the file into the line, never decoded into owned values.
-        let frame = |key: &str, path: &std::path::Path, bytes: &[u8]| {
-            let view = decode_view(key, path, bytes)?;
-            let mut line = Vec::with_capacity(bytes.len() + key.len() + 96);
-            protocol::encode_projection_item(&mut line, &id, &ProjectionItemOut::from_view(key, &view, bytes.len()));
-            Ok(line)
+        // A cached projection is its item line's body already: copied between the line's prefix and suffix. A file is
+        // parsed in place and re-framed as its item line (on the rayon pool for large batches): the state's bytes
+        // are copied once, from the file into the line, never decoded into owned values.
+        enum Line {
+            Framed(Vec<u8>),
+            Cached(Arc<CachedItem>),
+        }
+        let frame = |source: ItemSource<'_>| match source {
+            ItemSource::Cached(item) => Ok(Line::Cached(item.clone())),
+            ItemSource::File { key, path, bytes } => {
+                let view = decode_view(key, path, bytes)?;
+                let mut line = Vec::with_capacity(bytes.len() + key.len() + 96);
+                protocol::encode_projection_item(
+                    &mut line,
+                    &id,
+                    &ProjectionItemOut::from_view(key, &view, bytes.len()),
+                );
+                Ok(Line::Framed(line))
+            }
         };
         while let Some(batch) = reader.next_batch_map(frame) {
             match batch {
                 Ok(lines) => {
                     for line in &lines {
                         count += 1;
-                        if !sink.item(|buf| buf.extend_from_slice(line)) {
+                        let sent = match line {
+                            Line::Framed(line) => sink.item(|buf| buf.extend_from_slice(line)),
+                            Line::Cached(item) => {
+                                sink.item(|buf| protocol::encode_projection_item_line(buf, &id, &item.body))
+                            }
+                        };
+                        if !sent {
                             return;
                         }
                     }

@@ -574,3 +574,55 @@ fn verify_crash(daemon: &Daemon, model: &mut BTreeMap<String, KeyModel>, cycle: 
         }
     }
 }
+
+/// The hot tier over the socket: warm reads are hits in `stats`, and cached items are the very items read from the
+/// files (compared with a daemon that has the cache off). Another process's in-place rewrite is seen (Linux).
+#[test]
+fn the_projection_cache_serves_warm_reads_and_reports_them_in_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_json = |items: &[ProjectionItem]| serde_json::to_value(items).unwrap();
+    let mut daemon = Daemon::start(dir.path(), &["--projection-cache-bytes", "1048576"]);
+    let mut c = daemon.client();
+    let puts: Vec<Put> = (0..20)
+        .map(|i| put("P", &format!("k{i:02}"), &format!(r#"{{"n":{i},"s":"é\u00e9\"q\""}}"#), &[("T", "x")]))
+        .collect();
+    c.projection_put_many(&puts).unwrap();
+    let first = get_all(&mut c, "P");
+    assert_eq!(first.len(), 20);
+    let cache = c.stats().unwrap()["projections"]["cache"].clone();
+    assert_eq!(cache["budget_bytes"], 1048576, "{cache}");
+    assert_eq!(cache["entries"], 20, "{cache}");
+    assert_eq!(cache["hits"], 20, "{cache}");
+    assert_eq!(cache["misses"], 0, "{cache}");
+    assert!(cache["bytes"].as_u64().unwrap() > 20 * 40, "{cache}");
+    assert_eq!(c.projection_get("P", "k03").unwrap().unwrap().state.get(), r#"{"n":3,"s":"é\u00e9\"q\""}"#);
+    let queried = c.projection_query("P", &tags(&[("t", "X")])).unwrap().into_vec().unwrap();
+    assert_eq!(as_json(&queried), as_json(&first));
+    assert_eq!(c.stats().unwrap()["projections"]["cache"]["hits"], 41);
+
+    #[cfg(target_os = "linux")]
+    {
+        let path = dir.path().join("store/Projections/P/k05.json");
+        let text = std::fs::read_to_string(&path).unwrap().replace(r#""n":5"#, r#""n":"external""#);
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(
+            c.projection_get("P", "k05").unwrap().unwrap().state.get(),
+            r#"{"n":"external","s":"é\u00e9\"q\""}"#
+        );
+        let all = get_all(&mut c, "P");
+        assert_eq!(all[5].state.get(), r#"{"n":"external","s":"é\u00e9\"q\""}"#);
+        assert_eq!(c.stats().unwrap()["projections"]["cache"]["invalidations"], 1);
+    }
+    let cached = as_json(&get_all(&mut c, "P"));
+    drop(c);
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+
+    // The same store without the cache: the same items, and zeros in stats.
+    let mut daemon = Daemon::start(dir.path(), &["--projection-cache-bytes", "0"]);
+    let mut c = daemon.client();
+    assert_eq!(as_json(&get_all(&mut c, "P")), cached);
+    let cache = c.stats().unwrap()["projections"]["cache"].clone();
+    assert_eq!((cache["budget_bytes"].as_u64(), cache["hits"].as_u64()), (Some(0), Some(0)), "{cache}");
+    drop(c);
+    assert!(daemon.terminate().success(), "{}", daemon.log_text());
+}
