@@ -38,6 +38,7 @@ struct Args {
     io_backend: String,
     skip_read: bool,
     skip_append: bool,
+    keep: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -50,10 +51,11 @@ fn parse_args() -> anyhow::Result<Args> {
         dir: std::env::temp_dir(),
         daemon: default_daemon,
         index_writes: "every-commit".into(),
-        sync_strategy: "per-file".into(),
+        sync_strategy: "auto".into(),
         io_backend: "auto".into(),
         skip_read: false,
         skip_append: false,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,10 +71,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--io-backend" => a.io_backend = value()?,
             "--skip-read" => a.skip_read = true,
             "--skip-append" => a.skip_append = true,
+            "--keep" => a.keep = true,
             "--help" | "-h" => {
                 println!(
                     "wire_bench [--events N] [--clients 1,16,64] [--seconds S] [--dir DIR] [--daemon PATH]\n           \
-                     [--index-writes every-commit|deferred] [--sync-strategy per-file|syncfs] [--io-backend auto|uring|threads] [--skip-read] [--skip-append]"
+                     [--index-writes every-commit|deferred] [--sync-strategy auto|per-file|syncfs] [--io-backend auto|uring|threads] [--skip-read] [--skip-append] [--keep]"
                 );
                 std::process::exit(0);
             }
@@ -98,11 +101,21 @@ fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let work = tempfile::Builder::new().prefix("opossum-wire-bench-").tempdir_in(&args.dir)?;
     println!("# opossum wire benchmark ({} cores, store under {})", num_cpus(), work.path().display());
+    // `--keep`: several runs back to back, each one's cleanup would slow the next one's creates (see
+    // `fsync_baseline`), so the directory is left for the caller to remove.
+    let (_cleanup, dir) = if args.keep {
+        let kept = work.keep();
+        println!("# --keep: {} is left for you to remove", kept.display());
+        (None, kept)
+    } else {
+        let dir = work.path().to_path_buf();
+        (Some(work), dir)
+    };
     if !args.skip_read {
-        read_bench(&args, work.path())?;
+        read_bench(&args, &dir)?;
     }
     if !args.skip_append {
-        append_bench(&args, work.path())?;
+        append_bench(&args, &dir)?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! socket_mode = "0660"               # octal; applied to the socket file the daemon binds
 //! io_backend = "auto"                # auto | uring | threads
 //! durability = "fsync"               # fsync | none
-//! sync_strategy = "per-file"         # per-file | syncfs (syncfs: only for a store on a filesystem of its own)
+//! sync_strategy = "auto"             # auto | per-file | syncfs (auto: syncfs while little else is dirty)
 //! index_writes = "every-commit"      # every-commit | deferred
 //! index_flush_interval_ms = 1000     # with deferred index writes
 //! max_connections = 1024             # excess connections get a `busy` line and are closed
@@ -106,7 +106,8 @@ pub struct DaemonArgs {
     /// fsync | none [default: fsync]
     #[arg(long)]
     pub durability: Option<String>,
-    /// per-file | syncfs [default: per-file]; syncfs only for a store on a filesystem of its own
+    /// auto | per-file | syncfs [default: auto]: one syncfs per barrier while the system has little other dirty data,
+    /// else an fsync per file; syncfs always only for a store on a filesystem of its own
     #[arg(long, value_name = "HOW")]
     pub sync_strategy: Option<String>,
     /// every-commit | deferred [default: every-commit]

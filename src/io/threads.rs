@@ -170,7 +170,7 @@ impl ThreadPoolIo {
             return if durable { self.barrier(extra, &[]) } else { Ok(()) };
         }
         let dirs = parent_dirs(files);
-        if durable && self.sync == SyncStrategy::Syncfs {
+        if durable && self.sync != SyncStrategy::PerFile {
             self.barrier.prepare(&dirs)?;
         }
         // Where each file is written first: its final name (`CreateNew`) or a temporary.
@@ -244,12 +244,24 @@ impl ThreadPoolIo {
         self.barrier(&targets, &dirs)
     }
 
+    /// Whether a barrier over `targets` files and directories should be one `syncfs` (see [`SyncStrategy`]).
+    fn wants_syncfs(&self, targets: usize) -> bool {
+        match self.sync {
+            SyncStrategy::PerFile => false,
+            SyncStrategy::Syncfs => true,
+            // Each target dirties about one page of data or metadata.
+            SyncStrategy::Auto => {
+                dirty_bytes().is_some_and(|dirty| dirty <= super::AUTO_SYNCFS_DIRTY_MAX_BYTES + targets as u64 * 8192)
+            }
+        }
+    }
+
     /// Makes `targets` durable: parallel fsyncs, or one `syncfs` for many with `SyncStrategy::Syncfs` (Linux).
     fn barrier(&self, targets: &[SyncTarget<'_>], dirs: &[&Path]) -> Result<(), IoError> {
         if targets.is_empty() {
             return Ok(());
         }
-        if self.sync == SyncStrategy::Syncfs && targets.len() >= SYNCFS_MIN_TARGETS && !dirs.is_empty() {
+        if targets.len() >= SYNCFS_MIN_TARGETS && !dirs.is_empty() && self.wants_syncfs(targets.len()) {
             if let Some(result) = self.barrier.syncfs(dirs) {
                 return result;
             }
@@ -330,6 +342,26 @@ impl FsBarrier {
     }
 }
 
+/// The system's dirty and under-writeback page cache in bytes (`/proc/meminfo`), `None` where unknown.
+fn dirty_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| parse_dirty_bytes(&m))
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// `Dirty:` + `Writeback:` of a `/proc/meminfo` text, in bytes.
+fn parse_dirty_bytes(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line[name.len()..].trim().strip_suffix("kB")?.trim().parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some(field("Dirty:")? + field("Writeback:")?)
+}
+
 /// Largest record `WriteMode::CommitInPlace` accepts: one disk sector, so a crash cannot tear it.
 pub const IN_PLACE_RECORD_BYTES_MAX: usize = 512;
 
@@ -390,5 +422,38 @@ fn write_new(tmp: &Path, bytes: &[u8]) -> Result<std::fs::File, IoError> {
 fn remove_all(paths: &[PathBuf]) {
     for p in paths {
         let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_bytes_add_dirty_and_writeback_from_meminfo() {
+        let meminfo = "MemTotal:       24636988 kB\nDirty:              1234 kB\nWriteback:            16 kB\n\
+                       WritebackTmp:          7 kB\n";
+        assert_eq!(parse_dirty_bytes(meminfo), Some((1234 + 16) * 1024));
+        assert_eq!(parse_dirty_bytes("Dirty: 5 kB\n"), None, "no Writeback line");
+        assert_eq!(parse_dirty_bytes("Dirty: lots kB\nWriteback: 0 kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(dirty_bytes().is_some(), "this kernel's /proc/meminfo parses");
+    }
+
+    #[test]
+    fn auto_takes_syncfs_only_below_the_dirty_limit() {
+        let io = |sync| ThreadPoolIo::with_sync_strategy(1, sync);
+        assert!(!io(SyncStrategy::PerFile).wants_syncfs(16));
+        assert!(io(SyncStrategy::Syncfs).wants_syncfs(16));
+        // Auto follows the live counter: whatever it reads, the decision matches the limit.
+        #[cfg(target_os = "linux")]
+        {
+            let dirty = dirty_bytes().unwrap();
+            let expected = dirty <= crate::io::AUTO_SYNCFS_DIRTY_MAX_BYTES + 16 * 8192;
+            // The counter moves between the two reads; only a clear margin is asserted.
+            if dirty.abs_diff(crate::io::AUTO_SYNCFS_DIRTY_MAX_BYTES) > 8 << 20 {
+                assert_eq!(io(SyncStrategy::Auto).wants_syncfs(16), expected);
+            }
+        }
     }
 }
