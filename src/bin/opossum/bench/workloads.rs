@@ -310,6 +310,23 @@ impl Projections {
         Ok((t.elapsed(), n))
     }
 
+    /// Empties the projection store's in-memory hot tier: restarts the daemon (and reconnects), or reopens the
+    /// in-process store.
+    fn drop_caches(&mut self, ctx: &Ctx, backend: &str) -> anyhow::Result<()> {
+        match self {
+            Projections::Socket { client, .. } => {
+                ctx.daemon.restart()?;
+                *client = ctx.client()?;
+            }
+            Projections::InProcess { store, root } => {
+                let io = opossum::io::open_backend(backend.parse().map_err(anyhow::Error::msg)?)?;
+                let fresh = ProjectionStore::open(&*root, io, ProjectionOptions::default())?;
+                std::mem::replace(store, fresh).close()?;
+            }
+        }
+        Ok(())
+    }
+
     fn close(self) -> anyhow::Result<()> {
         if let Projections::InProcess { store, .. } = self {
             store.close()?;
@@ -362,6 +379,8 @@ pub fn projections(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             if cold {
+                // Cold means nothing in memory: neither the page cache nor the projection store's hot tier.
+                store.drop_caches(ctx, &ctx.params.io_backend)?;
                 ctx.evict.evict(&files)?;
             }
             let (d, n) = store.get_all(PROJECTION)?;
