@@ -37,6 +37,9 @@ pub const APPEND_QUEUE_MAX: usize = 1024;
 pub const GROUP_EVENTS_MAX: usize = 8192;
 /// Event files read per `BatchIo::read_files` call while streaming a read.
 pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
+/// With deferred index writes, the index flusher pauses at least this many times as long as its last flush took
+/// (and at least the configured interval): flushes use at most ~1/(1 + factor) of the time.
+pub const INDEX_FLUSH_PAUSE_FACTOR: u32 = 9;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -301,7 +304,9 @@ pub struct Store {
 }
 
 /// With deferred index writes: a thread that flushes changed index files every `interval`, off the writer thread,
-/// so a flush of thousands of files never stalls appends.
+/// so a flush of thousands of files never stalls appends. A flush rewrites whole files (a type index of a
+/// million-event store is ~8 MB), so the pause after one is at least [`INDEX_FLUSH_PAUSE_FACTOR`] times what it
+/// took: flushing never takes more than a small share of the disk from commits, however big the store grows.
 struct IndexFlusher {
     stop: SyncSender<()>,
     thread: JoinHandle<()>,
@@ -313,8 +318,11 @@ impl IndexFlusher {
         let thread = std::thread::Builder::new()
             .name("opossum-index-flush".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                let mut pause = interval;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
+                    let started = Instant::now();
                     shared.flush_index();
+                    pause = interval.max(started.elapsed() * INDEX_FLUSH_PAUSE_FACTOR);
                 }
             })
             .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("index flush thread"), e))?;
