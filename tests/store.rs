@@ -415,8 +415,21 @@ fn exclusive_opens_exclude_each_other() {
 
 #[test]
 fn racing_for_one_free_seat_exactly_one_wins() {
+    for opts in durable_modes() {
+        racing_for_one_free_seat(opts);
+    }
+}
+
+/// Durable options for both commit shapes: every-commit index files with the ledger renamed, and deferred index
+/// files with the ledger overwritten in place.
+fn durable_modes() -> [StoreOptions; 2] {
+    let deferred = IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) };
+    [options(Durability::Fsync), StoreOptions { index_writes: deferred, ..options(Durability::Fsync) }]
+}
+
+fn racing_for_one_free_seat(opts: StoreOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), options(Durability::Fsync)).unwrap());
+    let store = Arc::new(Store::open(dir.path(), opts).unwrap());
     store.append(vec![ev("CourseCreated", &[("course", "c1")])], None).unwrap();
     for round in 0..5 {
         let course = format!("seat-{round}");
@@ -478,8 +491,14 @@ fn racing_for_one_free_seat_exactly_one_wins() {
 
 #[test]
 fn concurrent_durable_appends_share_group_commits() {
+    for opts in durable_modes() {
+        concurrent_durable_appends(opts);
+    }
+}
+
+fn concurrent_durable_appends(opts: StoreOptions) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path(), options(Durability::Fsync)).unwrap());
+    let store = Arc::new(Store::open(dir.path(), opts).unwrap());
     let threads = 16;
     let per_thread = 20;
     let barrier = Arc::new(Barrier::new(threads));
@@ -555,30 +574,38 @@ fn deferred_index_writes_are_recovered_from_event_files() {
     assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/C.json")).unwrap(), r#"{"Positions":[3]}"#);
 }
 
-fn faulty_store(dir: &Path) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
+fn faulty_store(dir: &Path, index_writes: IndexWrites) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
     let io = Arc::new(FaultyIo::new(backend()));
-    let store = Store::open(dir, StoreOptions { io: Some(io.clone()), ..options(Durability::Fsync) }).unwrap();
+    let store =
+        Store::open(dir, StoreOptions { io: Some(io.clone()), index_writes, ..options(Durability::Fsync) }).unwrap();
     (store, io)
 }
 
 #[test]
 fn a_failed_write_poisons_the_writer_and_shows_nothing() {
-    // One commit is one write batch: three event files, then the ledger as its commit record.
-    for fault in [
+    // One commit is one write batch: three event files, (every-commit) the index files, then the ledger as its
+    // commit record, renamed (every-commit) or overwritten in place (deferred). The flusher's interval is an hour:
+    // no index flush takes the armed fault.
+    let deferred = IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) };
+    let faults = [
         Fault::Write { errno: libc::ENOSPC, files_written: 0 },
         Fault::Write { errno: libc::ENOSPC, files_written: 1 },
         Fault::Write { errno: libc::EIO, files_written: 3 },
         Fault::Fsync { errno: libc::EIO },
-    ] {
+    ];
+    let cases: Vec<(IndexWrites, Fault)> =
+        [IndexWrites::EveryCommit, deferred].into_iter().flat_map(|mode| faults.map(|f| (mode, f))).collect();
+    for (index_writes, fault) in cases {
+        let case = format!("{index_writes:?}: {fault:?}");
         let dir = tempfile::tempdir().unwrap();
-        let (store, io) = faulty_store(dir.path());
+        let (store, io) = faulty_store(dir.path(), index_writes);
         store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
         io.arm(0, fault);
         let batch = vec![ev("B", &[("k", "v")]), ev("B", &[("k", "v")]), ev("B", &[])];
         let err = store.append(batch, None).unwrap_err();
-        assert!(matches!(err, StoreError::Io(_)), "{fault:?}: {err:?}");
+        assert!(matches!(err, StoreError::Io(_)), "{case}: {err:?}");
         // Poisoned: no further writes, even ones that would succeed.
-        assert!(matches!(store.append(vec![ev("C", &[])], None), Err(StoreError::Poisoned(_))), "{fault:?}");
+        assert!(matches!(store.append(vec![ev("C", &[])], None), Err(StoreError::Poisoned(_))), "{case}");
         assert!(store.stats().poisoned.is_some());
         // Reads keep working and show only acknowledged events.
         assert_eq!(store.head(), 1);
@@ -590,7 +617,7 @@ fn a_failed_write_poisons_the_writer_and_shows_nothing() {
         let store = open(dir.path());
         let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
         let bs = all.iter().filter(|e| e.event_type == "B").count();
-        assert!(bs == 0 || bs == 3, "{fault:?}: partial batch visible: {:?}", positions(&all));
+        assert!(bs == 0 || bs == 3, "{case}: partial batch visible: {:?}", positions(&all));
         assert_eq!(positions(&all), (1..=store.head()).collect::<Vec<_>>());
         assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()).len(), 1 + bs.min(2));
         let next = store.append(vec![ev("D", &[])], None).unwrap();

@@ -35,7 +35,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 
-use super::threads::{read_file, sync_one, FsyncRunner, SyncTarget, ThreadPoolIo, THREADS_DEFAULT};
+use super::threads::{read_file, FsyncRunner, SyncTarget, ThreadPoolIo, THREADS_DEFAULT};
 use super::{BatchIo, FileWrite, IoError, IoOp};
 
 /// Bytes of the first read of every file; event files are 300–800 B, so almost every file is read in one go.
@@ -260,12 +260,18 @@ impl FsyncRunner for RingFsyncs {
         let mut results = Vec::with_capacity(fds.len().min(FSYNC_RING_ENTRIES as usize));
         for (round, chunk) in fds.chunks(FSYNC_RING_ENTRIES as usize).enumerate() {
             let chunk_targets = &targets[round * FSYNC_RING_ENTRIES as usize..][..chunk.len()];
-            if Self::round(&mut ring, chunk, &mut results).is_err() {
-                // The ring failed mid-round (not an fsync): do this round's fsyncs the blocking way.
-                // Repeating an fsync that did complete is harmless.
-                *ring = IoUring::new(FSYNC_RING_ENTRIES).map_err(|e| IoError::new(IoOp::Fsync, "io_uring", e))?;
-                chunk_targets.iter().try_for_each(sync_one)?;
-                continue;
+            if let Err(e) = Self::round(&mut ring, chunk, &mut results) {
+                // The ring itself failed mid-round. Some fsyncs may have completed with an error we never reaped, and
+                // a retried fsync can report success after a failed one lost the data (fsyncgate): fail the barrier
+                // (the store poisons itself) and give later barriers a fresh ring.
+                if let Ok(fresh) = IoUring::new(FSYNC_RING_ENTRIES) {
+                    *ring = fresh;
+                }
+                let path = match &chunk_targets[0] {
+                    SyncTarget::File(_, path) => path,
+                    SyncTarget::Dir(dir) => dir,
+                };
+                return Err(IoError::new(IoOp::Fsync, *path, e));
             }
             for (res, t) in results.iter().zip(chunk_targets) {
                 if *res < 0 {
