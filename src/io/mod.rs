@@ -201,6 +201,7 @@ pub fn open_backend(kind: IoBackendKind) -> Result<Arc<dyn BatchIo>, IoError> {
 /// Opens the backend `kind` asks for. `Auto` probes io_uring and falls back to the thread pool, logging why.
 pub fn open_backend_with(kind: IoBackendKind, sync: SyncStrategy) -> Result<Arc<dyn BatchIo>, IoError> {
     let pool = || ThreadPoolIo::with_sync_strategy(threads::THREADS_DEFAULT, sync);
+    #[cfg(target_os = "linux")]
     let uring_config = || uring::UringConfig { sync, ..uring::UringConfig::default() };
     match kind {
         IoBackendKind::Threads => Ok(Arc::new(pool())),
