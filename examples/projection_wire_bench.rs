@@ -16,7 +16,9 @@
 
 #[path = "common/cache.rs"]
 mod cache;
-#[path = "common/daemon.rs"]
+// Shared with `opossum bench`; not every item is used by every example.
+#[allow(dead_code)]
+#[path = "../src/bin/opossum/bench/daemon.rs"]
 mod daemon;
 
 use std::path::{Path, PathBuf};
@@ -175,7 +177,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(bytes) = &args.cache_bytes {
             daemon_args.extend(["--projection-cache-bytes", bytes.as_str()]);
         }
-        let mut daemon = Daemon::start(&args.daemon, &data, &socket, &daemon_args)?;
+        let daemon = Daemon::start(&args.daemon, &data, &socket, &daemon_args)?;
         let mut c = Client::connect(&daemon.socket)?;
         let t = Instant::now();
         populate(&mut c, count)?;
@@ -210,8 +212,7 @@ fn main() -> anyhow::Result<()> {
                 if cold {
                     // A fresh daemon: nothing in its cache.
                     drop(c);
-                    daemon.stop()?;
-                    daemon = Daemon::start(&args.daemon, &data, &socket, &daemon_args)?;
+                    daemon.restart()?;
                     c = Client::connect(&daemon.socket)?;
                     evict(method, &files);
                 }

@@ -12,7 +12,9 @@
 //! ```
 //! The store is seeded with durability none + deferred index writes, 1000 events per append request.
 
-#[path = "common/daemon.rs"]
+// Shared with `opossum bench`; not every item is used by every example.
+#[allow(dead_code)]
+#[path = "../src/bin/opossum/bench/daemon.rs"]
 mod daemon;
 
 use std::path::{Path, PathBuf};

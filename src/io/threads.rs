@@ -54,7 +54,7 @@ pub(crate) trait FsyncRunner: Send + Sync {
 }
 
 /// One target, synchronously on the calling thread.
-pub(crate) fn sync_one(target: &SyncTarget<'_>) -> Result<(), IoError> {
+fn sync_one(target: &SyncTarget<'_>) -> Result<(), IoError> {
     match target {
         SyncTarget::File(h, path) => h.sync_data().map_err(|e| IoError::new(IoOp::Fsync, *path, e)),
         SyncTarget::Dir(dir) => fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, *dir, e)),

@@ -1,4 +1,5 @@
-//! Starting and stopping a real `opossumd` for a benchmark run.
+//! Starting and stopping a real `opossumd` for a benchmark run: `opossum bench`, and the wire examples
+//! (`examples/wire_bench.rs`, `examples/projection_wire_bench.rs`) include this file too.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -20,15 +21,16 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `binary` on `data`, serving `socket`, and waits for its `READY=1` notification.
-    pub fn start(binary: &Path, data: &Path, socket: &Path, args: &[String]) -> anyhow::Result<Daemon> {
-        let (child, ready_after) = spawn(binary, data, socket, args)?;
+    pub fn start(binary: &Path, data: &Path, socket: &Path, args: &[impl AsRef<str>]) -> anyhow::Result<Daemon> {
+        let args: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
+        let (child, ready_after) = spawn(binary, data, socket, &args)?;
         Ok(Daemon {
             child: std::sync::Mutex::new(Some(child)),
             socket: socket.to_path_buf(),
             ready_after,
             binary: binary.to_path_buf(),
             data: data.to_path_buf(),
-            args: args.to_vec(),
+            args,
         })
     }
 
