@@ -3,7 +3,9 @@
 //! 1. `durability = none`: N single-event appends, then read back with `Query::All`, by type and by tag, next to a
 //!    sequential `std::fs::read` of the same event files.
 //! 2. `durability = fsync`: one appender (one commit, so one round of fsyncs, per event) against 16 concurrent
-//!    appenders sharing group commits: events/s and p50/p99 latency, plus a raw write+fdatasync-per-file baseline.
+//!    appenders sharing group commits: events/s and p50/p99 latency, plus a raw write+fdatasync-per-file baseline
+//!    and the layout's floor (`sys::commit_floor`): the bare syscalls of a durable commit of 1 and of 16 events in
+//!    Opossum's file-per-event layout, so "16 appenders / 1 appender" reads against the most it could be on this disk.
 //!
 //! `cargo bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `OPOSSUM_BENCH_DIR` to choose
 //! the disk (default: a temp dir under ./target).
@@ -11,6 +13,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+// The raw-filesystem baselines of `opossum bench`; not every item is used here.
+#[allow(dead_code)]
+#[path = "../src/bin/opossum/bench/sys.rs"]
+mod sys;
 
 use hdrhistogram::Histogram;
 use opossum::io::{IoBackendKind, SyncStrategy};
@@ -151,6 +158,32 @@ fn main() {
     let raw_fsync = rate(raw_n, t.elapsed());
     row("baseline: std::fs write + fdatasync, one file at a time", raw_n, t.elapsed(), None);
     keep.push(raw_dir);
+    // The floor: the same commits with nothing but their syscalls, each group size with its cheaper barrier.
+    let floor_dir = tempfile::tempdir_in(&base).unwrap();
+    let floor = |group: usize| {
+        [sys::FloorBarrier::PerFile, sys::FloorBarrier::Syncfs]
+            .into_iter()
+            .map(|barrier| {
+                let secs = durable_secs as f64 / 2.0;
+                let (r, hist) =
+                    sys::commit_floor(floor_dir.path(), group, event_bytes(0).len(), barrier, secs).unwrap();
+                (r, hist.value_at_quantile(0.5), barrier)
+            })
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap()
+    };
+    let (floor_1, floor_16) = (floor(1), floor(16));
+    for (group, (r, p50, barrier)) in [(1, floor_1), (16, floor_16)] {
+        println!(
+            "floor: the bare syscalls of a durable commit of {group:>2} event(s) (create, {barrier:?} barrier, ledger + fdatasync) {r:>9.0} events/s  p50 {:>6.2} ms/commit",
+            p50 as f64 / 1e3
+        );
+    }
+    println!(
+        "floor: the most a commit of 16 events can gain over commits of 1 on this disk now: {:.2}x",
+        floor_16.0 / floor_1.0
+    );
+    keep.push(floor_dir);
     let mut single = 0.0;
     for (appenders, index_writes, sync, label) in [
         (1, deferred, SyncStrategy::PerFile, "deferred index, per-file"),

@@ -11,11 +11,17 @@
 //! target/release/examples/wire_bench --events 100000 --seconds 3 --clients 1,16,64 --index-writes deferred
 //! ```
 //! The store is seeded with durability none + deferred index writes, 1000 events per append request.
+//! Each append level also prints the layout's floor (`sys::commit_floor`): the bare syscalls of durable commits of
+//! as many events as there are clients, i.e. the most any store keeping Opossum's file-per-event layout and the
+//! design's durability contract could do on this disk in that minute.
 
 // Shared with `opossum bench`; not every item is used by every example.
 #[allow(dead_code)]
 #[path = "../src/bin/opossum/bench/daemon.rs"]
 mod daemon;
+#[allow(dead_code)]
+#[path = "../src/bin/opossum/bench/sys.rs"]
+mod sys;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +47,9 @@ struct Args {
     skip_read: bool,
     skip_append: bool,
     keep: bool,
+    append_store: Option<PathBuf>,
+    append_type: String,
+    index_flush_interval_ms: String,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -58,6 +67,9 @@ fn parse_args() -> anyhow::Result<Args> {
         skip_read: false,
         skip_append: false,
         keep: false,
+        append_store: None,
+        append_type: "StudentRegistered".into(),
+        index_flush_interval_ms: "1000".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,10 +86,15 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-read" => a.skip_read = true,
             "--skip-append" => a.skip_append = true,
             "--keep" => a.keep = true,
+            "--append-store" => a.append_store = Some(value()?.into()),
+            "--append-type" => a.append_type = value()?,
+            "--index-flush-interval-ms" => a.index_flush_interval_ms = value()?,
             "--help" | "-h" => {
                 println!(
                     "wire_bench [--events N] [--clients 1,16,64] [--seconds S] [--dir DIR] [--daemon PATH]\n           \
-                     [--index-writes every-commit|deferred] [--sync-strategy auto|per-file|syncfs] [--io-backend auto|uring|threads] [--skip-read] [--skip-append] [--keep]"
+                     [--index-writes every-commit|deferred] [--sync-strategy auto|per-file|syncfs] [--io-backend auto|uring|threads] [--skip-read] [--skip-append] [--keep]\n           \
+                     [--append-store DIR: run every append level on this existing store (e.g. a seeded big one)]\n           \
+                     [--append-type TYPE: the appended events' type (default StudentRegistered)] [--index-flush-interval-ms MS]"
                 );
                 std::process::exit(0);
             }
@@ -91,8 +108,12 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn event(i: u64, tags: Vec<Tag>) -> Event {
+    typed_event("StudentRegistered", i, tags)
+}
+
+fn typed_event(event_type: &str, i: u64, tags: Vec<Tag>) -> Event {
     let data = format!(r#"{{"studentId":{i},"name":"Student {i}","email":"student{i}@example.com","credits":12}}"#);
-    Event::new("StudentRegistered", &data, tags).expect("valid event")
+    Event::new(event_type, &data, tags).expect("valid event")
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -306,9 +327,9 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
         ms(fs_hist.value_at_quantile(0.5)),
         ms(fs_hist.value_at_quantile(0.99))
     );
-    println!("clients   events/s      p50 ms    p99 ms   p999 ms   events/commit  commit ms   (UmaDB: 1,990 / 20,164 / 30,944 ev/s; p99 1.2 / 2.3 / 3.6 ms)");
-    for &k in &args.clients {
-        let data = dir.join(format!("append-store-{k}"));
+    println!("clients   events/s      p50 ms    p99 ms   p999 ms   events/commit  commit ms   floor ev/s  of floor   (UmaDB: 1,990 / 20,164 / 30,944 ev/s; p99 1.2 / 2.3 / 3.6 ms)");
+    for (level, &k) in args.clients.iter().enumerate() {
+        let data = args.append_store.clone().unwrap_or_else(|| dir.join(format!("append-store-{k}")));
         let socket = dir.join(format!("append-{k}.sock"));
         let daemon = Daemon::start(
             &args.daemon,
@@ -323,6 +344,8 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
                 &args.index_writes,
                 "--sync-strategy",
                 &args.sync_strategy,
+                "--index-flush-interval-ms",
+                &args.index_flush_interval_ms,
             ],
         )?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -333,11 +356,12 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
             .map(|c| {
                 let (socket, stop, total, hist, barrier) =
                     (daemon.socket.clone(), stop.clone(), total.clone(), hist.clone(), barrier.clone());
+                let event_type = args.append_type.clone();
+                // Unique per run and level: with `--append-store`, levels and runs share one store.
+                let stream = Tag::new("stream", format!("{}-{level}-{c}", std::process::id()));
                 std::thread::spawn(move || -> anyhow::Result<()> {
                     let mut client = Client::connect(&socket)?;
-                    let stream = Tag::new("stream", format!("client-{c}"));
-                    let query =
-                        Query::items(vec![QueryItem::new(vec!["StudentRegistered".into()], vec![stream.clone()])?])?;
+                    let query = Query::items(vec![QueryItem::new(vec![event_type.clone()], vec![stream.clone()])?])?;
                     let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                     let mut after: Option<u64> = None;
                     let mut i = 0u64;
@@ -345,7 +369,8 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
                     while !stop.load(Ordering::Relaxed) {
                         let condition = AppendCondition { fail_if_events_match: query.clone(), after };
                         let s = Instant::now();
-                        let a = client.append(vec![event(i, vec![stream.clone()])], Some(condition))?;
+                        let a =
+                            client.append(vec![typed_event(&event_type, i, vec![stream.clone()])], Some(condition))?;
                         local.record(s.elapsed().as_micros() as u64)?;
                         after = Some(a.last);
                         i += 1;
@@ -366,19 +391,28 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let d = t.elapsed();
         let stats = Client::connect(&daemon.socket)?.stats()?;
         daemon.stop()?;
+        // Right after the level, on the same disk: commits of `k` events with nothing but their syscalls.
+        let floor = [sys::FloorBarrier::PerFile, sys::FloorBarrier::Syncfs]
+            .into_iter()
+            .map(|barrier| sys::commit_floor(dir, k, 300, barrier, args.seconds.min(4.0) / 2.0).map(|(r, _)| r))
+            .collect::<anyhow::Result<Vec<f64>>>()?
+            .into_iter()
+            .fold(0.0, f64::max);
         let n = total.load(Ordering::Relaxed);
         let h = hist.lock().unwrap();
         let commits = stats["store"]["commits"].as_u64().unwrap_or(0).max(1);
         let appended = stats["store"]["events_appended"].as_u64().unwrap_or(0);
         let commit_us = stats["store"]["commit_latency_us_total"].as_u64().unwrap_or(0);
         println!(
-            "{k:>7} {:>10.0} {:>11.2} {:>9.2} {:>9.2} {:>15.1} {:>10.2}",
+            "{k:>7} {:>10.0} {:>11.2} {:>9.2} {:>9.2} {:>15.1} {:>10.2} {:>12.0} {:>9.2}x",
             rate(n, d),
             ms(h.value_at_quantile(0.5)),
             ms(h.value_at_quantile(0.99)),
             ms(h.value_at_quantile(0.999)),
             appended as f64 / commits as f64,
-            commit_us as f64 / commits as f64 / 1000.0
+            commit_us as f64 / commits as f64 / 1000.0,
+            floor,
+            rate(n, d) / floor
         );
         // The store stays until the run ends (see `fsync_baseline`).
     }

@@ -122,43 +122,44 @@ impl Index {
             Query::All => return None,
             Query::Items(items) => items,
         };
-        let lists: Vec<Vec<u64>> = items.iter().map(|item| self.item_candidates(item, lo, hi)).collect();
-        Some(union_sorted(&lists))
+        let mut lists: Vec<Vec<u64>> = items.iter().map(|item| self.item_candidates(item, lo, hi)).collect();
+        Some(if lists.len() == 1 { lists.pop().unwrap_or_default() } else { union_sorted(&lists) })
     }
 
+    /// One item's candidates. With tags, the work is proportional to the shortest tag list, never to a type's list
+    /// (a million-event store's busiest type has ~850,000 positions; copying it for every condition check stalled
+    /// the first commit of 64 new streams for ~0.9 s).
     fn item_candidates(&self, item: &QueryItem, lo: u64, hi: u64) -> Vec<u64> {
         let clip = |list: &[u64]| -> Vec<u64> {
             let start = list.partition_point(|&p| p < lo);
             let end = list.partition_point(|&p| p <= hi);
             list[start..end.max(start)].to_vec()
         };
-        let empty: Vec<u64> = Vec::new();
-        // Tags AND: intersect, starting with the shortest list.
-        let mut tag_lists: Vec<&Vec<u64>> =
-            item.tags.iter().map(|t| self.by_tag.get(&tag_stem(t)).unwrap_or(&empty)).collect();
-        tag_lists.sort_by_key(|l| l.len());
-        let by_tags = tag_lists.split_first().map(|(first, rest)| {
-            let mut acc = clip(first);
-            for l in rest {
-                acc.retain(|p| l.binary_search(p).is_ok());
+        let type_lists: Vec<&[u64]> =
+            item.types.iter().filter_map(|t| self.by_type.get(&type_stem(t)).map(Vec::as_slice)).collect();
+        let mut tag_lists: Vec<&[u64]> = Vec::with_capacity(item.tags.len());
+        for tag in &item.tags {
+            match self.by_tag.get(&tag_stem(tag)) {
+                Some(list) => tag_lists.push(list),
+                // Tags AND: an unknown tag matches nothing.
+                None => return Vec::new(),
             }
-            acc
-        });
-        // Types OR: union.
-        let by_types = (!item.types.is_empty()).then(|| {
-            let lists: Vec<Vec<u64>> =
-                item.types.iter().map(|t| self.by_type.get(&type_stem(t)).map_or_else(Vec::new, |l| clip(l))).collect();
-            union_sorted(&lists)
-        });
-        match (by_types, by_tags) {
-            (Some(types), Some(mut tags)) => {
-                tags.retain(|p| types.binary_search(p).is_ok());
-                tags
-            }
-            (Some(types), None) => types,
-            (None, Some(tags)) => tags,
-            (None, None) => Vec::new(),
         }
+        // Tags AND: intersect, starting with the shortest list.
+        tag_lists.sort_by_key(|l| l.len());
+        let Some((shortest, rest)) = tag_lists.split_first() else {
+            // Types only, OR'ed: the union of their lists.
+            let mut lists: Vec<Vec<u64>> = type_lists.iter().map(|l| clip(l)).collect();
+            return if lists.len() == 1 { lists.pop().unwrap_or_default() } else { union_sorted(&lists) };
+        };
+        let mut acc = clip(shortest);
+        for l in rest {
+            acc.retain(|p| l.binary_search(p).is_ok());
+        }
+        if !item.types.is_empty() {
+            acc.retain(|p| type_lists.iter().any(|l| l.binary_search(p).is_ok()));
+        }
+        acc
     }
 }
 
@@ -226,6 +227,15 @@ mod tests {
         assert_eq!(ix.candidates(&two, 4, 4), Some(vec![4]));
         assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["Z"])]), 1, 4), Some(vec![]));
         assert_eq!(ix.candidates(&Query::All, 1, 4), None);
+        // Types OR within an item that also has tags; clipping applies; an unknown tag or type matches nothing.
+        let ab_c1 = q(vec![QueryItem::types(&["A", "B"]).with_tags(&[("c", "1")])]);
+        assert_eq!(ix.candidates(&ab_c1, 1, 4), Some(vec![1, 2]));
+        assert_eq!(ix.candidates(&ab_c1, 2, 4), Some(vec![2]));
+        assert_eq!(ix.candidates(&ab_c1, 1, 1), Some(vec![1]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["B"]).with_tags(&[("c", "2")])]), 1, 4), Some(vec![]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["A"]).with_tags(&[("c", "9")])]), 1, 4), Some(vec![]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["Z"]).with_tags(&[("c", "1")])]), 1, 4), Some(vec![]));
+        assert_eq!(ix.candidates(&q(vec![QueryItem::tags(&[("c", "1"), ("c", "9")])]), 1, 4), Some(vec![]));
     }
 
     #[test]

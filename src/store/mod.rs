@@ -166,6 +166,10 @@ pub(crate) struct Counters {
     pub write_batches: AtomicU64,
     pub events_read: AtomicU64,
     pub commit_latency_us_total: AtomicU64,
+    pub index_flushes: AtomicU64,
+    pub index_flush_files: AtomicU64,
+    pub index_flush_us_total: AtomicU64,
+    pub index_flush_us_max: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -181,6 +185,11 @@ pub struct StoreStats {
     pub write_batches: u64,
     pub events_read: u64,
     pub commit_latency_us_total: u64,
+    /// Deferred index writes: flushes that wrote files, the files they wrote, and their time (total and longest).
+    pub index_flushes: u64,
+    pub index_flush_files: u64,
+    pub index_flush_us_total: u64,
+    pub index_flush_us_max: u64,
     pub poisoned: Option<String>,
 }
 
@@ -218,9 +227,25 @@ impl Shared {
             return;
         }
         let durable = self.options.durability == Durability::Fsync;
+        let started = Instant::now();
         match recovery::flush_index_files(&self.layout, self.io.as_ref(), &self.index, durable) {
-            Ok(batches) => {
-                self.counters.write_batches.fetch_add(batches as u64, Ordering::Relaxed);
+            Ok(flushed) => {
+                let c = &self.counters;
+                c.write_batches.fetch_add(flushed.batches as u64, Ordering::Relaxed);
+                if flushed.files > 0 {
+                    let took = elapsed_us(started);
+                    c.index_flushes.fetch_add(1, Ordering::Relaxed);
+                    c.index_flush_files.fetch_add(flushed.files as u64, Ordering::Relaxed);
+                    c.index_flush_us_total.fetch_add(took, Ordering::Relaxed);
+                    c.index_flush_us_max.fetch_max(took, Ordering::Relaxed);
+                    tracing::debug!(
+                        files = flushed.files,
+                        bytes = flushed.bytes,
+                        encode_us = flushed.encode_us,
+                        took_us = took,
+                        "flushed index files"
+                    );
+                }
             }
             Err(e) => self.poison(format!("writing index files failed: {e}")),
         }
@@ -460,6 +485,10 @@ impl Store {
             write_batches: get(&c.write_batches),
             events_read: get(&c.events_read),
             commit_latency_us_total: get(&c.commit_latency_us_total),
+            index_flushes: get(&c.index_flushes),
+            index_flush_files: get(&c.index_flush_files),
+            index_flush_us_total: get(&c.index_flush_us_total),
+            index_flush_us_max: get(&c.index_flush_us_max),
             poisoned: self.shared.poison_reason(),
         }
     }

@@ -203,6 +203,22 @@ fn load_index_dir(
     Ok(out)
 }
 
+/// The lists of `stems` (tag lists or type lists) in `index`, clipped to positions up to `limit`, with the path of
+/// each one's index file.
+fn clipped_lists<'a>(
+    layout: &'a Layout,
+    index: &'a Index,
+    stems: &'a BTreeSet<String>,
+    tags: bool,
+    limit: u64,
+) -> impl Iterator<Item = (PathBuf, &'a [u64])> + 'a {
+    let (dir, lists) = if tags { (&layout.tag_index, &index.by_tag) } else { (&layout.type_index, &index.by_type) };
+    stems.iter().map(move |stem| {
+        let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
+        (dir.join(format!("{stem}.json")), &positions[..positions.partition_point(|&p| p <= limit)])
+    })
+}
+
 /// The index files of `stems` (tag files or type files), encoded from the lists in `index` up to position `limit`.
 pub(crate) fn encode_index_files(
     layout: &Layout,
@@ -211,57 +227,72 @@ pub(crate) fn encode_index_files(
     tags: bool,
     limit: u64,
 ) -> Vec<(PathBuf, Vec<u8>)> {
-    let (dir, lists) = if tags { (&layout.tag_index, &index.by_tag) } else { (&layout.type_index, &index.by_type) };
-    stems
-        .iter()
-        .map(|stem| {
-            let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
-            let positions = &positions[..positions.partition_point(|&p| p <= limit)];
-            (dir.join(format!("{stem}.json")), format::encode_index(positions))
-        })
-        .collect()
+    clipped_lists(layout, index, stems, tags, limit).map(|(path, list)| (path, format::encode_index(list))).collect()
 }
 
 pub(crate) fn replace_all(files: &[(PathBuf, Vec<u8>)]) -> Vec<FileWrite<'_>> {
     files.iter().map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::Replace }).collect()
 }
 
+/// What one [`flush_index_files`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Flushed {
+    /// `BatchIo::write_files` calls.
+    pub batches: usize,
+    pub files: usize,
+    pub bytes: usize,
+    /// Time spent encoding the files, in µs.
+    pub encode_us: u64,
+}
+
 /// Rewrites the index files whose lists changed: tag files first, then type files, each batch durable before the
 /// next. Type files are the coverage record `open` trusts, so they must never get ahead of the tag files.
-/// Takes the dirty marks at the start (they are put back if a write fails) and holds the index lock only to encode,
-/// never during I/O, so appends go on while a flush writes. Both kinds of file are encoded in one snapshot, clipped
-/// to the highest position inserted when the marks were taken: a position inserted later may be in a list being
+/// Takes the dirty marks at the start (they are put back if a write fails) and holds the index lock only to copy the
+/// lists, never while encoding or during I/O, so appends go on while a flush writes. Both kinds of file come from
+/// one snapshot, clipped to the highest position inserted when the marks were taken: a position inserted later may be in a list being
 /// written while its other stems are not being written, and must wait for the next flush.
 pub(crate) fn flush_index_files(
     layout: &Layout,
     io: &dyn BatchIo,
     index: &RwLock<Index>,
     durable: bool,
-) -> Result<usize, StoreError> {
+) -> Result<Flushed, StoreError> {
+    let started = std::time::Instant::now();
     let (tags, types, limit) = {
         let mut index = index.write().unwrap();
         (std::mem::take(&mut index.dirty_tags), std::mem::take(&mut index.dirty_types), index.max_position)
     };
-    let (tag_files, type_files) = {
+    // Copying the lists under the lock and encoding them after it keeps the writer's wait for the lock to a
+    // memcpy (~2 ms for a type with 850,000 positions) instead of the encoding (~10-25 ms).
+    let (tag_lists, type_lists) = {
         let index = index.read().unwrap();
-        (
-            encode_index_files(layout, &index, &tags, true, limit),
-            encode_index_files(layout, &index, &types, false, limit),
-        )
+        let copy = |stems, tags| -> Vec<(PathBuf, Vec<u64>)> {
+            clipped_lists(layout, &index, stems, tags, limit).map(|(path, list)| (path, list.to_vec())).collect()
+        };
+        (copy(&tags, true), copy(&types, false))
     };
-    let mut batches = 0;
+    let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
+        lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
+    };
+    let (tag_files, type_files) = (encode(tag_lists), encode(type_lists));
+    let mut flushed = Flushed {
+        batches: 0,
+        files: tag_files.len() + type_files.len(),
+        bytes: tag_files.iter().chain(&type_files).map(|(_, bytes)| bytes.len()).sum(),
+        encode_us: started.elapsed().as_micros() as u64,
+    };
     let mut write = || -> Result<(), StoreError> {
         for files in [&tag_files, &type_files] {
             if files.is_empty() {
                 continue;
             }
             io.write_files(&replace_all(files), durable)?;
-            batches += 1;
+            flushed.batches += 1;
         }
         Ok(())
     };
     match write() {
-        Ok(()) => Ok(batches),
+        Ok(()) => Ok(flushed),
         Err(e) => {
             let mut index = index.write().unwrap();
             index.dirty_tags.extend(tags);

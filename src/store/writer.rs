@@ -30,6 +30,9 @@ use crate::format::Ledger;
 use crate::io::{FileWrite, WriteMode};
 use crate::model::AppendCondition;
 
+/// A commit taking at least this long is logged (`warn`) with where its time went.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 struct Pending {
     events: Vec<PreparedEvent>,
     condition: Option<AppendCondition>,
@@ -167,6 +170,7 @@ impl Writer {
             }
             return;
         }
+        let locked = Instant::now();
         let head = self.shared.head();
         let mut next = head + 1;
         let mut accepted: Vec<(Pending, u64)> = Vec::with_capacity(group.len());
@@ -189,7 +193,21 @@ impl Writer {
             return;
         }
         let new_head = next - 1;
-        match self.write(&accepted, head, new_head) {
+        let checked = Instant::now();
+        let written = self.write(&accepted, head, new_head);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            // Where the time went, for operators chasing latency spikes.
+            tracing::warn!(
+                events = new_head - head,
+                took_ms = took.as_millis() as u64,
+                lock_and_catch_up_ms = (locked - started).as_millis() as u64,
+                check_ms = (checked - locked).as_millis() as u64,
+                write_ms = checked.elapsed().as_millis() as u64,
+                "slow commit"
+            );
+        }
+        match written {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
                 drop(lock);

@@ -64,7 +64,8 @@ fn spawn(binary: &Path, data: &Path, socket: &Path, args: &[String]) -> anyhow::
         .arg(socket)
         .args(args)
         .env("NOTIFY_SOCKET", &notify_path)
-        .env("RUST_LOG", "warn")
+        // The daemon logs to our stderr; `OPOSSUM_BENCH_DAEMON_LOG=debug` shows its commits' and flushes' details.
+        .env("RUST_LOG", std::env::var("OPOSSUM_BENCH_DAEMON_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -133,26 +133,6 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
 }
 
-/// Raw durable single writes: create a new file, write `bytes` bytes, `fdatasync`, for `seconds`, one thread.
-/// Returns (ops/s, latency histogram in µs).
-pub fn fdatasync_loop(dir: &Path, bytes: usize, seconds: f64) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let d = fresh_dir(dir, "raw-fdatasync")?;
-    let payload = vec![b'x'; bytes];
-    let mut hist = new_histogram();
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < seconds {
-        let s = Instant::now();
-        let mut f = std::fs::File::create(d.join(format!("{n:010}.json")))?;
-        f.write_all(&payload)?;
-        f.sync_data()?;
-        hist.record(s.elapsed().as_micros().max(1) as u64)?;
-        n += 1;
-    }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-    Ok((rate, hist))
-}
-
 /// A new, empty directory `dir/<prefix>-<n>`. Baselines leave their files in it: the run's work directory is
 /// removed once, at the end. Deleting files mid-run would slow every later create on this machine's ext4 without a
 /// journal: its inode allocator skips (and scans past, on every create) inodes freed in the last 60 s, or 360 s
@@ -192,6 +172,70 @@ pub fn batch_write_loop(dir: &Path, batch: usize, bytes: usize, seconds: f64) ->
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
     Ok(rate)
+}
+
+/// How a [`commit_floor`] commit makes its new files durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloorBarrier {
+    /// `fdatasync` of every new file, then `fsync` of the directory.
+    PerFile,
+    /// One `syncfs`: a single device flush, but it writes back everything dirty on the filesystem.
+    Syncfs,
+}
+
+/// The layout's floor for durable group commits: what any store that keeps Opossum's one-file-per-event layout and
+/// design.md §3.2's contract ("acknowledged only after its event files, the ledger and the directory entries are
+/// on stable storage") must do per commit of `group` events, with no store around it. Per commit: create `group`
+/// new files (`O_EXCL`) holding `bytes` bytes each, make them and their directory entries durable (`barrier`), then
+/// overwrite the ledger in place and `fdatasync` it: the commit record comes after the files it covers, so two
+/// ordered flush rounds. Runs for `seconds`, one thread. Returns (events/s, per-commit latency in µs).
+pub fn commit_floor(
+    dir: &Path,
+    group: usize,
+    bytes: usize,
+    barrier: FloorBarrier,
+    seconds: f64,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    use std::os::unix::fs::FileExt as _;
+    let d = fresh_dir(dir, "raw-commit-floor")?;
+    let events = d.join("events");
+    std::fs::create_dir(&events)?;
+    let events_handle = std::fs::File::open(&events)?;
+    let ledger = std::fs::File::create(d.join(".ledger"))?;
+    let payload = vec![b'x'; bytes];
+    let mut hist = new_histogram();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < seconds {
+        let s = Instant::now();
+        let mut created = Vec::with_capacity(group);
+        for _ in 0..group {
+            n += 1;
+            let mut f =
+                std::fs::OpenOptions::new().write(true).create_new(true).open(events.join(format!("{n:010}.json")))?;
+            f.write_all(&payload)?;
+            created.push(f);
+        }
+        match barrier {
+            FloorBarrier::PerFile => {
+                for f in &created {
+                    f.sync_data()?;
+                }
+                events_handle.sync_all()?;
+            }
+            FloorBarrier::Syncfs => {
+                // SAFETY: the descriptor is open for the duration of the call.
+                if unsafe { libc::syncfs(events_handle.as_raw_fd()) } != 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+            }
+        }
+        ledger.write_all_at(format!("{{\"LastSequencePosition\":{n},\"EventCount\":{n}}}").as_bytes(), 0)?;
+        ledger.sync_data()?;
+        hist.record(s.elapsed().as_micros().max(1) as u64)?;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    Ok((rate, hist))
 }
 
 /// Writes each `(name, bytes)` into a new directory under `dir`, then one `syncfs`: (time).
