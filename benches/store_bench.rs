@@ -7,8 +7,11 @@
 //!    and the layout's floor (`sys::commit_floor`): the bare syscalls of a durable commit of 1 and of 16 events in
 //!    Opossum's file-per-event layout, so "16 appenders / 1 appender" reads against the most it could be on this disk.
 //!
-//! `cargo bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `OPOSSUM_BENCH_DIR` to choose
-//! the disk (default: a temp dir under ./target).
+//! `cargo bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `-- --durable-only` for part 2
+//! alone; `OPOSSUM_BENCH_DIR` to choose the disk (default: a temp dir under ./target); `STORE_BENCH_FLUSH_SECS` to
+//! change the deferred index flush interval (default 1 s; a large value shows what the flushes cost the commits).
+//! Run the bench binary itself after `sync` for part 2: right after `cargo bench` builds, tens of MB of build output
+//! are still being written back, and the default `--sync-strategy auto` falls back to per-file fsyncs while they are.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
@@ -60,6 +63,8 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
     let n: u64 = if quick { 5_000 } else { 100_000 };
     let durable_secs = if quick { 1 } else { 5 };
+    // `-- --durable-only`: only part 2, the durable appends.
+    let durable_only = args.iter().any(|a| a == "--durable-only");
     let base = std::env::var_os("OPOSSUM_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"));
@@ -69,8 +74,6 @@ fn main() {
     println!("store_bench: N = {n}, io backend {backend:?}, dir {}", base.display());
     println!("{:<58} {:>9} {:>13} {:>13} {:>8}", "workload", "events", "time", "rate", "ratio");
 
-    // 1. Appends and reads without fsync.
-    let dir = tempfile::tempdir_in(&base).unwrap();
     let opts = |durability, index_writes| StoreOptions {
         durability,
         io_backend: backend,
@@ -79,69 +82,82 @@ fn main() {
     };
     let opts_sync =
         |durability, index_writes, sync_strategy| StoreOptions { sync_strategy, ..opts(durability, index_writes) };
-    let deferred = IndexWrites::Deferred { interval: Duration::from_secs(1) };
-    let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
-    println!("io backend in use: {}", store.io_backend());
-    let raw_dir = tempfile::tempdir_in(&base).unwrap();
-    let t = Instant::now();
-    for i in 0..n {
-        std::fs::write(raw_dir.path().join(format!("{:010}.json", i + 1)), event_bytes(i)).unwrap();
-    }
-    let raw_write = t.elapsed();
-    row("baseline: std::fs::write of one file per event", n, raw_write, None);
-    let t = Instant::now();
-    for i in 0..n {
-        store.append(vec![event(i)], None).unwrap();
-    }
-    row("append, 1 event/request, durability none, deferred index", n, t.elapsed(), Some(rate(n, raw_write)));
-    store.sync().unwrap();
-    drop(store);
+    let deferred = IndexWrites::Deferred {
+        interval: Duration::from_secs(std::env::var("STORE_BENCH_FLUSH_SECS").map_or(1, |s| s.parse().unwrap())),
+    };
+    let mut keep = Vec::new();
+    if !durable_only {
+        // 1. Appends and reads without fsync.
+        let dir = tempfile::tempdir_in(&base).unwrap();
+        let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
+        println!("io backend in use: {}", store.io_backend());
+        let raw_dir = tempfile::tempdir_in(&base).unwrap();
+        let t = Instant::now();
+        for i in 0..n {
+            std::fs::write(raw_dir.path().join(format!("{:010}.json", i + 1)), event_bytes(i)).unwrap();
+        }
+        let raw_write = t.elapsed();
+        row("baseline: std::fs::write of one file per event", n, raw_write, None);
+        let t = Instant::now();
+        for i in 0..n {
+            store.append(vec![event(i)], None).unwrap();
+        }
+        row("append, 1 event/request, durability none, deferred index", n, t.elapsed(), Some(rate(n, raw_write)));
+        store.sync().unwrap();
+        drop(store);
 
-    // Every-commit index files (Opossum's own behaviour) on a smaller store: O(index size) per append.
-    let small = (n / 10).max(1000);
-    let every_dir = tempfile::tempdir_in(&base).unwrap();
-    let every = Store::open(every_dir.path(), opts(Durability::None, IndexWrites::EveryCommit)).unwrap();
-    let t = Instant::now();
-    for i in 0..small {
-        every.append(vec![event(i)], None).unwrap();
-    }
-    row("append, 1 event/request, durability none, every-commit index", small, t.elapsed(), Some(rate(n, raw_write)));
-    drop(every);
+        // Every-commit index files (Opossum's own behaviour) on a smaller store: O(index size) per append.
+        let small = (n / 10).max(1000);
+        let every_dir = tempfile::tempdir_in(&base).unwrap();
+        let every = Store::open(every_dir.path(), opts(Durability::None, IndexWrites::EveryCommit)).unwrap();
+        let t = Instant::now();
+        for i in 0..small {
+            every.append(vec![event(i)], None).unwrap();
+        }
+        row(
+            "append, 1 event/request, durability none, every-commit index",
+            small,
+            t.elapsed(),
+            Some(rate(n, raw_write)),
+        );
+        drop(every);
 
-    let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
-    let paths: Vec<PathBuf> = (1..=n).map(|p| dir.path().join("events").join(format!("{p:010}.json"))).collect();
-    let t = Instant::now();
-    let mut bytes = 0usize;
-    for p in &paths {
-        bytes += std::fs::read(p).unwrap().len();
+        let store = Store::open(dir.path(), opts(Durability::None, deferred)).unwrap();
+        let paths: Vec<PathBuf> = (1..=n).map(|p| dir.path().join("events").join(format!("{p:010}.json"))).collect();
+        let t = Instant::now();
+        let mut bytes = 0usize;
+        for p in &paths {
+            bytes += std::fs::read(p).unwrap().len();
+        }
+        let raw_read = t.elapsed();
+        assert!(bytes > 0);
+        row("baseline: sequential std::fs::read of the same files", n, raw_read, None);
+        let raw = rate(n, raw_read);
+        let t = Instant::now();
+        let count = drain(store.read(&Query::All, ReadOptions::default()).unwrap());
+        assert_eq!(count, n);
+        row("read Query::All", count, t.elapsed(), Some(raw));
+        let t = Instant::now();
+        let q = Query::items(vec![QueryItem::types(&["StudentEnrolled"])]).unwrap();
+        let count = drain(store.read(&q, ReadOptions::default()).unwrap());
+        assert_eq!(count, n / 4);
+        row("read by type (1 of 4 types)", count, t.elapsed(), Some(raw));
+        let tag_queries = 100;
+        let t = Instant::now();
+        let mut count = 0;
+        for s in 0..tag_queries {
+            let q = Query::items(vec![QueryItem::tags(&[("studentId", &format!("student-{s}"))])]).unwrap();
+            count += drain(store.read(&q, ReadOptions::default()).unwrap());
+        }
+        assert_eq!(count, tag_queries * (n / STUDENTS));
+        row(&format!("read by tag ({tag_queries} queries of {} events)", n / STUDENTS), count, t.elapsed(), Some(raw));
+        drop(store);
+        // Every directory is removed at the end, not here: on ext4 without a journal each create scans past the inodes
+        // freed in the last minutes (`recently_deleted`), so deleting 200,000 files now would slow every durable append
+        // measured next (~1 ms per create instead of ~50 µs).
+        keep.push(dir);
+        keep.push(raw_dir);
     }
-    let raw_read = t.elapsed();
-    assert!(bytes > 0);
-    row("baseline: sequential std::fs::read of the same files", n, raw_read, None);
-    let raw = rate(n, raw_read);
-    let t = Instant::now();
-    let count = drain(store.read(&Query::All, ReadOptions::default()).unwrap());
-    assert_eq!(count, n);
-    row("read Query::All", count, t.elapsed(), Some(raw));
-    let t = Instant::now();
-    let q = Query::items(vec![QueryItem::types(&["StudentEnrolled"])]).unwrap();
-    let count = drain(store.read(&q, ReadOptions::default()).unwrap());
-    assert_eq!(count, n / 4);
-    row("read by type (1 of 4 types)", count, t.elapsed(), Some(raw));
-    let tag_queries = 100;
-    let t = Instant::now();
-    let mut count = 0;
-    for s in 0..tag_queries {
-        let q = Query::items(vec![QueryItem::tags(&[("studentId", &format!("student-{s}"))])]).unwrap();
-        count += drain(store.read(&q, ReadOptions::default()).unwrap());
-    }
-    assert_eq!(count, tag_queries * (n / STUDENTS));
-    row(&format!("read by tag ({tag_queries} queries of {} events)", n / STUDENTS), count, t.elapsed(), Some(raw));
-    drop(store);
-    // Every directory is removed at the end, not here: on ext4 without a journal each create scans past the inodes
-    // freed in the last minutes (`recently_deleted`), so deleting 200,000 files now would slow every durable append
-    // measured next (~1 ms per create instead of ~50 µs).
-    let mut keep = vec![dir, raw_dir];
 
     // 2. Durable appends: one appender vs 16 sharing group commits.
     println!();
@@ -195,16 +211,19 @@ fn main() {
     ] {
         let dir = tempfile::tempdir_in(&base).unwrap();
         let store = Arc::new(Store::open(dir.path(), opts_sync(Durability::Fsync, index_writes, sync)).unwrap());
-        let (events, elapsed, hist, commits) = durable_run(&store, appenders, Duration::from_secs(durable_secs));
+        let (events, elapsed, hist, commits, commit_us) =
+            durable_run(&store, appenders, Duration::from_secs(durable_secs));
         let r = rate(events, elapsed);
         if appenders == 1 && index_writes == deferred && sync == SyncStrategy::PerFile {
             single = r;
         }
         println!(
-            "durable appends, {appenders:>2} appender(s), {label:<26} {events:>9} events {r:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>5.1} events/commit  {:>6.2}x one appender  {:>6.2}x raw fsync",
+            "durable appends, {appenders:>2} appender(s), {label:<26} {events:>9} events {r:>9.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {:>5.1} events/commit  {:>5.2} ms/commit  {:>3.0}% busy  {:>6.2}x one appender  {:>6.2}x raw fsync",
             hist.value_at_quantile(0.5) as f64 / 1e3,
             hist.value_at_quantile(0.99) as f64 / 1e3,
             events as f64 / commits.max(1) as f64,
+            commit_us as f64 / commits.max(1) as f64 / 1e3,
+            commit_us as f64 / 1e4 / elapsed.as_secs_f64(),
             r / single.max(1e-9),
             r / raw_fsync,
         );
@@ -230,9 +249,10 @@ fn event_bytes(i: u64) -> Vec<u8> {
     opossum::format::encode_event(i + 1, &e.event_type, &e.data, &e.tags, &meta)
 }
 
-fn durable_run(store: &Arc<Store>, appenders: usize, duration: Duration) -> (u64, Duration, Histogram<u64>, u64) {
+/// (events, elapsed, latency histogram in µs, commits, µs spent in commits)
+fn durable_run(store: &Arc<Store>, appenders: usize, duration: Duration) -> (u64, Duration, Histogram<u64>, u64, u64) {
     let barrier = Arc::new(Barrier::new(appenders + 1));
-    let commits_before = store.stats().commits;
+    let before = store.stats();
     let handles: Vec<_> = (0..appenders)
         .map(|a| {
             let (store, barrier) = (store.clone(), barrier.clone());
@@ -257,5 +277,8 @@ fn durable_run(store: &Arc<Store>, appenders: usize, duration: Duration) -> (u64
     for h in handles {
         total.add(h.join().unwrap()).unwrap();
     }
-    (total.len(), start.elapsed(), total, store.stats().commits - commits_before)
+    let after = store.stats();
+    let commits = after.commits - before.commits;
+    let commit_us = after.commit_latency_us_total - before.commit_latency_us_total;
+    (total.len(), start.elapsed(), total, commits, commit_us)
 }
