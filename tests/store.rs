@@ -574,6 +574,35 @@ fn deferred_index_writes_are_recovered_from_event_files() {
     assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/C.json")).unwrap(), r#"{"Positions":[3]}"#);
 }
 
+#[test]
+fn reads_noticing_a_changed_ledger_never_flush_index_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let deferred = StoreOptions {
+        index_writes: IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) },
+        ..options(Durability::Fsync)
+    };
+    let store = Store::open(dir.path(), deferred).unwrap();
+    store.append(vec![ev("A", &[("k", "1")])], None).unwrap();
+    store.append(vec![ev("B", &[("k", "1")])], None).unwrap();
+    // What a read sees while our own writer is between writing the ledger and noting its new identity: a changed
+    // fingerprint, and a ledger that says nothing beyond our head.
+    let ledger = std::fs::File::options().write(true).open(dir.path().join(".ledger")).unwrap();
+    ledger.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+    drop(ledger);
+    assert_eq!(read(&store, &tags(&[("k", "1")]), ReadOptions::default()), vec![1, 2]);
+    let stats = store.stats();
+    assert_eq!(stats.index_flushes, 0, "a read flushed the deferred index files: {stats:?}");
+    assert!(!dir.path().join("Indices/EventType/B.json").exists());
+    // A ledger that did move (another process appended) is still picked up by the next read.
+    let theirs = open(dir.path());
+    theirs.append(vec![ev("C", &[("k", "1")])], None).unwrap();
+    drop(theirs);
+    assert_eq!(read(&store, &tags(&[("k", "1")]), ReadOptions::default()), vec![1, 2, 3]);
+    assert_eq!(store.stats().index_flushes, 0, "catching up is not flushing");
+    store.close().unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/B.json")).unwrap(), r#"{"Positions":[2]}"#);
+}
+
 fn faulty_store(dir: &Path, index_writes: IndexWrites) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
     let io = Arc::new(FaultyIo::new(backend()));
     let store =

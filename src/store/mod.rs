@@ -316,8 +316,9 @@ pub(crate) enum Request {
         condition: Option<AppendCondition>,
         reply: SyncSender<Result<Appended, StoreError>>,
     },
-    /// Take the store lock, pick up events other processes appended, and (deferred mode) flush index files.
-    Sync { reply: SyncSender<Result<u64, StoreError>> },
+    /// Take the store lock, pick up events other processes appended, and (deferred mode, `flush_index`) flush
+    /// index files.
+    Sync { flush_index: bool, reply: SyncSender<Result<u64, StoreError>> },
 }
 
 pub struct Store {
@@ -445,8 +446,12 @@ impl Store {
     /// Takes the store lock once: picks up events appended by other processes (the ledger moved) and, with
     /// deferred index writes, brings the index files up to date. Returns the head.
     pub fn sync(&self) -> Result<u64, StoreError> {
+        self.sync_through_writer(true)
+    }
+
+    fn sync_through_writer(&self, flush_index: bool) -> Result<u64, StoreError> {
         let (reply, response) = sync_channel(1);
-        self.send(Request::Sync { reply })?;
+        self.send(Request::Sync { flush_index, reply })?;
         response.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -462,7 +467,16 @@ impl Store {
         query.validate()?;
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
         if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
-            self.sync()?;
+            // Mostly our own writer, between writing the ledger and noting its new identity: then the ledger holds
+            // nothing beyond our head, or its commit is in flight and the catch-up waits for it. Only a ledger
+            // ahead of us needs the writer, and never an index flush (under load, racing reads used to trigger a
+            // full flush on the writer thread, stalling appends for 100+ ms).
+            match recovery::read_ledger(&self.shared.layout) {
+                Ok(ledger) if ledger <= self.head() => {}
+                _ => {
+                    self.sync_through_writer(false)?;
+                }
+            }
         }
         Ok(EventReader::new(self.shared.clone(), query.clone(), options))
     }

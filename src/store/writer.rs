@@ -74,8 +74,8 @@ impl Writer {
     pub fn run(mut self) {
         while let Ok(request) = self.requests.recv() {
             match request {
-                Request::Sync { reply } => {
-                    let _ = reply.send(self.sync());
+                Request::Sync { flush_index, reply } => {
+                    let _ = reply.send(self.sync(flush_index));
                 }
                 Request::Append { events, condition, reply } => {
                     let mut syncs = Vec::new();
@@ -87,21 +87,21 @@ impl Writer {
                                 group_events += events.len();
                                 group.push(Pending { events, condition, reply });
                             }
-                            Ok(Request::Sync { reply }) => syncs.push(reply),
+                            Ok(Request::Sync { flush_index, reply }) => syncs.push((flush_index, reply)),
                             Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                         }
                     }
                     self.commit(group);
-                    for reply in syncs {
-                        let _ = reply.send(self.sync());
+                    for (flush_index, reply) in syncs {
+                        let _ = reply.send(self.sync(flush_index));
                     }
                 }
             }
         }
     }
 
-    /// `Request::Sync`: catch up with other writers and flush deferred index files.
-    fn sync(&mut self) -> Result<u64, StoreError> {
+    /// `Request::Sync`: catch up with other writers and, if asked, flush deferred index files.
+    fn sync(&mut self, flush_index: bool) -> Result<u64, StoreError> {
         if let Some(reason) = self.shared.poison_reason() {
             return Err(StoreError::Poisoned(reason));
         }
@@ -109,7 +109,7 @@ impl Writer {
             let _lock = StoreLock::acquire(&self.lock_file, &self.shared.layout)?;
             self.catch_up()?;
         }
-        if matches!(self.shared.options.index_writes, IndexWrites::Deferred { .. }) {
+        if flush_index && matches!(self.shared.options.index_writes, IndexWrites::Deferred { .. }) {
             self.shared.flush_index();
         }
         Ok(self.shared.head())
