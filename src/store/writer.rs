@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all};
 use super::{
@@ -30,8 +30,10 @@ use crate::format::Ledger;
 use crate::io::{FileWrite, WriteMode};
 use crate::model::AppendCondition;
 
-/// A commit taking at least this long is logged (`warn`) with where its time went.
-const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(200);
+/// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
+/// thousands of files per commit), is logged (`warn`) with where its time went.
+const SLOW_COMMIT: Duration = Duration::from_millis(200);
+const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
 
 struct Pending {
     events: Vec<PreparedEvent>,
@@ -196,7 +198,7 @@ impl Writer {
         let checked = Instant::now();
         let written = self.write(&accepted, head, new_head);
         let took = started.elapsed();
-        if took >= SLOW_COMMIT {
+        if took >= SLOW_COMMIT + SLOW_COMMIT_PER_EVENT.saturating_mul((new_head - head).min(u32::MAX as u64) as u32) {
             // Where the time went, for operators chasing latency spikes.
             tracing::warn!(
                 events = new_head - head,
