@@ -423,8 +423,13 @@ fn racing_for_one_free_seat_exactly_one_wins() {
 /// Durable options for both commit shapes: every-commit index files with the ledger renamed, and deferred index
 /// files with the ledger overwritten in place.
 fn durable_modes() -> [StoreOptions; 2] {
+    [options(Durability::Fsync), deferred_durable()]
+}
+
+/// Durable, with deferred index writes whose flusher never runs by itself during a test.
+fn deferred_durable() -> StoreOptions {
     let deferred = IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) };
-    [options(Durability::Fsync), StoreOptions { index_writes: deferred, ..options(Durability::Fsync) }]
+    StoreOptions { index_writes: deferred, ..options(Durability::Fsync) }
 }
 
 fn racing_for_one_free_seat(opts: StoreOptions) {
@@ -553,10 +558,7 @@ fn reads_stream_in_bounded_batches() {
 #[test]
 fn deferred_index_writes_are_recovered_from_event_files() {
     let dir = tempfile::tempdir().unwrap();
-    let deferred = StoreOptions {
-        index_writes: IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) },
-        ..options(Durability::Fsync)
-    };
+    let deferred = deferred_durable();
     let store = Store::open(dir.path(), deferred.clone()).unwrap();
     store.append(vec![ev("A", &[("k", "1")])], None).unwrap();
     store.append(vec![ev("B", &[("k", "1")])], None).unwrap();
@@ -577,11 +579,7 @@ fn deferred_index_writes_are_recovered_from_event_files() {
 #[test]
 fn reads_noticing_a_changed_ledger_never_flush_index_files() {
     let dir = tempfile::tempdir().unwrap();
-    let deferred = StoreOptions {
-        index_writes: IndexWrites::Deferred { interval: std::time::Duration::from_secs(3600) },
-        ..options(Durability::Fsync)
-    };
-    let store = Store::open(dir.path(), deferred).unwrap();
+    let store = Store::open(dir.path(), deferred_durable()).unwrap();
     store.append(vec![ev("A", &[("k", "1")])], None).unwrap();
     store.append(vec![ev("B", &[("k", "1")])], None).unwrap();
     // What a read sees while our own writer is between writing the ledger and noting its new identity: a changed
