@@ -392,12 +392,7 @@ fn append_bench(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let stats = Client::connect(&daemon.socket)?.stats()?;
         daemon.stop()?;
         // Right after the level, on the same disk: commits of `k` events with nothing but their syscalls.
-        let floor = [sys::FloorBarrier::PerFile, sys::FloorBarrier::Syncfs]
-            .into_iter()
-            .map(|barrier| sys::commit_floor(dir, k, 300, barrier, args.seconds.min(4.0) / 2.0).map(|(r, _)| r))
-            .collect::<anyhow::Result<Vec<f64>>>()?
-            .into_iter()
-            .fold(0.0, f64::max);
+        let (floor, _, _) = sys::best_commit_floor(dir, k, 300, args.seconds.min(4.0))?;
         let n = total.load(Ordering::Relaxed);
         let h = hist.lock().unwrap();
         let commits = stats["store"]["commits"].as_u64().unwrap_or(0).max(1);

@@ -581,13 +581,7 @@ pub fn conditional_appends(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
         // The baseline, right after the level: the layout's floor for commits of `clients` events (each client has
         // one event in flight), with the cheaper of the two barriers.
         step(&format!("raw fs baseline: the layout's commit floor, {clients} events/commit"));
-        let (mut raw_rate, mut raw_hist, mut raw_barrier) = (0.0, sys::new_histogram(), sys::FloorBarrier::PerFile);
-        for barrier in [sys::FloorBarrier::PerFile, sys::FloorBarrier::Syncfs] {
-            let (r, hist) = sys::commit_floor(ctx.work, clients, 250, barrier, params.raw_seconds / 2.0)?;
-            if r > raw_rate {
-                (raw_rate, raw_hist, raw_barrier) = (r, hist, barrier);
-            }
-        }
+        let (raw_rate, raw_hist, raw_barrier) = sys::best_commit_floor(ctx.work, clients, 250, params.raw_seconds)?;
         let raw_latency = Latency::from_us(&raw_hist);
         out.push(
             Workload::rate(
