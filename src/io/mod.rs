@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod faulty;
+pub mod sim;
 pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
