@@ -122,6 +122,9 @@ impl BatchIo for CountingIo {
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
         self.inner.read_files(paths)
     }
+    fn read_extents(&self, extents: &[opossum::io::Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>> {
+        self.inner.read_extents(extents)
+    }
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.inner.write_files(files, durable)

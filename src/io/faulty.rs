@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::{BatchIo, FileWrite, IoError, IoOp};
+use super::{BatchIo, Extent, FileWrite, IoError, IoOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -22,16 +22,24 @@ pub struct FaultyIo<T> {
     /// (write batches to let through first, fault), consumed when it fires.
     armed: Mutex<Option<(usize, Fault)>>,
     write_batches: AtomicUsize,
+    /// (entry of the next `read_extents` call to fail, errno), consumed when it fires.
+    extent_fault: Mutex<Option<(usize, i32)>>,
 }
 
 impl<T: BatchIo> FaultyIo<T> {
     pub fn new(inner: T) -> FaultyIo<T> {
-        FaultyIo { inner, armed: Mutex::new(None), write_batches: AtomicUsize::new(0) }
+        FaultyIo { inner, armed: Mutex::new(None), write_batches: AtomicUsize::new(0), extent_fault: Mutex::new(None) }
     }
 
     /// Makes the write batch after the next `skip_batches` ones fail with `fault`.
     pub fn arm(&self, skip_batches: usize, fault: Fault) {
         *self.armed.lock().unwrap() = Some((skip_batches, fault));
+    }
+
+    /// Makes entry `entry` of the next `read_extents` call that has one fail with `errno` (a bad sector under one
+    /// journal record); the other entries of that call are read as usual.
+    pub fn arm_extent_read(&self, entry: usize, errno: i32) {
+        *self.extent_fault.lock().unwrap() = Some((entry, errno));
     }
 
     /// Write batches seen so far (successful or not).
@@ -63,6 +71,18 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
 
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
         self.inner.read_files(paths)
+    }
+
+    fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>> {
+        let mut results = self.inner.read_extents(extents);
+        let mut armed = self.extent_fault.lock().unwrap();
+        if let Some((entry, errno)) = *armed {
+            if let Some(result) = results.get_mut(entry) {
+                *result = Err(IoError::new(IoOp::Read, extents[entry].path, std::io::Error::from_raw_os_error(errno)));
+                *armed = None;
+            }
+        }
+        results
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {

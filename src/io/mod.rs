@@ -9,12 +9,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub(crate) mod barrier;
+pub(crate) mod commit;
 pub mod faulty;
 pub mod sim;
 pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
+/// Moved to [`crate::limits`]; kept here for the `SyncStrategy` docs and existing callers.
+pub use crate::limits::AUTO_SYNCFS_DIRTY_MAX_BYTES;
+pub use barrier::fsync_dir;
+pub use commit::parent_dirs;
 pub use faulty::{Fault, FaultyIo};
 pub use threads::ThreadPoolIo;
 
@@ -47,6 +53,16 @@ pub enum IoOp {
     Fsync,
     Rename,
     FsyncDir,
+    /// Deleting a file (temporaries, leftovers found at open).
+    Remove,
+    /// Taking or testing a file lock.
+    Lock,
+    /// Creating a directory (and its missing parents).
+    CreateDir,
+    /// Spawning a thread (a writer, a flusher, an I/O pool): not a file operation, but a step that can fail.
+    Spawn,
+    /// Reserving a file's blocks ahead of its writes (`fallocate`).
+    Preallocate,
 }
 
 impl fmt::Display for IoOp {
@@ -58,6 +74,11 @@ impl fmt::Display for IoOp {
             IoOp::Fsync => "fsync",
             IoOp::Rename => "rename",
             IoOp::FsyncDir => "fsync directory",
+            IoOp::Remove => "remove",
+            IoOp::Lock => "lock",
+            IoOp::CreateDir => "create directory",
+            IoOp::Spawn => "spawn",
+            IoOp::Preallocate => "preallocate",
         })
     }
 }
@@ -76,9 +97,10 @@ pub enum WriteMode {
     Commit,
     /// Like `Commit`, but the record is overwritten in place (padded with spaces to its old length, created when
     /// absent) instead of replaced by a new file: one `fdatasync` instead of a new inode, a rename and a directory
-    /// fsync (measured here: 0.12 ms instead of 0.73 ms durable, 2 µs instead of 177 µs without fsync). The record
-    /// must fit in one disk sector (512 bytes), so a crash leaves the old or the new one; a reader that takes no lock
-    /// could see a half-copied record, so only for files no lockless reader shares (see `IndexWrites::Deferred`).
+    /// fsync, several times cheaper (docs/io-engine.md, "Durability barriers"). The record must fit in one disk
+    /// sector ([`crate::limits::IN_PLACE_RECORD_BYTES_MAX`]), so a crash leaves the old or the new one; a reader that
+    /// takes no lock could see a half-copied record, so only for files no lockless reader shares (see
+    /// `IndexWrites::Deferred`).
     CommitInPlace,
 }
 
@@ -88,6 +110,17 @@ pub struct FileWrite<'a> {
     pub path: &'a Path,
     pub bytes: &'a [u8],
     pub mode: WriteMode,
+}
+
+/// A byte range of a file the caller holds open: the unit a journal read asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Extent<'a> {
+    /// An open, readable descriptor; positional reads leave its cursor alone, so callers may share it.
+    pub file: &'a std::fs::File,
+    /// The file's path, for errors only (never opened).
+    pub path: &'a Path,
+    pub offset: u64,
+    pub len: u32,
 }
 
 /// Which backend a store runs on.
@@ -123,6 +156,16 @@ pub trait BatchIo: Send + Sync {
     /// bytes it keeps in flight itself. Callers that need bounded memory pass bounded slices.
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>>;
 
+    /// Reads each extent; one result per extent, **in request order** (`result[i]` is `extents[i]`).
+    ///
+    /// `Ok(bytes)` holds exactly `len` bytes, read at `offset` without moving the descriptor's cursor. A file shorter
+    /// than `offset + len` fails that entry with `ErrorKind::UnexpectedEof` (never a short `Ok`, never a panic); any
+    /// failure fails only its own entry, as an [`IoOp::Read`] naming `path`; the call itself never fails. A zero-length
+    /// extent is `Ok(vec![])`. Any number of extents may be given: the backend bounds the bytes it has in flight
+    /// ([`crate::limits::EXTENT_BYTES_IN_FLIGHT_MAX`], though a single larger extent is still read whole); the
+    /// results themselves are the caller's memory, so callers that need bounded memory pass bounded slices.
+    fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>>;
+
     /// Writes a batch of files: a `CreateNew` file straight at its final name (exclusive create), any other to a
     /// fresh `<final>.tmp.<32 hex>` in its own directory, then renamed to its final name according to its
     /// [`WriteMode`].
@@ -154,6 +197,9 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
         (**self).read_files(paths)
     }
+    fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>> {
+        (**self).read_extents(extents)
+    }
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         (**self).write_files(files, durable)
     }
@@ -167,20 +213,15 @@ pub enum SyncStrategy {
     /// latency that never depends on a neighbour's bulk writes. Linux; elsewhere `PerFile`.
     #[default]
     Auto,
-    /// `fdatasync` each file and `fsync` each directory, all at once. Each new file costs its own device flush
-    /// (~0.5–1 ms here), but only the batch's own files are written.
+    /// `fdatasync` each file and `fsync` each directory, all at once. Each new file costs its own device flush, but
+    /// only the batch's own files are written.
     PerFile,
-    /// One `syncfs(2)` per barrier of three or more files (Linux; elsewhere `PerFile`). Measured here: 16 new files
-    /// 1.6 ms instead of 4.1 ms, 64 files 4.5 ms instead of 12.8 ms. But it also writes back everything else dirty
-    /// on that filesystem: a barrier after a bulk non-durable import, or next to a busy neighbour, took seconds.
-    /// For stores on a filesystem of their own.
+    /// One `syncfs(2)` per barrier of [`crate::limits::SYNCFS_MIN_TARGETS`] or more files (Linux; elsewhere
+    /// `PerFile`): a fraction of the per-file cost for many new files, but it also writes back everything else dirty
+    /// on that filesystem, so a barrier after a bulk non-durable import, or next to a busy neighbour, can take
+    /// seconds (measurements: docs/io-engine.md, "Durability barriers"). For stores on a filesystem of their own.
     Syncfs,
 }
-
-/// `SyncStrategy::Auto` uses `syncfs` only while the system's dirty and under-writeback page cache (besides the
-/// barrier's own files) stays below this: at the ~400 MB/s this disk writes, a `syncfs` then costs at most ~10 ms
-/// more than the files it was for. Quiet, this machine sits at ~1 MB; a Rust build in the background at 35–110 MB.
-pub const AUTO_SYNCFS_DIRTY_MAX_BYTES: u64 = 4 << 20;
 
 impl std::str::FromStr for SyncStrategy {
     type Err = String;
@@ -201,11 +242,11 @@ pub fn open_backend(kind: IoBackendKind) -> Result<Arc<dyn BatchIo>, IoError> {
 
 /// Opens the backend `kind` asks for. `Auto` probes io_uring and falls back to the thread pool, logging why.
 pub fn open_backend_with(kind: IoBackendKind, sync: SyncStrategy) -> Result<Arc<dyn BatchIo>, IoError> {
-    let pool = || ThreadPoolIo::with_sync_strategy(threads::THREADS_DEFAULT, sync);
+    let pool = || ThreadPoolIo::try_with_sync_strategy(crate::limits::IO_THREADS_DEFAULT, sync);
     #[cfg(target_os = "linux")]
     let uring_config = || uring::UringConfig { sync, ..uring::UringConfig::default() };
     match kind {
-        IoBackendKind::Threads => Ok(Arc::new(pool())),
+        IoBackendKind::Threads => Ok(Arc::new(pool()?)),
         #[cfg(target_os = "linux")]
         IoBackendKind::Uring => Ok(Arc::new(uring::UringIo::new(uring_config())?)),
         #[cfg(not(target_os = "linux"))]
@@ -220,9 +261,41 @@ pub fn open_backend_with(kind: IoBackendKind, sync: SyncStrategy) -> Result<Arc<
                 Ok(io) => return Ok(Arc::new(io)),
                 Err(e) => tracing::warn!("io_uring unavailable, using the thread pool: {e}"),
             }
-            Ok(Arc::new(pool()))
+            Ok(Arc::new(pool()?))
         }
     }
+}
+
+/// Reads one extent with blocking positional reads on the calling thread (the thread pool's reader, and the
+/// io_uring backend's fallback when a ring fails).
+pub(crate) fn read_extent(extent: &Extent<'_>) -> Result<Vec<u8>, IoError> {
+    let mut bytes = vec![0u8; extent.len as usize];
+    read_exact_at(extent.file, &mut bytes, extent.offset).map_err(|e| IoError::new(IoOp::Read, extent.path, e))?;
+    Ok(bytes)
+}
+
+/// Fills `buf` from `offset`, failing with `UnexpectedEof` when the file ends first.
+#[cfg(unix)]
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset) {
+            Ok(0) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ends inside the extent"))
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `<final>.tmp.<32 hex>`, the temporary name Opossum uses, unique per process and call.
@@ -237,36 +310,130 @@ pub fn tmp_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// fsyncs a directory so that renames and new entries in it are durable.
-pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        std::fs::File::open(dir)?.sync_all()
-    }
-    #[cfg(not(unix))]
-    {
-        // Windows cannot open a directory as a file; NTFS journals its metadata, and MoveFileEx with
-        // MOVEFILE_WRITE_THROUGH (used by std::fs::rename) returns only after the rename is flushed.
-        let _ = dir;
-        Ok(())
-    }
-}
-
-/// The distinct parent directories of a write batch, in first-seen order.
-pub fn parent_dirs<'a>(files: &[FileWrite<'a>]) -> Vec<&'a Path> {
-    let mut dirs: Vec<&Path> = Vec::new();
-    for f in files {
-        let dir = f.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dirs.contains(&dir) {
-            dirs.push(dir);
-        }
-    }
-    dirs
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Bytes of the extent test file: every byte depends on its offset, so a read at the wrong place shows.
+    fn pattern(offset: u64) -> u8 {
+        (offset.wrapping_mul(2_654_435_761) >> 13) as u8
+    }
+
+    /// A file of `len` pattern bytes.
+    fn pattern_file(path: &Path, len: u64) {
+        let bytes: Vec<u8> = (0..len).map(pattern).collect();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn check_extent(io: &dyn BatchIo, extent: &Extent<'_>, result: &Result<Vec<u8>, IoError>) {
+        let bytes = result.as_ref().unwrap_or_else(|e| panic!("{}: extent {extent:?}: {e}", io.name()));
+        assert_eq!(bytes.len(), extent.len as usize, "{}: extent {extent:?}", io.name());
+        let wrong = bytes.iter().enumerate().position(|(i, &b)| b != pattern(extent.offset + i as u64));
+        assert_eq!(wrong, None, "{}: wrong byte in extent {extent:?}", io.name());
+    }
+
+    /// The `read_extents` contract every backend must keep: request order, exact lengths, `UnexpectedEof` instead
+    /// of a short read, errors that fail one entry and name its path, zero-length extents, thousands of extents in
+    /// one call, and extents far larger than one read.
+    pub(crate) fn extent_checks(io: &dyn BatchIo) {
+        let dir = tempfile::tempdir().unwrap();
+        let (big_path, small_path) = (dir.path().join("big.seg"), dir.path().join("small.seg"));
+        let big_len: u64 = 20 << 20;
+        let small_len: u64 = 100_000;
+        pattern_file(&big_path, big_len);
+        pattern_file(&small_path, small_len);
+        let big = std::fs::File::open(&big_path).unwrap();
+        let small = std::fs::File::open(&small_path).unwrap();
+        // Random extents over both files (a fixed LCG, so a failure reproduces), most of them small.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % bound
+        };
+        let mut extents = Vec::new();
+        for i in 0..5000 {
+            let (file, path, len) =
+                if i % 3 == 0 { (&small, &small_path, small_len) } else { (&big, &big_path, big_len) };
+            let offset = next(len);
+            let want = if i % 97 == 0 { next(200_000) } else { next(1200) };
+            let len = want.min(len - offset) as u32;
+            extents.push(Extent { file, path, offset, len });
+        }
+        let results = io.read_extents(&extents);
+        assert_eq!(results.len(), extents.len(), "{}", io.name());
+        for (extent, result) in extents.iter().zip(&results) {
+            check_extent(io, extent, result);
+        }
+        // Past the end: UnexpectedEof for those entries alone, never a short Ok; zero-length extents are empty.
+        let write_only_path = dir.path().join("write-only.seg");
+        let write_only = std::fs::OpenOptions::new().create_new(true).write(true).open(&write_only_path).unwrap();
+        let mixed = [
+            Extent { file: &small, path: &small_path, offset: 10, len: 100 },
+            Extent { file: &small, path: &small_path, offset: small_len - 10, len: 100 },
+            Extent { file: &small, path: &small_path, offset: small_len + 5, len: 1 },
+            Extent { file: &small, path: &small_path, offset: 0, len: 0 },
+            Extent { file: &small, path: &small_path, offset: small_len + 5, len: 0 },
+            Extent { file: &write_only, path: &write_only_path, offset: 0, len: 8 },
+            Extent { file: &big, path: &big_path, offset: big_len - 4096, len: 4096 },
+        ];
+        let results = io.read_extents(&mixed);
+        assert_eq!(results.len(), mixed.len(), "{}", io.name());
+        check_extent(io, &mixed[0], &results[0]);
+        for i in [1, 2] {
+            let e = results[i].as_ref().expect_err("an extent past the end fails");
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{}: {e}", io.name());
+            assert_eq!((e.op, e.path.as_path()), (IoOp::Read, small_path.as_path()), "{}", io.name());
+        }
+        assert_eq!(results[3].as_ref().unwrap(), &Vec::<u8>::new(), "{}", io.name());
+        assert_eq!(results[4].as_ref().unwrap(), &Vec::<u8>::new(), "{}", io.name());
+        let e = results[5].as_ref().expect_err("a write-only descriptor cannot be read");
+        assert_eq!((e.op, e.path.as_path()), (IoOp::Read, write_only_path.as_path()), "{}", io.name());
+        check_extent(io, &mixed[6], &results[6]);
+        // Extents far larger than one read, at unaligned offsets, many at once (more than one call's byte bound).
+        let large: Vec<Extent<'_>> = (0..12u64)
+            .map(|i| Extent { file: &big, path: &big_path, offset: i * 999_331 + 7, len: (8 << 20) + i as u32 })
+            .collect();
+        let results = io.read_extents(&large);
+        for (extent, result) in large.iter().zip(&results) {
+            check_extent(io, extent, result);
+        }
+        assert!(io.read_extents(&[]).is_empty());
+        // The positional reads did not move the descriptor's cursor.
+        assert_eq!(std::io::Seek::stream_position(&mut &small).unwrap(), 0, "{}", io.name());
+    }
+
+    #[test]
+    fn thread_pool_keeps_the_extent_contract() {
+        extent_checks(&ThreadPoolIo::new(4));
+        extent_checks(&ThreadPoolIo::new(1));
+    }
+
+    #[test]
+    fn faulty_io_fails_the_armed_extent_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.seg");
+        pattern_file(&path, 1000);
+        let file = std::fs::File::open(&path).unwrap();
+        let extents: Vec<Extent<'_>> =
+            (0..4).map(|i| Extent { file: &file, path: &path, offset: i * 100, len: 50 }).collect();
+        let io = FaultyIo::new(ThreadPoolIo::new(2));
+        extent_checks(&io);
+        io.arm_extent_read(2, libc::EIO);
+        let results = io.read_extents(&extents);
+        for (i, (extent, result)) in extents.iter().zip(&results).enumerate() {
+            if i == 2 {
+                let e = result.as_ref().unwrap_err();
+                assert_eq!(
+                    (e.op, e.path.as_path(), e.source.raw_os_error()),
+                    (IoOp::Read, path.as_path(), Some(libc::EIO))
+                );
+            } else {
+                check_extent(&io, extent, result);
+            }
+        }
+        // The fault fired once.
+        assert!(io.read_extents(&extents).iter().all(|r| r.is_ok()));
+    }
 
     #[test]
     fn tmp_paths_are_unique_and_in_the_same_directory() {
