@@ -24,6 +24,7 @@ pub use format::{NewRecord, RecordView};
 pub use marks::Marks;
 pub use storage::{DiskStorage, JournalStorage, SimStorage};
 
+use crate::io::{BatchIo, Extent};
 use crate::limits::{JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX};
 use format::{padded, SEGMENT_HEADER_BYTES, TRAILER_BYTES};
 
@@ -106,6 +107,8 @@ pub struct Journal {
     head: AtomicU64,
     poisoned: Mutex<Option<String>>,
     marks: Mutex<Marks>,
+    /// Reads go through this backend's `read_extents` when set (and the storage has real files).
+    io: Option<Arc<dyn BatchIo>>,
 }
 
 /// What `open` found, for logs.
@@ -243,6 +246,7 @@ impl Journal {
             head: AtomicU64::new(head),
             poisoned: Mutex::new(None),
             marks: Mutex::new(marks),
+            io: None,
         };
         Ok((journal, opened))
     }
@@ -441,13 +445,7 @@ impl Journal {
                 }
             }
         }
-        let mut buffers = Vec::with_capacity(extents.len());
-        for &(segment, start, end) in &extents {
-            let name = &names[segment as usize];
-            let mut buf = vec![0u8; (end - start) as usize];
-            self.storage.read_at(name, &mut buf, start).map_err(JournalError::io("read", self.storage.path(name)))?;
-            buffers.push(buf);
-        }
+        let buffers = self.read_extents(&names, &extents)?;
         let mut records = Vec::with_capacity(positions.len());
         for (i, &(extent, at)) in slots.iter().enumerate() {
             let bytes = &buffers[extent as usize][at as usize..];
@@ -469,6 +467,46 @@ impl Journal {
             records.push((extent, at));
         }
         Ok(RecordBatch { buffers, records })
+    }
+
+    /// Fetches `(segment, start, end)` byte ranges: through `BatchIo::read_extents` on the segments' held
+    /// descriptors when the journal has a backend and real files, else one positional read each.
+    fn read_extents(&self, names: &[Arc<str>], extents: &[(u32, u64, u64)]) -> Result<Vec<Vec<u8>>, JournalError> {
+        if let Some(io) = &self.io {
+            let files: Option<Vec<(Arc<std::fs::File>, PathBuf)>> =
+                names.iter().map(|n| self.storage.file(n).map(|f| (f, self.storage.path(n)))).collect();
+            if let Some(files) = files {
+                let wanted: Vec<Extent<'_>> = extents
+                    .iter()
+                    .map(|&(segment, start, end)| {
+                        let (file, path) = &files[segment as usize];
+                        Extent { file, path, offset: start, len: (end - start) as u32 }
+                    })
+                    .collect();
+                return io
+                    .read_extents(&wanted)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| JournalError::Io { op: "read", path: e.path.clone(), source: e.source }))
+                    .collect();
+            }
+        }
+        extents
+            .iter()
+            .map(|&(segment, start, end)| {
+                let name = &names[segment as usize];
+                let mut buf = vec![0u8; (end - start) as usize];
+                self.storage
+                    .read_at(name, &mut buf, start)
+                    .map_err(JournalError::io("read", self.storage.path(name)))?;
+                Ok(buf)
+            })
+            .collect()
+    }
+
+    /// Reads through `io` (batched positional reads on the segments' descriptors) from now on.
+    pub fn with_batch_io(mut self, io: Arc<dyn BatchIo>) -> Journal {
+        self.io = Some(io);
+        self
     }
 
     /// Calls `visit` with every record of positions `from ..= to` in order, holding at most

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all};
 use super::{
-    elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
-    StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, MirrorMode, PreparedEvent,
+    Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, WriteMode};
@@ -34,6 +34,13 @@ use crate::model::AppendCondition;
 /// thousands of files per commit), is logged (`warn`) with where its time went.
 const SLOW_COMMIT: Duration = Duration::from_millis(200);
 const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
+
+/// What a tree write is: the files commit itself, or the journal mode's mirror of a commit already durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeWrite {
+    Commit,
+    Mirror,
+}
 
 struct Pending {
     events: Vec<PreparedEvent>,
@@ -107,6 +114,10 @@ impl Writer {
         if let Some(reason) = self.shared.poison_reason() {
             return Err(StoreError::Poisoned(reason));
         }
+        if self.shared.journal.is_some() {
+            // Journal mode: the store holds `.store.lock` for its whole life, so no other process appends.
+            return Ok(self.shared.head());
+        }
         {
             let _lock = StoreLock::acquire(&self.lock_file, &self.shared.layout)?;
             self.catch_up()?;
@@ -156,16 +167,21 @@ impl Writer {
             }
             return;
         }
-        let lock = match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
-            Ok(lock) => lock,
-            Err(e) => {
-                for p in group {
-                    let _ = p.reply.send(Err(e.clone()));
+        // Journal mode holds `.store.lock` for the store's life (taken at open): no other writer to catch up with.
+        let journal_mode = self.shared.journal.is_some();
+        let lock = match journal_mode {
+            true => None,
+            false => match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    for p in group {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
-        if let Err(e) = self.catch_up() {
+        if let Err(e) = if journal_mode { Ok(()) } else { self.catch_up() } {
             self.shared.poison(format!("could not pick up other writers' events: {e}"));
             for p in group {
                 let _ = p.reply.send(Err(e.clone()));
@@ -196,7 +212,25 @@ impl Writer {
         }
         let new_head = next - 1;
         let checked = Instant::now();
-        let written = self.write(&accepted, head, new_head);
+        // The one place the commit mode decides what is durable before the answer (store/commit/).
+        let written = match (self.shared.options.commit, &self.shared.journal) {
+            (CommitMode::Journal, Some(journal)) => {
+                let groups: Vec<(&[PreparedEvent], u64)> =
+                    accepted.iter().map(|(p, first)| (&p.events[..], *first)).collect();
+                let written = commit::journal::write(&self.shared, journal, &groups, head);
+                if written.is_ok() && self.shared.options.mirror == MirrorMode::Live && !self.shared.mirror_failed() {
+                    // The mirror: the same tree files as files mode (index files as `IndexWrites` says), without
+                    // fsyncs; made durable at close, and re-derived from the journal after a crash.
+                    if let Err(e) = self.write(&accepted, head, new_head, TreeWrite::Mirror) {
+                        tracing::error!("mirroring positions {}..={new_head} to the Opossum tree failed, mirror stopped until the next open: {e}", head + 1);
+                        self.shared.mirror_failed.store(true, Ordering::Relaxed);
+                    }
+                }
+                written
+            }
+            (CommitMode::Journal, None) => unreachable!("journal mode opens its journal"),
+            (CommitMode::Files, _) => self.write(&accepted, head, new_head, TreeWrite::Commit),
+        };
         let took = started.elapsed();
         if took >= SLOW_COMMIT + SLOW_COMMIT_PER_EVENT.saturating_mul((new_head - head).min(u32::MAX as u64) as u32) {
             // Where the time went, for operators chasing latency spikes.
@@ -278,9 +312,9 @@ impl Writer {
     }
 
     /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, and the ledger as the commit record.
-    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64) -> Result<(), StoreError> {
+    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64, how: TreeWrite) -> Result<(), StoreError> {
         let layout = &self.shared.layout;
-        let durable = self.durable();
+        let durable = how == TreeWrite::Commit && self.durable();
         let mut event_files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity((new_head - head) as usize);
         {
             let mut index = self.shared.index.write().unwrap();
