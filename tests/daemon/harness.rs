@@ -42,6 +42,17 @@ pub fn command(data: &Path, socket: &Path, args: &[&str]) -> (Command, PathBuf) 
     if let Ok(sync) = std::env::var("OPOSSUM_TEST_SYNC_STRATEGY") {
         cmd.arg("--sync-strategy").arg(sync);
     }
+    // ... and once per commit mode and mirror.
+    if let Ok(commit) = std::env::var("OPOSSUM_TEST_COMMIT") {
+        if !args.contains(&"--commit") {
+            cmd.arg("--commit").arg(commit);
+        }
+    }
+    if let Ok(mirror) = std::env::var("OPOSSUM_TEST_MIRROR") {
+        if !args.contains(&"--mirror") {
+            cmd.arg("--mirror").arg(mirror);
+        }
+    }
     cmd.env("RUST_LOG", "info").env_remove("LISTEN_FDS").env_remove("LISTEN_PID");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(File::create(&log).unwrap()));
     (cmd, log)
