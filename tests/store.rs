@@ -11,6 +11,8 @@ use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, Sto
 
 #[path = "store/crash.rs"]
 mod crash;
+#[path = "store/journal_mode.rs"]
+mod journal_mode;
 
 /// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
 pub fn backend() -> Arc<dyn BatchIo> {
@@ -79,7 +81,7 @@ fn tags(t: &[(&str, &str)]) -> Query {
     Query::items(vec![QueryItem::tags(t)]).unwrap()
 }
 
-fn cond(query: Query, after: Option<u64>) -> Option<AppendCondition> {
+pub fn cond(query: Query, after: Option<u64>) -> Option<AppendCondition> {
     Some(AppendCondition { fail_if_events_match: query, after })
 }
 

@@ -134,6 +134,11 @@ pub(crate) fn open(
             "journal: import done"
         );
     }
+    if durable && ledger >= from {
+        // Just imported: the tree holds every event up to its ledger, durably (.NET or files mode wrote it). Only
+        // an import says so: after a crash with the mirror live, the ledger may vouch for files never synced.
+        journal.set_mirror_durable(ledger)?;
+    }
     let head = journal.head();
     let mut index = Index::default();
     journal.scan(1, head, |v| -> Result<(), StoreError> {
