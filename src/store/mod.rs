@@ -461,6 +461,7 @@ impl Store {
             CommitMode::Files => {
                 let _guard = StoreLock::acquire(&lock_file, &layout)?;
                 let recovered = recovery::recover(&layout, io.as_ref(), durable)?;
+                commit::journal::refuse_tree_behind_journal(&layout, recovered.head)?;
                 (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None)
             }
             CommitMode::Journal => {

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, WriteMode};
+use crate::limits::JOURNAL_GROUP_BYTES_MAX;
 use crate::model::AppendCondition;
 
 /// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
@@ -90,10 +91,16 @@ impl Writer {
                     let mut syncs = Vec::new();
                     let mut group = vec![Pending { events, condition, reply }];
                     let mut group_events = group[0].events.len();
-                    while group_events < GROUP_EVENTS_MAX {
+                    // Bytes bound too: a journal group is one write of its records (`JOURNAL_GROUP_BYTES_MAX`).
+                    let bytes = |events: &[PreparedEvent]| -> usize {
+                        events.iter().map(|e| e.file_head.len() + e.file_tail.len()).sum()
+                    };
+                    let mut group_bytes = bytes(&group[0].events);
+                    while group_events < GROUP_EVENTS_MAX && group_bytes < JOURNAL_GROUP_BYTES_MAX / 2 {
                         match self.requests.try_recv() {
                             Ok(Request::Append { events, condition, reply }) => {
                                 group_events += events.len();
+                                group_bytes += bytes(&events);
                                 group.push(Pending { events, condition, reply });
                             }
                             Ok(Request::Sync { flush_index, reply }) => syncs.push((flush_index, reply)),

@@ -173,3 +173,23 @@ fn the_tree_is_rederived_from_the_journal_after_the_mirrors_last_checkpoint() {
         "live mirror materialises what off skipped"
     );
 }
+
+#[test]
+fn files_mode_refuses_a_tree_behind_its_journal_and_journal_mode_imports_what_files_mode_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    store.append(vec![fixed(1, "A", &[])], None).unwrap();
+    store.close().unwrap();
+    let err =
+        Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).err().expect("a tree behind the journal");
+    assert!(err.to_string().contains("--commit journal"), "{err}");
+    // The live mirror brings the tree up; files mode then appends to the tree only; journal mode imports that.
+    Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap().close().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    store.append(vec![fixed(2, "B", &[("k", "v")])], None).unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+    assert_eq!(all[1].tags, vec![Tag::new("k", "v")]);
+}

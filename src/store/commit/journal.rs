@@ -18,6 +18,15 @@ use crate::journal::{Journal, JournalError, NewRecord};
 use crate::model::SequencedEvent;
 use crate::store::{PreparedEvent, Shared, StoreError};
 
+// A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
+// its byte bound, plus one more request.
+const _: () = {
+    use crate::limits::{JOURNAL_GROUP_BYTES_MAX, JOURNAL_RECORD_BYTES_MAX};
+    use crate::store::{APPEND_BYTES_MAX, EVENT_BYTES_MAX};
+    assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + crate::journal::format::RECORD_HEADER_BYTES);
+    assert!(JOURNAL_GROUP_BYTES_MAX / 2 + 2 * APPEND_BYTES_MAX <= JOURNAL_GROUP_BYTES_MAX);
+};
+
 /// Makes positions `head + 1 ..= new_head` durable in the journal (steps 1–3).
 pub(crate) fn write(
     shared: &Shared,
@@ -248,6 +257,27 @@ pub(crate) fn reconcile_tree(
     io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], durable)?;
     if durable {
         journal.set_mirror_durable(head)?;
+    }
+    Ok(())
+}
+
+/// Files mode on a store whose journal holds events the tree lacks (journal mode with the mirror off, or a crash
+/// before the live mirror's checkpoint): serving the tree would hide those events and reuse their positions.
+pub(crate) fn refuse_tree_behind_journal(layout: &crate::format::Layout, tree_head: u64) -> Result<(), StoreError> {
+    let dir = crate::journal::journal_dir(&layout.root);
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    let (journal, _) = Journal::open_dir(&layout.root, crate::journal::JournalOptions::default())?;
+    let head = journal.head();
+    if head > tree_head {
+        return Err(StoreError::Corrupt {
+            path: dir,
+            reason: format!(
+                "the journal holds events up to position {head}, the Opossum tree only up to {tree_head}: open this \
+                 store with --commit journal (with --mirror live it brings the tree up to date)"
+            ),
+        });
     }
     Ok(())
 }
