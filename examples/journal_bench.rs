@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opossum::model::{Event, Query, ReadOptions, Tag};
-use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreOptions};
+use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreOptions};
 
 fn event(n: u64) -> Event {
     let data = format!(
@@ -77,6 +77,10 @@ fn main() {
             threads,
             per_thread,
         );
+        let deferred = IndexWrites::Deferred { interval: std::time::Duration::from_secs(1) };
+        let live_deferred =
+            StoreOptions { index_writes: deferred, ..options(CommitMode::Journal, MirrorMode::Live, durable) };
+        appends(root, "journal, live, deferred", live_deferred, threads, per_thread);
     }
 
     // Read-all: fill a journal-mode store (mirror off) with batches of 1,000 events, reopen, read everything.
