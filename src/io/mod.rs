@@ -16,8 +16,6 @@ pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
-/// Moved to [`crate::limits`]; kept here for the `SyncStrategy` docs and existing callers.
-pub use crate::limits::AUTO_SYNCFS_DIRTY_MAX_BYTES;
 pub use barrier::fsync_dir;
 pub use commit::parent_dirs;
 pub use faulty::{Fault, FaultyIo};
@@ -207,7 +205,7 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
 /// How a durable write batch waits for stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncStrategy {
-    /// `Syncfs` for a barrier while the system has little dirty data (at most [`AUTO_SYNCFS_DIRTY_MAX_BYTES`]
+    /// `Syncfs` for a barrier while the system has little dirty data (at most [`crate::limits::AUTO_SYNCFS_DIRTY_MAX_BYTES`]
     /// besides the barrier's own, from `/proc/meminfo`), else `PerFile`: the cheap barrier when it is cheap, and a
     /// latency that never depends on a neighbour's bulk writes. Linux; elsewhere `PerFile`.
     #[default]

@@ -303,7 +303,7 @@ impl ProjectionStore {
         let handle = std::thread::Builder::new()
             .name("opossum-projections".into())
             .spawn(move || writer.run())
-            .map_err(|e| IoError::new(IoOp::Open, "projection writer thread", e))?;
+            .map_err(|e| IoError::new(IoOp::Spawn, "projection writer thread", e))?;
         tracing::info!(root = %shared.paths.root.display(), projections = report.projections, rebuilt = report.rebuilt.len(), "projection store open");
         Ok(ProjectionStore { shared, report, requests: Some(tx), writer: Some(handle) })
     }

@@ -252,7 +252,7 @@ pub(crate) fn clear_dirty_marker(paths: &Paths, name: &str, durable: bool) -> Re
         Ok(()) if durable => fsync_dir(&paths.metadata_dir(name)),
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IoError::new(IoOp::Write, marker, e).into()),
+        Err(e) => Err(IoError::new(IoOp::Remove, marker, e).into()),
     }
 }
 
@@ -309,7 +309,7 @@ fn read_tag_indices(dir: &Path) -> Result<(TagFiles, Vec<String>), ProjectionErr
 }
 
 pub(crate) fn create_dir(dir: &Path) -> Result<(), ProjectionError> {
-    std::fs::create_dir_all(dir).map_err(|e| IoError::new(IoOp::Open, dir, e).into())
+    std::fs::create_dir_all(dir).map_err(|e| IoError::new(IoOp::CreateDir, dir, e).into())
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ProjectionError> {
@@ -321,7 +321,7 @@ pub(crate) fn remove_file(path: &Path) -> Result<(), ProjectionError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IoError::new(IoOp::Write, path, e).into()),
+        Err(e) => Err(IoError::new(IoOp::Remove, path, e).into()),
     }
 }
 

@@ -351,7 +351,7 @@ impl IndexFlusher {
                     pause = interval.max(started.elapsed() * INDEX_FLUSH_PAUSE_FACTOR);
                 }
             })
-            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("index flush thread"), e))?;
+            .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("index flush thread"), e))?;
         Ok(IndexFlusher { stop, thread })
     }
 
@@ -366,7 +366,7 @@ impl Store {
     /// `events/` and `Indices/`. Recovers from crashes first: see ARCHITECTURE.md, "Recovery".
     pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let root = root.as_ref();
-        std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::CreateDir, root, e))?;
         // Absolute from here on: error messages and logs name real paths, and no parent is ever "".
         let root = std::fs::canonicalize(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
         let layout = Layout::new(&root);
@@ -376,7 +376,7 @@ impl Store {
             match file.try_lock() {
                 Ok(()) => Some(file),
                 Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(layout.root.clone())),
-                Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(io::IoOp::Open, &path, e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(io::IoOp::Lock, &path, e)),
             }
         } else {
             None
@@ -407,7 +407,7 @@ impl Store {
         let handle = std::thread::Builder::new()
             .name("opossum-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("writer thread"), e))?;
+            .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("writer thread"), e))?;
         let flusher = match shared.options.index_writes {
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
@@ -549,7 +549,7 @@ pub(crate) struct StoreLock<'a>(&'a File);
 
 impl<'a> StoreLock<'a> {
     pub fn acquire(file: &'a File, layout: &Layout) -> Result<StoreLock<'a>, StoreError> {
-        file.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
+        file.lock().map_err(|e| StoreError::io(io::IoOp::Lock, &layout.lock(), e))?;
         Ok(StoreLock(file))
     }
 }

@@ -70,7 +70,7 @@ fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
     let mut created = false;
     for dir in layout.dirs() {
         if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::Open, &dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::CreateDir, &dir, e))?;
             created = true;
         }
     }
@@ -91,7 +91,7 @@ fn remove_commit_leftovers(layout: &Layout) -> Result<(), StoreError> {
         let entry = entry.map_err(|e| StoreError::io(IoOp::Read, &layout.root, e))?;
         let name = entry.file_name();
         if name.to_str().is_some_and(|n| n.starts_with(format::LEDGER_FILE) && format::is_tmp_file_name(n)) {
-            std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(IoOp::Rename, &entry.path(), e))?;
+            std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(IoOp::Remove, &entry.path(), e))?;
         }
     }
     Ok(())
@@ -142,7 +142,7 @@ fn scan_events(layout: &Layout, head: u64) -> Result<EventScan, StoreError> {
 pub(crate) fn quarantine(layout: &Layout, strays: &[PathBuf], durable: bool) -> Result<(), StoreError> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = layout.quarantine().join(stamp.to_string());
-    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::Open, &dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::CreateDir, &dir, e))?;
     for path in strays {
         let to = dir.join(path.file_name().expect("scanned entries have names"));
         std::fs::rename(path, &to).map_err(|e| StoreError::io(IoOp::Rename, path, e))?;
