@@ -14,6 +14,7 @@ pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
+pub use crate::format::tmp_path;
 pub use faulty::{Fault, FaultyIo};
 pub use threads::ThreadPoolIo;
 
@@ -123,7 +124,7 @@ pub trait BatchIo: Send + Sync {
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>>;
 
     /// Writes a batch of files: a `CreateNew` file straight at its final name (exclusive create), any other to a
-    /// fresh `<final>.tmp.<32 hex>` in its own directory, then renamed to its final name according to its
+    /// fresh temporary name in its own directory (`format::tmp_path`), then renamed to its final name according to its
     /// [`WriteMode`].
     ///
     /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage
@@ -224,18 +225,6 @@ pub fn open_backend_with(kind: IoBackendKind, sync: SyncStrategy) -> Result<Arc<
     }
 }
 
-/// `<final>.tmp.<32 hex>`, the temporary name Opossum uses, unique per process and call.
-pub fn tmp_path(final_path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let hi = nanos ^ ((std::process::id() as u64) << 32);
-    let mut name = final_path.as_os_str().to_owned();
-    name.push(format!(".tmp.{hi:016x}{n:016x}"));
-    PathBuf::from(name)
-}
-
 /// fsyncs a directory so that renames and new entries in it are durable.
 pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -261,21 +250,4 @@ pub fn parent_dirs<'a>(files: &[FileWrite<'a>]) -> Vec<&'a Path> {
         }
     }
     dirs
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tmp_paths_are_unique_and_in_the_same_directory() {
-        let a = tmp_path(Path::new("/x/events/0000000001.json"));
-        let b = tmp_path(Path::new("/x/events/0000000001.json"));
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/x/events")));
-        let name = a.file_name().unwrap().to_str().unwrap();
-        let hex = name.strip_prefix("0000000001.json.tmp.").unwrap();
-        assert_eq!(hex.len(), 32);
-        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
-    }
 }

@@ -502,7 +502,7 @@ impl Drop for ProjectionStore {
     }
 }
 
-/// Subdirectories of `Projections/` that are projections: not `_checkpoints`, not Opossum's `<Name>.tmp.<hex>`
+/// Subdirectories of `Projections/` that are projections: not `_checkpoints`, not Opossum's temporary (`format::is_tmp_file_name`)
 /// rebuild staging directories, not names we would refuse.
 fn list_projection_dirs(dir: &Path) -> Result<Vec<String>, ProjectionError> {
     let read = std::fs::read_dir(dir).map_err(|e| IoError::new(IoOp::Open, dir, e))?;
@@ -515,7 +515,7 @@ fn list_projection_dirs(dir: &Path) -> Result<Vec<String>, ProjectionError> {
         let Ok(name) = entry.file_name().into_string() else { continue };
         match format::validate_projection_name(&name) {
             Ok(()) => names.push(name),
-            Err(e) if name != format::CHECKPOINTS_DIR && !name.contains(".tmp.") => {
+            Err(e) if name != format::CHECKPOINTS_DIR && !crate::format::is_tmp_file_name(&name) => {
                 tracing::warn!("ignoring directory {}: {e}", entry.path().display());
             }
             Err(_) => {}
