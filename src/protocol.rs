@@ -115,6 +115,7 @@ impl From<StoreError> for ProtocolError {
             | StoreError::Corrupt { .. }
             | StoreError::MissingEvent { .. }
             | StoreError::Poisoned(_)
+            | StoreError::IndexFlush
             | StoreError::Locked(_) => ErrorCode::StorageError,
         };
         ProtocolError::new(code, e.to_string())
