@@ -1,4 +1,4 @@
-//! A `BatchIo` wrapper that injects write and fsync failures (ENOSPC, EIO) into chosen write batches, so tests
+//! A `BatchIo` wrapper that injects open, write and fsync failures (EMFILE, ENOSPC, EIO) into chosen write batches, so tests
 //! can prove that a failed commit is reported, poisons the writer and never becomes half visible.
 
 use std::path::PathBuf;
@@ -12,6 +12,9 @@ pub enum Fault {
     /// The batch fails with `errno` on a write after its first `files_written` files reached their final names
     /// (a disk that fills up half way through a batch).
     Write { errno: i32, files_written: usize },
+    /// Creating a file fails with `errno` (EMFILE, ENFILE, ENOSPC for inodes) after the first `files_written` files
+    /// were written: nothing of the failing file is written, and nothing of the batch is renamed or fsynced.
+    Open { errno: i32, files_written: usize },
     /// The whole batch reaches its final names, then an fsync reports `errno` (the "fsyncgate" case: the data
     /// may or may not be on disk).
     Fsync { errno: i32 },
@@ -74,6 +77,17 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
                 self.inner.write_files(&files[..n], durable)?;
                 let path = files.get(n).map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
                 Err(IoError::new(IoOp::Write, path, std::io::Error::from_raw_os_error(errno)))
+            }
+            Some(Fault::Open { errno, files_written }) => {
+                // Written but not renamed or synced: the backends create every file of a batch before any rename.
+                let n = files_written.min(files.len());
+                for f in &files[..n] {
+                    if f.mode == super::WriteMode::CreateNew {
+                        std::fs::write(f.path, f.bytes).map_err(|e| IoError::new(IoOp::Write, f.path, e))?;
+                    }
+                }
+                let path = files.get(n).map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
+                Err(IoError::new(IoOp::Open, path, std::io::Error::from_raw_os_error(errno)))
             }
             Some(Fault::Fsync { errno }) => {
                 self.inner.write_files(files, durable)?;
