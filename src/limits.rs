@@ -57,6 +57,32 @@ const _: () = {
 
 // --- events and appends ----------------------------------------------------------------------------------------
 
+/// Most events one append request may carry.
+pub const APPEND_EVENTS_MAX: usize = 10_000;
+/// Largest encoded event file accepted, in bytes.
+pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest total of encoded event bytes in one append request. Library callers may use all of it; over the socket
+/// a request is one line of at most the server's frame limit (16 MiB by default), so a wire append is bounded by
+/// that first. Decided (issue 12): the library limit stays 64 MiB (bulk imports in-process), larger than a frame.
+pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Append requests waiting for the writer; further appenders block (backpressure).
+pub const APPEND_QUEUE_MAX: usize = 1024;
+/// Most events one group commit writes; the rest wait for the next commit.
+pub const GROUP_EVENTS_MAX: usize = 8192;
+/// Event files read per `BatchIo::read_files` call while streaming a read (and while recovering or catching up).
+pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
+/// With deferred index writes, the index flusher pauses at least this many times as long as its last flush took
+/// (and at least the configured interval): flushes use at most ~1/(1 + factor) of the time.
+pub const INDEX_FLUSH_PAUSE_FACTOR: u32 = 9;
+
+const _: () = {
+    // The largest event fits an append on its own.
+    assert!(EVENT_BYTES_MAX <= APPEND_BYTES_MAX);
+    // A request that is allowed at all commits in one group (a group takes at least one whole request).
+    assert!(APPEND_EVENTS_MAX >= 1 && GROUP_EVENTS_MAX >= 1);
+    assert!(READ_BATCH_FILES_DEFAULT >= 1 && INDEX_FLUSH_PAUSE_FACTOR >= 1);
+};
+
 /// After a write fault the writer re-runs recovery in place first after this long (`StoreOptions::
 /// recovery_backoff_min`), doubling the wait after each failed attempt up to [`RECOVERY_BACKOFF_MAX`].
 pub const RECOVERY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
@@ -71,6 +97,28 @@ const _: () = assert!(
 // --- reads and io ----------------------------------------------------------------------------------------------
 
 // --- projections -----------------------------------------------------------------------------------------------
+// (The projection cache's budget constants stay in `projection/cache.rs` for now: another change owns that file.)
+
+/// Most puts one `put_many` may carry.
+pub const PUT_MANY_MAX: usize = 10_000;
+/// Largest projection state accepted, in bytes (minified).
+pub const PROJECTION_STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest total of state bytes in one `put_many`.
+pub const PUT_MANY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most tags one projection may carry.
+pub const PROJECTION_TAGS_MAX: usize = 64;
+/// Most tags one projection query may AND together.
+pub const PROJECTION_QUERY_TAGS_MAX: usize = 64;
+/// Projection requests waiting for the projection writer; further writers block (backpressure).
+pub const PROJECTION_REQUEST_QUEUE_MAX: usize = 1024;
+/// Most operations one projection group commit takes from the queue (a single larger `put_many` commits whole).
+pub const PROJECTION_GROUP_OPS_MAX: usize = 8192;
+/// Projection files read per `BatchIo::read_files` call while streaming `get_all` and `query`.
+pub const PROJECTION_READ_BATCH_FILES_DEFAULT: usize = 1024;
+/// Projection files read (and index files written) per `BatchIo` call while rebuilding at open.
+pub const PROJECTION_OPEN_READ_BATCH_FILES_MAX: usize = 4096;
+
+const _: () = assert!(PROJECTION_STATE_BYTES_MAX <= PUT_MANY_BYTES_MAX);
 
 // --- journal ---------------------------------------------------------------------------------------------------
 

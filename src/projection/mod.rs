@@ -58,24 +58,13 @@ pub use cache::{CacheStats, PROJECTION_CACHE_BYTES_DEFAULT};
 pub use format::{Checkpoint, NameError, ProjectionMetadata};
 pub use reader::{decode_view, item_body, ItemSource, ProjectionReader};
 
-/// Most puts one `put_many` may carry.
-pub const PUT_MANY_MAX: usize = 10_000;
-/// Largest state accepted, in bytes (minified).
-pub const STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest total of state bytes in one `put_many`.
-pub const PUT_MANY_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Most tags one projection may carry.
-pub const TAGS_PER_PROJECTION_MAX: usize = 64;
-/// Most tags one query may AND together.
-pub const QUERY_TAGS_MAX: usize = 64;
-/// Requests waiting for the writer; further writers block (backpressure).
-pub const REQUEST_QUEUE_MAX: usize = 1024;
-/// Most operations one group commit takes from the queue (a single larger `put_many` still commits whole).
-pub const GROUP_OPS_MAX: usize = 8192;
-/// Projection files read per `BatchIo::read_files` call while streaming `get_all` and `query`.
-pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
-/// Projection files read (and index files written) per `BatchIo` call while rebuilding at open.
-pub const OPEN_READ_BATCH_FILES: usize = 4096;
+// The limits live in `crate::limits` (names there carry a `PROJECTION_` prefix where they would be ambiguous).
+pub use crate::limits::{
+    PROJECTION_GROUP_OPS_MAX as GROUP_OPS_MAX, PROJECTION_OPEN_READ_BATCH_FILES_MAX as OPEN_READ_BATCH_FILES,
+    PROJECTION_QUERY_TAGS_MAX as QUERY_TAGS_MAX, PROJECTION_READ_BATCH_FILES_DEFAULT as READ_BATCH_FILES_DEFAULT,
+    PROJECTION_REQUEST_QUEUE_MAX as REQUEST_QUEUE_MAX, PROJECTION_STATE_BYTES_MAX as STATE_BYTES_MAX,
+    PROJECTION_TAGS_MAX as TAGS_PER_PROJECTION_MAX, PUT_MANY_BYTES_MAX, PUT_MANY_MAX,
+};
 
 #[derive(Debug, Clone)]
 pub struct ProjectionOptions {

@@ -26,21 +26,11 @@ mod writer;
 
 pub use reader::EventReader;
 
-/// Most events one append request may carry.
-pub const APPEND_EVENTS_MAX: usize = 10_000;
-/// Largest encoded event file accepted, in bytes.
-pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest total of encoded event bytes in one append request.
-pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Append requests waiting for the writer; further appenders block (backpressure).
-pub const APPEND_QUEUE_MAX: usize = 1024;
-/// Most events one group commit writes; the rest wait for the next commit.
-pub const GROUP_EVENTS_MAX: usize = 8192;
-/// Event files read per `BatchIo::read_files` call while streaming a read.
-pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
-/// With deferred index writes, the index flusher pauses at least this many times as long as its last flush took
-/// (and at least the configured interval): flushes use at most ~1/(1 + factor) of the time.
-pub const INDEX_FLUSH_PAUSE_FACTOR: u32 = 9;
+// The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
+pub use crate::limits::{
+    APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_QUEUE_MAX, EVENT_BYTES_MAX, GROUP_EVENTS_MAX, INDEX_FLUSH_PAUSE_FACTOR,
+    READ_BATCH_FILES_DEFAULT,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
