@@ -162,12 +162,48 @@ pub fn sanitize(x: &str) -> String {
     x.split(is_invalid_file_name_char).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_")
 }
 
+/// The stem of an event type's index file, `S(type)` (the store's in-memory index is keyed by it).
+pub fn event_type_stem(event_type: &str) -> String {
+    sanitize(event_type)
+}
+
+/// The stem of an event tag's index file, `S(key)_S(value)` (case-sensitive, unlike projection tags).
+pub fn event_tag_stem(tag: &Tag) -> String {
+    format!("{}_{}", sanitize(&tag.key), sanitize(&tag.value))
+}
+
+/// An index file's name from its stem.
+pub fn index_file_name(stem: &str) -> String {
+    format!("{stem}.json")
+}
+
+/// The stem of an index file's name; `None` for temporary and other files.
+pub fn parse_index_file_name(name: &str) -> Option<&str> {
+    if is_tmp_file_name(name) {
+        return None;
+    }
+    name.strip_suffix(".json")
+}
+
 pub fn type_index_file_name(event_type: &str) -> String {
-    format!("{}.json", sanitize(event_type))
+    index_file_name(&event_type_stem(event_type))
 }
 
 pub fn tag_index_file_name(tag: &Tag) -> String {
-    format!("{}_{}.json", sanitize(&tag.key), sanitize(&tag.value))
+    index_file_name(&event_tag_stem(tag))
+}
+
+/// Opossum's `K(x)` for projection file names: each invalid file-name character becomes `_` (nothing is dropped,
+/// unlike `S()`). Projection names and keys are validated around it in `projection::format`.
+pub fn projection_key_stem(x: &str) -> String {
+    x.chars().map(|c| if is_invalid_file_name_char(c) { '_' } else { c }).collect()
+}
+
+/// The stem of a projection tag's index file, `K(lower key)_K(lower value)` with .NET's `ToLowerInvariant`:
+/// projection tag matching is case-insensitive (unlike event tags), and `a_b`+`c` equals `a`+`b_c`.
+pub fn projection_tag_stem(tag: &Tag) -> String {
+    let lower = |x: &str| -> String { x.chars().flat_map(char::to_lowercase).collect() };
+    format!("{}_{}", projection_key_stem(&lower(&tag.key)), projection_key_stem(&lower(&tag.value)))
 }
 
 /// `.ledger`: the commit record. An empty or missing file means an empty store.

@@ -430,7 +430,7 @@ fn put_many_is_one_durable_write_batch_and_all_or_nothing() {
     assert_eq!(store.put_many(puts).unwrap(), [1, 2]);
     assert!(matches!(
         store.put_many((0..10_001).map(|i| put("P", &i.to_string(), "{}", &[], None)).collect()),
-        Err(ProjectionError::Invalid(_))
+        Err(ProjectionError::LimitExceeded { limit: "PUT_MANY_MAX", value: 10_001, max: 10_000, .. })
     ));
 }
 

@@ -72,15 +72,8 @@ fn is_separator(c: char) -> bool {
     c == '/' || (cfg!(windows) && c == '\\')
 }
 
-/// Opossum's `K(x)`: each invalid file-name character becomes `_` (nothing is dropped).
-pub fn sanitize_key(x: &str) -> String {
-    x.chars().map(|c| if is_invalid_file_name_char(c) { '_' } else { c }).collect()
-}
-
-/// .NET's `ToLowerInvariant`, character by character (no context-dependent final sigma).
-fn lower_invariant(x: &str) -> String {
-    x.chars().flat_map(char::to_lowercase).collect()
-}
+/// Opossum's `K(x)`: each invalid file-name character becomes `_` (nothing is dropped). Owned by `crate::format`.
+pub use crate::format::projection_key_stem as sanitize_key;
 
 /// Checks a projection name. Opossum uses the name as a directory name unchanged, so anything that is not one plain
 /// file name is refused rather than sanitised: empty or blank, `.`/`..`, separators, NUL (and on Windows the other
@@ -139,7 +132,7 @@ pub fn key_file_stem(key: &str) -> Result<String, NameError> {
 /// The stem of a tag's index file, `<lower k>_<lower v>` with each invalid character replaced by `_`, exactly as
 /// Opossum names it. Tag matching is by this stem: case-insensitive, and (as in Opossum) `a_b`+`c` equals `a`+`b_c`.
 pub fn tag_stem(tag: &Tag) -> Result<String, NameError> {
-    let stem = format!("{}_{}", sanitize_key(&lower_invariant(&tag.key)), sanitize_key(&lower_invariant(&tag.value)));
+    let stem = crate::format::projection_tag_stem(tag);
     let text = format!("{}={}", tag.key, tag.value);
     if stem.len() + PROJECTION_FILE_SUFFIX.len() > TAG_FILE_NAME_BYTES_MAX {
         return Err(name_error("tag", &text, "its index file name would be longer than 250 bytes"));

@@ -91,6 +91,9 @@ pub enum ProjectionError {
     InvalidName(#[from] NameError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A request over one of the limits in `crate::limits` (`limit` is the constant's name).
+    #[error("{what} is {value}; the limit is {max} ({limit})")]
+    LimitExceeded { what: String, limit: &'static str, value: usize, max: usize },
     #[error("projection {projection}: no key {key:?}")]
     NotFound { projection: String, key: String },
     #[error("projection {projection}, key {key:?}: expected version {expected}, found {actual}")]
@@ -318,17 +321,22 @@ impl ProjectionStore {
     /// commit may leave a prefix or subset of it on disk (none of it was acknowledged).
     pub fn put_many(&self, puts: Vec<Put>) -> Result<Vec<u64>, ProjectionError> {
         if puts.len() > PUT_MANY_MAX {
-            return Err(ProjectionError::Invalid(format!(
-                "put_many takes at most {PUT_MANY_MAX} puts, got {}",
-                puts.len()
-            )));
+            return Err(ProjectionError::LimitExceeded {
+                what: "the number of puts in put_many".into(),
+                limit: "PUT_MANY_MAX",
+                value: puts.len(),
+                max: PUT_MANY_MAX,
+            });
         }
         let ops: Vec<Op> = puts.into_iter().map(|p| prepare_put(p).map(Op::Put)).collect::<Result<_, _>>()?;
         let bytes: usize = ops.iter().map(|op| if let Op::Put(p) = op { p.state.get().len() } else { 0 }).sum();
         if bytes > PUT_MANY_BYTES_MAX {
-            return Err(ProjectionError::Invalid(format!(
-                "put_many carries {bytes} bytes of state; the limit is {PUT_MANY_BYTES_MAX}"
-            )));
+            return Err(ProjectionError::LimitExceeded {
+                what: "the state bytes of put_many".into(),
+                limit: "PUT_MANY_BYTES_MAX",
+                value: bytes,
+                max: PUT_MANY_BYTES_MAX,
+            });
         }
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -518,20 +526,24 @@ fn prepare_put(put: Put) -> Result<PreparedPut, ProjectionError> {
     format::validate_projection_name(&put.projection)?;
     let stem = format::key_file_stem(&put.key)?;
     if put.tags.len() > TAGS_PER_PROJECTION_MAX {
-        return Err(ProjectionError::Invalid(format!(
-            "a projection carries at most {TAGS_PER_PROJECTION_MAX} tags, got {}",
-            put.tags.len()
-        )));
+        return Err(ProjectionError::LimitExceeded {
+            what: "the number of tags of a projection".into(),
+            limit: "PROJECTION_TAGS_MAX",
+            value: put.tags.len(),
+            max: TAGS_PER_PROJECTION_MAX,
+        });
     }
     let mut tag_stems: Vec<String> = put.tags.iter().map(format::tag_stem).collect::<Result<_, _>>()?;
     tag_stems.sort();
     tag_stems.dedup();
     let state = crate::format::minify_raw(&put.state);
     if state.get().len() > STATE_BYTES_MAX {
-        return Err(ProjectionError::Invalid(format!(
-            "state is {} bytes; the limit is {STATE_BYTES_MAX}",
-            state.get().len()
-        )));
+        return Err(ProjectionError::LimitExceeded {
+            what: "the state, minified, in bytes".into(),
+            limit: "PROJECTION_STATE_BYTES_MAX",
+            value: state.get().len(),
+            max: STATE_BYTES_MAX,
+        });
     }
     Ok(PreparedPut {
         projection: put.projection,

@@ -117,6 +117,9 @@ impl std::fmt::Debug for StoreOptions {
 pub enum StoreError {
     #[error(transparent)]
     Invalid(#[from] ModelError),
+    /// A request over one of the limits in `crate::limits` (`limit` is the constant's name).
+    #[error("{what} is {value}; the limit is {max} ({limit})")]
+    LimitExceeded { what: String, limit: &'static str, value: usize, max: usize },
     #[error("append condition failed: event {position} matches the condition's query")]
     ConditionFailed { position: u64 },
     #[error("storage error: {0}")]
@@ -353,6 +356,11 @@ impl PreparedEvent {
         out.extend_from_slice(&self.file_head);
         out.extend_from_slice(position.to_string().as_bytes());
         out.extend_from_slice(&self.file_tail);
+        // The bytes we are about to make durable read back as this event at this position (tests and debug builds).
+        debug_assert!(
+            format::decode_event(&out).is_ok_and(|e| e.position == position && e.event_type == self.event_type),
+            "event file bytes for position {position} do not decode to themselves"
+        );
         out
     }
 }
@@ -651,11 +659,12 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         return Err(ModelError::InvalidEvent("an append needs at least one event".into()).into());
     }
     if events.len() > APPEND_EVENTS_MAX {
-        return Err(ModelError::InvalidEvent(format!(
-            "an append may carry at most {APPEND_EVENTS_MAX} events, got {}",
-            events.len()
-        ))
-        .into());
+        return Err(StoreError::LimitExceeded {
+            what: "the number of events in an append".into(),
+            limit: "APPEND_EVENTS_MAX",
+            value: events.len(),
+            max: APPEND_EVENTS_MAX,
+        });
     }
     if let Some(c) = condition {
         c.fail_if_events_match.validate()?;
@@ -673,19 +682,23 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
         let bytes = file_head.len() + file_tail.len();
         if bytes > EVENT_BYTES_MAX {
-            return Err(ModelError::InvalidEvent(format!(
-                "event {i} is {bytes} bytes encoded; the limit is {EVENT_BYTES_MAX}"
-            ))
-            .into());
+            return Err(StoreError::LimitExceeded {
+                what: format!("event {i}, encoded, in bytes"),
+                limit: "EVENT_BYTES_MAX",
+                value: bytes,
+                max: EVENT_BYTES_MAX,
+            });
         }
         total_bytes += bytes;
         prepared.push(PreparedEvent { event_type: event.event_type, tags: event.tags, file_head, file_tail });
     }
     if total_bytes > APPEND_BYTES_MAX {
-        return Err(ModelError::InvalidEvent(format!(
-            "the append is {total_bytes} bytes encoded; the limit is {APPEND_BYTES_MAX}"
-        ))
-        .into());
+        return Err(StoreError::LimitExceeded {
+            what: "the append, encoded, in bytes".into(),
+            limit: "APPEND_BYTES_MAX",
+            value: total_bytes,
+            max: APPEND_BYTES_MAX,
+        });
     }
     debug_assert!(prepared.iter().all(|e| e.event_type.len() <= EVENT_TYPE_BYTES_MAX));
     Ok(prepared)

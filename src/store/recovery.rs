@@ -12,6 +12,15 @@ use super::{StoreError, READ_BATCH_FILES_DEFAULT};
 use crate::format::{self, Layout, Ledger};
 use crate::io::{self, BatchIo, FileWrite, IoOp, WriteMode};
 
+/// Which of the two kinds of event index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexKind {
+    /// `Indices/EventType/<S(type)>.json`: the coverage record `open` trusts.
+    Type,
+    /// `Indices/Tags/<S(key)_S(value)>.json`.
+    Tag,
+}
+
 pub(crate) struct Recovered {
     pub index: Index,
     pub head: u64,
@@ -229,7 +238,7 @@ fn load_index_dir(
         if format::is_tmp_file_name(name) {
             // An interrupted rewrite's temporary file: derived data, but never deleted silently.
             leftovers.push(entry.path());
-        } else if let Some(stem) = name.strip_suffix(".json") {
+        } else if let Some(stem) = format::parse_index_file_name(name) {
             stems.push(stem.to_string());
             paths.push(entry.path());
         }
@@ -263,13 +272,16 @@ fn clipped_lists<'a>(
     layout: &'a Layout,
     index: &'a Index,
     stems: &'a BTreeSet<String>,
-    tags: bool,
+    kind: IndexKind,
     limit: u64,
 ) -> impl Iterator<Item = (PathBuf, &'a [u64])> + 'a {
-    let (dir, lists) = if tags { (&layout.tag_index, &index.by_tag) } else { (&layout.type_index, &index.by_type) };
+    let (dir, lists) = match kind {
+        IndexKind::Tag => (&layout.tag_index, &index.by_tag),
+        IndexKind::Type => (&layout.type_index, &index.by_type),
+    };
     stems.iter().map(move |stem| {
         let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
-        (dir.join(format!("{stem}.json")), &positions[..positions.partition_point(|&p| p <= limit)])
+        (dir.join(format::index_file_name(stem)), &positions[..positions.partition_point(|&p| p <= limit)])
     })
 }
 
@@ -278,10 +290,10 @@ pub(crate) fn encode_index_files(
     layout: &Layout,
     index: &Index,
     stems: &BTreeSet<String>,
-    tags: bool,
+    kind: IndexKind,
     limit: u64,
 ) -> Vec<(PathBuf, Vec<u8>)> {
-    clipped_lists(layout, index, stems, tags, limit).map(|(path, list)| (path, format::encode_index(list))).collect()
+    clipped_lists(layout, index, stems, kind, limit).map(|(path, list)| (path, format::encode_index(list))).collect()
 }
 
 pub(crate) fn replace_all(files: &[(PathBuf, Vec<u8>)]) -> Vec<FileWrite<'_>> {
@@ -320,10 +332,10 @@ pub(crate) fn flush_index_files(
     // memcpy (~2 ms for a type with 850,000 positions) instead of the encoding (~10-25 ms).
     let (tag_lists, type_lists) = {
         let index = index.read().unwrap();
-        let copy = |stems, tags| -> Vec<(PathBuf, Vec<u64>)> {
-            clipped_lists(layout, &index, stems, tags, limit).map(|(path, list)| (path, list.to_vec())).collect()
+        let copy = |stems, kind| -> Vec<(PathBuf, Vec<u64>)> {
+            clipped_lists(layout, &index, stems, kind, limit).map(|(path, list)| (path, list.to_vec())).collect()
         };
-        (copy(&tags, true), copy(&types, false))
+        (copy(&tags, IndexKind::Tag), copy(&types, IndexKind::Type))
     };
     let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
         lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()

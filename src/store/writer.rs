@@ -24,7 +24,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::recovery::{self, encode_index_files, replace_all};
+use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::{
     elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
     StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
@@ -285,6 +285,16 @@ impl Writer {
             return;
         }
         let new_head = next - 1;
+        // Positions are contiguous: the accepted batches cover head + 1 ..= new_head, in order, without gaps.
+        assert!(new_head > head, "a commit must advance the head ({head} -> {new_head})");
+        debug_assert!(accepted
+            .iter()
+            .scan(head + 1, |expected, (p, first)| {
+                let ok = *first == *expected;
+                *expected += p.events.len() as u64;
+                Some(ok)
+            })
+            .all(|ok| ok));
         let checked = Instant::now();
         let written = self.write(&accepted, head, new_head);
         let took = started.elapsed();
@@ -390,8 +400,8 @@ impl Writer {
         let index_files = match self.shared.options.index_writes {
             IndexWrites::EveryCommit => {
                 let index = self.shared.index.read().unwrap();
-                let mut files = encode_index_files(layout, &index, &index.dirty_tags, true, new_head);
-                files.extend(encode_index_files(layout, &index, &index.dirty_types, false, new_head));
+                let mut files = encode_index_files(layout, &index, &index.dirty_tags, IndexKind::Tag, new_head);
+                files.extend(encode_index_files(layout, &index, &index.dirty_types, IndexKind::Type, new_head));
                 files
             }
             IndexWrites::Deferred { .. } => Vec::new(),
