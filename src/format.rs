@@ -1,5 +1,5 @@
 //! Everything about Opossum's file names and JSON: the one module that knows the on-disk layout
-//! (`../shared/opossum-format.md`). Pure functions over bytes and names; the store does the I/O.
+//! (`docs/format.md`). Pure functions over bytes and names; the store does the I/O.
 //!
 //! We write minified JSON (PascalCase ledger and index files, camelCase event files, nulls omitted) and read what
 //! .NET Opossum writes: indented, CRLF line ends, non-ASCII and `<>&'+` as `\uXXXX`.

@@ -1,4 +1,4 @@
-//! Projection file names and JSON, as .NET Opossum lays them out (`../shared/opossum-format.md`, "Projections"):
+//! Projection file names and JSON, as .NET Opossum lays them out (`docs/format.md`, "Tree"):
 //!
 //! ```text
 //! Projections/_checkpoints/<Name>.checkpoint          {"ProjectionName","LastProcessedPosition","LastUpdated","TotalEventsProcessed"}
