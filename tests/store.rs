@@ -650,6 +650,32 @@ fn a_create_refused_before_writing_fails_the_append_without_poisoning() {
     }
 }
 
+/// Issue 11 item 4: running out of descriptors is never a durability fault. A read refused with EMFILE fails that
+/// read; a catch-up refused with EMFILE (another process appended) fails that append; neither poisons.
+#[test]
+fn running_out_of_descriptors_on_reads_fails_only_that_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, io) = faulty_store(dir.path(), IndexWrites::EveryCommit);
+    store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+    io.arm(0, Fault::Read { errno: libc::EMFILE });
+    let refused = store.read_to_vec(&Query::All, ReadOptions::default());
+    assert!(matches!(&refused, Err(StoreError::Io(e)) if e.source.raw_os_error() == Some(libc::EMFILE)), "{refused:?}");
+    assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1]);
+    // Another process appends; our writer must read its events before the next commit, and cannot.
+    let theirs = open(dir.path());
+    theirs.append(vec![ev("B", &[("k", "v")])], None).unwrap();
+    drop(theirs);
+    io.arm(0, Fault::Read { errno: libc::EMFILE });
+    let err = store.append(vec![ev("C", &[("k", "v")])], cond(tags(&[("k", "v")]), Some(1))).unwrap_err();
+    assert!(matches!(&err, StoreError::Io(e) if e.source.raw_os_error() == Some(libc::EMFILE)), "{err:?}");
+    assert_eq!(store.write_status(), WriteStatus::Writable);
+    // Next time the catch-up works: the condition sees their event, and an unconditional append goes on top.
+    let err = store.append(vec![ev("C", &[("k", "v")])], cond(tags(&[("k", "v")]), Some(1))).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 2 }), "{err:?}");
+    assert_eq!(store.append(vec![ev("C", &[("k", "v")])], None).unwrap().first, 3);
+    assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1, 2, 3]);
+}
+
 /// Issue 11 item 5: after a write fault the writer re-runs recovery in place with backoff; once it completes the
 /// store takes writes again without a reopen, and the status says so.
 #[test]

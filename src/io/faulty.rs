@@ -15,6 +15,9 @@ pub enum Fault {
     /// Creating a file fails with `errno` (EMFILE, ENFILE, ENOSPC for inodes) after the first `files_written` files
     /// were written: nothing of the failing file is written, and nothing of the batch is renamed or fsynced.
     Open { errno: i32, files_written: usize },
+    /// The next read batch fails every file with `errno` (EMFILE: the process ran out of descriptors). Armed read
+    /// faults count read batches, not write batches.
+    Read { errno: i32 },
     /// The whole batch reaches its final names, then an fsync reports `errno` (the "fsyncgate" case: the data
     /// may or may not be on disk).
     Fsync { errno: i32 },
@@ -24,17 +27,21 @@ pub struct FaultyIo<T> {
     inner: T,
     /// (write batches to let through first, fault), consumed when it fires.
     armed: Mutex<Option<(usize, Fault)>>,
+    armed_read: Mutex<Option<i32>>,
     write_batches: AtomicUsize,
 }
 
 impl<T: BatchIo> FaultyIo<T> {
     pub fn new(inner: T) -> FaultyIo<T> {
-        FaultyIo { inner, armed: Mutex::new(None), write_batches: AtomicUsize::new(0) }
+        FaultyIo { inner, armed: Mutex::new(None), armed_read: Mutex::new(None), write_batches: AtomicUsize::new(0) }
     }
 
     /// Makes the write batch after the next `skip_batches` ones fail with `fault`.
     pub fn arm(&self, skip_batches: usize, fault: Fault) {
-        *self.armed.lock().unwrap() = Some((skip_batches, fault));
+        match fault {
+            Fault::Read { errno } => *self.armed_read.lock().unwrap() = Some(errno),
+            _ => *self.armed.lock().unwrap() = Some((skip_batches, fault)),
+        }
     }
 
     /// Write batches seen so far (successful or not).
@@ -65,13 +72,19 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
     }
 
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
-        self.inner.read_files(paths)
+        match self.armed_read.lock().unwrap().take() {
+            None => self.inner.read_files(paths),
+            Some(errno) => paths
+                .iter()
+                .map(|p| Err(IoError::new(IoOp::Open, p, std::io::Error::from_raw_os_error(errno))))
+                .collect(),
+        }
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.write_batches.fetch_add(1, Ordering::SeqCst);
         match self.take_fault() {
-            None => self.inner.write_files(files, durable),
+            None | Some(Fault::Read { .. }) => self.inner.write_files(files, durable),
             Some(Fault::Write { errno, files_written }) => {
                 let n = files_written.min(files.len());
                 self.inner.write_files(&files[..n], durable)?;
