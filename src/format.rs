@@ -217,7 +217,9 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("ledger serialises")
+        let bytes = serde_json::to_vec(self).expect("ledger serialises");
+        debug_assert_eq!(Ledger::decode(&bytes), Ok(Some(*self)), "the ledger reads back as written");
+        bytes
     }
 
     /// `Ok(None)` for an empty (all-whitespace) file; `Err` for anything unparseable.
@@ -238,7 +240,12 @@ struct IndexFile<P> {
 
 /// `{"Positions":[...]}`
 pub fn encode_index(positions: &[u64]) -> Vec<u8> {
-    serde_json::to_vec(&IndexFile { positions }).expect("index serialises")
+    let bytes = serde_json::to_vec(&IndexFile { positions }).expect("index serialises");
+    debug_assert!(
+        decode_index(&bytes).is_ok_and(|read| read == positions),
+        "an index file reads back as written (sorted, unique, ≥ 1)"
+    );
+    bytes
 }
 
 /// Parses an index file; the positions must be sorted and unique (Opossum keeps them so), otherwise the file is
