@@ -12,11 +12,7 @@ use serde_json::value::RawValue;
 /// A JSON value kept as its (minified) text; the store never interprets payloads.
 pub type RawJson = Box<RawValue>;
 
-/// Longest event type name accepted, in bytes. Opossum turns it into a file name, and file names are
-/// limited to 255 bytes on ext4; the `.json` suffix must still fit.
-pub const EVENT_TYPE_BYTES_MAX: usize = 200;
-/// Longest tag key plus value accepted, in bytes (the tag index file name is `<key>_<value>.json`).
-pub const TAG_BYTES_MAX: usize = 240;
+pub use crate::limits::{EVENT_TYPE_BYTES_MAX, TAG_BYTES_MAX};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Tag {

@@ -108,13 +108,14 @@ impl ProtocolError {
 impl From<StoreError> for ProtocolError {
     fn from(e: StoreError) -> Self {
         let code = match &e {
-            StoreError::Invalid(_) => ErrorCode::InvalidRequest,
+            StoreError::Invalid(_) | StoreError::LimitExceeded { .. } => ErrorCode::InvalidRequest,
             StoreError::ConditionFailed { .. } => ErrorCode::AppendConditionFailed,
             StoreError::Closed => ErrorCode::ShuttingDown,
             StoreError::Io(_)
             | StoreError::Corrupt { .. }
             | StoreError::MissingEvent { .. }
             | StoreError::Poisoned(_)
+            | StoreError::IndexFlush
             | StoreError::Locked(_) => ErrorCode::StorageError,
         };
         ProtocolError::new(code, e.to_string())
@@ -126,9 +127,10 @@ impl From<ProjectionError> for ProtocolError {
         let code = match &e {
             // A name or key that could leave its directory, a bad tag, a state too large, a key whose file name
             // another key already uses: the request cannot be stored as it is.
-            ProjectionError::InvalidName(_) | ProjectionError::Invalid(_) | ProjectionError::KeyCollision { .. } => {
-                ErrorCode::InvalidRequest
-            }
+            ProjectionError::InvalidName(_)
+            | ProjectionError::Invalid(_)
+            | ProjectionError::LimitExceeded { .. }
+            | ProjectionError::KeyCollision { .. } => ErrorCode::InvalidRequest,
             ProjectionError::NotFound { .. } => ErrorCode::NotFound,
             ProjectionError::VersionConflict { .. } => ErrorCode::VersionConflict,
             ProjectionError::Closed => ErrorCode::ShuttingDown,
