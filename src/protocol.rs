@@ -13,6 +13,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::limits::{ERROR_MESSAGE_BYTES_MAX, INPUT_QUOTE_BYTES_MAX, REQUEST_ID_BYTES_MAX};
 use crate::model::{AppendCondition, Event, Query, RawJson, ReadOptions, SequencedEvent, Tag};
 use crate::projection::format::ProjectionView;
 use crate::projection::{ProjectionError, ProjectionItem, ProjectionMetadata, ProjectionSummary, Put};
@@ -22,7 +23,7 @@ use crate::store::StoreError;
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line accepted by default, in bytes (excluding the `\n`). A longer line is answered with
 /// `frame_too_large` and the connection is closed (the rest of the line cannot be told apart from the next request).
-pub const MAX_FRAME_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+pub const MAX_FRAME_BYTES_DEFAULT: usize = crate::limits::FRAME_BYTES_DEFAULT;
 /// The server's name in `hello`.
 pub const SERVER_NAME: &str = "opossumd";
 
@@ -174,10 +175,17 @@ impl RequestId {
     fn from_raw(raw: &RawValue) -> Result<RequestId, ProtocolError> {
         let text = raw.get();
         match text.as_bytes().first() {
-            Some(b'"') | Some(b'-') | Some(b'0'..=b'9') => {
+            Some(b'"') | Some(b'-') | Some(b'0'..=b'9') if text.len() <= REQUEST_ID_BYTES_MAX => {
                 Ok(RequestId(RawValue::from_string(text.to_string()).expect("already JSON")))
             }
-            _ => Err(ProtocolError::invalid(format!("\"id\" must be a string or a number, got {text}"))),
+            Some(_) if text.len() > REQUEST_ID_BYTES_MAX => Err(ProtocolError::invalid(format!(
+                "\"id\" is {} bytes of JSON; the limit is {REQUEST_ID_BYTES_MAX}",
+                text.len()
+            ))),
+            _ => Err(ProtocolError::invalid(format!(
+                "\"id\" must be a string or a number, got {}",
+                quote_input(text, INPUT_QUOTE_BYTES_MAX)
+            ))),
         }
     }
 }
@@ -221,68 +229,149 @@ pub fn parse_envelope(line: &[u8]) -> Result<Envelope, (RequestId, ProtocolError
         Some(raw) => RequestId::from_raw(raw).map_err(|e| (RequestId::null(), e))?,
     };
     match wire.op {
+        Some(serde_json::Value::String(op)) if op.len() > INPUT_QUOTE_BYTES_MAX => Err((
+            id,
+            ProtocolError::new(ErrorCode::UnknownOp, format!("unknown op {}", quote_input(&op, INPUT_QUOTE_BYTES_MAX))),
+        )),
         Some(serde_json::Value::String(op)) => Ok(Envelope { id, op }),
-        Some(other) => Err((id, ProtocolError::invalid(format!("\"op\" must be a string, got {other}")))),
+        Some(other) => Err((
+            id,
+            ProtocolError::invalid(format!(
+                "\"op\" must be a string, got {}",
+                quote_input(&other.to_string(), INPUT_QUOTE_BYTES_MAX)
+            )),
+        )),
         None => Err((id, ProtocolError::invalid("missing \"op\""))),
     }
 }
 
-/// Parses the whole request line as the body of `op`. Bodies reject unknown fields, so a misspelt `"condition"`
-/// is an error rather than an unconditional append.
+/// Parses the whole request line as the body of `op`. Bodies reject unknown fields at every level, so a misspelt
+/// `"condition"` or `"tags"` is an error rather than an unconditional or untagged append; the message names the JSON
+/// path of the offending field (e.g. `events[0].tag`).
 pub fn parse_body<T: DeserializeOwned>(op: &str, line: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(line).map_err(|e| {
-        // serde_json names the position, not the field, of a type error: name the nearest key before it.
-        let near = match e.classify() {
-            serde_json::error::Category::Data if e.line() == 1 => nearest_key(line, e.column()),
+        // serde_json names the position, not the field: name the path that leads to that position.
+        let path = match e.classify() {
+            serde_json::error::Category::Data if e.line() == 1 => json_path_at(line, e.column()),
             _ => None,
         };
-        match near {
-            Some(key) => ProtocolError::invalid(format!("bad {op} request: {e} (near \"{key}\")")),
-            None => ProtocolError::invalid(format!("bad {op} request: {e}")),
+        // serde_json's text ends with " at line 1 column N", which the path replaces.
+        let text = e.to_string();
+        let text = match text.rfind(" at line ") {
+            Some(cut) if path.is_some() => text[..cut].to_string(),
+            _ => text,
+        };
+        match path {
+            Some(path) => ProtocolError::invalid(format!("bad {op} request at {path}: {text}")),
+            None => ProtocolError::invalid(format!("bad {op} request: {text}")),
         }
     })
 }
 
-/// The last object key (`"key":`) that starts before byte `column` (1-based) of `line`.
-fn nearest_key(line: &[u8], column: usize) -> Option<String> {
-    let prefix = std::str::from_utf8(&line[..column.min(line.len())]).ok()?;
-    let colon = prefix.rfind("\":")?;
-    let open = prefix[..colon].rfind('"')?;
-    let key = &prefix[open + 1..colon];
-    (!key.is_empty() && key.len() <= 64 && !key.contains('\\')).then(|| key.to_string())
+/// The JSON path (`events[0].tags[1].value`) of the value being read at byte `column` (1-based, as serde_json
+/// reports it) of `line`: a scan of the bytes before it that tracks the open objects and arrays. `None` at the top
+/// level or when the prefix is not JSON this scan understands.
+fn json_path_at(line: &[u8], column: usize) -> Option<String> {
+    enum Level {
+        Object { key: Option<String>, expect_key: bool },
+        Array { index: usize },
+    }
+    let end = column.min(line.len());
+    let mut stack: Vec<Level> = Vec::new();
+    let mut i = 0;
+    while i < end {
+        match line[i] {
+            b'{' => stack.push(Level::Object { key: None, expect_key: true }),
+            b'[' => stack.push(Level::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop()?;
+            }
+            b',' => match stack.last_mut()? {
+                Level::Object { expect_key, .. } => *expect_key = true,
+                Level::Array { index } => *index += 1,
+            },
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < line.len() && line[i] != b'"' {
+                    i += if line[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Level::Object { key, expect_key }) = stack.last_mut() {
+                    if *expect_key {
+                        let raw = &line[start..i.min(line.len())];
+                        *key = Some(quote_input(&String::from_utf8_lossy(raw), INPUT_QUOTE_BYTES_MAX));
+                        *expect_key = false;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut path = String::new();
+    for level in &stack {
+        match level {
+            Level::Object { key: Some(key), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Level::Object { key: None, .. } => {}
+            Level::Array { index } => path.push_str(&format!("[{index}]")),
+        }
+    }
+    (!path.is_empty()).then_some(path)
 }
 
+/// At most `max` bytes of client input for an error message (cut at a character boundary), with how long it was
+/// when it was cut: error answers never echo large input back.
+pub fn quote_input(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..cut], text.len())
+}
+
+/// A request body: `id` and `op` are read by [`parse_envelope`] and skipped here, and every other field must be one
+/// the struct names (`deny_unknown_fields`, which serde cannot combine with a flattened envelope).
+macro_rules! request {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(rename = "id")]
+            _id: IgnoredAny,
+            #[serde(rename = "op")]
+            _op: IgnoredAny,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+    };
+}
+
+request! {
 /// Body of `hello`, `head` and `stats`: nothing but id and op.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EmptyRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
+}
 }
 
+request! {
 /// Body of `append`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AppendRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub events: Vec<Event>,
     #[serde(default)]
     pub condition: Option<AppendCondition>,
 }
+}
 
+request! {
 /// Body of `read`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ReadRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     /// Defaults to `"all"`.
     #[serde(default = "query_all")]
     pub query: Query,
@@ -295,6 +384,7 @@ pub struct ReadRequest {
     #[serde(default)]
     pub backwards: bool,
 }
+}
 
 fn query_all() -> Query {
     Query::All
@@ -306,14 +396,9 @@ impl ReadRequest {
     }
 }
 
+request! {
 /// Body of `projection.put`: one [`Put`], its fields beside `id` and `op`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectionPutRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub projection: String,
     pub key: String,
     pub state: RawJson,
@@ -321,6 +406,7 @@ pub struct ProjectionPutRequest {
     pub tags: Vec<Tag>,
     #[serde(default)]
     pub expected_version: Option<u64>,
+}
 }
 
 impl ProjectionPutRequest {
@@ -335,63 +421,43 @@ impl ProjectionPutRequest {
     }
 }
 
+request! {
 /// Body of `projection.put_many`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectionPutManyRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub puts: Vec<Put>,
 }
+}
 
+request! {
 /// Body of `projection.get` and `projection.delete`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectionKeyRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub projection: String,
     pub key: String,
 }
-
-/// Body of `projection.get_all`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectionNameRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
-    pub projection: String,
 }
 
+request! {
+/// Body of `projection.get_all`.
+pub struct ProjectionNameRequest {
+    pub projection: String,
+}
+}
+
+request! {
 /// Body of `projection.query`: the projections carrying every one of `tags`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectionQueryRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub projection: String,
     pub tags: Vec<Tag>,
 }
+}
 
+request! {
 /// Body of `projection.checkpoint`: reads the checkpoint, or sets it when `position` is given.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectionCheckpointRequest {
-    #[serde(rename = "id")]
-    _id: IgnoredAny,
-    #[serde(rename = "op")]
-    _op: IgnoredAny,
     pub projection: String,
     #[serde(default)]
     pub position: Option<u64>,
+}
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -422,7 +488,10 @@ pub fn encode_error(out: &mut Vec<u8>, id: &RequestId, error: &ProtocolError) {
     out.extend_from_slice(b"{\"id\":");
     out.extend_from_slice(id.as_json().as_bytes());
     out.extend_from_slice(b",\"ok\":false,\"error\":");
-    serde_json::to_writer(&mut *out, &ErrorBody { code: error.code.as_str(), message: &error.message })
+    // The last guard against echoing large client input: messages quote input through `quote_input`, but store
+    // and model errors may name what they refused in full.
+    let message = quote_input(&error.message, ERROR_MESSAGE_BYTES_MAX);
+    serde_json::to_writer(&mut *out, &ErrorBody { code: error.code.as_str(), message: &message })
         .expect("errors serialise");
     out.extend_from_slice(b"}\n");
 }
@@ -619,6 +688,15 @@ pub struct HelloResponse {
     pub protocol: u32,
     pub io_backend: String,
     pub head: u64,
+    /// Whether the store takes appends now; when not, `unwritable_reason` says why (reads still work).
+    #[serde(default = "writable_default")]
+    pub writable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwritable_reason: Option<String>,
+}
+
+fn writable_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -709,6 +787,50 @@ mod tests {
         assert_eq!(r.options(), ReadOptions { limit: Some(2), backwards: true, ..Default::default() });
         let err = parse_body::<ReadRequest>("read", br#"{"id":1,"op":"read","query":{"items":[{}]}}"#).unwrap_err();
         assert!(err.message.contains("at least one type or tag"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_named_by_their_path() {
+        let cases = [
+            (r#"{"id":1,"op":"append","events":[{"type":"A","data":{},"tag":[]}]}"#, "events[0].tag"),
+            (
+                r#"{"id":1,"op":"append","events":[{"type":"A","data":{"x":[1,{}]}},{"type":"A","data":{},"tags":[{"key":"k","value":"v","vlaue":1}]}]}"#,
+                "events[1].tags[0].vlaue",
+            ),
+            (
+                r#"{"id":1,"op":"append","events":[{"type":"A","data":{}}],"condition":{"fail_if_events_match":"all","afterr":1}}"#,
+                "condition.afterr",
+            ),
+            (r#"{"id":1,"op":"read","query":{"items":[{"types":["A"],"tag":[]}]}}"#, "query.items[0].tag"),
+            (r#"{"id":1,"op":"read","query":{"items":[{"types":["A"]}],"x":1}}"#, "query.x"),
+        ];
+        for (text, path) in cases {
+            let err = if text.contains("append") {
+                parse_body::<AppendRequest>("append", text.as_bytes()).unwrap_err()
+            } else {
+                parse_body::<ReadRequest>("read", text.as_bytes()).unwrap_err()
+            };
+            assert!(err.message.contains(&format!("at {path}:")), "{text}\n-> {err}");
+            assert!(!err.message.contains("line 1 column"), "{err}");
+        }
+        let err = parse_body::<ReadRequest>("read", br#"{"id":1,"op":"read","after":"3"}"#).unwrap_err();
+        assert!(err.message.contains("at after:"), "{err}");
+    }
+
+    #[test]
+    fn error_lines_quote_little_input() {
+        let long = "x".repeat(100_000);
+        let (_, err) = parse_envelope(format!(r#"{{"id":{{"a":"{long}"}},"op":"head"}}"#).as_bytes()).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message.len());
+        let (id, err) = parse_envelope(format!(r#"{{"id":"{long}","op":"head"}}"#).as_bytes()).unwrap_err();
+        assert_eq!(id.as_json(), "null");
+        assert!(err.message.contains("limit"), "{err}");
+        let (_, err) = parse_envelope(format!(r#"{{"id":1,"op":"{long}"}}"#).as_bytes()).unwrap_err();
+        assert!(err.message.len() < 200 && err.code == ErrorCode::UnknownOp, "{err}");
+        let mut out = Vec::new();
+        encode_error(&mut out, &RequestId::number(1), &ProtocolError::invalid(long.clone()));
+        assert!(out.len() < ERROR_MESSAGE_BYTES_MAX + 100, "{}", out.len());
+        assert_eq!(quote_input("añb", 2), "a... (4 bytes)");
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod connections;
 mod crash;
 #[path = "daemon/dcb.rs"]
 mod dcb;
+#[path = "daemon/hardening_wire.rs"]
+mod hardening_wire;
 #[path = "daemon/lifecycle.rs"]
 mod lifecycle;
 #[path = "daemon/projection.rs"]

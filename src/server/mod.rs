@@ -35,20 +35,19 @@ use crate::projection::ProjectionStore;
 use crate::protocol::{self, ErrorCode, ProtocolError, RequestId};
 use crate::store::Store;
 
+pub mod fds;
 mod ops;
 mod projection_ops;
 pub mod systemd;
 
-/// Bytes of encoded item lines handed from a read's producer to the socket at a time.
-pub const READ_CHUNK_BYTES: usize = 256 * 1024;
-/// Encoded chunks a read may have waiting for the socket; the producer blocks beyond that (backpressure).
-pub const READ_CHUNKS_IN_FLIGHT: usize = 2;
-/// Initial (and idle) size of a connection's read buffer; it grows up to `max_frame_bytes` for a long line.
-const LINE_BUFFER_INITIAL: usize = 8 * 1024;
+use crate::limits::{
+    LINE_BUFFERS_BYTES_TOTAL_MAX, LINE_BUFFER_BYTES_INITIAL, READ_STREAMS_MAX, STREAM_WRITE_TIMEOUT_MS,
+};
+pub use crate::limits::{READ_CHUNKS_IN_FLIGHT, READ_CHUNK_BYTES};
 /// Pending response bytes that force a write even while more pipelined requests are buffered.
 const OUT_FLUSH_BYTES: usize = 64 * 1024;
-/// How long a refused (`busy`) connection gets to take its error line.
-const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the systemd status line is brought up to date with the store's write status.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// After in-flight requests finished at shutdown, how long idle connections get to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -62,6 +61,10 @@ pub enum ServerError {
     Socket { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Io(#[from] io::Error),
+    /// The graceful stop could not flush or close the store: what was acknowledged is durable, but deferred index
+    /// files or the projection store may need the next start's recovery.
+    #[error("stopping: {0}")]
+    Stop(String),
 }
 
 fn socket_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
@@ -153,6 +156,14 @@ pub struct Context {
     pub projections: Arc<ProjectionStore>,
     pub started: Instant,
     pub max_frame_bytes: usize,
+    /// How long a started request line may take to arrive.
+    line_timeout: Duration,
+    /// Grown request-buffer bytes of all connections, at most [`LINE_BUFFERS_BYTES_TOTAL_MAX`].
+    line_buffers: Arc<AtomicUsize>,
+    /// Permits of streaming reads, [`READ_STREAMS_MAX`].
+    read_streams: Arc<tokio::sync::Semaphore>,
+    /// What the descriptor limit allows ([`fds::plan_connections`]); SIGHUP cannot raise `max_connections` past it.
+    descriptor_limit: u64,
     max_connections: AtomicUsize,
     connections: AtomicUsize,
     counters: ServerCounters,
@@ -167,6 +178,10 @@ impl Context {
             projections,
             started: Instant::now(),
             max_frame_bytes: config.max_frame_bytes,
+            line_timeout: config.line_timeout,
+            line_buffers: Arc::new(AtomicUsize::new(0)),
+            read_streams: Arc::new(tokio::sync::Semaphore::new(READ_STREAMS_MAX)),
+            descriptor_limit: fds::nofile_soft_limit(),
             max_connections: AtomicUsize::new(config.max_connections),
             connections: AtomicUsize::new(0),
             counters: ServerCounters::default(),
@@ -244,13 +259,27 @@ pub async fn run(
     std_listener.set_nonblocking(true)?;
     let listener = UnixListener::from_std(std_listener)?;
     let ctx = Arc::new(Context::new(Arc::new(store), Arc::new(projections), &config));
+    let (fit, warning) = fds::plan_connections(ctx.descriptor_limit, config.max_connections);
+    match warning {
+        Some(warning) => tracing::warn!("{warning}"),
+        None => tracing::info!(
+            descriptor_limit = ctx.descriptor_limit,
+            max_connections = fit,
+            "descriptor budget: connections, reads and writes fit"
+        ),
+    }
+    ctx.max_connections.store(fit, Ordering::SeqCst);
     match &bound {
         Some((path, _)) => tracing::info!(socket = %path.display(), "listening"),
         None => tracing::info!("listening on the socket systemd passed"),
     }
-    if let Err(e) = systemd::notify("READY=1\nSTATUS=serving") {
+    let mut write_status = ctx.store.write_status();
+    if let Err(e) = systemd::notify(&format!("READY=1\n{}", systemd::serving_status(&write_status))) {
         tracing::warn!("sd_notify READY=1 failed: {e}");
     }
+    // The status line follows the store's write status.
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -262,13 +291,30 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            _ = status_tick.tick() => {
+                let now = ctx.store.write_status();
+                if now != write_status {
+                    match &now {
+                        crate::store::WriteStatus::Writable => tracing::info!("the store takes writes again"),
+                        crate::store::WriteStatus::Unwritable { reason } => {
+                            tracing::error!("the store takes no writes: {reason}")
+                        }
+                    }
+                    let _ = systemd::notify(&systemd::serving_status(&now));
+                    write_status = now;
+                }
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
                 if let Some(new) = hooks.reload.as_mut().and_then(|reload| reload()) {
-                    ctx.max_connections.store(new.max_connections, Ordering::SeqCst);
-                    tracing::info!(max_connections = new.max_connections, log = %new.log, "configuration reloaded");
+                    let (fit, warning) = fds::plan_connections(ctx.descriptor_limit, new.max_connections);
+                    if let Some(warning) = warning {
+                        tracing::warn!("{warning}");
+                    }
+                    ctx.max_connections.store(fit, Ordering::SeqCst);
+                    tracing::info!(max_connections = fit, log = %new.log, "configuration reloaded");
                 }
             }
         }
@@ -310,8 +356,10 @@ pub async fn run(
     let projections = ctx.projections.clone();
     drop(ctx);
     let closed = tokio::task::spawn_blocking(move || {
+        let mut failures = Vec::new();
         if let Err(e) = store.sync() {
             tracing::error!("flushing the store at shutdown failed: {e}");
+            failures.push(format!("flushing the store: {e}"));
         }
         let deadline = Instant::now() + CLOSE_GRACE;
         // Projection reads hold no handle on the projection store; writes in flight hold one until they commit.
@@ -319,25 +367,33 @@ pub async fn run(
             Some(projections) => {
                 if let Err(e) = projections.close() {
                     tracing::error!("closing the projection store: {e}");
+                    failures.push(format!("closing the projection store: {e}"));
                 }
             }
             None => tracing::warn!("projection store still in use at exit; its indices are rebuilt at the next start"),
         }
         match wait_unshared(store, deadline) {
-            Some(store) => store.close(),
-            None => {
-                tracing::warn!("store still in use at exit; it was flushed, not closed");
-                Ok(())
+            Some(store) => {
+                if let Err(e) = store.close() {
+                    failures.push(format!("closing the store: {e}"));
+                }
             }
+            None => tracing::warn!("store still in use at exit; it was flushed, not closed"),
         }
+        failures
     })
     .await;
     match closed {
-        Ok(Ok(())) => tracing::info!("stopped"),
-        Ok(Err(e)) => tracing::error!("closing the store: {e}"),
-        Err(e) => tracing::error!("closing the store panicked: {e}"),
+        Ok(failures) if failures.is_empty() => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(failures) => {
+            tracing::error!("stopped after failures: {}", failures.join("; "));
+            Err(ServerError::Stop(failures.join("; ")))
+        }
+        Err(e) => Err(ServerError::Stop(format!("closing the store panicked: {e}"))),
     }
-    Ok(())
 }
 
 /// Waits until `shared` is the last handle (blocking work still holding it ends soon), up to `deadline`.
@@ -372,17 +428,13 @@ fn accept(ctx: &Arc<Context>, stream: UnixStream) {
         release_connection(ctx);
         ctx.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(max, "connection refused: busy");
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let mut out = Vec::new();
-            let message = format!("the server is at its limit of {max} connections; retry later");
-            protocol::encode_error(&mut out, &RequestId::null(), &ProtocolError::new(ErrorCode::Busy, message));
-            let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
-                stream.write_all(&out).await?;
-                stream.shutdown().await
-            })
-            .await;
-        });
+        // Answered and closed at once, without a task: a fresh socket's send buffer takes the short line, and a
+        // refused connection must not hold a descriptor while a flood of them arrives.
+        let mut out = Vec::new();
+        let message = format!("the server is at its limit of {max} connections; retry later");
+        protocol::encode_error(&mut out, &RequestId::null(), &ProtocolError::new(ErrorCode::Busy, message));
+        let _ = stream.try_write(&out);
+        drop(stream);
         return;
     }
     let ctx = ctx.clone();
@@ -473,7 +525,7 @@ async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_
 
 async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
     let (reader, mut writer) = stream.into_split();
-    let mut lines = LineReader::new(reader, ctx.max_frame_bytes);
+    let mut lines = LineReader::new(reader, ctx.max_frame_bytes, ctx.line_buffers.clone(), ctx.line_timeout);
     let mut out = Vec::new();
     let mut close = ctx.shutdown.close.subscribe();
     loop {
@@ -495,6 +547,24 @@ async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
                     &RequestId::null(),
                     &ProtocolError::new(ErrorCode::FrameTooLarge, message),
                 );
+                ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(LineError::Timeout) => {
+                let message = format!(
+                    "request line incomplete after {} ms; closing (a request must arrive within line_timeout_ms)",
+                    ctx.line_timeout.as_millis()
+                );
+                protocol::encode_error(&mut out, &RequestId::null(), &ProtocolError::invalid(message));
+                ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Err(LineError::MemoryBusy) => {
+                let message = format!(
+                    "the server's request buffers are full ({} MiB over all connections); retry later",
+                    LINE_BUFFERS_BYTES_TOTAL_MAX >> 20
+                );
+                protocol::encode_error(&mut out, &RequestId::null(), &ProtocolError::new(ErrorCode::Busy, message));
                 ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -538,10 +608,16 @@ async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
 
 enum LineError {
     TooLarge,
+    /// A started line did not arrive in full within the line timeout.
+    Timeout,
+    /// Growing the buffer for a long line would exceed [`LINE_BUFFERS_BYTES_TOTAL_MAX`].
+    MemoryBusy,
     Io(io::Error),
 }
 
-/// Splits a byte stream into `\n`-terminated lines of at most `max` bytes.
+/// Splits a byte stream into `\n`-terminated lines of at most `max` bytes. The buffer starts at
+/// [`LINE_BUFFER_BYTES_INITIAL`]; what it grows beyond that is taken from a budget shared by all connections and
+/// given back when it shrinks or the connection ends.
 struct LineReader {
     reader: OwnedReadHalf,
     buf: Vec<u8>,
@@ -550,16 +626,52 @@ struct LineReader {
     scanned: usize,
     end: usize,
     max: usize,
+    budget: Arc<AtomicUsize>,
+    timeout: Duration,
+    /// When the first byte of the line being read arrived.
+    line_started: Option<tokio::time::Instant>,
 }
 
 impl LineReader {
-    fn new(reader: OwnedReadHalf, max: usize) -> LineReader {
-        LineReader { reader, buf: vec![0; LINE_BUFFER_INITIAL], start: 0, scanned: 0, end: 0, max }
+    fn new(reader: OwnedReadHalf, max: usize, budget: Arc<AtomicUsize>, timeout: Duration) -> LineReader {
+        LineReader {
+            reader,
+            buf: vec![0; LINE_BUFFER_BYTES_INITIAL],
+            start: 0,
+            scanned: 0,
+            end: 0,
+            max,
+            budget,
+            timeout,
+            line_started: None,
+        }
     }
 
     /// Whether a complete line is already buffered (more pipelined requests to answer before writing).
     fn has_line(&self) -> bool {
         self.buf[self.scanned..self.end].contains(&b'\n')
+    }
+
+    /// Resizes the buffer to `len`, taking the growth beyond the initial size from the shared budget.
+    fn resize(&mut self, len: usize) -> Result<(), LineError> {
+        let held = self.buf.len().saturating_sub(LINE_BUFFER_BYTES_INITIAL);
+        let wanted = len.saturating_sub(LINE_BUFFER_BYTES_INITIAL);
+        if wanted > held {
+            let more = wanted - held;
+            let before = self.budget.fetch_add(more, Ordering::SeqCst);
+            if before + more > LINE_BUFFERS_BYTES_TOTAL_MAX {
+                self.budget.fetch_sub(more, Ordering::SeqCst);
+                return Err(LineError::MemoryBusy);
+            }
+        } else {
+            self.budget.fetch_sub(held - wanted, Ordering::SeqCst);
+        }
+        if len < self.buf.len() {
+            self.buf = vec![0; len];
+        } else {
+            self.buf.resize(len, 0);
+        }
+        Ok(())
     }
 
     /// The next line's range in `buf` (valid until the next call), or `None` at end of stream. Bytes after the last
@@ -571,6 +683,7 @@ impl LineReader {
                 let range = (self.start, newline);
                 self.start = newline + 1;
                 self.scanned = self.start;
+                self.line_started = (self.start < self.end).then(tokio::time::Instant::now);
                 if newline - range.0 > self.max {
                     return Err(LineError::TooLarge);
                 }
@@ -584,8 +697,8 @@ impl LineReader {
                 self.start = 0;
                 self.scanned = 0;
                 self.end = 0;
-                if self.buf.len() > 16 * LINE_BUFFER_INITIAL {
-                    self.buf = vec![0; LINE_BUFFER_INITIAL];
+                if self.buf.len() > 16 * LINE_BUFFER_BYTES_INITIAL {
+                    self.resize(LINE_BUFFER_BYTES_INITIAL)?;
                 }
             } else if self.end == self.buf.len() && self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
@@ -595,9 +708,18 @@ impl LineReader {
             }
             if self.end == self.buf.len() {
                 let grown = (self.buf.len() * 2).min(self.max + 2).max(self.buf.len() + 1);
-                self.buf.resize(grown, 0);
+                self.resize(grown)?;
             }
-            let n = self.reader.read(&mut self.buf[self.end..]).await.map_err(LineError::Io)?;
+            let read = self.reader.read(&mut self.buf[self.end..]);
+            let n = match self.line_started {
+                // Inside a line: the rest must arrive before the line's deadline.
+                Some(started) => match tokio::time::timeout_at(started + self.timeout, read).await {
+                    Ok(n) => n,
+                    Err(_) => return Err(LineError::Timeout),
+                },
+                None => read.await,
+            }
+            .map_err(LineError::Io)?;
             if n == 0 {
                 if self.start == self.end {
                     return Ok(None);
@@ -607,8 +729,17 @@ impl LineReader {
                 self.scanned = self.end;
                 return Ok(Some(range));
             }
+            if self.line_started.is_none() {
+                self.line_started = Some(tokio::time::Instant::now());
+            }
             self.end += n;
         }
+    }
+}
+
+impl Drop for LineReader {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.buf.len().saturating_sub(LINE_BUFFER_BYTES_INITIAL), Ordering::SeqCst);
     }
 }
 
@@ -644,10 +775,13 @@ impl ChunkSink {
 /// Runs `produce` on tokio's blocking pool and streams what it writes into its [`ChunkSink`] to the client. Memory
 /// stays bounded however much it produces; a producer that ends without a final line is a `storage_error`.
 pub(crate) async fn stream_blocking(
+    ctx: &Context,
     resp: &mut Responder<'_>,
     what: &'static str,
     produce: impl FnOnce(&mut ChunkSink) + Send + 'static,
 ) -> Result<(), OpError> {
+    // At most READ_STREAMS_MAX producers hold blocking threads; more wait here, holding nothing.
+    let _permit = ctx.read_streams.clone().acquire_owned().await.expect("the semaphore is never closed");
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_CHUNKS_IN_FLIGHT);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let producer = tokio::task::spawn_blocking(move || {
@@ -659,7 +793,14 @@ pub(crate) async fn stream_blocking(
     });
     resp.flush().await?;
     while let Some(chunk) = rx.recv().await {
-        resp.write(&chunk).await?;
+        // A client that stops reading is closed after a while: its producer (thread, permit, chunks) ends with it.
+        match tokio::time::timeout(Duration::from_millis(STREAM_WRITE_TIMEOUT_MS), resp.write(&chunk)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                let message = format!("the client took no data for {STREAM_WRITE_TIMEOUT_MS} ms");
+                return Err(OpError::Disconnected(io::Error::new(io::ErrorKind::TimedOut, message)));
+            }
+        }
     }
     let reason = match producer.await {
         Err(e) => format!("{what} task failed: {e}"),

@@ -11,16 +11,22 @@ use crate::protocol::{
     self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
     ReadRequest, PROTOCOL_VERSION, SERVER_NAME,
 };
-use crate::store::StoreStats;
+use crate::store::{StoreStats, WriteStatus};
 
 pub(super) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
     protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
+    let unwritable_reason = match ctx.store.write_status() {
+        WriteStatus::Writable => None,
+        WriteStatus::Unwritable { reason } => Some(reason),
+    };
     let body = HelloResponse {
         server: SERVER_NAME.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
         io_backend: ctx.store.io_backend().to_string(),
         head: ctx.store.head(),
+        writable: unwritable_reason.is_none(),
+        unwritable_reason,
     };
     protocol::encode_ok(resp.out, &req.id, &body);
     Ok(())
@@ -48,6 +54,10 @@ struct ServerStats {
 #[derive(Serialize)]
 struct StatsResponse {
     head: u64,
+    /// Whether the store takes appends now, and why not.
+    writable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unwritable_reason: Option<String>,
     io_backend: String,
     uptime_ms: u64,
     server: ServerStats,
@@ -60,8 +70,14 @@ pub(super) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) 
     let store = ctx.store.stats();
     let uptime_ms = ctx.started.elapsed().as_millis() as u64;
     let c = &ctx.counters;
+    let unwritable_reason = match ctx.store.write_status() {
+        WriteStatus::Writable => None,
+        WriteStatus::Unwritable { reason } => Some(reason),
+    };
     let body = StatsResponse {
         head: store.head,
+        writable: unwritable_reason.is_none(),
+        unwritable_reason,
         io_backend: store.io_backend.clone(),
         uptime_ms,
         server: ServerStats {
@@ -105,7 +121,7 @@ pub(super) async fn read(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Respo
     let store = ctx.store.clone();
     let id = req.id.clone();
     // The producer reads batches of event files and encodes them as item lines.
-    super::stream_blocking(resp, "read", move |sink| {
+    super::stream_blocking(ctx, resp, "read", move |sink| {
         let mut reader = match store.read(&body.query, body.options()) {
             Ok(reader) => reader,
             Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),

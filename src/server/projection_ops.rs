@@ -201,9 +201,9 @@ async fn stream(
 ) -> Result<(), OpError> {
     ctx.projection_counters.reads.fetch_add(1, Ordering::Relaxed);
     let store = ctx.projections.clone();
-    let ctx = ctx.clone();
+    let counters = ctx.clone();
     let id = req.id.clone();
-    super::stream_blocking(resp, "projection read", move |sink| {
+    super::stream_blocking(ctx, resp, "projection read", move |sink| {
         let opened = open(&store);
         // The reader needs no handle on the store: a slow client must not keep it from closing at shutdown.
         drop(store);
@@ -250,12 +250,12 @@ async fn stream(
                 }
                 Err(e) => {
                     tracing::error!("projection read failed after {count} items: {e}");
-                    ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+                    counters.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
                     return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e)));
                 }
             }
         }
-        ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+        counters.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
         sink.finish(|buf| protocol::encode_ok(buf, &id, &ProjectionReadDone { count }));
     })
     .await

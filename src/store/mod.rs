@@ -210,6 +210,13 @@ pub(crate) struct Shared {
     pub ledger_seen: Mutex<Option<writer::LedgerFingerprint>>,
 }
 
+/// Whether the store takes writes ([`Store::write_status`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteStatus {
+    Writable,
+    Unwritable { reason: String },
+}
+
 impl Shared {
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
@@ -504,6 +511,14 @@ impl Store {
             index_flush_us_total: get(&c.index_flush_us_total),
             index_flush_us_max: get(&c.index_flush_us_max),
             poisoned: self.shared.poison_reason(),
+        }
+    }
+
+    /// Whether appends can be written now, and why not.
+    pub fn write_status(&self) -> WriteStatus {
+        match self.shared.poison_reason() {
+            None => WriteStatus::Writable,
+            Some(reason) => WriteStatus::Unwritable { reason },
         }
     }
 
