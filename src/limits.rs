@@ -79,6 +79,10 @@ pub const READ_STREAMS_MAX: usize = 128;
 /// streaming reads. Threads start lazily; with 1,024 connections the daemon had 2,586 threads before this bound.
 pub const BLOCKING_THREADS_MAX: usize = 256;
 const _: () = assert!(READ_STREAMS_MAX < BLOCKING_THREADS_MAX);
+/// `TasksMax=` in systemd/opossumd.service: the blocking pool, the I/O pool (`io::threads::THREADS_DEFAULT`) and
+/// room for the tokio workers, io_uring rings, the rayon pool and the store's writer and flusher must fit it.
+pub const UNIT_TASKS_MAX: usize = 512;
+const _: () = assert!(BLOCKING_THREADS_MAX + crate::io::threads::THREADS_DEFAULT + 128 <= UNIT_TASKS_MAX);
 const _: () = assert!(FRAME_BYTES_DEFAULT <= LINE_BUFFERS_BYTES_TOTAL_MAX);
 const _: () = assert!(FRAME_BYTES_MIN <= LINE_BUFFER_BYTES_INITIAL);
 /// The file-creation mask the daemon sets at start by default (the unit's `UMask=`): store files and the socket

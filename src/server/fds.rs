@@ -17,6 +17,7 @@ pub struct NofileLimit {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (a shell's usual 1,024 is far below what batch reads and a
 /// thousand connections need).
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` here but not on every target.
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
@@ -36,6 +37,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
 }
 
 /// The current soft descriptor limit.
+#[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` here but not on every target.
 pub fn nofile_soft_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we own.
