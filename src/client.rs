@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent, Tag};
 use crate::projection::{ProjectionItem, ProjectionSummary, Put};
-use crate::protocol::{
+use crate::wire::{
     AppendResponse, ErrorCode, HeadResponse, HelloResponse, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemIn, ProjectionListResponse, ProjectionPutManyResponse, ProjectionPutResponse, ProjectionReadDone,
     ReadDone, WireError,

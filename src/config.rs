@@ -28,7 +28,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::io::{IoBackendKind, SyncStrategy};
-use crate::protocol::MAX_FRAME_BYTES_DEFAULT;
 use crate::store::{Durability, IndexWrites};
 
 pub const DATA_DEFAULT: &str = "./opossum-data";
@@ -228,7 +227,8 @@ impl Config {
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
-        let max_frame_bytes = pick(&args.max_frame_bytes, &file.max_frame_bytes).unwrap_or(MAX_FRAME_BYTES_DEFAULT);
+        let max_frame_bytes =
+            pick(&args.max_frame_bytes, &file.max_frame_bytes).unwrap_or(crate::limits::FRAME_BYTES_DEFAULT);
         if max_frame_bytes < crate::limits::FRAME_BYTES_MIN {
             let min = crate::limits::FRAME_BYTES_MIN;
             return Err(invalid("max_frame_bytes", format!("{max_frame_bytes} is too small (at least {min})")));

@@ -322,7 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn projection(client: &mut Client, command: &ProjectionCommand) -> anyhow::Result<()> {
     use opossum::projection::{ProjectionItem, Put};
-    use opossum::protocol::ProjectionItemOut;
+    use opossum::wire::ProjectionItemOut;
     fn print_items(items: impl Iterator<Item = opossum::client::Result<ProjectionItem>>) -> anyhow::Result<()> {
         let mut out = BufWriter::new(io::stdout().lock());
         for item in items {
