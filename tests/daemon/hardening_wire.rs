@@ -316,3 +316,39 @@ fn a_refused_daemon_leaves_no_store_and_a_closed_socket_mode_warns() {
     let closed = Daemon::start_at(&dir.path().join("s3"), &dir.path().join("s3.sock"), &["--socket-mode", "0000"]);
     assert!(closed.log_text().contains("WARN"), "{}", closed.log_text());
 }
+
+/// Item 6: the line timeout counts only the time the daemon waits for the client, not the time it spends answering
+/// earlier pipelined requests (here: a large read the client takes slowly) while part of the next line is buffered.
+#[test]
+fn the_line_timeout_does_not_count_time_spent_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none", "--line-timeout-ms", "300"]);
+    let mut c = daemon.client();
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    for _ in 0..2 {
+        let events = (0..500).map(|_| opossum::model::Event::new("Big", &data, vec![]).unwrap()).collect();
+        c.append(events, None).unwrap();
+    }
+    let mut raw = daemon.raw();
+    {
+        use std::io::Write;
+        // A read whose answer (~2 MB) outgrows the socket buffers, and the start of the next request.
+        raw.stream.write_all(b"{\"id\":1,\"op\":\"read\"}\n{\"id\":2,\"op\":\"he").unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut items = 0;
+    loop {
+        let line = raw.recv().expect("the read's answer");
+        if line.get("ok").is_some() {
+            assert_eq!(line["count"], 1000, "{line}");
+            break;
+        }
+        items += 1;
+    }
+    assert_eq!(items, 1000);
+    {
+        use std::io::Write;
+        raw.stream.write_all(b"ad\"}\n").unwrap();
+    }
+    assert_eq!(raw.recv().unwrap(), json!({"id":2,"ok":true,"head":1000}));
+}
