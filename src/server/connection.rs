@@ -1,5 +1,5 @@
-//! One connection: requests read line by line ([`super::frame`]), run in order through the op table
-//! ([`super::ops`]), answers batched into few writes; `busy` for connections over the limit.
+//! One connection: requests read line by line (`frame`), run in order through the op table
+//! (`ops`), answers batched into few writes; `busy` for connections over the limit.
 
 use std::io;
 use std::sync::atomic::Ordering;

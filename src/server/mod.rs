@@ -10,11 +10,11 @@
 //!   A read streams: a blocking producer encodes item lines into chunks of [`READ_CHUNK_BYTES`] and hands them over
 //!   a channel of [`READ_CHUNKS_IN_FLIGHT`] chunks, so memory stays bounded however many events match, and a client
 //!   that reads slowly stalls only its own producer (backpressure).
-//! - **Ops**: the op table ([`ops`]) maps each op name to its handler in a family module (`ops::core`,
+//! - **Ops**: the op table (`ops`) maps each op name to its handler in a family module (`ops::core`,
 //!   `ops::projection`); `unknown_op` lists the table's names. A handler gets the parsed [`Request`] and a
 //!   [`Responder`] that can write one final line or stream item lines ([`stream`]).
-//! - **Layout**: [`listener`] (binding, stale sockets), [`connection`] (accept, `busy`, the request loop), [`frame`]
-//!   (request lines), [`stream`] (streaming answers), [`ops`], [`shutdown`] (graceful stop), [`fds`] (the
+//! - **Layout**: [`listener`] (binding, stale sockets), [`connection`] (accept, `busy`, the request loop), `frame`
+//!   (request lines), [`stream`] (streaming answers), `ops`, `shutdown` (graceful stop), [`fds`] (the
 //!   descriptor budget), [`systemd`].
 //! - **Signals**: SIGTERM/SIGINT = graceful stop: stop accepting (the socket file is removed), answer new requests
 //!   with `shutting_down`, let in-flight requests finish (up to `shutdown_timeout`), flush the store, exit 0.

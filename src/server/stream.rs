@@ -1,4 +1,4 @@
-//! Streaming answers: a blocking producer encodes item lines into chunks ([`ChunkSink`]) that the connection's task
+//! Streaming answers: a blocking producer encodes item lines into chunks (`ChunkSink`) that the connection's task
 //! writes as the client takes them; at most [`crate::limits::READ_STREAMS_MAX`] producers at once, and a client that stops reading
 //! is closed after [`STREAM_WRITE_TIMEOUT_MS`].
 

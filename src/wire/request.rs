@@ -1,4 +1,4 @@
-//! Request bodies. Every one is declared with [`request!`], which skips `id` and `op` and refuses unknown fields;
+//! Request bodies. Every one is declared with `request!`, which skips `id` and `op` and refuses unknown fields;
 //! the model types inside (events, tags, queries, conditions, puts) refuse theirs too.
 
 use serde::de::IgnoredAny;
