@@ -352,3 +352,38 @@ fn the_line_timeout_does_not_count_time_spent_answering() {
     }
     assert_eq!(raw.recv().unwrap(), json!({"id":2,"ok":true,"head":1000}));
 }
+
+/// Item 6: request buffers had no bound over all connections (1,024 connections stalled inside 16 MiB lines could
+/// take 16 GiB). Three connections inside ~70 MiB lines need 3 × 128 MiB of buffers, past the 256 MiB budget: the
+/// third gets `busy`; once the others close, their memory is given back.
+#[test]
+fn request_buffers_share_one_budget() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let frame = (opossum::limits::LINE_BUFFERS_BYTES_TOTAL_MAX).to_string();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none", "--max-frame-bytes", &frame]);
+    let partial = {
+        let mut line = br#"{"id":1,"op":"head","x":""#.to_vec();
+        line.resize(70 << 20, b'x');
+        line
+    };
+    let mut held: Vec<Raw> = (0..2).map(|_| daemon.raw()).collect();
+    for raw in &mut held {
+        raw.stream.write_all(&partial).unwrap();
+    }
+    let mut third = daemon.raw();
+    // Refused part way: the daemon closes the connection, so the rest of the write may fail.
+    let _ = third.stream.write_all(&partial);
+    let message = assert_error(&third.recv().expect("a busy line"), "busy");
+    assert!(message.contains("request buffers"), "{message}");
+    drop(held);
+    eventually("the budget given back", || {
+        let mut raw = daemon.raw();
+        let mut line = partial.clone();
+        line.extend_from_slice(b"\"}\n");
+        if raw.stream.write_all(&line).is_err() {
+            return false;
+        }
+        raw.recv().is_some_and(|answer| answer["error"]["code"] == "invalid_request")
+    });
+}
