@@ -268,6 +268,9 @@ fn exit_status(e: &anyhow::Error) -> i32 {
     if e.chain().any(|c| c.is::<NotFound>()) {
         return EXIT_NO;
     }
+    if e.chain().any(|c| c.is::<Unreachable>()) {
+        return EXIT_UNREACHABLE;
+    }
     match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
         Some(ClientError::Server { code, .. }) => match code.as_str() {
             "append_condition_failed" | "not_found" | "version_conflict" => EXIT_NO,
@@ -280,9 +283,18 @@ fn exit_status(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// The daemon could not be reached: exit status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
+
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Client::connect(&cli.socket).map_err(|e| {
         let socket = cli.socket.display();
+        let cause = match &e {
+            opossum::client::ClientError::Io(io) => io.to_string(),
+            other => other.to_string(),
+        };
         let hint = match &e {
             opossum::client::ClientError::Io(io)
                 if matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
@@ -291,7 +303,7 @@ fn connect(cli: &Cli) -> anyhow::Result<Client> {
             }
             _ => String::new(),
         };
-        anyhow::Error::new(e).context(format!("cannot connect to {socket}{hint}"))
+        Unreachable(format!("cannot connect to {socket}: {cause}{hint}")).into()
     })
 }
 
