@@ -18,6 +18,8 @@ mod crash;
 mod dcb;
 #[path = "daemon/hardening_store.rs"]
 mod hardening_store;
+#[path = "daemon/hardening_wire.rs"]
+mod hardening_wire;
 #[path = "daemon/lifecycle.rs"]
 mod lifecycle;
 #[path = "daemon/projection.rs"]

@@ -50,12 +50,14 @@ use crate::store::Durability;
 
 pub mod cache;
 pub mod format;
+pub mod item;
 mod reader;
 mod state;
 mod writer;
 
 pub use cache::{CacheStats, PROJECTION_CACHE_BYTES_DEFAULT};
 pub use format::{Checkpoint, NameError, ProjectionMetadata};
+pub use item::ItemJson;
 pub use reader::{decode_view, item_body, ItemSource, ProjectionReader};
 
 // The limits live in `crate::limits` (names there carry a `PROJECTION_` prefix where they would be ambiguous).
@@ -379,7 +381,7 @@ impl ProjectionStore {
         let mut hit = Vec::with_capacity(1);
         let token = self.shared.cache.as_ref().map(|c| c.lookup(projection, std::iter::once(stem.as_str()), &mut hit));
         if let Some(Some(item)) = hit.pop() {
-            return reader::decode_body(&item.body);
+            return item.body.decode();
         }
         let bytes = match self.shared.io.read_files(std::slice::from_ref(&path)).pop().expect("one result per path") {
             Ok(bytes) => bytes,
