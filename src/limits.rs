@@ -102,6 +102,10 @@ pub const JSON_DEPTH_MAX: usize = 64;
 const SERDE_JSON_RECURSION_LIMIT: usize = 128;
 const _: () = assert!(JSON_DEPTH_MAX < SERDE_JSON_RECURSION_LIMIT);
 
+/// Changes of the store's write status (poisoned, recovered) a watcher may fall behind by before it is told it
+/// lagged (`Store::write_status_changes`); it then reads the current status.
+pub const WRITE_STATUS_CHANGES_MAX: usize = 16;
+
 // --- reads and io ----------------------------------------------------------------------------------------------
 
 /// Threads of the thread-pool backend (and of the io_uring backend's pool for large write batches): I/O-bound

@@ -296,7 +296,6 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
     Ok(())
 }
 
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -421,5 +420,4 @@ pub(crate) mod tests {
         // The fault fired once.
         assert!(io.read_extents(&extents).iter().all(|r| r.is_ok()));
     }
-
 }

@@ -46,8 +46,6 @@ pub use connection::{OpError, Request, Responder};
 pub use listener::{remove_stale_socket, Listener, ServerError};
 use shutdown::{wait_unshared, Shutdown};
 
-/// How often the systemd status line is brought up to date with the store's write status.
-const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// After in-flight requests finished at shutdown, how long idle connections get to close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -139,13 +137,13 @@ pub async fn run(
         Some((path, _)) => tracing::info!(socket = %path.display(), "listening"),
         None => tracing::info!("listening on the socket systemd passed"),
     }
+    // The status line follows every change of the store's write status (subscribed before the first read of it, so
+    // none is missed in between).
+    let mut status_changes = ctx.store.write_status_changes();
     let mut write_status = ctx.store.write_status();
     if let Err(e) = systemd::notify(&format!("READY=1\n{}", systemd::serving_status(&write_status))) {
         tracing::warn!("sd_notify READY=1 failed: {e}");
     }
-    // The status line follows the store's write status.
-    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         tokio::select! {
@@ -157,8 +155,12 @@ pub async fn run(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = status_tick.tick() => {
-                let now = ctx.store.write_status();
+            changed = status_changes.recv() => {
+                let now = match changed {
+                    Ok(now) => now,
+                    // Fell behind, or the store is gone (the loop ends with the shutdown anyway): read it afresh.
+                    Err(_) => ctx.store.write_status(),
+                };
                 if now != write_status {
                     match &now {
                         crate::store::WriteStatus::Writable => tracing::info!("the store takes writes again"),

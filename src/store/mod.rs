@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::format::{self, Layout};
 use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
-use crate::limits::RECOVERY_BACKOFF_MIN;
+use crate::limits::{RECOVERY_BACKOFF_MIN, WRITE_STATUS_CHANGES_MAX};
 use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
@@ -232,6 +232,9 @@ pub(crate) struct Shared {
     /// Highest committed (acknowledgeable) position; readers never go beyond it.
     pub head: AtomicU64,
     pub poisoned: Mutex<Option<String>>,
+    /// Every change of [`WriteStatus`], in order (a poison and the recovery right after it are two messages, so a
+    /// watcher such as the systemd status line sees the fault even when recovery takes 100 ms).
+    pub write_status_changes: tokio::sync::broadcast::Sender<WriteStatus>,
     pub counters: Counters,
     /// Serialises deferred index flushes (the flusher thread, `sync`, close).
     pub index_flush: Mutex<()>,
@@ -291,7 +294,10 @@ impl Shared {
     }
 
     pub fn clear_poison(&self) {
-        self.poisoned.lock().unwrap().take();
+        if self.poisoned.lock().unwrap().take().is_some() {
+            // No receiver is not an error: nobody watches.
+            let _ = self.write_status_changes.send(WriteStatus::Writable);
+        }
     }
 
     /// Recounts `.quarantine/` (after open and after anything is set aside).
@@ -303,7 +309,11 @@ impl Shared {
 
     pub fn poison(&self, reason: String) {
         tracing::error!("store poisoned: {reason}");
-        self.poisoned.lock().unwrap().get_or_insert(reason);
+        let mut poisoned = self.poisoned.lock().unwrap();
+        if poisoned.is_none() {
+            let _ = self.write_status_changes.send(WriteStatus::Unwritable { reason: reason.clone() });
+            *poisoned = Some(reason);
+        }
     }
 
     /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
@@ -453,6 +463,7 @@ impl Store {
             index: RwLock::new(recovered.index),
             head: AtomicU64::new(recovered.head),
             poisoned: Mutex::new(recovered.unwritable.clone()),
+            write_status_changes: tokio::sync::broadcast::channel(WRITE_STATUS_CHANGES_MAX).0,
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
@@ -538,6 +549,12 @@ impl Store {
             None => WriteStatus::Writable,
             Some(reason) => WriteStatus::Unwritable { reason },
         }
+    }
+
+    /// Every later change of [`Store::write_status`], in order. A receiver that falls more than
+    /// `limits::WRITE_STATUS_CHANGES_MAX` changes behind gets `Lagged` and should read `write_status` afresh.
+    pub fn write_status_changes(&self) -> tokio::sync::broadcast::Receiver<WriteStatus> {
+        self.shared.write_status_changes.subscribe()
     }
 
     /// Streams the events matching `query` within `options`, in position order (descending when backwards).
