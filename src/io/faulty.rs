@@ -1,5 +1,6 @@
 //! A `BatchIo` wrapper that injects write and fsync failures (ENOSPC, EIO) into chosen write batches, so tests
-//! can prove that a failed commit is reported, poisons the writer and never becomes half visible.
+//! can prove that a failed commit is reported, poisons the writer and never becomes half visible; and a read error
+//! into one extent of a `read_extents` call (a bad sector under one journal record).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
