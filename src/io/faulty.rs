@@ -1,5 +1,7 @@
-//! A `BatchIo` wrapper that injects open, write and fsync failures (EMFILE, ENOSPC, EIO) into chosen write batches, so tests
-//! can prove that a failed commit is reported, poisons the writer and never becomes half visible.
+//! A `BatchIo` wrapper that injects failures so tests can prove that a failed commit is reported, poisons the writer
+//! only when it may have left unknown state, and never becomes half visible: refused creates (EMFILE, ENFILE, ENOSPC),
+//! failed writes and fsyncs (ENOSPC, EIO) in chosen write batches; a failed whole-file read; and a read error in one
+//! extent of a `read_extents` call (a bad sector under one journal record).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
