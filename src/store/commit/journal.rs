@@ -161,7 +161,7 @@ pub(crate) fn open(
     if options.mirror == crate::store::MirrorMode::Live {
         reconcile_tree(layout, io.as_ref(), &journal, &mut index, durable)?;
     }
-    Ok((crate::store::recovery::Recovered { index, head }, journal))
+    Ok((crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 }, journal))
 }
 
 /// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
@@ -242,9 +242,9 @@ pub(crate) fn reconcile_tree(
             .collect();
         io.write_files(&writes, durable)?;
         for v in batch.iter() {
-            index.dirty_types.insert(crate::store::index::type_stem(v.event_type));
+            index.dirty_types.insert(crate::format::event_type_stem(v.event_type));
             for (key, value) in v.tags() {
-                index.dirty_tags.insert(crate::store::index::tag_stem(&crate::model::Tag::new(key, value)));
+                index.dirty_tags.insert(crate::format::event_tag_stem(&crate::model::Tag::new(key, value)));
             }
         }
         next = last + 1;
