@@ -269,3 +269,13 @@ pub fn seed(client: &mut Client, n: usize, batch: usize) {
         left -= k;
     }
 }
+
+/// Whether this run commits through the files (`OPOSSUM_TEST_COMMIT` unset or `files`). Tests of the files
+/// protocol's fault handling print why they skip in journal mode.
+pub fn files_mode(test: &str, why: &str) -> bool {
+    let files = std::env::var("OPOSSUM_TEST_COMMIT").map_or(true, |m| m == "files");
+    if !files {
+        eprintln!("skipping {test} in journal mode: {why}");
+    }
+    files
+}

@@ -143,7 +143,7 @@ pub(crate) fn open(
             "journal: import done"
         );
     }
-    if durable && ledger >= from {
+    if ledger >= from {
         // Just imported: the tree holds every event up to its ledger, durably (.NET or files mode wrote it). Only
         // an import says so: after a crash with the mirror live, the ledger may vouch for files never synced.
         journal.set_mirror_durable(ledger)?;
@@ -190,8 +190,9 @@ pub(crate) fn mirror_checkpoint(shared: &Shared, journal: &Journal) -> Result<()
     }
     if shared.options.durability == crate::store::Durability::Fsync {
         sync_filesystem(&shared.layout.root)?;
-        journal.set_mirror_durable(head)?;
     }
+    // With `--durability none` the tree is as durable as the journal: current, in the page cache.
+    journal.set_mirror_durable(head)?;
     Ok(())
 }
 
@@ -255,9 +256,7 @@ pub(crate) fn reconcile_tree(
     let ledger = crate::format::Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();
     io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], durable)?;
-    if durable {
-        journal.set_mirror_durable(head)?;
-    }
+    journal.set_mirror_durable(head)?;
     Ok(())
 }
 
