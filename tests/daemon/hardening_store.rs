@@ -62,6 +62,16 @@ fn a_tag_as_long_as_the_limit_is_written_and_survives_a_restart() {
         let mut daemon = Daemon::start(dir.path(), &args);
         let mut c = daemon.client();
         assert_eq!(positions(&read_all(&mut c, &query(&[], &[("k", &value)]), ReadOptions::default())), vec![1]);
+        // With `--commit journal --mirror off` no tree is written for new events.
+        if std::env::var("OPOSSUM_TEST_MIRROR").is_ok_and(|m| m == "off")
+            && !files_mode(
+                "a_tag_as_long_as_the_limit_is_written_and_survives_a_restart (its index-file check)",
+                "--mirror off writes no index files",
+            )
+        {
+            assert!(daemon.terminate().success());
+            continue;
+        }
         let file = daemon.data.join(format!("Indices/Tags/k_{value}.json"));
         assert_eq!(std::fs::read_to_string(&file).unwrap(), r#"{"Positions":[1]}"#, "{mode}");
         assert!(daemon.terminate().success());
