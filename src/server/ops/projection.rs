@@ -175,8 +175,16 @@ async fn checkpoint(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<
         resp.flush().await?;
     }
     let store = ctx.projections.clone();
+    let events = ctx.store.clone();
     let answer = blocking("projection.checkpoint", move || match body.position {
         Some(position) => {
+            // A worker checkpoints the last event it processed, which exists: a position beyond the head is a
+            // client bug (or a checkpoint meant for another store), and accepting it would make the worker skip
+            // every event appended up to it.
+            let head = events.head();
+            if position > head {
+                return Err(ProtocolError::invalid(format!("checkpoint {position} is beyond the store's head {head}")));
+            }
             store.set_checkpoint(&body.projection, position)?;
             Ok(ProjectionCheckpointResponse { position: Some(position), last_updated: None })
         }
