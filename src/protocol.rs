@@ -658,6 +658,46 @@ pub struct WireError {
     pub message: String,
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// subscribe: the request, the heartbeat line and the final line.
+
+/// Body of `subscribe`: the connection becomes a stream of item lines (as `read`'s) and heartbeats until the client
+/// closes or the daemon stops.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    /// Defaults to `"all"`.
+    #[serde(default = "query_all")]
+    pub query: Query,
+    /// Events with positions above this; 0 (from the first event) when absent.
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+
+/// The final line of a subscription (the client closed, or the daemon is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeDone {
+    /// Item lines sent.
+    pub count: u64,
+    /// Every match at or below this position was sent: subscribing again with `after` = this misses nothing and
+    /// repeats nothing.
+    pub last: u64,
+    pub head: u64,
+}
+
+/// Appends a heartbeat line `{"id":<id>,"heartbeat":true,"head":<head>}\n` to `out`.
+pub fn encode_heartbeat(out: &mut Vec<u8>, id: &RequestId, head: u64) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"heartbeat\":true,\"head\":");
+    out.extend_from_slice(head.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ use crate::store::Store;
 
 mod ops;
 mod projection_ops;
+mod subscribe;
 pub mod systemd;
 
 /// Bytes of encoded item lines handed from a read's producer to the socket at a time.
@@ -465,7 +466,9 @@ async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_
         op if op.starts_with("projection.") => projection_ops::dispatch(ctx, req, resp).await,
         other => Err(ProtocolError::new(
             ErrorCode::UnknownOp,
-            format!("unknown op {other:?}; this server knows hello, head, append, read, stats and projection.*"),
+            format!(
+                "unknown op {other:?}; this server knows hello, head, append, read, subscribe, stats and projection.*"
+            ),
         )
         .into()),
     }
@@ -513,6 +516,20 @@ async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
                 continue;
             }
         };
+        if envelope.op == "subscribe" {
+            // The connection becomes the subscription's stream and ends with it (not an in-flight request: see
+            // `subscribe`).
+            match subscribe::start(ctx, line) {
+                Ok(subscription) => {
+                    return subscribe::serve(ctx, envelope.id, subscription, lines, writer, out).await;
+                }
+                Err(error) => {
+                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    protocol::encode_error(&mut out, &envelope.id, &error);
+                    continue;
+                }
+            }
+        }
         let Some(_in_flight) = ctx.shutdown.enter() else {
             ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
             let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down; no new requests");

@@ -21,9 +21,11 @@ use crate::model::{
 mod index;
 mod reader;
 mod recovery;
+mod subscribe;
 mod writer;
 
 pub use reader::EventReader;
+pub use subscribe::{CommitWatch, Subscription};
 
 /// Most events one append request may carry.
 pub const APPEND_EVENTS_MAX: usize = 10_000;
@@ -208,6 +210,8 @@ pub(crate) struct Shared {
     /// Identity of the ledger as the writer last wrote or read it: while the file is unchanged no other process
     /// has appended, so commits skip re-reading it and reads skip catching up.
     pub ledger_seen: Mutex<Option<writer::LedgerFingerprint>>,
+    /// Commit notifications for subscriptions: the writer publishes each head right after it (`head`) is.
+    pub commits: CommitWatch,
 }
 
 impl Shared {
@@ -401,6 +405,7 @@ impl Store {
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
+            commits: CommitWatch::new(recovered.head),
         });
         let (tx, rx) = sync_channel(APPEND_QUEUE_MAX);
         let writer = writer::Writer::new(shared.clone(), lock_file, rx);
@@ -423,6 +428,16 @@ impl Store {
     /// The highest committed position (0 for an empty store).
     pub fn head(&self) -> u64 {
         self.shared.head()
+    }
+
+    /// The writer's commit notifications (see [`Subscription`]).
+    pub fn commits(&self) -> &CommitWatch {
+        &self.shared.commits
+    }
+
+    /// Every committed event matching `query` after position `after`, then each new one as it commits.
+    pub fn subscribe(self: &Arc<Self>, query: Query, after: u64) -> Result<Subscription, StoreError> {
+        Subscription::new(self.clone(), query, after)
     }
 
     pub fn io_backend(&self) -> &'static str {

@@ -145,6 +145,7 @@ impl Writer {
             }
         }
         self.shared.head.store(ledger, Ordering::Release);
+        self.shared.commits.publish(ledger);
         Ok(())
     }
 
@@ -212,6 +213,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
+                self.shared.commits.publish(new_head);
                 drop(lock);
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,185 @@
+//! The `subscribe` op: the connection becomes one subscription's stream.
+//!
+//! A [`Subscription`] (store side) hands out the matching events after a position: the catch-up and then, as the
+//! writer announces commits, the events they added — exact at the handover by construction (see
+//! `store/subscribe.rs`). This task moves it to the blocking pool for each step, which reads and encodes item lines
+//! until [`SUBSCRIPTION_BUFFER_BYTES_MAX`] (the per-subscriber buffer) or the head, then writes them to the socket.
+//! While the socket is full the task simply waits: it holds that buffer and no thread, appends never wait for it,
+//! and when the client reads again the next steps read what was committed meanwhile.
+//!
+//! When caught up, it waits for the next commit, sends a heartbeat after [`SUBSCRIPTION_HEARTBEAT_INTERVAL_MS`] of
+//! silence, and watches the client: end of input (the client closed or shut down its writing side) or any further
+//! line ends the stream, as does the daemon's shutdown. The final line is
+//! `{"id":..,"ok":true,"count":N,"last":P,"head":H}`: every match at or below `P` was written.
+//!
+//! A subscription is not an in-flight request: a stopping daemon first lets in-flight appends finish (so their
+//! events can still be delivered), then ends every subscription with its final line.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::OwnedWriteHalf;
+
+use super::{Context, LineReader};
+use crate::limits::{
+    SUBSCRIPTION_BUFFER_BYTES_MAX, SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS, SUBSCRIPTION_HEARTBEAT_INTERVAL_MS,
+};
+use crate::protocol::{self, ErrorCode, ProtocolError, RequestId, SubscribeDone, SubscribeRequest};
+use crate::store::{StoreError, Subscription};
+
+/// Parses a `subscribe` request and opens its subscription; an error is answered like any other request's.
+pub(super) fn start(ctx: &Context, line: &[u8]) -> Result<Subscription, ProtocolError> {
+    if ctx.shutdown.stopping.load(Ordering::SeqCst) {
+        return Err(ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down; no new requests"));
+    }
+    let body: SubscribeRequest = protocol::parse_body("subscribe", line)?;
+    Ok(ctx.store.subscribe(body.query, body.after.unwrap_or(0))?)
+}
+
+/// One step on the blocking pool: the item lines of the next matches, up to the buffer limit or the head.
+struct Step {
+    subscription: Subscription,
+    lines: Vec<u8>,
+    events: u64,
+    /// `Subscription::through` once these lines are written.
+    through: u64,
+    caught_up: bool,
+    failed: Option<StoreError>,
+}
+
+fn step(mut subscription: Subscription, id: &RequestId, mut lines: Vec<u8>) -> Step {
+    let mut events = 0;
+    let mut failed = None;
+    let mut caught_up = false;
+    while lines.len() < SUBSCRIPTION_BUFFER_BYTES_MAX {
+        match subscription.next_event() {
+            Ok(Some(event)) => {
+                protocol::encode_item(&mut lines, id, &event);
+                events += 1;
+            }
+            Ok(None) => {
+                caught_up = true;
+                break;
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let through = subscription.through();
+    Step { subscription, lines, events, through, caught_up, failed }
+}
+
+enum End {
+    /// The client closed (or sent something after `subscribe`), or the daemon is stopping: send the final line.
+    Final,
+    /// A read failed: send this error as the final line.
+    Failed(ProtocolError),
+    /// The daemon is stopping while the client's socket is full: drop the connection (the client resumes from
+    /// the last event it received).
+    Abandon,
+}
+
+/// Serves `subscription` on this connection until the client closes or the daemon stops; `out` holds earlier
+/// pipelined answers not yet written.
+pub(super) async fn serve(
+    ctx: &Arc<Context>,
+    id: RequestId,
+    subscription: Subscription,
+    mut lines: LineReader,
+    mut writer: OwnedWriteHalf,
+    out: Vec<u8>,
+) -> io::Result<()> {
+    writer.write_all(&out).await?;
+    let mut buffer = out;
+    let mut close = ctx.shutdown.close.subscribe();
+    let mut commits = subscription.commits();
+    let heartbeat_every = Duration::from_millis(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut count = 0u64;
+    let mut sent_through = subscription.through();
+    let mut subscription = Some(subscription);
+    let mut caught_up = false;
+    let end = loop {
+        if !caught_up {
+            // Commits published from here on wake the wait below; the step reads up to the head it sees.
+            commits.borrow_and_update();
+            let sub = subscription.take().expect("the subscription is back from its last step");
+            let step_id = id.clone();
+            buffer.clear();
+            let lines_buffer = std::mem::take(&mut buffer);
+            let done = match tokio::task::spawn_blocking(move || step(sub, &step_id, lines_buffer)).await {
+                Ok(done) => done,
+                Err(e) => {
+                    break End::Failed(ProtocolError::new(
+                        ErrorCode::StorageError,
+                        format!("subscription task failed: {e}"),
+                    ))
+                }
+            };
+            subscription = Some(done.subscription);
+            buffer = done.lines;
+            caught_up = done.caught_up;
+            if !buffer.is_empty() {
+                tokio::select! {
+                    written = writer.write_all(&buffer) => written?,
+                    _ = close.wait_for(|closing| *closing) => break End::Abandon,
+                }
+                heartbeat.reset();
+            }
+            count += done.events;
+            sent_through = done.through;
+            if let Some(e) = done.failed {
+                tracing::error!("subscription read failed after {count} events: {e}");
+                break End::Failed(ProtocolError::from(e));
+            }
+            continue;
+        }
+        tokio::select! {
+            biased;
+            _ = close.wait_for(|closing| *closing) => break End::Final,
+            changed = commits.changed() => match changed {
+                Ok(()) => caught_up = false,
+                Err(_) => break End::Final,
+            },
+            _ = heartbeat.tick() => {}
+            // End of input, a further line, or a broken connection: the client is done.
+            _ = lines.next_line() => break End::Final,
+        }
+        if caught_up {
+            // The heartbeat's turn (a commit leads to item lines instead).
+            buffer.clear();
+            protocol::encode_heartbeat(&mut buffer, &id, ctx.store.head());
+            tokio::select! {
+                written = writer.write_all(&buffer) => written?,
+                _ = close.wait_for(|closing| *closing) => break End::Abandon,
+            }
+        }
+    };
+    drop(subscription);
+    buffer.clear();
+    match end {
+        End::Abandon => return Ok(()),
+        End::Failed(error) => {
+            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+            protocol::encode_error(&mut buffer, &id, &error);
+        }
+        End::Final => {
+            let done = SubscribeDone { count, last: sent_through, head: ctx.store.head() };
+            protocol::encode_ok(&mut buffer, &id, &done);
+        }
+    }
+    let final_write = async {
+        writer.write_all(&buffer).await?;
+        writer.shutdown().await
+    };
+    match tokio::time::timeout(Duration::from_millis(SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS), final_write).await {
+        Ok(written) => written,
+        Err(_) => Ok(()),
+    }
+}
