@@ -66,6 +66,8 @@ pub struct Client {
     writer: UnixStream,
     next_id: u64,
     line: Vec<u8>,
+    /// Whether `line` holds a whole line (else the start of one whose read timed out: the next read goes on).
+    line_done: bool,
     /// Set when a read stream was abandoned mid-way: the connection is out of step with its requests.
     broken: bool,
 }
@@ -79,6 +81,7 @@ impl Client {
             writer,
             next_id: 1,
             line: Vec::with_capacity(4096),
+            line_done: true,
             broken: false,
         })
     }
@@ -249,14 +252,20 @@ impl Client {
     }
 
     fn recv_line(&mut self) -> Result<bool> {
-        self.line.clear();
+        if self.line_done {
+            self.line.clear();
+        }
+        // A read that times out keeps what it read of the line (`read_until` appends it), and the next call goes on.
+        self.line_done = false;
         let n = self.reader.read_until(b'\n', &mut self.line)?;
-        if n == 0 {
+        if n == 0 && self.line.is_empty() {
+            self.line_done = true;
             return Ok(false);
         }
         if self.line.last() != Some(&b'\n') {
             return Err(ClientError::Protocol("connection closed mid-line".into()));
         }
+        self.line_done = true;
         Ok(true)
     }
 

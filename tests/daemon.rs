@@ -20,3 +20,5 @@ mod dcb;
 mod lifecycle;
 #[path = "daemon/projection.rs"]
 mod projection;
+#[path = "daemon/subscribe.rs"]
+mod subscribe;

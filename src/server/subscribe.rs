@@ -8,7 +8,8 @@
 //! and when the client reads again the next steps read what was committed meanwhile.
 //!
 //! When caught up, it waits for the next commit, sends a heartbeat after [`SUBSCRIPTION_HEARTBEAT_INTERVAL_MS`] of
-//! silence, and watches the client: end of input (the client closed or shut down its writing side) or any further
+//! silence (only while everything through the head it names was sent, so a client can tell it has caught up with
+//! that head), and watches the client: end of input (the client closed or shut down its writing side) or any further
 //! line ends the stream, as does the daemon's shutdown. The final line is
 //! `{"id":..,"ok":true,"count":N,"last":P,"head":H}`: every match at or below `P` was written.
 //!
@@ -152,9 +153,15 @@ pub(super) async fn serve(
             _ = lines.next_line() => break End::Final,
         }
         if caught_up {
-            // The heartbeat's turn (a commit leads to item lines instead).
+            // The heartbeat's turn. It promises that everything through its head was sent: if a commit slipped in
+            // since the last step, deliver first.
+            let head = ctx.store.head();
+            if head > sent_through {
+                caught_up = false;
+                continue;
+            }
             buffer.clear();
-            protocol::encode_heartbeat(&mut buffer, &id, ctx.store.head());
+            protocol::encode_heartbeat(&mut buffer, &id, head);
             tokio::select! {
                 written = writer.write_all(&buffer) => written?,
                 _ = close.wait_for(|closing| *closing) => break End::Abandon,
