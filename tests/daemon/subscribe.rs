@@ -345,3 +345,41 @@ fn after_sigkill_and_restart_the_client_resumes_and_nothing_unacknowledged_was_d
     let (events, _) = consumer.join().unwrap();
     check_exact_sequence(&daemon, &events);
 }
+
+#[test]
+fn the_cli_and_the_python_client_follow_a_subscription() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let mut client = daemon.client();
+    for i in 0..6 {
+        let t = if i % 2 == 0 { "X" } else { "Y" };
+        client.append(vec![event(t, &[("k", if i < 3 { "v" } else { "w" })])], None).unwrap();
+    }
+    let out = std::process::Command::new(CLI)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["subscribe", "--type", "X", "--tag", "k=v", "--after", "0", "--stop-at-head"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<u64> = printed.iter().map(|e| e["position"].as_u64().unwrap()).collect();
+    assert_eq!(got, [1, 3]);
+
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found: skipping the Python part");
+        return;
+    }
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+    let program = format!(
+        "import sys, json; sys.path.insert(0, {scripts:?}); from client import subscribe\n\
+         for m in subscribe({socket:?}, {{'items': [{{'types': ['Y']}}]}}, after=2, heartbeats=True):\n\
+         \x20   if m.get('heartbeat'): break\n\
+         \x20   print(m['position'])\n",
+        socket = daemon.socket.to_str().unwrap()
+    );
+    let out = std::process::Command::new("python3").arg("-c").arg(program).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "4\n6\n");
+}
