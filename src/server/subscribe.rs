@@ -153,8 +153,14 @@ pub(super) async fn serve(
             _ = lines.next_line() => break End::Final,
         }
         if caught_up {
-            // The heartbeat's turn. It promises that everything through its head was sent: if a commit slipped in
-            // since the last step, deliver first.
+            // The heartbeat's turn. Steps read what this daemon published; once per heartbeat, look for events
+            // another process (a .NET writer) appended, so they reach subscribers too.
+            let store = ctx.store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.notice_other_writers()).await {
+                tracing::debug!("subscription: looking for other writers' events failed: {e}");
+            }
+            // A heartbeat promises that everything through its head was sent: if a commit slipped in since the
+            // last step, deliver first.
             let head = ctx.store.head();
             if head > sent_through {
                 caught_up = false;

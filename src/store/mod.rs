@@ -480,6 +480,21 @@ impl Store {
     /// picked up first (one `stat` per read when nothing changed).
     pub fn read(&self, query: &Query, options: ReadOptions) -> Result<EventReader, StoreError> {
         query.validate()?;
+        self.notice_other_writers()?;
+        Ok(self.read_published(query.clone(), options))
+    }
+
+    /// A read of what this store has published (every acknowledged event up to the head), without first looking
+    /// for events other processes appended. Subscriptions read this way at each commit notification (the ledger
+    /// check of [`Store::read`] would mostly catch our own writer mid-commit and wait for it), and look for other
+    /// writers once per heartbeat. `query` must be valid.
+    pub fn read_published(&self, query: Query, options: ReadOptions) -> EventReader {
+        EventReader::new(self.shared.clone(), query, options)
+    }
+
+    /// If another process (a .NET Opossum writer) moved the ledger since the writer last looked, picks up its events
+    /// (one `stat` when nothing changed).
+    pub fn notice_other_writers(&self) -> Result<(), StoreError> {
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
         if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
             // Mostly our own writer, between writing the ledger and noting its new identity: then the ledger holds
@@ -493,7 +508,7 @@ impl Store {
                 }
             }
         }
-        Ok(EventReader::new(self.shared.clone(), query.clone(), options))
+        Ok(())
     }
 
     /// Reads everything `read` would stream into one vector (tests and small results).

@@ -3,8 +3,9 @@
 //!
 //! Catch-up and live delivery are one mechanism. A [`Subscription`] remembers the position through which it has
 //! handed out every match (`through`). Each step reads the next window
-//! `(through, min(head, through + SUBSCRIPTION_WINDOW_POSITIONS_MAX)]` through [`Store::read`] — the store's one
-//! read path, so whatever backs reads (event files today, the journal later) backs subscriptions too. Once
+//! `(through, min(head, through + SUBSCRIPTION_WINDOW_POSITIONS_MAX)]` through [`Store::read_published`] — the
+//! store's one read path (what [`Store::read`] does after looking for other writers' appends), so whatever backs
+//! reads (event files today, the journal later) backs subscriptions too. Once
 //! `through` reaches the head it waits for the writer's next commit notification ([`CommitWatch`]), which the
 //! writer sends only after a group is durable and its head published. "Live" delivery is therefore a catch-up read
 //! of the few positions the last commits added, and the handover is exact by construction: every window starts
@@ -156,11 +157,18 @@ impl Subscription {
             }
             let to = head.min(self.through.saturating_add(SUBSCRIPTION_WINDOW_POSITIONS_MAX));
             let options = ReadOptions { after: Some(self.through), before: Some(to + 1), ..Default::default() };
-            let reader = self.store.read(&self.query, options)?;
+            let reader = self.store.read_published(self.query.clone(), options);
             // The read snapshots the head when it starts; `to` is at most the head we saw, which only grows.
             debug_assert!(reader.head() >= to);
             self.window = Some(Window { reader, to });
         }
+    }
+
+    /// Picks up events another process appended to the store (a .NET writer moved the ledger), so that they reach
+    /// this subscription too: steps read only what the store has published. Call it now and then (the server does
+    /// at each heartbeat); it costs one `stat` when nothing changed.
+    pub fn notice_other_writers(&self) -> Result<(), StoreError> {
+        self.store.notice_other_writers()
     }
 
     /// Blocks (up to `timeout`) until the store's head is above `through`; returns whether it is.

@@ -383,3 +383,27 @@ fn the_cli_and_the_python_client_follow_a_subscription() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "4\n6\n");
 }
+
+#[test]
+fn events_another_process_appends_reach_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    seed(&mut daemon.client(), 2, 2);
+    let mut raw = daemon.raw();
+    raw.send(r#"{"id":"o","op":"subscribe"}"#);
+    assert_eq!(raw.recv().unwrap()["event"]["position"], 1);
+    assert_eq!(raw.recv().unwrap()["event"]["position"], 2);
+    // Another writer (as a .NET Opossum process would) appends to the store under `.store.lock`.
+    let options = opossum::store::StoreOptions { durability: opossum::store::Durability::None, ..Default::default() };
+    let other = opossum::store::Store::open(&daemon.data, options).unwrap();
+    other.append(vec![event("Elsewhere", &[])], None).unwrap();
+    other.close().unwrap();
+    loop {
+        let line = raw.recv().unwrap();
+        if line.get("heartbeat").is_none() {
+            assert_eq!(line["event"]["position"], 3, "{line}");
+            assert_eq!(line["event"]["type"], "Elsewhere", "{line}");
+            break;
+        }
+    }
+}
