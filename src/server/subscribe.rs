@@ -107,6 +107,10 @@ pub(super) async fn serve(
     let mut subscription = Some(subscription);
     let mut caught_up = false;
     let end = loop {
+        if *close.borrow() {
+            // The daemon is stopping (in-flight appends are done): end here rather than finish a long catch-up.
+            break End::Final;
+        }
         if !caught_up {
             // Commits published from here on wake the wait below; the step reads up to the head it sees.
             commits.borrow_and_update();
@@ -128,6 +132,7 @@ pub(super) async fn serve(
             caught_up = done.caught_up;
             if !buffer.is_empty() {
                 tokio::select! {
+                    biased;
                     written = writer.write_all(&buffer) => written?,
                     _ = close.wait_for(|closing| *closing) => break End::Abandon,
                 }
@@ -169,6 +174,7 @@ pub(super) async fn serve(
             buffer.clear();
             protocol::encode_heartbeat(&mut buffer, &id, head);
             tokio::select! {
+                biased;
                 written = writer.write_all(&buffer) => written?,
                 _ = close.wait_for(|closing| *closing) => break End::Abandon,
             }

@@ -20,7 +20,7 @@ fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
 
 /// The queries the handover's subscribers use, by subscriber number.
 fn handover_query(i: usize) -> Query {
-    let tag = |k: usize| Tag::new("k", &k.to_string());
+    let tag = |k: usize| Tag::new("k", k.to_string());
     match i % 6 {
         0 => Query::All,
         1 => Query::Items(vec![QueryItem { types: vec!["A".into()], tags: vec![] }]),
