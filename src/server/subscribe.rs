@@ -114,7 +114,14 @@ pub(super) async fn serve(
         if !caught_up {
             // Commits published from here on wake the wait below; the step reads up to the head it sees.
             commits.borrow_and_update();
-            let sub = subscription.take().expect("the subscription is back from its last step");
+            let mut sub = subscription.take().expect("the subscription is back from its last step");
+            if sub.skip_unmatched() {
+                // Nothing new matches: no blocking step (every commit wakes every subscriber).
+                sent_through = sub.through();
+                subscription = Some(sub);
+                caught_up = true;
+                continue;
+            }
             let step_id = id.clone();
             buffer.clear();
             let lines_buffer = std::mem::take(&mut buffer);

@@ -164,6 +164,26 @@ impl Subscription {
         }
     }
 
+    /// Without reading any event: if the index has no candidate for the query in `(through, head]`, moves
+    /// `through` to the head and returns true (caught up). Only an index lookup under its read lock, so an async
+    /// task may call it to skip a blocking step for a commit that added nothing this subscription wants (selective
+    /// subscribers are woken by every commit). False for `"all"` or when a read is under way.
+    pub fn skip_unmatched(&mut self) -> bool {
+        if !self.pending.is_empty() || self.window.is_some() {
+            return false;
+        }
+        let head = self.store.head();
+        let index = self.store.shared.index.read().unwrap();
+        while self.through < head {
+            let to = head.min(self.through.saturating_add(SUBSCRIPTION_WINDOW_POSITIONS_MAX));
+            match index.candidates(&self.query, self.through + 1, to) {
+                Some(candidates) if candidates.is_empty() => self.through = to,
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Picks up events another process appended to the store (a .NET writer moved the ledger), so that they reach
     /// this subscription too: steps read only what the store has published. Call it now and then (the server does
     /// at each heartbeat); it costs one `stat` when nothing changed.
