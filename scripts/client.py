@@ -16,7 +16,14 @@
     for event in subscribe("./opossum.sock", {"items": [{"types": ["StudentRegistered"]}]}, after=0):
         print(event["position"], event["data"])   # the catch-up, then each new event as it commits
 
-Run it as a script for a short example against a running daemon: python3 scripts/client.py --socket ./opossum.sock
+As a script it is an interactive client: type (or pipe) request lines, one JSON object per line, and every answer
+line is printed; "id" is filled in when a line has none:
+
+    python3 scripts/client.py --socket ./opossum.sock
+    > {"op":"hello"}
+    {"id":1,"ok":true,"server":"opossumd",...}
+
+`--demo` instead runs a short example that writes a few events and a projection into the store it is pointed at.
 """
 
 import argparse
@@ -76,6 +83,19 @@ class Client:
             err = reply.get("error", {})
             raise OpossumError(err.get("code", "unknown"), err.get("message", ""))
         return reply
+
+    def raw(self, request):
+        """Sends one request (a dict; "id" is filled in when absent) and yields every answer line as a dict, the
+        final line (the one with "ok") last."""
+        if "id" not in request:
+            request = {"id": self._next_id, **request}
+            self._next_id += 1
+        self._sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        while True:
+            line = self._recv()
+            yield line
+            if "ok" in line:
+                return
 
     def call(self, op, **fields):
         """Any op that answers with one final line; returns that line as a dict."""
@@ -259,7 +279,47 @@ def example(path):
     return 0
 
 
-if __name__ == "__main__":
+def interactive(path):
+    """Request lines from stdin, answers to stdout, until end of input."""
+    prompt = sys.stdin.isatty()
+    if prompt:
+        print(f'connected to {path}: type a request per line, e.g. {{"op":"hello"}} (Ctrl-D to quit)', file=sys.stderr)
+    with Client(path) as c:
+        while True:
+            if prompt:
+                print("> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                return 0
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as e:
+                print(f"not JSON: {e}", file=sys.stderr)
+                continue
+            if not isinstance(request, dict):
+                print("a request is a JSON object", file=sys.stderr)
+                continue
+            for answer in c.raw(request):
+                print(json.dumps(answer, separators=(",", ":")), flush=True)
+
+
+def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", default="./opossum.sock")
-    sys.exit(example(parser.parse_args().socket))
+    parser.add_argument("--socket", default="./opossum.sock", help="the daemon's socket (default ./opossum.sock)")
+    parser.add_argument("--demo", action="store_true",
+                        help="run a short example that WRITES events and a projection into the store")
+    args = parser.parse_args()
+    try:
+        return example(args.socket) if args.demo else interactive(args.socket)
+    except (FileNotFoundError, ConnectionRefusedError) as e:
+        print(f"cannot connect to {args.socket}: {e.strerror}; is opossumd running on {args.socket}? (--socket)",
+              file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

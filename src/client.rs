@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent, Tag};
 use crate::projection::{ProjectionItem, ProjectionSummary, Put};
-use crate::protocol::{
+use crate::wire::{
     AppendResponse, ErrorCode, HeadResponse, HelloResponse, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemIn, ProjectionListResponse, ProjectionPutManyResponse, ProjectionPutResponse, ProjectionReadDone,
     ReadDone, SubscribeDone, WireError,
@@ -33,14 +33,22 @@ const READ_BUFFER_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket failed (connect, read or write). Not a `source`: the text is already in the message, and
+    /// error chains (`anyhow`'s `{:#}`) would print it twice.
     #[error("connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The server answered with an error line.
     #[error("{code}: {message}")]
     Server { code: String, message: String },
     /// The server's answer did not follow the protocol (or the connection closed mid-answer).
     #[error("protocol: {0}")]
     Protocol(String),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
 }
 
 impl ClientError {

@@ -13,6 +13,8 @@
 //! index_flush_interval_ms = 1000     # with deferred index writes
 //! max_connections = 1024             # excess connections get a `busy` line and are closed
 //! max_frame_bytes = 16777216         # longest request line
+//! line_timeout_ms = 30000            # a started request line must arrive within this; else the connection closes
+//! umask = "0027"                     # octal; the file-creation mask the daemon sets at start (the unit's UMask=)
 //! shutdown_timeout_ms = 30000        # SIGTERM: how long in-flight requests may take to finish
 //! projection_cache_bytes = 134217728 # hot tier of projection reads; 0 turns it off (Linux default 128 MiB, else 0)
 //! log = "info"                       # tracing filter (RUST_LOG syntax); RUST_LOG overrides it
@@ -26,14 +28,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::io::{IoBackendKind, SyncStrategy};
-use crate::protocol::MAX_FRAME_BYTES_DEFAULT;
 use crate::store::{Durability, IndexWrites};
 
 pub const DATA_DEFAULT: &str = "./opossum-data";
 pub const SOCKET_DEFAULT: &str = "./opossum.sock";
 pub const SOCKET_MODE_DEFAULT: u32 = 0o660;
 /// Connections served at once; further ones get a `busy` error line and are closed.
-pub const MAX_CONNECTIONS_DEFAULT: usize = 1024;
+pub const MAX_CONNECTIONS_DEFAULT: usize = crate::limits::CONNECTIONS_DEFAULT;
 pub const SHUTDOWN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 pub const INDEX_FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 pub const LOG_DEFAULT: &str = "info";
@@ -66,6 +67,8 @@ pub struct ConfigFile {
     pub index_flush_interval_ms: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_frame_bytes: Option<usize>,
+    pub line_timeout_ms: Option<u64>,
+    pub umask: Option<String>,
     pub shutdown_timeout_ms: Option<u64>,
     pub projection_cache_bytes: Option<usize>,
     pub log: Option<String>,
@@ -122,6 +125,13 @@ pub struct DaemonArgs {
     /// Longest request line in bytes [default: 16777216]
     #[arg(long, value_name = "BYTES")]
     pub max_frame_bytes: Option<usize>,
+    /// A started request line must arrive in full within this; else the connection gets an error and is closed
+    /// [default: 30000]
+    #[arg(long, value_name = "MS")]
+    pub line_timeout_ms: Option<u64>,
+    /// File-creation mask the daemon sets at start, octal, as systemd's UMask= does [default: 0027]
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
     /// On SIGTERM, how long in-flight requests may take to finish [default: 30000]
     #[arg(long, value_name = "MS")]
     pub shutdown_timeout_ms: Option<u64>,
@@ -145,6 +155,8 @@ pub struct Config {
     pub index_writes: IndexWrites,
     pub max_connections: usize,
     pub max_frame_bytes: usize,
+    pub line_timeout: Duration,
+    pub umask: u32,
     pub shutdown_timeout: Duration,
     /// The projection store's hot tier ([`crate::projection::cache`]); 0: off.
     pub projection_cache_bytes: usize,
@@ -176,8 +188,17 @@ impl Config {
         }
         let socket_mode = match pick(&args.socket_mode, &file.socket_mode) {
             None => SOCKET_MODE_DEFAULT,
-            Some(s) => parse_mode(&s)?,
+            Some(s) => parse_mode("socket_mode", &s)?,
         };
+        let umask = match pick(&args.umask, &file.umask) {
+            None => crate::limits::UMASK_DEFAULT,
+            Some(s) => parse_mode("umask", &s)?,
+        };
+        let line_timeout = pick(&args.line_timeout_ms, &file.line_timeout_ms)
+            .map_or(Duration::from_millis(crate::limits::LINE_TIMEOUT_MS_DEFAULT), Duration::from_millis);
+        if line_timeout.is_zero() {
+            return Err(invalid("line_timeout_ms", "must be at least 1"));
+        }
         let io_backend = match pick(&args.io_backend, &file.io_backend) {
             None => IoBackendKind::Auto,
             Some(s) => s.parse().map_err(|e: String| invalid("io_backend", e))?,
@@ -206,9 +227,18 @@ impl Config {
         if max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
-        let max_frame_bytes = pick(&args.max_frame_bytes, &file.max_frame_bytes).unwrap_or(MAX_FRAME_BYTES_DEFAULT);
-        if max_frame_bytes < 1024 {
-            return Err(invalid("max_frame_bytes", format!("{max_frame_bytes} is too small (at least 1024)")));
+        let max_frame_bytes =
+            pick(&args.max_frame_bytes, &file.max_frame_bytes).unwrap_or(crate::limits::FRAME_BYTES_DEFAULT);
+        if max_frame_bytes < crate::limits::FRAME_BYTES_MIN {
+            let min = crate::limits::FRAME_BYTES_MIN;
+            return Err(invalid("max_frame_bytes", format!("{max_frame_bytes} is too small (at least {min})")));
+        }
+        if max_frame_bytes > crate::limits::LINE_BUFFERS_BYTES_TOTAL_MAX {
+            let max = crate::limits::LINE_BUFFERS_BYTES_TOTAL_MAX;
+            return Err(invalid(
+                "max_frame_bytes",
+                format!("{max_frame_bytes} is more than all connections' request buffers together ({max})"),
+            ));
         }
         let shutdown_timeout = pick(&args.shutdown_timeout_ms, &file.shutdown_timeout_ms)
             .map_or(SHUTDOWN_TIMEOUT_DEFAULT, Duration::from_millis);
@@ -240,6 +270,8 @@ impl Config {
             index_writes,
             max_connections,
             max_frame_bytes,
+            line_timeout,
+            umask,
             shutdown_timeout,
             projection_cache_bytes,
             log,
@@ -248,11 +280,11 @@ impl Config {
     }
 }
 
-fn parse_mode(s: &str) -> Result<u32, ConfigError> {
+fn parse_mode(key: &'static str, s: &str) -> Result<u32, ConfigError> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
-        _ => Err(invalid("socket_mode", format!("{s:?} is not an octal permission like 0660"))),
+        _ => Err(invalid(key, format!("{s:?} is not an octal permission like 0660"))),
     }
 }
 
@@ -313,6 +345,8 @@ mod tests {
         assert!(bad(&["--io-backend", "fast"]).contains("io_backend"));
         assert!(bad(&["--index-writes", "never"]).contains("index_writes"));
         assert!(bad(&["--socket-mode", "999"]).contains("socket_mode"));
+        assert!(bad(&["--umask", "8"]).contains("umask"));
+        assert!(bad(&["--line-timeout-ms", "0"]).contains("line_timeout_ms"));
         assert!(bad(&["--max-connections", "0"]).contains("max_connections"));
         assert!(bad(&["--max-frame-bytes", "10"]).contains("max_frame_bytes"));
         assert!(ConfigFile::parse("colour = 1", Path::new("x")).unwrap_err().to_string().contains("colour"));

@@ -1,5 +1,5 @@
 //! Everything about Opossum's file names and JSON: the one module that knows the on-disk layout
-//! (`../shared/opossum-format.md`). Pure functions over bytes and names; the store does the I/O.
+//! (`docs/format.md`). Pure functions over bytes and names; the store does the I/O.
 //!
 //! We write minified JSON (PascalCase ledger and index files, camelCase event files, nulls omitted) and read what
 //! .NET Opossum writes: indented, CRLF line ends, non-ASCII and `<>&'+` as `\uXXXX`.
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::limits::FILE_NAME_BYTES_MAX;
 use crate::model::{RawJson, SequencedEvent, Tag};
 
 pub const LEDGER_FILE: &str = ".ledger";
@@ -97,9 +98,50 @@ pub fn parse_event_file_name(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// Is this a temporary file (`<final>.tmp.<hex>`) left by an interrupted write?
+/// What every temporary name ends with: `.tmp.` and 32 lowercase hex digits (the shape .NET Opossum's temporary
+/// files and rebuild directories have too). [`tmp_path`] makes these names, [`is_tmp_file_name`] recognises them;
+/// nothing else in the crate spells `.tmp.`.
+pub const TMP_MARKER: &str = ".tmp.";
+const TMP_HEX_DIGITS: usize = 32;
+/// Bytes a temporary name adds to the (possibly shortened) final name: `.tmp.` + 32 hex digits.
+pub const TMP_SUFFIX_BYTES: usize = TMP_MARKER.len() + TMP_HEX_DIGITS;
+
+/// A fresh temporary name beside `final_path`: `<final>.tmp.<32 hex>`, unique per process and call. A final name
+/// so long that the suffix would push it past [`FILE_NAME_BYTES_MAX`] is first cut (at a character boundary) to
+/// leave room, so every name that fits the limit has a temporary name that fits too (issue 11: a 213-byte tag's
+/// index file could not be written because its temporary name was 37 bytes longer than its 250-byte final name).
+/// The temporary name only has to be unique and recognisable, never parsed back.
+pub fn tmp_path(final_path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let hi = nanos ^ ((std::process::id() as u64) << 32);
+    let final_name = final_path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let mut keep = final_name.len().min(FILE_NAME_BYTES_MAX - TMP_SUFFIX_BYTES);
+    while !final_name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let name = format!("{}{TMP_MARKER}{hi:016x}{n:016x}", &final_name[..keep]);
+    debug_assert!(name.len() <= FILE_NAME_BYTES_MAX && is_tmp_file_name(&name), "{name}");
+    final_path.with_file_name(name)
+}
+
+/// Is this a temporary file or directory left by an interrupted write: does the name END with `.tmp.` and exactly
+/// 32 lowercase hex digits? A tag value like `ada.tmp.lovelace` makes an index file `email_ada.tmp.lovelace.json`,
+/// which is not one (issue 11: recovery used to take it for one and delete it, losing the tag's index).
 pub fn is_tmp_file_name(name: &str) -> bool {
-    name.contains(".tmp.")
+    let Some(hex_start) = name.len().checked_sub(TMP_HEX_DIGITS) else { return false };
+    let (head, hex) = name.split_at_checked(hex_start).unwrap_or((name, ""));
+    hex.len() == TMP_HEX_DIGITS
+        && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && head.ends_with(TMP_MARKER)
+}
+
+/// Does a name contain the temporary-name marker anywhere? Projection names, keys and tags are refused when they
+/// do: .NET Opossum takes any such name in a projection directory for its own staging files.
+pub fn contains_tmp_marker(name: &str) -> bool {
+    name.contains(TMP_MARKER)
 }
 
 /// Characters .NET's `Path.GetInvalidFileNameChars()` returns on this platform.
@@ -120,12 +162,48 @@ pub fn sanitize(x: &str) -> String {
     x.split(is_invalid_file_name_char).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_")
 }
 
+/// The stem of an event type's index file, `S(type)` (the store's in-memory index is keyed by it).
+pub fn event_type_stem(event_type: &str) -> String {
+    sanitize(event_type)
+}
+
+/// The stem of an event tag's index file, `S(key)_S(value)` (case-sensitive, unlike projection tags).
+pub fn event_tag_stem(tag: &Tag) -> String {
+    format!("{}_{}", sanitize(&tag.key), sanitize(&tag.value))
+}
+
+/// An index file's name from its stem.
+pub fn index_file_name(stem: &str) -> String {
+    format!("{stem}.json")
+}
+
+/// The stem of an index file's name; `None` for temporary and other files.
+pub fn parse_index_file_name(name: &str) -> Option<&str> {
+    if is_tmp_file_name(name) {
+        return None;
+    }
+    name.strip_suffix(".json")
+}
+
 pub fn type_index_file_name(event_type: &str) -> String {
-    format!("{}.json", sanitize(event_type))
+    index_file_name(&event_type_stem(event_type))
 }
 
 pub fn tag_index_file_name(tag: &Tag) -> String {
-    format!("{}_{}.json", sanitize(&tag.key), sanitize(&tag.value))
+    index_file_name(&event_tag_stem(tag))
+}
+
+/// Opossum's `K(x)` for projection file names: each invalid file-name character becomes `_` (nothing is dropped,
+/// unlike `S()`). Projection names and keys are validated around it in `projection::format`.
+pub fn projection_key_stem(x: &str) -> String {
+    x.chars().map(|c| if is_invalid_file_name_char(c) { '_' } else { c }).collect()
+}
+
+/// The stem of a projection tag's index file, `K(lower key)_K(lower value)` with .NET's `ToLowerInvariant`:
+/// projection tag matching is case-insensitive (unlike event tags), and `a_b`+`c` equals `a`+`b_c`.
+pub fn projection_tag_stem(tag: &Tag) -> String {
+    let lower = |x: &str| -> String { x.chars().flat_map(char::to_lowercase).collect() };
+    format!("{}_{}", projection_key_stem(&lower(&tag.key)), projection_key_stem(&lower(&tag.value)))
 }
 
 /// `.ledger`: the commit record. An empty or missing file means an empty store.
@@ -139,7 +217,9 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("ledger serialises")
+        let bytes = serde_json::to_vec(self).expect("ledger serialises");
+        debug_assert_eq!(Ledger::decode(&bytes), Ok(Some(*self)), "the ledger reads back as written");
+        bytes
     }
 
     /// `Ok(None)` for an empty (all-whitespace) file; `Err` for anything unparseable.
@@ -160,7 +240,12 @@ struct IndexFile<P> {
 
 /// `{"Positions":[...]}`
 pub fn encode_index(positions: &[u64]) -> Vec<u8> {
-    serde_json::to_vec(&IndexFile { positions }).expect("index serialises")
+    let bytes = serde_json::to_vec(&IndexFile { positions }).expect("index serialises");
+    debug_assert!(
+        decode_index(&bytes).is_ok_and(|read| read == positions),
+        "an index file reads back as written (sorted, unique, ≥ 1)"
+    );
+    bytes
 }
 
 /// Parses an index file; the positions must be sorted and unique (Opossum keeps them so), otherwise the file is
@@ -369,6 +454,44 @@ mod tests {
         assert_eq!(parse_event_file_name("42.json"), None);
         assert_eq!(parse_event_file_name("0000000042.json.tmp.0123456789abcdef0123456789abcdef"), None);
         assert!(is_tmp_file_name("0000000042.json.tmp.0123456789abcdef0123456789abcdef"));
+    }
+
+    #[test]
+    fn temporary_names_are_recognised_only_by_their_exact_suffix() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        for tmp in [format!(".ledger.tmp.{hex}"), format!("StudentShortInfo.tmp.{hex}"), format!("a.json.tmp.{hex}")] {
+            assert!(is_tmp_file_name(&tmp), "{tmp}");
+        }
+        for not_tmp in [
+            "email_ada.tmp.lovelace@example.com.json".to_string(),
+            "courseId_x.tmp.y.json".to_string(),
+            format!("a.json.tmp.{}", hex.to_uppercase()),
+            format!("a.json.tmp.{}", &hex[1..]),
+            format!("a.json.tmp.{hex}0"),
+            format!("a.json.tmp.{hex}.json"),
+            format!("a.json.tmp-{hex}"),
+            "x.tmp.1".to_string(),
+            hex.to_string(),
+        ] {
+            assert!(!is_tmp_file_name(&not_tmp), "{not_tmp}");
+        }
+    }
+
+    #[test]
+    fn tmp_paths_are_unique_recognised_and_fit_the_file_name_limit() {
+        let a = tmp_path(Path::new("/x/events/0000000001.json"));
+        let b = tmp_path(Path::new("/x/events/0000000001.json"));
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(Path::new("/x/events")));
+        let name = a.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("0000000001.json") && is_tmp_file_name(name), "{name}");
+        assert_eq!(name.len(), "0000000001.json".len() + TMP_SUFFIX_BYTES);
+        // The longest final names still get a temporary name within the limit, cut at a character boundary.
+        for long in ["t".repeat(FILE_NAME_BYTES_MAX), "é".repeat(FILE_NAME_BYTES_MAX / 2)] {
+            let tmp = tmp_path(&Path::new("/x").join(&long));
+            let name = tmp.file_name().unwrap().to_str().unwrap();
+            assert!(name.len() <= FILE_NAME_BYTES_MAX && is_tmp_file_name(name), "{name}");
+        }
     }
 
     #[test]

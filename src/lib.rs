@@ -10,6 +10,9 @@ pub mod io;
 pub mod limits;
 pub mod model;
 pub mod projection;
-pub mod protocol;
 pub mod server;
+pub mod wire;
+
+/// The wire module's former name, kept for code outside this crate written against it; new code uses [`wire`].
+pub use wire as protocol;
 pub mod store;

@@ -8,7 +8,103 @@
 
 // --- file names ------------------------------------------------------------------------------------------------
 
+/// Longest file name (one path component) in bytes on the filesystems a store lives on (ext4, xfs, btrfs, tmpfs:
+/// `NAME_MAX`). Every name below is bounded so that its file, and that file's temporary name, fit.
+pub const FILE_NAME_BYTES_MAX: usize = 255;
+/// Longest event type name accepted, in bytes: it becomes `Indices/EventType/<type>.json`.
+pub const EVENT_TYPE_BYTES_MAX: usize = 200;
+/// Longest tag key plus value accepted, in bytes: it becomes `Indices/Tags/<key>_<value>.json`. Kept at 240 (the
+/// documented limit since the start, and .NET Opossum accepts such tags too); the temporary name of a 250-byte index
+/// file is made shorter instead (`format::tmp_path` cuts the final name to leave room for its suffix), because a
+/// temporary name only has to be unique and recognisable.
+pub const TAG_BYTES_MAX: usize = 240;
+/// Longest projection name accepted, in bytes: a directory name, and `_checkpoints/<name>.checkpoint`.
+pub const PROJECTION_NAME_BYTES_MAX: usize = 200;
+/// Longest projection key accepted, in bytes (of `K(key)`): `K(key).json` must fit a file name.
+pub const PROJECTION_KEY_BYTES_MAX: usize = 200;
+/// Longest projection tag index file name accepted, in bytes (`<lower k>_<lower v>.json`).
+pub const PROJECTION_TAG_FILE_NAME_BYTES_MAX: usize = 250;
+
+/// `.json`, the suffix of event, index and projection files.
+const JSON_SUFFIX_BYTES: usize = ".json".len();
+/// The longest final name the store or the projection store can create.
+pub const FINAL_NAME_BYTES_MAX: usize = {
+    let event_type = EVENT_TYPE_BYTES_MAX + JSON_SUFFIX_BYTES;
+    // `S(key)_S(value).json`: `S()` never lengthens a name.
+    let event_tag = TAG_BYTES_MAX + 1 + JSON_SUFFIX_BYTES;
+    let projection_key = PROJECTION_KEY_BYTES_MAX + JSON_SUFFIX_BYTES;
+    let checkpoint = PROJECTION_NAME_BYTES_MAX + ".checkpoint".len();
+    let mut max = event_type;
+    let others = [event_tag, projection_key, checkpoint, PROJECTION_TAG_FILE_NAME_BYTES_MAX];
+    let mut i = 0;
+    while i < others.len() {
+        if others[i] > max {
+            max = others[i];
+        }
+        i += 1;
+    }
+    max
+};
+
+const _: () = {
+    // Every final name fits; its temporary name fits by construction (`format::tmp_path` cuts the final name to
+    // `FILE_NAME_BYTES_MAX - TMP_SUFFIX_BYTES`), which needs room for the suffix and at least one byte of name.
+    assert!(FINAL_NAME_BYTES_MAX <= FILE_NAME_BYTES_MAX);
+    assert!(crate::format::TMP_SUFFIX_BYTES < FILE_NAME_BYTES_MAX);
+    // Event files `<10+ digits>.json` and `.ledger` are far below the limit.
+    assert!(20 + JSON_SUFFIX_BYTES <= FILE_NAME_BYTES_MAX);
+};
+
 // --- events and appends ----------------------------------------------------------------------------------------
+
+/// Most events one append request may carry.
+pub const APPEND_EVENTS_MAX: usize = 10_000;
+/// Largest encoded event file accepted, in bytes.
+pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest total of encoded event bytes in one append request. Library callers may use all of it; over the socket
+/// a request is one line of at most the server's frame limit (16 MiB by default), so a wire append is bounded by
+/// that first. Decided (issue 12): the library limit stays 64 MiB (bulk imports in-process), larger than a frame.
+pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Append requests waiting for the writer; further appenders block (backpressure).
+pub const APPEND_QUEUE_MAX: usize = 1024;
+/// Most events one group commit writes; the rest wait for the next commit.
+pub const GROUP_EVENTS_MAX: usize = 8192;
+/// Event files read per `BatchIo::read_files` call while streaming a read (and while recovering or catching up).
+pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
+/// With deferred index writes, the index flusher pauses at least this many times as long as its last flush took
+/// (and at least the configured interval): flushes use at most ~1/(1 + factor) of the time.
+pub const INDEX_FLUSH_PAUSE_FACTOR: u32 = 9;
+
+const _: () = {
+    // The largest event fits an append on its own.
+    assert!(EVENT_BYTES_MAX <= APPEND_BYTES_MAX);
+    // A request that is allowed at all commits in one group (a group takes at least one whole request).
+    assert!(APPEND_EVENTS_MAX >= 1 && GROUP_EVENTS_MAX >= 1);
+    assert!(READ_BATCH_FILES_DEFAULT >= 1 && INDEX_FLUSH_PAUSE_FACTOR >= 1);
+};
+
+/// After a write fault the writer re-runs recovery in place first after this long (`StoreOptions::
+/// recovery_backoff_min`), doubling the wait after each failed attempt up to [`RECOVERY_BACKOFF_MAX`].
+pub const RECOVERY_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest wait between in-place recovery attempts: on a full disk one attempt (a directory scan and a read of
+/// the index files) every 5 s costs little, and freed space brings writes back within 5 s.
+pub const RECOVERY_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+const _: () = assert!(
+    RECOVERY_BACKOFF_MIN.as_millis() > 0 && RECOVERY_BACKOFF_MIN.as_millis() <= RECOVERY_BACKOFF_MAX.as_millis()
+);
+
+/// Deepest nesting of arrays and objects in an event's `data` and `metadata` (checked by a byte scan, without
+/// recursion, in `model::validate_event`). Common JSON readers stop at 128 (serde_json among them), so a deeper
+/// event could be stored but not read back by them.
+pub const JSON_DEPTH_MAX: usize = 64;
+/// serde_json's own recursion limit when it builds values (metadata is parsed into one).
+const SERDE_JSON_RECURSION_LIMIT: usize = 128;
+const _: () = assert!(JSON_DEPTH_MAX < SERDE_JSON_RECURSION_LIMIT);
+
+/// Changes of the store's write status (poisoned, recovered) a watcher may fall behind by before it is told it
+/// lagged (`Store::write_status_changes`); it then reads the current status.
+pub const WRITE_STATUS_CHANGES_MAX: usize = 16;
 
 // --- reads and io ----------------------------------------------------------------------------------------------
 
@@ -69,10 +165,95 @@ const _: () = {
 };
 
 // --- projections -----------------------------------------------------------------------------------------------
+// (The projection cache's budget constants stay in `projection/cache.rs` for now: another change owns that file.)
+
+/// Most puts one `put_many` may carry.
+pub const PUT_MANY_MAX: usize = 10_000;
+/// Largest projection state accepted, in bytes (minified).
+pub const PROJECTION_STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest total of state bytes in one `put_many`.
+pub const PUT_MANY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most tags one projection may carry.
+pub const PROJECTION_TAGS_MAX: usize = 64;
+/// Most tags one projection query may AND together.
+pub const PROJECTION_QUERY_TAGS_MAX: usize = 64;
+/// Projection requests waiting for the projection writer; further writers block (backpressure).
+pub const PROJECTION_REQUEST_QUEUE_MAX: usize = 1024;
+/// Most operations one projection group commit takes from the queue (a single larger `put_many` commits whole).
+pub const PROJECTION_GROUP_OPS_MAX: usize = 8192;
+/// Projection files read per `BatchIo::read_files` call while streaming `get_all` and `query`.
+pub const PROJECTION_READ_BATCH_FILES_DEFAULT: usize = 1024;
+/// Projection files read (and index files written) per `BatchIo` call while rebuilding at open.
+pub const PROJECTION_OPEN_READ_BATCH_FILES_MAX: usize = 4096;
+
+const _: () = assert!(PROJECTION_STATE_BYTES_MAX <= PUT_MANY_BYTES_MAX);
 
 // --- journal ---------------------------------------------------------------------------------------------------
 
 // --- server ----------------------------------------------------------------------------------------------------
+
+/// Longest request `id` (its JSON text) accepted. The id is echoed on every line of the answer, so a long one
+/// would multiply into every item line of a read.
+pub const REQUEST_ID_BYTES_MAX: usize = 256;
+/// Longest piece of client input (an id, a key, a value) an error message quotes; longer input is cut and its
+/// length said instead.
+pub const INPUT_QUOTE_BYTES_MAX: usize = 64;
+/// Longest error message the server sends; a longer one (a store error quoting a name, ...) is cut.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+const _: () = assert!(INPUT_QUOTE_BYTES_MAX * 4 <= ERROR_MESSAGE_BYTES_MAX);
+
+/// Connections served at once by default; further ones get a `busy` line and are closed.
+pub const CONNECTIONS_DEFAULT: usize = 1024;
+/// Descriptors the daemon keeps besides connections and batch I/O: the listener, the store's lock, ledger and
+/// directory handles, the projection store, the runtime's epoll and event descriptors, logs, `$NOTIFY_SOCKET`.
+pub const FDS_RESERVED: usize = 64;
+/// Descriptors one batch read may hold open at once: the io_uring backend's bound (the thread-pool backend holds one
+/// per thread, fewer).
+pub const FDS_READS_MAX: usize = URING_FDS_IN_FLIGHT_MAX;
+/// Descriptors one write batch may hold open at once.
+pub const FDS_WRITES_MAX: usize = WRITE_OPEN_FILES_MAX;
+/// `LimitNOFILE=` in systemd/opossumd.service: the default budget must fit it.
+pub const FDS_UNIT_LIMIT: usize = 20_000;
+/// When the descriptor limit cannot hold the connection limit beside reads and writes, connections get at most
+/// this share (1/N) of what is left after the reserve, so batch I/O keeps the rest.
+pub const FDS_CONNECTION_SHARE_WHEN_SHORT: usize = 4;
+const _: () = assert!(CONNECTIONS_DEFAULT + FDS_RESERVED + FDS_READS_MAX + FDS_WRITES_MAX <= FDS_UNIT_LIMIT);
+
+/// Longest request line accepted by default, in bytes (excluding the `\n`).
+pub const FRAME_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
+/// Smallest `max_frame_bytes` a configuration may set.
+pub const FRAME_BYTES_MIN: usize = 1024;
+/// Initial (and idle) size of a connection's request buffer; it grows up to `max_frame_bytes` for a long line.
+pub const LINE_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
+/// Request-buffer bytes (grown beyond the initial size) all connections may hold together. A connection whose long
+/// line would exceed it gets `busy` and is closed: 1,024 connections stalled inside 16 MiB lines cannot take 16 GiB.
+pub const LINE_BUFFERS_BYTES_TOTAL_MAX: usize = 256 * 1024 * 1024;
+/// How long a started request line may take to arrive in full by default; a connection stalled inside a line is
+/// answered with an error and closed. (Idle connections between lines cost a descriptor and the initial buffer.)
+pub const LINE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// How long a streaming answer may wait for the client to take a chunk before the connection is closed, so a client
+/// that stops reading does not hold its read's permit and chunks forever.
+pub const STREAM_WRITE_TIMEOUT_MS: u64 = 60_000;
+/// Bytes of encoded item lines handed from a read's producer to the socket at a time.
+pub const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Encoded chunks a read may have waiting for the socket; the producer blocks beyond that (backpressure).
+pub const READ_CHUNKS_IN_FLIGHT: usize = 2;
+/// Streaming reads (event reads, projection `get_all`/`query`) running at once; each holds a blocking thread and up
+/// to `READ_CHUNKS_IN_FLIGHT + 1` chunks. More wait (without a thread) for a permit.
+pub const READ_STREAMS_MAX: usize = 128;
+/// tokio's blocking pool (`max_blocking_threads`): appends waiting for their group commit, projection writes,
+/// streaming reads. Threads start lazily; with 1,024 connections the daemon had 2,586 threads before this bound.
+pub const BLOCKING_THREADS_MAX: usize = 256;
+const _: () = assert!(READ_STREAMS_MAX < BLOCKING_THREADS_MAX);
+/// `TasksMax=` in systemd/opossumd.service: the blocking pool, the I/O pool (`IO_THREADS_DEFAULT`) and
+/// room for the tokio workers, io_uring rings, the rayon pool and the store's writer and flusher must fit it.
+pub const UNIT_TASKS_MAX: usize = 512;
+const _: () = assert!(BLOCKING_THREADS_MAX + IO_THREADS_DEFAULT + 128 <= UNIT_TASKS_MAX);
+const _: () = assert!(FRAME_BYTES_DEFAULT <= LINE_BUFFERS_BYTES_TOTAL_MAX);
+const _: () = assert!(FRAME_BYTES_MIN <= LINE_BUFFER_BYTES_INITIAL);
+/// The file-creation mask the daemon sets at start by default (the unit's `UMask=`): store files and the socket
+/// directory are never group-writable or world-readable, whatever the shell's umask.
+pub const UMASK_DEFAULT: u32 = 0o027;
 
 // --- subscriptions -----------------------------------------------------------------------------------------------
 

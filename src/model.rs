@@ -9,16 +9,15 @@ use std::borrow::Borrow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::limits::JSON_DEPTH_MAX;
+
 /// A JSON value kept as its (minified) text; the store never interprets payloads.
 pub type RawJson = Box<RawValue>;
 
-/// Longest event type name accepted, in bytes. Opossum turns it into a file name, and file names are
-/// limited to 255 bytes on ext4; the `.json` suffix must still fit.
-pub const EVENT_TYPE_BYTES_MAX: usize = 200;
-/// Longest tag key plus value accepted, in bytes (the tag index file name is `<key>_<value>.json`).
-pub const TAG_BYTES_MAX: usize = 240;
+pub use crate::limits::{EVENT_TYPE_BYTES_MAX, TAG_BYTES_MAX};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Tag {
     pub key: String,
     pub value: String,
@@ -32,6 +31,7 @@ impl Tag {
 
 /// An event as a client hands it to `append`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Event {
     #[serde(rename = "type")]
     pub event_type: String,
@@ -65,6 +65,7 @@ pub struct SequencedEvent {
 
 /// One OR-branch of a query. Build it with [`QueryItem::new`], which rejects an item with neither types nor tags.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueryItem {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
@@ -161,25 +162,50 @@ impl Serialize for Query {
 
 impl<'de> Deserialize<'de> for Query {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Query, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Wire {
-            Word(String),
-            Items { items: Vec<QueryItem> },
-        }
-        match Wire::deserialize(d)? {
-            Wire::Word(w) if w == "all" => Ok(Query::All),
-            Wire::Word(w) => {
-                Err(serde::de::Error::custom(format!("unknown query {w:?}: use \"all\" or {{\"items\":[..]}}")))
+        // A visitor rather than an untagged enum: the errors of the items (an unknown field, a bad type) reach the
+        // client as they are, with their position, instead of "did not match any variant".
+        struct QueryVisitor;
+        impl<'de> serde::de::Visitor<'de> for QueryVisitor {
+            type Value = Query;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"all\" or {\"items\":[..]}")
             }
-            Wire::Items { items } => Query::items(items).map_err(serde::de::Error::custom),
+            fn visit_str<E: serde::de::Error>(self, w: &str) -> Result<Query, E> {
+                match w {
+                    "all" => Ok(Query::All),
+                    _ => Err(E::custom(format!("unknown query {:?}: use \"all\" or {{\"items\":[..]}}", short(w)))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Query, A::Error> {
+                let mut items: Option<Vec<QueryItem>> = None;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "items" if items.is_none() => items = Some(map.next_value()?),
+                        "items" => return Err(serde::de::Error::duplicate_field("items")),
+                        other => return Err(serde::de::Error::unknown_field(short(other), &["items"])),
+                    }
+                }
+                let items = items.ok_or_else(|| serde::de::Error::missing_field("items"))?;
+                Query::items(items).map_err(serde::de::Error::custom)
+            }
         }
+        d.deserialize_any(QueryVisitor)
     }
+}
+
+/// Client input quoted in a deserialisation error: a short prefix.
+fn short(s: &str) -> &str {
+    let mut cut = s.len().min(64);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
 }
 
 /// The DCB condition: fail if any event matching `fail_if_events_match` has a position greater than `after`
 /// (any position when `after` is `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AppendCondition {
     pub fail_if_events_match: Query,
     #[serde(default)]
@@ -187,6 +213,7 @@ pub struct AppendCondition {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadOptions {
     /// Exclusive lower bound.
     #[serde(default)]
@@ -267,6 +294,10 @@ pub fn validate_tag(tag: &Tag) -> Result<(), ModelError> {
 pub fn validate_event(e: &Event) -> Result<(), ModelError> {
     validate_event_type(&e.event_type)?;
     e.tags.iter().try_for_each(validate_tag)?;
+    check_json_depth("data", e.data.get())?;
+    if let Some(m) = &e.metadata {
+        check_json_depth("metadata", m.get())?;
+    }
     if let Some(m) = &e.metadata {
         if !m.get().trim_start().starts_with('{') {
             return Err(ModelError::InvalidEvent("metadata must be a JSON object".into()));
@@ -275,9 +306,64 @@ pub fn validate_event(e: &Event) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// Refuses JSON text nested deeper than [`JSON_DEPTH_MAX`]: a byte scan counting open arrays and objects outside
+/// strings, without recursion, so no depth can exhaust the stack. `text` is already valid JSON.
+pub fn check_json_depth(what: &str, text: &str) -> Result<(), ModelError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > JSON_DEPTH_MAX {
+                    return Err(ModelError::InvalidEvent(format!(
+                        "{what} is nested deeper than {JSON_DEPTH_MAX} levels of arrays and objects"
+                    )));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_depth_is_limited_without_recursion() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(check_json_depth("data", &nested(JSON_DEPTH_MAX)).is_ok());
+        let err = check_json_depth("data", &nested(JSON_DEPTH_MAX + 1)).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        assert!(check_json_depth("data", &nested(1_000_000)).is_err());
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let text = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(200));
+        assert!(check_json_depth("data", &text).is_ok(), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        assert!(serde_json::from_str::<Event>(r#"{"type":"A","data":{},"tag":[]}"#).is_err());
+        assert!(serde_json::from_str::<Tag>(r#"{"key":"k","value":"v","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Query>(r#"{"items":[{"types":["A"],"tag":[]}]}"#).is_err());
+        assert!(serde_json::from_str::<Query>(r#"{"items":[{"types":["A"]}],"x":1}"#).is_err());
+        let c = r#"{"fail_if_events_match":"all","afterr":3}"#;
+        assert!(serde_json::from_str::<AppendCondition>(c).is_err());
+    }
 
     fn tags(t: &[(&str, &str)]) -> Vec<Tag> {
         t.iter().map(|(k, v)| Tag::new(*k, *v)).collect()

@@ -16,6 +16,10 @@ mod connections;
 mod crash;
 #[path = "daemon/dcb.rs"]
 mod dcb;
+#[path = "daemon/hardening_store.rs"]
+mod hardening_store;
+#[path = "daemon/hardening_wire.rs"]
+mod hardening_wire;
 #[path = "daemon/lifecycle.rs"]
 mod lifecycle;
 #[path = "daemon/projection.rs"]

@@ -433,7 +433,7 @@ fn put_many_is_one_durable_write_batch_and_all_or_nothing() {
     assert_eq!(store.put_many(puts).unwrap(), [1, 2]);
     assert!(matches!(
         store.put_many((0..10_001).map(|i| put("P", &i.to_string(), "{}", &[], None)).collect()),
-        Err(ProjectionError::Invalid(_))
+        Err(ProjectionError::LimitExceeded { limit: "PUT_MANY_MAX", value: 10_001, max: 10_000, .. })
     ));
 }
 
@@ -622,4 +622,27 @@ fn another_process_rewriting_a_cached_file_is_seen_by_the_next_read() {
             assert!(store.cache_stats().invalidations >= 2, "{name}: {:?}", store.cache_stats());
         }
     }
+}
+
+/// Issue 11 item 1: a rebuild never deletes a temporary file silently: it is set aside in the store's
+/// `.quarantine/`.
+#[test]
+fn a_rebuild_sets_temporary_index_files_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = backends().remove(0);
+    let store = open_with(dir.path(), io.clone(), Durability::Fsync);
+    store.put(put("P", "k1", "{}", &[("mail", "ada")], None)).unwrap();
+    store.close().unwrap();
+    let indices = dir.path().join("Projections/P/Indices");
+    let leftover = format!("mail_x.json{}0123456789abcdef0123456789abcdef", opossum::format::TMP_MARKER);
+    std::fs::write(indices.join(&leftover), b"[\"k").unwrap();
+    std::fs::write(dir.path().join("Projections/P/Metadata/opossumd.dirty"), b"").unwrap();
+    let store = open_with(dir.path(), io, Durability::Fsync);
+    assert!(!indices.join(&leftover).exists());
+    let quarantined: Vec<PathBuf> = std::fs::read_dir(dir.path().join(".quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("Projections/P/Indices").join(&leftover))
+        .collect();
+    assert!(quarantined.iter().any(|p| p.exists()), "{quarantined:?}");
+    assert_eq!(query_keys(&store, "P", &[("mail", "ada")]), ["k1"]);
 }

@@ -4,10 +4,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind, SyncStrategy};
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
-use opossum::store::{Durability, IndexWrites, Store, StoreError, StoreOptions};
+use opossum::store::{Durability, IndexWrites, Store, StoreError, StoreOptions, WriteStatus};
 
 #[path = "store/crash.rs"]
 mod crash;
@@ -601,11 +602,131 @@ fn reads_noticing_a_changed_ledger_never_flush_index_files() {
     assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/B.json")).unwrap(), r#"{"Positions":[2]}"#);
 }
 
+/// A store over `FaultyIo` whose writer waits an hour before recovering from a write fault in place (so a test
+/// sees the poisoned state for as long as it looks).
 fn faulty_store(dir: &Path, index_writes: IndexWrites) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
+    faulty_store_recovering_after(dir, index_writes, Duration::from_secs(3600))
+}
+
+fn faulty_store_recovering_after(
+    dir: &Path,
+    index_writes: IndexWrites,
+    recovery_backoff_min: Duration,
+) -> (Store, Arc<FaultyIo<Arc<dyn BatchIo>>>) {
     let io = Arc::new(FaultyIo::new(backend()));
-    let store =
-        Store::open(dir, StoreOptions { io: Some(io.clone()), index_writes, ..options(Durability::Fsync) }).unwrap();
-    (store, io)
+    let options =
+        StoreOptions { io: Some(io.clone()), index_writes, recovery_backoff_min, ..options(Durability::Fsync) };
+    (Store::open(dir, options).unwrap(), io)
+}
+
+/// Issue 11 items 4 and 5: a create refused before anything was written (too many open files, no inodes) fails
+/// only its append; the store stays writable, and the next append takes the same positions (the files the failed
+/// batch left beyond the head are set aside).
+#[test]
+fn a_create_refused_before_writing_fails_the_append_without_poisoning() {
+    let deferred = IndexWrites::Deferred { interval: Duration::from_secs(3600) };
+    for index_writes in [IndexWrites::EveryCommit, deferred] {
+        for (errno, files_written) in [(libc::EMFILE, 0), (libc::ENFILE, 2), (libc::ENOSPC, 1)] {
+            let case = format!("{index_writes:?} errno {errno} after {files_written}");
+            let dir = tempfile::tempdir().unwrap();
+            let (store, io) = faulty_store(dir.path(), index_writes);
+            store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+            io.arm(0, Fault::Open { errno, files_written });
+            let batch = vec![ev("B", &[("k", "v")]), ev("B", &[("k", "v")]), ev("B", &[])];
+            let err = store.append(batch, None).unwrap_err();
+            assert!(matches!(&err, StoreError::Io(e) if e.source.raw_os_error() == Some(errno)), "{case}: {err:?}");
+            assert_eq!(store.write_status(), WriteStatus::Writable, "{case}");
+            assert!(store.stats().writable && store.stats().poisoned.is_none(), "{case}");
+            assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1], "{case}");
+            let next = store.append(vec![ev("C", &[("k", "v")])], None).unwrap();
+            assert_eq!((next.first, next.last), (2, 2), "{case}");
+            assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1, 2], "{case}");
+            assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1, 2], "{case}");
+            drop(store);
+            let store = open(dir.path());
+            let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+            assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "C"], "{case}");
+        }
+    }
+}
+
+/// Issue 11 item 4: running out of descriptors is never a durability fault. A read refused with EMFILE fails that
+/// read; a catch-up refused with EMFILE (another process appended) fails that append; neither poisons.
+#[test]
+fn running_out_of_descriptors_on_reads_fails_only_that_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, io) = faulty_store(dir.path(), IndexWrites::EveryCommit);
+    store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+    io.arm(0, Fault::Read { errno: libc::EMFILE });
+    let refused = store.read_to_vec(&Query::All, ReadOptions::default());
+    assert!(matches!(&refused, Err(StoreError::Io(e)) if e.source.raw_os_error() == Some(libc::EMFILE)), "{refused:?}");
+    assert_eq!(read(&store, &Query::All, ReadOptions::default()), vec![1]);
+    // Another process appends; our writer must read its events before the next commit, and cannot.
+    let theirs = open(dir.path());
+    theirs.append(vec![ev("B", &[("k", "v")])], None).unwrap();
+    drop(theirs);
+    io.arm(0, Fault::Read { errno: libc::EMFILE });
+    let err = store.append(vec![ev("C", &[("k", "v")])], cond(tags(&[("k", "v")]), Some(1))).unwrap_err();
+    assert!(matches!(&err, StoreError::Io(e) if e.source.raw_os_error() == Some(libc::EMFILE)), "{err:?}");
+    assert_eq!(store.write_status(), WriteStatus::Writable);
+    // Next time the catch-up works: the condition sees their event, and an unconditional append goes on top.
+    let err = store.append(vec![ev("C", &[("k", "v")])], cond(tags(&[("k", "v")]), Some(1))).unwrap_err();
+    assert!(matches!(err, StoreError::ConditionFailed { position: 2 }), "{err:?}");
+    assert_eq!(store.append(vec![ev("C", &[("k", "v")])], None).unwrap().first, 3);
+    assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1, 2, 3]);
+}
+
+/// Issue 11 item 5: after a write fault the writer re-runs recovery in place with backoff; once it completes the
+/// store takes writes again without a reopen, and the status says so.
+#[test]
+fn a_poisoned_store_recovers_in_place_and_takes_writes_again() {
+    let deferred = IndexWrites::Deferred { interval: Duration::from_secs(3600) };
+    for index_writes in [IndexWrites::EveryCommit, deferred] {
+        for fault in [Fault::Write { errno: libc::ENOSPC, files_written: 1 }, Fault::Fsync { errno: libc::EIO }] {
+            let case = format!("{index_writes:?}: {fault:?}");
+            let dir = tempfile::tempdir().unwrap();
+            let (store, io) = faulty_store_recovering_after(dir.path(), index_writes, Duration::from_millis(1));
+            store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+            io.arm(0, fault);
+            assert!(store.append(vec![ev("B", &[("k", "v")]); 3], None).is_err(), "{case}");
+            let mut status = store.write_status();
+            let started = std::time::Instant::now();
+            while status != WriteStatus::Writable {
+                assert!(matches!(&status, WriteStatus::Unwritable { reason } if !reason.is_empty()), "{case}");
+                assert!(started.elapsed() < Duration::from_secs(30), "{case}: never recovered");
+                std::thread::sleep(Duration::from_millis(5));
+                status = store.write_status();
+            }
+            let stats = store.stats();
+            assert!(stats.writable && stats.recovery_attempts >= 1, "{case}: {stats:?}");
+            let next = store.append(vec![ev("C", &[("k", "v")])], None).unwrap();
+            let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+            let bs = all.iter().filter(|e| e.event_type == "B").count();
+            assert!(bs == 0 || bs == 3, "{case}: partial batch visible: {:?}", positions(&all));
+            assert_eq!(positions(&all), (1..=next.last).collect::<Vec<_>>(), "{case}");
+            assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()).len(), 2 + bs, "{case}");
+            store.close().unwrap();
+        }
+    }
+}
+
+/// Issue 11 item 2: index files are a derived cache. A deferred flush that fails is logged, counted and retried;
+/// appends go on, and close reports the failed final flush without losing anything.
+#[test]
+fn a_failed_index_flush_never_stops_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let deferred = IndexWrites::Deferred { interval: Duration::from_secs(3600) };
+    let (store, io) = faulty_store(dir.path(), deferred);
+    store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+    io.arm(0, Fault::Write { errno: libc::EIO, files_written: 0 });
+    assert!(store.sync().is_ok(), "a sync whose index flush failed still picks up and answers");
+    let stats = store.stats();
+    assert!(stats.writable && stats.index_write_failures == 1, "{stats:?}");
+    store.append(vec![ev("B", &[("k", "v")])], None).unwrap();
+    io.arm(0, Fault::Write { errno: libc::EIO, files_written: 0 });
+    assert!(matches!(store.close(), Err(StoreError::IndexFlush)));
+    let store = open(dir.path());
+    assert_eq!(read(&store, &tags(&[("k", "v")]), ReadOptions::default()), vec![1, 2]);
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! `opossumd`: serves one opossum store over a Unix socket (docs/PROTOCOL.md).
 //!
 //! Exit status: 0 after a graceful stop (SIGTERM/SIGINT), 1 when it cannot start (bad config, store in use by
-//! another daemon, socket in use, ...). Logs go to stderr (journald-friendly), filtered by RUST_LOG or `log`.
+//! another daemon, socket in use, ...) or when the stop could not flush or close the store. Logs go to stderr
+//! (journald-friendly), filtered by RUST_LOG or `log`.
+//!
+//! At start, before it creates any file, the daemon sets its umask (`--umask`, default 0027, as the unit's
+//! `UMask=`) and raises its soft descriptor limit to the hard one (`server::fds`).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -16,9 +20,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter};
 
-/// Blocking threads for store work: each connection runs at most one blocking request at a time, so this bounds
-/// nothing in practice; threads are started lazily.
-const MAX_BLOCKING_THREADS: usize = 4096;
+use opossum::limits::BLOCKING_THREADS_MAX;
 
 fn filter_for(log: &str) -> EnvFilter {
     match std::env::var("RUST_LOG") {
@@ -49,6 +51,33 @@ fn run() -> anyhow::Result<()> {
 
     // Before any thread exists: socket activation edits the environment.
     let activated = server::systemd::take_activated_listener().context("socket activation")?;
+
+    // Before any file is created: a shell's umask (022, or 000) must not make event data world-readable or the
+    // store writable by others.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let inherited = unsafe { libc::umask(config.umask as libc::mode_t) };
+    tracing::info!(
+        umask = format!("{:04o}", config.umask),
+        inherited = format!("{inherited:04o}"),
+        "file-creation mask"
+    );
+    match server::fds::raise_nofile_limit() {
+        Ok(limit) if limit.soft > limit.before => {
+            tracing::info!(from = limit.before, to = limit.soft, "raised the descriptor limit to the hard limit")
+        }
+        Ok(limit) => tracing::info!(limit = limit.soft, "descriptor limit"),
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
+    if activated.is_none() {
+        if config.socket_mode & 0o600 != 0o600 {
+            tracing::warn!(
+                socket_mode = format!("{:04o}", config.socket_mode),
+                "the socket's owner cannot both read and write it: clients (this user's included) will be refused"
+            );
+        }
+        // A live daemon on the socket: refuse before the store directory is created or opened.
+        server::remove_stale_socket(&config.socket)?;
+    }
 
     let options = StoreOptions {
         durability: config.durability,
@@ -105,7 +134,7 @@ fn run() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .max_blocking_threads(BLOCKING_THREADS_MAX)
         .thread_name("opossumd")
         .build()
         .context("starting the runtime")?;

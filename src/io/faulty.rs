@@ -1,5 +1,7 @@
-//! A `BatchIo` wrapper that injects write and fsync failures (ENOSPC, EIO) into chosen write batches, so tests
-//! can prove that a failed commit is reported, poisons the writer and never becomes half visible.
+//! A `BatchIo` wrapper that injects failures so tests can prove that a failed commit is reported, poisons the writer
+//! only when it may have left unknown state, and never becomes half visible: refused creates (EMFILE, ENFILE, ENOSPC),
+//! failed writes and fsyncs (ENOSPC, EIO) in chosen write batches; a failed whole-file read; and a read error in one
+//! extent of a `read_extents` call (a bad sector under one journal record).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +14,12 @@ pub enum Fault {
     /// The batch fails with `errno` on a write after its first `files_written` files reached their final names
     /// (a disk that fills up half way through a batch).
     Write { errno: i32, files_written: usize },
+    /// Creating a file fails with `errno` (EMFILE, ENFILE, ENOSPC for inodes) after the first `files_written` files
+    /// were written: nothing of the failing file is written, and nothing of the batch is renamed or fsynced.
+    Open { errno: i32, files_written: usize },
+    /// The next read batch fails every file with `errno` (EMFILE: the process ran out of descriptors). Armed read
+    /// faults count read batches, not write batches.
+    Read { errno: i32 },
     /// The whole batch reaches its final names, then an fsync reports `errno` (the "fsyncgate" case: the data
     /// may or may not be on disk).
     Fsync { errno: i32 },
@@ -21,6 +29,7 @@ pub struct FaultyIo<T> {
     inner: T,
     /// (write batches to let through first, fault), consumed when it fires.
     armed: Mutex<Option<(usize, Fault)>>,
+    armed_read: Mutex<Option<i32>>,
     write_batches: AtomicUsize,
     /// (entry of the next `read_extents` call to fail, errno), consumed when it fires.
     extent_fault: Mutex<Option<(usize, i32)>>,
@@ -28,12 +37,21 @@ pub struct FaultyIo<T> {
 
 impl<T: BatchIo> FaultyIo<T> {
     pub fn new(inner: T) -> FaultyIo<T> {
-        FaultyIo { inner, armed: Mutex::new(None), write_batches: AtomicUsize::new(0), extent_fault: Mutex::new(None) }
+        FaultyIo {
+            inner,
+            armed: Mutex::new(None),
+            armed_read: Mutex::new(None),
+            write_batches: AtomicUsize::new(0),
+            extent_fault: Mutex::new(None),
+        }
     }
 
     /// Makes the write batch after the next `skip_batches` ones fail with `fault`.
     pub fn arm(&self, skip_batches: usize, fault: Fault) {
-        *self.armed.lock().unwrap() = Some((skip_batches, fault));
+        match fault {
+            Fault::Read { errno } => *self.armed_read.lock().unwrap() = Some(errno),
+            _ => *self.armed.lock().unwrap() = Some((skip_batches, fault)),
+        }
     }
 
     /// Makes entry `entry` of the next `read_extents` call that has one fail with `errno` (a bad sector under one
@@ -70,7 +88,13 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
     }
 
     fn read_files(&self, paths: &[PathBuf]) -> Vec<Result<Vec<u8>, IoError>> {
-        self.inner.read_files(paths)
+        match self.armed_read.lock().unwrap().take() {
+            None => self.inner.read_files(paths),
+            Some(errno) => paths
+                .iter()
+                .map(|p| Err(IoError::new(IoOp::Open, p, std::io::Error::from_raw_os_error(errno))))
+                .collect(),
+        }
     }
 
     fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>> {
@@ -88,12 +112,23 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.write_batches.fetch_add(1, Ordering::SeqCst);
         match self.take_fault() {
-            None => self.inner.write_files(files, durable),
+            None | Some(Fault::Read { .. }) => self.inner.write_files(files, durable),
             Some(Fault::Write { errno, files_written }) => {
                 let n = files_written.min(files.len());
                 self.inner.write_files(&files[..n], durable)?;
                 let path = files.get(n).map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
                 Err(IoError::new(IoOp::Write, path, std::io::Error::from_raw_os_error(errno)))
+            }
+            Some(Fault::Open { errno, files_written }) => {
+                // Written but not renamed or synced: the backends create every file of a batch before any rename.
+                let n = files_written.min(files.len());
+                for f in &files[..n] {
+                    if f.mode == super::WriteMode::CreateNew {
+                        std::fs::write(f.path, f.bytes).map_err(|e| IoError::new(IoOp::Write, f.path, e))?;
+                    }
+                }
+                let path = files.get(n).map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
+                Err(IoError::new(IoOp::Open, path, std::io::Error::from_raw_os_error(errno)))
             }
             Some(Fault::Fsync { errno }) => {
                 self.inner.write_files(files, durable)?;

@@ -16,8 +16,7 @@ pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
-/// Moved to [`crate::limits`]; kept here for the `SyncStrategy` docs and existing callers.
-pub use crate::limits::AUTO_SYNCFS_DIRTY_MAX_BYTES;
+pub use crate::format::tmp_path;
 pub use barrier::fsync_dir;
 pub use commit::parent_dirs;
 pub use faulty::{Fault, FaultyIo};
@@ -166,7 +165,7 @@ pub trait BatchIo: Send + Sync {
     fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>>;
 
     /// Writes a batch of files: a `CreateNew` file straight at its final name (exclusive create), any other to a
-    /// fresh `<final>.tmp.<32 hex>` in its own directory, then renamed to its final name according to its
+    /// fresh temporary name in its own directory (`format::tmp_path`), then renamed to its final name according to its
     /// [`WriteMode`].
     ///
     /// With `durable == true`, on `Ok` every file's contents and every new directory entry are on stable storage
@@ -207,7 +206,7 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
 /// How a durable write batch waits for stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncStrategy {
-    /// `Syncfs` for a barrier while the system has little dirty data (at most [`AUTO_SYNCFS_DIRTY_MAX_BYTES`]
+    /// `Syncfs` for a barrier while the system has little dirty data (at most [`crate::limits::AUTO_SYNCFS_DIRTY_MAX_BYTES`]
     /// besides the barrier's own, from `/proc/meminfo`), else `PerFile`: the cheap barrier when it is cheap, and a
     /// latency that never depends on a neighbour's bulk writes. Linux; elsewhere `PerFile`.
     #[default]
@@ -295,18 +294,6 @@ fn read_exact_at(file: &std::fs::File, mut buf: &mut [u8], mut offset: u64) -> s
         }
     }
     Ok(())
-}
-
-/// `<final>.tmp.<32 hex>`, the temporary name Opossum uses, unique per process and call.
-pub fn tmp_path(final_path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let hi = nanos ^ ((std::process::id() as u64) << 32);
-    let mut name = final_path.as_os_str().to_owned();
-    name.push(format!(".tmp.{hi:016x}{n:016x}"));
-    PathBuf::from(name)
 }
 
 #[cfg(test)]
@@ -432,17 +419,5 @@ pub(crate) mod tests {
         }
         // The fault fired once.
         assert!(io.read_extents(&extents).iter().all(|r| r.is_ok()));
-    }
-
-    #[test]
-    fn tmp_paths_are_unique_and_in_the_same_directory() {
-        let a = tmp_path(Path::new("/x/events/0000000001.json"));
-        let b = tmp_path(Path::new("/x/events/0000000001.json"));
-        assert_ne!(a, b);
-        assert_eq!(a.parent(), Some(Path::new("/x/events")));
-        let name = a.file_name().unwrap().to_str().unwrap();
-        let hex = name.strip_prefix("0000000001.json.tmp.").unwrap();
-        assert_eq!(hex.len(), 32);
-        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

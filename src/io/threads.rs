@@ -15,8 +15,6 @@ use super::commit::CommitWriter;
 use super::{read_extent, BatchIo, Extent, FileWrite, IoError, IoOp, SyncStrategy};
 use crate::limits::EXTENT_BYTES_IN_FLIGHT_MAX;
 
-pub use crate::limits::{IO_THREADS_DEFAULT as THREADS_DEFAULT, WRITE_OPEN_FILES_MAX};
-
 /// Files handed to one pool task at once; amortises task overhead without starving other threads.
 const READ_CHUNK_FILES: usize = 16;
 /// Calls with fewer extents read them on the calling thread: a positional read of a cached page costs about as much

@@ -2,8 +2,8 @@
 //! `get`, `get_all` and `query` run at memory speed. Reads look a whole batch up under one read lock, send only the
 //! misses to `BatchIo` and emit hits and misses in key order (`reader.rs`).
 //!
-//! An entry is the projection in its wire form, the `"item"` object of `projection.get_all`'s item lines
-//! ([`crate::protocol::encode_projection_item_body`], made from the file by `reader::item_body`), not the file: the
+//! An entry is the projection as clients see it, the `"item"` object of `projection.get_all`'s item lines
+//! ([`super::ItemJson`], made from the file by [`super::ItemJson::from_file`]), not the file: the
 //! server streams a hit by copying it between a line's prefix and suffix, with no parsing or serialising (measured
 //! with 5,000 cached ~700 B projections: re-parsing and re-framing the files cost about 10 ms of the daemon's CPU per
 //! `get_all`, copying the bodies well under 1 ms). `get` and the library's iterators decode the body instead of the
@@ -44,9 +44,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::Paths;
+use super::{ItemJson, Paths};
 
-/// Default byte budget: 128 MiB holds ~150,000 typical (~700 B) projection files with their wire bodies' room, a
+/// Default byte budget: 128 MiB holds ~150,000 typical (~700 B) projection files with their item JSON's room, a
 /// small fraction of a server's memory; the daemon's flag `--projection-cache-bytes` changes it, `0` turns the cache
 /// off. Off (0) where there is no inotify to keep it coherent with other writers.
 pub const PROJECTION_CACHE_BYTES_DEFAULT: usize = if watch::AVAILABLE { 128 * 1024 * 1024 } else { 0 };
@@ -60,8 +60,8 @@ pub const GHOST_BUDGET_BYTES_PER_SLOT: usize = 512;
 /// A cached projection.
 #[derive(Debug)]
 pub struct CachedItem {
-    /// Its item object as sent on the wire ([`crate::protocol::encode_projection_item_body`]).
-    pub body: Box<[u8]>,
+    /// Its item object as clients see it.
+    pub body: ItemJson,
 }
 
 /// Counters and sizes, for `stats`.
@@ -241,7 +241,7 @@ impl ProjectionCache {
     /// Inserts the bodies of projections a reader read from disk after `token`'s lookup, unless `projection` changed
     /// since (then none: the reader may have read a file an acknowledged write or another process has replaced).
     /// One write lock.
-    pub fn admit<'a>(&self, token: Token, projection: &str, items: impl Iterator<Item = (&'a str, Vec<u8>)>) {
+    pub fn admit<'a>(&self, token: Token, projection: &str, items: impl Iterator<Item = (&'a str, ItemJson)>) {
         let mut inner = self.inner.write().unwrap();
         let inner = &mut *inner;
         let Some(slots) = inner.projections.get(projection) else { return };
@@ -264,7 +264,7 @@ impl ProjectionCache {
     /// on disk at `(projection, stem)`, `None` a deleted file (or, after a failed batch, an unknown one). Applies pending
     /// changes of other processes first, and bumps the touched projections' generations so no reader that read
     /// before our renames can insert what it read.
-    pub(crate) fn commit_writes(&self, changes: impl Iterator<Item = (String, String, Option<Vec<u8>>)>) {
+    pub(crate) fn commit_writes(&self, changes: impl Iterator<Item = (String, String, Option<ItemJson>)>) {
         let mut watcher = self.watcher.lock().unwrap();
         let pending = watcher.drain();
         let mut inner = self.inner.write().unwrap();
@@ -366,7 +366,7 @@ impl Inner {
     }
 
     /// Inserts (or replaces) an entry, evicting with the CLOCK hand until it fits. Too-large files are not cached.
-    fn insert(&mut self, budget: usize, projection: &Arc<str>, stem: &str, bytes: Vec<u8>) {
+    fn insert(&mut self, budget: usize, projection: &Arc<str>, stem: &str, bytes: ItemJson) {
         self.remove(projection, stem);
         let charge = bytes.len() + stem.len() + ENTRY_OVERHEAD_BYTES;
         if charge > budget / ENTRY_BUDGET_FRACTION {
@@ -388,7 +388,7 @@ impl Inner {
                 self.ring.len() - 1
             }
         };
-        let file = Arc::new(CachedItem { body: bytes.into_boxed_slice() });
+        let file = Arc::new(CachedItem { body: bytes });
         let slot = Slot { file, referenced: AtomicBool::new(false), ring, charge };
         self.projections.get_mut(&**projection).expect("slots exist").entries.insert(stem.into(), slot);
         self.bytes += charge;
@@ -567,6 +567,7 @@ mod tests {
     }
 
     fn write(cache: &ProjectionCache, stem: &str, bytes: Option<Vec<u8>>) {
+        let bytes = bytes.map(ItemJson::from_test_bytes);
         cache.commit_writes(std::iter::once(("P".to_string(), stem.to_string(), bytes)));
     }
 
@@ -574,13 +575,14 @@ mod tests {
     fn get(cache: &ProjectionCache, stem: &str) -> (Option<u8>, Token) {
         let mut out = Vec::new();
         let token = cache.lookup("P", std::iter::once(stem), &mut out);
-        (out[0].as_ref().map(|f| f.body[0]), token)
+        (out[0].as_ref().map(|f| f.body.as_bytes()[0]), token)
     }
 
     /// A reader offering what it read: the cache picks the second touches, the reader hands their bodies over.
     fn read_misses(cache: &ProjectionCache, token: Token, stems: &[&str], body: Vec<u8>) {
         let admit = cache.second_touch(token, "P", stems.iter().copied());
-        let bodies = stems.iter().zip(admit).filter(|(_, a)| *a).map(|(s, _)| (*s, body.clone()));
+        let bodies =
+            stems.iter().zip(admit).filter(|(_, a)| *a).map(|(s, _)| (*s, ItemJson::from_test_bytes(body.clone())));
         cache.admit(token, "P", bodies);
     }
 

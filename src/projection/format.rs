@@ -1,4 +1,4 @@
-//! Projection file names and JSON, as .NET Opossum lays them out (`../shared/opossum-format.md`, "Projections"):
+//! Projection file names and JSON, as .NET Opossum lays them out (`docs/format.md`, "Tree"):
 //!
 //! ```text
 //! Projections/_checkpoints/<Name>.checkpoint          {"ProjectionName","LastProcessedPosition","LastUpdated","TotalEventsProcessed"}
@@ -37,12 +37,10 @@ pub const PROJECTION_FILE_SUFFIX: &str = ".json";
 /// Present while index files may lag the projection files; see the module docs.
 pub const DIRTY_MARKER_FILE: &str = "opossumd.dirty";
 
-/// Longest projection name accepted, in bytes (it is a directory name; checkpoints add `.checkpoint`).
-pub const NAME_BYTES_MAX: usize = 200;
-/// Longest projection key accepted, in bytes (`K(key).json` must fit the 255-byte file-name limit).
-pub const KEY_BYTES_MAX: usize = 200;
-/// Longest tag index file name accepted, in bytes (`<lower k>_<lower v>.json`).
-pub const TAG_FILE_NAME_BYTES_MAX: usize = 250;
+pub use crate::limits::{
+    PROJECTION_KEY_BYTES_MAX as KEY_BYTES_MAX, PROJECTION_NAME_BYTES_MAX as NAME_BYTES_MAX,
+    PROJECTION_TAG_FILE_NAME_BYTES_MAX as TAG_FILE_NAME_BYTES_MAX,
+};
 
 /// A projection name, key or tag that cannot be stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,19 +72,12 @@ fn is_separator(c: char) -> bool {
     c == '/' || (cfg!(windows) && c == '\\')
 }
 
-/// Opossum's `K(x)`: each invalid file-name character becomes `_` (nothing is dropped).
-pub fn sanitize_key(x: &str) -> String {
-    x.chars().map(|c| if is_invalid_file_name_char(c) { '_' } else { c }).collect()
-}
-
-/// .NET's `ToLowerInvariant`, character by character (no context-dependent final sigma).
-fn lower_invariant(x: &str) -> String {
-    x.chars().flat_map(char::to_lowercase).collect()
-}
+/// Opossum's `K(x)`: each invalid file-name character becomes `_` (nothing is dropped). Owned by `crate::format`.
+pub use crate::format::projection_key_stem as sanitize_key;
 
 /// Checks a projection name. Opossum uses the name as a directory name unchanged, so anything that is not one plain
 /// file name is refused rather than sanitised: empty or blank, `.`/`..`, separators, NUL (and on Windows the other
-/// invalid characters), the reserved `_checkpoints`, and `.tmp.` (Opossum's rebuild staging directories).
+/// invalid characters), the reserved `_checkpoints`, and the temporary-name marker (`format::TMP_MARKER`, Opossum's rebuild staging directories).
 pub fn validate_projection_name(name: &str) -> Result<(), NameError> {
     let err = |reason| Err(name_error("projection name", name, reason));
     if name.trim().is_empty() {
@@ -104,15 +95,15 @@ pub fn validate_projection_name(name: &str) -> Result<(), NameError> {
     if name == CHECKPOINTS_DIR {
         return err("reserved for checkpoints");
     }
-    if name.contains(".tmp.") {
-        return err("contains `.tmp.` (reserved for temporary files)");
+    if crate::format::contains_tmp_marker(name) {
+        return err("contains the temporary-name marker (reserved for temporary files)");
     }
     Ok(())
 }
 
 /// Checks a projection key and returns `K(key)`, the stem of its file name. Keys are sanitised as Opossum does
 /// (`a/b` → `a_b.json`), and additionally refused when they could mean a path outside the directory or could not be
-/// a file: empty or blank, absolute, a `.` or `..` path segment, NUL, `.tmp.` (temporary files are never read).
+/// a file: empty or blank, absolute, a `.` or `..` path segment, NUL, the temporary-name marker (temporary files are never read).
 pub fn key_file_stem(key: &str) -> Result<String, NameError> {
     let err = |reason| Err(name_error("projection key", key, reason));
     if key.trim().is_empty() {
@@ -127,8 +118,8 @@ pub fn key_file_stem(key: &str) -> Result<String, NameError> {
     if key.split(is_separator).any(|segment| segment == "." || segment == "..") {
         return err("contains a `.` or `..` path segment");
     }
-    if key.contains(".tmp.") {
-        return err("contains `.tmp.` (reserved for temporary files)");
+    if crate::format::contains_tmp_marker(key) {
+        return err("contains the temporary-name marker (reserved for temporary files)");
     }
     let stem = sanitize_key(key);
     if stem.len() > KEY_BYTES_MAX {
@@ -141,13 +132,13 @@ pub fn key_file_stem(key: &str) -> Result<String, NameError> {
 /// The stem of a tag's index file, `<lower k>_<lower v>` with each invalid character replaced by `_`, exactly as
 /// Opossum names it. Tag matching is by this stem: case-insensitive, and (as in Opossum) `a_b`+`c` equals `a`+`b_c`.
 pub fn tag_stem(tag: &Tag) -> Result<String, NameError> {
-    let stem = format!("{}_{}", sanitize_key(&lower_invariant(&tag.key)), sanitize_key(&lower_invariant(&tag.value)));
+    let stem = crate::format::projection_tag_stem(tag);
     let text = format!("{}={}", tag.key, tag.value);
     if stem.len() + PROJECTION_FILE_SUFFIX.len() > TAG_FILE_NAME_BYTES_MAX {
         return Err(name_error("tag", &text, "its index file name would be longer than 250 bytes"));
     }
-    if stem.contains(".tmp.") {
-        return Err(name_error("tag", &text, "contains `.tmp.` (reserved for temporary files)"));
+    if crate::format::contains_tmp_marker(&stem) {
+        return Err(name_error("tag", &text, "contains the temporary-name marker (reserved for temporary files)"));
     }
     Ok(stem)
 }
@@ -376,6 +367,7 @@ fn strip_bom(bytes: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::TMP_MARKER;
 
     fn meta(version: u64) -> ProjectionMetadata {
         ProjectionMetadata {
@@ -403,11 +395,35 @@ mod tests {
 
     #[test]
     fn hostile_keys_and_names_are_refused() {
-        for key in ["", "  ", ".", "..", "../x", "a/../../b", "a/..", "./a", "/etc/passwd", "a\0b", "x.json.tmp.1"] {
+        for key in [
+            "",
+            "  ",
+            ".",
+            "..",
+            "../x",
+            "a/../../b",
+            "a/..",
+            "./a",
+            "/etc/passwd",
+            "a\0b",
+            &format!("x.json{TMP_MARKER}1"),
+        ] {
             assert!(key_file_stem(key).is_err(), "{key:?} accepted");
         }
         assert!(key_file_stem(&"k".repeat(201)).is_err());
-        for name in ["", " ", ".", "..", "../x", "a/b", "/abs", "a\0", "_checkpoints", "P.tmp.0123", &"n".repeat(201)] {
+        for name in [
+            "",
+            " ",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/abs",
+            "a\0",
+            "_checkpoints",
+            &format!("P{TMP_MARKER}0123"),
+            &"n".repeat(201),
+        ] {
             assert!(validate_projection_name(name).is_err(), "{name:?} accepted");
         }
         validate_projection_name("StudentShortInfo").unwrap();
@@ -428,7 +444,7 @@ mod tests {
     #[test]
     fn json_file_names_skip_temporaries() {
         assert_eq!(parse_json_file_name("abc.json"), Some("abc"));
-        assert_eq!(parse_json_file_name("abc.json.tmp.0123456789abcdef0123456789abcdef"), None);
+        assert_eq!(parse_json_file_name(&format!("abc.json{TMP_MARKER}0123456789abcdef0123456789abcdef")), None);
         assert_eq!(parse_json_file_name(".json"), None);
         assert_eq!(parse_json_file_name("abc.txt"), None);
     }

@@ -50,32 +50,23 @@ use crate::store::Durability;
 
 pub mod cache;
 pub mod format;
+pub mod item;
 mod reader;
 mod state;
 mod writer;
 
 pub use cache::{CacheStats, PROJECTION_CACHE_BYTES_DEFAULT};
 pub use format::{Checkpoint, NameError, ProjectionMetadata};
+pub use item::ItemJson;
 pub use reader::{decode_view, item_body, ItemSource, ProjectionReader};
 
-/// Most puts one `put_many` may carry.
-pub const PUT_MANY_MAX: usize = 10_000;
-/// Largest state accepted, in bytes (minified).
-pub const STATE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest total of state bytes in one `put_many`.
-pub const PUT_MANY_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Most tags one projection may carry.
-pub const TAGS_PER_PROJECTION_MAX: usize = 64;
-/// Most tags one query may AND together.
-pub const QUERY_TAGS_MAX: usize = 64;
-/// Requests waiting for the writer; further writers block (backpressure).
-pub const REQUEST_QUEUE_MAX: usize = 1024;
-/// Most operations one group commit takes from the queue (a single larger `put_many` still commits whole).
-pub const GROUP_OPS_MAX: usize = 8192;
-/// Projection files read per `BatchIo::read_files` call while streaming `get_all` and `query`.
-pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
-/// Projection files read (and index files written) per `BatchIo` call while rebuilding at open.
-pub const OPEN_READ_BATCH_FILES: usize = 4096;
+// The limits live in `crate::limits` (names there carry a `PROJECTION_` prefix where they would be ambiguous).
+pub use crate::limits::{
+    PROJECTION_GROUP_OPS_MAX as GROUP_OPS_MAX, PROJECTION_OPEN_READ_BATCH_FILES_MAX as OPEN_READ_BATCH_FILES,
+    PROJECTION_QUERY_TAGS_MAX as QUERY_TAGS_MAX, PROJECTION_READ_BATCH_FILES_DEFAULT as READ_BATCH_FILES_DEFAULT,
+    PROJECTION_REQUEST_QUEUE_MAX as REQUEST_QUEUE_MAX, PROJECTION_STATE_BYTES_MAX as STATE_BYTES_MAX,
+    PROJECTION_TAGS_MAX as TAGS_PER_PROJECTION_MAX, PUT_MANY_BYTES_MAX, PUT_MANY_MAX,
+};
 
 #[derive(Debug, Clone)]
 pub struct ProjectionOptions {
@@ -102,6 +93,9 @@ pub enum ProjectionError {
     InvalidName(#[from] NameError),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A request over one of the limits in `crate::limits` (`limit` is the constant's name).
+    #[error("{what} is {value}; the limit is {max} ({limit})")]
+    LimitExceeded { what: String, limit: &'static str, value: usize, max: usize },
     #[error("projection {projection}: no key {key:?}")]
     NotFound { projection: String, key: String },
     #[error("projection {projection}, key {key:?}: expected version {expected}, found {actual}")]
@@ -303,7 +297,7 @@ impl ProjectionStore {
         let handle = std::thread::Builder::new()
             .name("opossum-projections".into())
             .spawn(move || writer.run())
-            .map_err(|e| IoError::new(IoOp::Open, "projection writer thread", e))?;
+            .map_err(|e| IoError::new(IoOp::Spawn, "projection writer thread", e))?;
         tracing::info!(root = %shared.paths.root.display(), projections = report.projections, rebuilt = report.rebuilt.len(), "projection store open");
         Ok(ProjectionStore { shared, report, requests: Some(tx), writer: Some(handle) })
     }
@@ -329,17 +323,22 @@ impl ProjectionStore {
     /// commit may leave a prefix or subset of it on disk (none of it was acknowledged).
     pub fn put_many(&self, puts: Vec<Put>) -> Result<Vec<u64>, ProjectionError> {
         if puts.len() > PUT_MANY_MAX {
-            return Err(ProjectionError::Invalid(format!(
-                "put_many takes at most {PUT_MANY_MAX} puts, got {}",
-                puts.len()
-            )));
+            return Err(ProjectionError::LimitExceeded {
+                what: "the number of puts in put_many".into(),
+                limit: "PUT_MANY_MAX",
+                value: puts.len(),
+                max: PUT_MANY_MAX,
+            });
         }
         let ops: Vec<Op> = puts.into_iter().map(|p| prepare_put(p).map(Op::Put)).collect::<Result<_, _>>()?;
         let bytes: usize = ops.iter().map(|op| if let Op::Put(p) = op { p.state.get().len() } else { 0 }).sum();
         if bytes > PUT_MANY_BYTES_MAX {
-            return Err(ProjectionError::Invalid(format!(
-                "put_many carries {bytes} bytes of state; the limit is {PUT_MANY_BYTES_MAX}"
-            )));
+            return Err(ProjectionError::LimitExceeded {
+                what: "the state bytes of put_many".into(),
+                limit: "PUT_MANY_BYTES_MAX",
+                value: bytes,
+                max: PUT_MANY_BYTES_MAX,
+            });
         }
         if ops.is_empty() {
             return Ok(Vec::new());
@@ -382,7 +381,7 @@ impl ProjectionStore {
         let mut hit = Vec::with_capacity(1);
         let token = self.shared.cache.as_ref().map(|c| c.lookup(projection, std::iter::once(stem.as_str()), &mut hit));
         if let Some(Some(item)) = hit.pop() {
-            return reader::decode_body(&item.body);
+            return item.body.decode();
         }
         let bytes = match self.shared.io.read_files(std::slice::from_ref(&path)).pop().expect("one result per path") {
             Ok(bytes) => bytes,
@@ -502,7 +501,7 @@ impl Drop for ProjectionStore {
     }
 }
 
-/// Subdirectories of `Projections/` that are projections: not `_checkpoints`, not Opossum's `<Name>.tmp.<hex>`
+/// Subdirectories of `Projections/` that are projections: not `_checkpoints`, not Opossum's temporary (`format::is_tmp_file_name`)
 /// rebuild staging directories, not names we would refuse.
 fn list_projection_dirs(dir: &Path) -> Result<Vec<String>, ProjectionError> {
     let read = std::fs::read_dir(dir).map_err(|e| IoError::new(IoOp::Open, dir, e))?;
@@ -515,7 +514,7 @@ fn list_projection_dirs(dir: &Path) -> Result<Vec<String>, ProjectionError> {
         let Ok(name) = entry.file_name().into_string() else { continue };
         match format::validate_projection_name(&name) {
             Ok(()) => names.push(name),
-            Err(e) if name != format::CHECKPOINTS_DIR && !name.contains(".tmp.") => {
+            Err(e) if name != format::CHECKPOINTS_DIR && !crate::format::is_tmp_file_name(&name) => {
                 tracing::warn!("ignoring directory {}: {e}", entry.path().display());
             }
             Err(_) => {}
@@ -529,20 +528,24 @@ fn prepare_put(put: Put) -> Result<PreparedPut, ProjectionError> {
     format::validate_projection_name(&put.projection)?;
     let stem = format::key_file_stem(&put.key)?;
     if put.tags.len() > TAGS_PER_PROJECTION_MAX {
-        return Err(ProjectionError::Invalid(format!(
-            "a projection carries at most {TAGS_PER_PROJECTION_MAX} tags, got {}",
-            put.tags.len()
-        )));
+        return Err(ProjectionError::LimitExceeded {
+            what: "the number of tags of a projection".into(),
+            limit: "PROJECTION_TAGS_MAX",
+            value: put.tags.len(),
+            max: TAGS_PER_PROJECTION_MAX,
+        });
     }
     let mut tag_stems: Vec<String> = put.tags.iter().map(format::tag_stem).collect::<Result<_, _>>()?;
     tag_stems.sort();
     tag_stems.dedup();
     let state = crate::format::minify_raw(&put.state);
     if state.get().len() > STATE_BYTES_MAX {
-        return Err(ProjectionError::Invalid(format!(
-            "state is {} bytes; the limit is {STATE_BYTES_MAX}",
-            state.get().len()
-        )));
+        return Err(ProjectionError::LimitExceeded {
+            what: "the state, minified, in bytes".into(),
+            limit: "PROJECTION_STATE_BYTES_MAX",
+            value: state.get().len(),
+            max: STATE_BYTES_MAX,
+        });
     }
     Ok(PreparedPut {
         projection: put.projection,

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use super::cache::{CachedItem, ProjectionCache};
 use super::format::{self, ProjectionMetadata};
 use super::{Paths, ProjectionError, ProjectionItem};
-use crate::protocol;
 use rayon::prelude::*;
 
 use crate::io::{BatchIo, IoError};
@@ -19,7 +18,7 @@ const PARALLEL_DECODE_MIN_FILES: usize = 256;
 
 /// One projection of a batch as [`ProjectionReader::next_batch_map`] hands it over.
 pub enum ItemSource<'a> {
-    /// From the cache: the item's wire body ([`protocol::encode_projection_item_body`]).
+    /// From the cache: the item's JSON ([`super::ItemJson`]).
     Cached(&'a Arc<CachedItem>),
     /// Read from disk: the projection file of `key` at `path`.
     File { key: &'a str, path: &'a std::path::Path, bytes: &'a [u8] },
@@ -89,12 +88,12 @@ impl ProjectionReader {
             return Some(Ok(rest));
         }
         self.next_batch_map(|source| match source {
-            ItemSource::Cached(item) => decode_body(&item.body),
+            ItemSource::Cached(item) => item.body.decode(),
             ItemSource::File { key, path, bytes } => decode_item(key, path, bytes),
         })
     }
 
-    /// Like [`next_batch`](Self::next_batch), but hands each projection (a cached wire body, or a file's bytes with
+    /// Like [`next_batch`](Self::next_batch), but hands each projection (a cached [`super::ItemJson`], or a file's bytes with
     /// its key and path) to `f` instead of decoding it into a [`ProjectionItem`]: the server copies cached bodies and
     /// re-frames files straight onto the wire this way (see [`item_body`]). `f` runs on the rayon pool for large
     /// batches. Do not mix with `next`/`next_batch` on one reader.
@@ -174,7 +173,7 @@ impl ProjectionReader {
                     let (key, stem) = &chunk[misses[*n]];
                     item_body(key, &read[*n], bytes).ok().map(|body| (stem.as_str(), body))
                 });
-                let bodies: Vec<(&str, Vec<u8>)> = bodies.collect();
+                let bodies: Vec<(&str, super::ItemJson)> = bodies.collect();
                 if !bodies.is_empty() {
                     cache.admit(token, &self.projection, bodies.into_iter());
                 }
@@ -207,19 +206,9 @@ pub fn decode_view<'a>(
     Ok(v)
 }
 
-/// The wire body of the projection file read for `key` ([`protocol::encode_projection_item_body`]): what the cache
-/// keeps, and what a cache miss streams.
-pub fn item_body(key: &str, path: &std::path::Path, bytes: &[u8]) -> Result<Vec<u8>, ProjectionError> {
-    let view = decode_view(key, path, bytes)?;
-    let mut body = Vec::with_capacity(bytes.len() + 64);
-    protocol::encode_projection_item_body(&mut body, &protocol::ProjectionItemOut::from_view(key, &view, bytes.len()));
-    Ok(body)
-}
-
-/// Decodes a cached projection's wire body.
-pub(crate) fn decode_body(body: &[u8]) -> Result<ProjectionItem, ProjectionError> {
-    protocol::decode_projection_item_body(body)
-        .map_err(|e| ProjectionError::Invalid(format!("a cached projection does not decode (a bug): {e}")))
+/// The item JSON of the projection file read for `key` ([`super::ItemJson::from_file`]): what the cache keeps.
+pub fn item_body(key: &str, path: &std::path::Path, bytes: &[u8]) -> Result<super::ItemJson, ProjectionError> {
+    super::ItemJson::from_file(key, path, bytes)
 }
 
 /// Decodes one projection file read for `key`; metadata reports the file's real size.

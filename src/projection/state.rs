@@ -207,13 +207,20 @@ pub(crate) fn load(
     let indices = paths.indices_dir(name);
     let mut removed = false;
     for file in list_dir(&indices)? {
-        let stale = match format::parse_json_file_name(&file) {
-            Some(stem) => !projection.tags.contains_key(stem),
-            None => crate::format::is_tmp_file_name(&file),
-        };
-        if stale {
-            remove_file(&indices.join(&file))?;
-            removed = true;
+        let path = indices.join(&file);
+        match format::parse_json_file_name(&file) {
+            Some(stem) if !projection.tags.contains_key(stem) => {
+                // A tag no key carries any more: derived data, rebuilt from the projection files just now.
+                tracing::info!(file = %path.display(), "removing a projection tag index file no key needs");
+                remove_file(&path)?;
+                removed = true;
+            }
+            Some(_) => {}
+            None if crate::format::is_tmp_file_name(&file) => {
+                set_aside(paths, &path)?;
+                removed = true;
+            }
+            None => {}
         }
     }
     if durable && removed {
@@ -252,7 +259,7 @@ pub(crate) fn clear_dirty_marker(paths: &Paths, name: &str, durable: bool) -> Re
         Ok(()) if durable => fsync_dir(&paths.metadata_dir(name)),
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IoError::new(IoOp::Write, marker, e).into()),
+        Err(e) => Err(IoError::new(IoOp::Remove, marker, e).into()),
     }
 }
 
@@ -309,11 +316,24 @@ fn read_tag_indices(dir: &Path) -> Result<(TagFiles, Vec<String>), ProjectionErr
 }
 
 pub(crate) fn create_dir(dir: &Path) -> Result<(), ProjectionError> {
-    std::fs::create_dir_all(dir).map_err(|e| IoError::new(IoOp::Open, dir, e).into())
+    std::fs::create_dir_all(dir).map_err(|e| IoError::new(IoOp::CreateDir, dir, e).into())
 }
 
 pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ProjectionError> {
     io::fsync_dir(dir).map_err(|e| IoError::new(IoOp::FsyncDir, dir, e).into())
+}
+
+/// Moves a leftover temporary file to the store's `.quarantine/<unix nanos>/<its path under the store root>`, with a
+/// `warn` line naming it: recovery never deletes anything silently.
+fn set_aside(paths: &Paths, path: &Path) -> Result<(), ProjectionError> {
+    let store_root = paths.root.parent().unwrap_or(&paths.root);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let relative = path.strip_prefix(store_root).unwrap_or(path);
+    let to = store_root.join(crate::format::QUARANTINE_DIR).join(stamp.to_string()).join(relative);
+    let to_dir = to.parent().unwrap_or(store_root);
+    create_dir(to_dir)?;
+    tracing::warn!(file = %path.display(), to = %to.display(), "setting aside a leftover temporary file");
+    std::fs::rename(path, &to).map_err(|e| IoError::new(IoOp::Rename, path, e).into())
 }
 
 /// Removes a file; a missing one is fine.
@@ -321,7 +341,7 @@ pub(crate) fn remove_file(path: &Path) -> Result<(), ProjectionError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(IoError::new(IoOp::Write, path, e).into()),
+        Err(e) => Err(IoError::new(IoOp::Remove, path, e).into()),
     }
 }
 

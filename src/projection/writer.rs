@@ -161,7 +161,7 @@ impl Writer {
             // a reader that starts after the acknowledgement never sees an older version from memory.
             let ok = written.is_ok();
             let paths = &self.shared.paths;
-            let changes: Vec<(String, String, Option<Vec<u8>>)> = staged
+            let changes: Vec<(String, String, Option<super::ItemJson>)> = staged
                 .iter()
                 .flat_map(|(name, changes)| {
                     changes.iter().map(move |(stem, change)| {

@@ -24,19 +24,20 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::{Context, LineReader};
+use super::frame::LineReader;
+use super::Context;
 use crate::limits::{
     SUBSCRIPTION_BUFFER_BYTES_MAX, SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS, SUBSCRIPTION_HEARTBEAT_INTERVAL_MS,
 };
-use crate::protocol::{self, ErrorCode, ProtocolError, RequestId, SubscribeDone, SubscribeRequest};
 use crate::store::{StoreError, Subscription};
+use crate::wire::{self, ErrorCode, ProtocolError, RequestId, SubscribeDone, SubscribeRequest};
 
 /// Parses a `subscribe` request and opens its subscription; an error is answered like any other request's.
 pub(super) fn start(ctx: &Context, line: &[u8]) -> Result<Subscription, ProtocolError> {
     if ctx.shutdown.stopping.load(Ordering::SeqCst) {
         return Err(ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down; no new requests"));
     }
-    let body: SubscribeRequest = protocol::parse_body("subscribe", line)?;
+    let body: SubscribeRequest = wire::parse_body("subscribe", line)?;
     Ok(ctx.store.subscribe(body.query, body.after.unwrap_or(0))?)
 }
 
@@ -58,7 +59,7 @@ fn step(mut subscription: Subscription, id: &RequestId, mut lines: Vec<u8>) -> S
     while lines.len() < SUBSCRIPTION_BUFFER_BYTES_MAX {
         match subscription.next_event() {
             Ok(Some(event)) => {
-                protocol::encode_item(&mut lines, id, &event);
+                wire::encode_item(&mut lines, id, &event);
                 events += 1;
             }
             Ok(None) => {
@@ -179,7 +180,7 @@ pub(super) async fn serve(
                 continue;
             }
             buffer.clear();
-            protocol::encode_heartbeat(&mut buffer, &id, head);
+            wire::encode_heartbeat(&mut buffer, &id, head);
             tokio::select! {
                 biased;
                 written = writer.write_all(&buffer) => written?,
@@ -193,11 +194,11 @@ pub(super) async fn serve(
         End::Abandon => return Ok(()),
         End::Failed(error) => {
             ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
-            protocol::encode_error(&mut buffer, &id, &error);
+            wire::encode_error(&mut buffer, &id, &error);
         }
         End::Final => {
             let done = SubscribeDone { count, last: sent_through, head: ctx.store.head() };
-            protocol::encode_ok(&mut buffer, &id, &done);
+            wire::encode_ok(&mut buffer, &id, &done);
         }
     }
     let final_write = async {

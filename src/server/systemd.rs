@@ -37,6 +37,17 @@ pub fn notify(state: &str) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The `STATUS=` text of a serving daemon: whether its store takes writes, and why not.
+pub fn serving_status(write: &crate::store::WriteStatus) -> String {
+    match write {
+        crate::store::WriteStatus::Writable => "STATUS=serving; store writable".to_string(),
+        crate::store::WriteStatus::Unwritable { reason } => {
+            // One line: the status is a single line of text.
+            format!("STATUS=serving; store NOT writable: {}", reason.replace('\n', " "))
+        }
+    }
+}
+
 /// Takes the listening socket systemd passed (socket activation), if `$LISTEN_PID` names this process and
 /// `$LISTEN_FDS` ≥ 1. Unsets both variables so children do not inherit them. Call it early, before other threads
 /// exist (it edits the environment).

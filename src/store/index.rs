@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::format;
+use crate::format::{event_tag_stem as tag_stem, event_type_stem as type_stem};
 use crate::model::{Query, QueryItem, Tag};
 
 /// An event's exact type and tags, interned.
@@ -38,14 +38,6 @@ pub struct Index {
     /// The highest position inserted so far. Positions are inserted in increasing order, so every position up to it
     /// has had its stems marked dirty (or written) already: a flush writes lists clipped to it.
     pub max_position: u64,
-}
-
-pub fn type_stem(event_type: &str) -> String {
-    format::sanitize(event_type)
-}
-
-pub fn tag_stem(tag: &Tag) -> String {
-    format!("{}_{}", format::sanitize(&tag.key), format::sanitize(&tag.value))
 }
 
 impl Index {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::format::{self, Layout};
 use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
+use crate::limits::{RECOVERY_BACKOFF_MIN, WRITE_STATUS_CHANGES_MAX};
 use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
@@ -27,21 +28,11 @@ mod writer;
 pub use reader::EventReader;
 pub use subscribe::{CommitWatch, Subscription};
 
-/// Most events one append request may carry.
-pub const APPEND_EVENTS_MAX: usize = 10_000;
-/// Largest encoded event file accepted, in bytes.
-pub const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Largest total of encoded event bytes in one append request.
-pub const APPEND_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Append requests waiting for the writer; further appenders block (backpressure).
-pub const APPEND_QUEUE_MAX: usize = 1024;
-/// Most events one group commit writes; the rest wait for the next commit.
-pub const GROUP_EVENTS_MAX: usize = 8192;
-/// Event files read per `BatchIo::read_files` call while streaming a read.
-pub const READ_BATCH_FILES_DEFAULT: usize = 1024;
-/// With deferred index writes, the index flusher pauses at least this many times as long as its last flush took
-/// (and at least the configured interval): flushes use at most ~1/(1 + factor) of the time.
-pub const INDEX_FLUSH_PAUSE_FACTOR: u32 = 9;
+// The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
+pub use crate::limits::{
+    APPEND_BYTES_MAX, APPEND_EVENTS_MAX, APPEND_QUEUE_MAX, EVENT_BYTES_MAX, GROUP_EVENTS_MAX, INDEX_FLUSH_PAUSE_FACTOR,
+    READ_BATCH_FILES_DEFAULT,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -89,6 +80,9 @@ pub struct StoreOptions {
     /// Hold `.opossumd.lock` for the store's lifetime and fail if another process holds it (daemons).
     pub exclusive: bool,
     pub read_batch_files: usize,
+    /// After a write fault, how long the writer waits before its first in-place recovery attempt; each failed
+    /// attempt doubles the wait, up to [`crate::limits::RECOVERY_BACKOFF_MAX`].
+    pub recovery_backoff_min: Duration,
 }
 
 impl Default for StoreOptions {
@@ -101,6 +95,7 @@ impl Default for StoreOptions {
             index_writes: IndexWrites::EveryCommit,
             exclusive: false,
             read_batch_files: READ_BATCH_FILES_DEFAULT,
+            recovery_backoff_min: RECOVERY_BACKOFF_MIN,
         }
     }
 }
@@ -115,6 +110,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("index_writes", &self.index_writes)
             .field("exclusive", &self.exclusive)
             .field("read_batch_files", &self.read_batch_files)
+            .field("recovery_backoff_min", &self.recovery_backoff_min)
             .finish()
     }
 }
@@ -123,6 +119,9 @@ impl std::fmt::Debug for StoreOptions {
 pub enum StoreError {
     #[error(transparent)]
     Invalid(#[from] ModelError),
+    /// A request over one of the limits in `crate::limits` (`limit` is the constant's name).
+    #[error("{what} is {value}; the limit is {max} ({limit})")]
+    LimitExceeded { what: String, limit: &'static str, value: usize, max: usize },
     #[error("append condition failed: event {position} matches the condition's query")]
     ConditionFailed { position: u64 },
     #[error("storage error: {0}")]
@@ -131,12 +130,14 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("event file {path} is missing, but the ledger says events up to {ledger} exist")]
     MissingEvent { path: PathBuf, ledger: u64 },
-    #[error("the store refuses writes after a failed write or fsync (reopen it to recover): {0}")]
+    #[error("the store refuses writes until recovery succeeds (retried automatically, with backoff): {0}")]
     Poisoned(String),
     #[error("store {0} is in use by another opossumd process")]
     Locked(PathBuf),
     #[error("the store is closed")]
     Closed,
+    #[error("the final index flush failed (index files are derived: the next open re-derives them)")]
+    IndexFlush,
 }
 
 impl From<IoError> for StoreError {
@@ -149,6 +150,17 @@ impl StoreError {
     fn io(op: io::IoOp, path: &Path, e: std::io::Error) -> StoreError {
         StoreError::from(IoError::new(op, path, e))
     }
+}
+
+/// Whether the store takes appends: see [`Store::write_status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteStatus {
+    Writable,
+    /// A write or fsync failed and may have left unknown state on disk (or open could not finish its own writes,
+    /// e.g. on a full disk): appends fail with `Poisoned` while the writer re-runs recovery with backoff.
+    Unwritable {
+        reason: String,
+    },
 }
 
 /// What a successful append reports: the positions it took.
@@ -172,6 +184,13 @@ pub(crate) struct Counters {
     pub index_flush_files: AtomicU64,
     pub index_flush_us_total: AtomicU64,
     pub index_flush_us_max: AtomicU64,
+    /// In-place recovery attempts after a write fault.
+    pub recovery_attempts: AtomicU64,
+    /// Index file writes that failed (derived files: logged, skipped, re-derived at the next open).
+    pub index_write_failures: AtomicU64,
+    /// Files and bytes under `.quarantine/`, as of open or the last quarantine.
+    pub quarantine_files: AtomicU64,
+    pub quarantine_bytes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -192,7 +211,18 @@ pub struct StoreStats {
     pub index_flush_files: u64,
     pub index_flush_us_total: u64,
     pub index_flush_us_max: u64,
+    /// The reason appends are refused, if they are (the same as `unwritable_reason`; kept for older clients).
     pub poisoned: Option<String>,
+    /// Whether appends are taken now ([`Store::write_status`]).
+    pub writable: bool,
+    pub unwritable_reason: Option<String>,
+    /// In-place recovery attempts after write faults since open.
+    pub recovery_attempts: u64,
+    /// Index file writes that failed and were skipped (a derived cache).
+    pub index_write_failures: u64,
+    /// What recovery set aside under `.quarantine/` (never deleted; an operator may inspect and remove it).
+    pub quarantine_files: u64,
+    pub quarantine_bytes: u64,
 }
 
 /// State shared by the store handle, the writer thread and readers.
@@ -204,6 +234,9 @@ pub(crate) struct Shared {
     /// Highest committed (acknowledgeable) position; readers never go beyond it.
     pub head: AtomicU64,
     pub poisoned: Mutex<Option<String>>,
+    /// Every change of [`WriteStatus`], in order (a poison and the recovery right after it are two messages, so a
+    /// watcher such as the systemd status line sees the fault even when recovery takes 100 ms).
+    pub write_status_changes: tokio::sync::broadcast::Sender<WriteStatus>,
     pub counters: Counters,
     /// Serialises deferred index flushes (the flusher thread, `sync`, close).
     pub index_flush: Mutex<()>,
@@ -224,11 +257,13 @@ impl Shared {
     }
 
     /// Writes the index files changed since the last flush (deferred index writes), without blocking appends: see
-    /// `recovery::flush_index_files`. Flushes do not overlap. A failure poisons the store.
-    pub fn flush_index(&self) {
+    /// `recovery::flush_index_files`. Flushes do not overlap. Index files are a derived cache (ARCHITECTURE.md,
+    /// invariant 5): a failure is logged and counted, their dirty marks stay for the next flush, and the store keeps
+    /// serving. Returns whether every dirty file was written.
+    pub fn flush_index(&self) -> bool {
         let _one_at_a_time = self.index_flush.lock().unwrap();
         if self.poison_reason().is_some() {
-            return;
+            return false;
         }
         let durable = self.options.durability == Durability::Fsync;
         let started = Instant::now();
@@ -250,14 +285,39 @@ impl Shared {
                         "flushed index files"
                     );
                 }
+                true
             }
-            Err(e) => self.poison(format!("writing index files failed: {e}")),
+            Err(e) => {
+                self.counters.index_write_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "could not write index files; retrying at the next flush (the next open re-derives them): {e}"
+                );
+                false
+            }
         }
+    }
+
+    pub fn clear_poison(&self) {
+        if self.poisoned.lock().unwrap().take().is_some() {
+            // No receiver is not an error: nobody watches.
+            let _ = self.write_status_changes.send(WriteStatus::Writable);
+        }
+    }
+
+    /// Recounts `.quarantine/` (after open and after anything is set aside).
+    pub fn count_quarantine(&self) {
+        let (files, bytes) = recovery::quarantine_usage(&self.layout);
+        self.counters.quarantine_files.store(files, Ordering::Relaxed);
+        self.counters.quarantine_bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub fn poison(&self, reason: String) {
         tracing::error!("store poisoned: {reason}");
-        self.poisoned.lock().unwrap().get_or_insert(reason);
+        let mut poisoned = self.poisoned.lock().unwrap();
+        if poisoned.is_none() {
+            let _ = self.write_status_changes.send(WriteStatus::Unwritable { reason: reason.clone() });
+            *poisoned = Some(reason);
+        }
     }
 
     /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
@@ -310,6 +370,11 @@ impl PreparedEvent {
         out.extend_from_slice(&self.file_head);
         out.extend_from_slice(position.to_string().as_bytes());
         out.extend_from_slice(&self.file_tail);
+        // The bytes we are about to make durable read back as this event at this position (tests and debug builds).
+        debug_assert!(
+            format::decode_event(&out).is_ok_and(|e| e.position == position && e.event_type == self.event_type),
+            "event file bytes for position {position} do not decode to themselves"
+        );
         out
     }
 }
@@ -355,7 +420,7 @@ impl IndexFlusher {
                     pause = interval.max(started.elapsed() * INDEX_FLUSH_PAUSE_FACTOR);
                 }
             })
-            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("index flush thread"), e))?;
+            .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("index flush thread"), e))?;
         Ok(IndexFlusher { stop, thread })
     }
 
@@ -370,7 +435,7 @@ impl Store {
     /// `events/` and `Indices/`. Recovers from crashes first: see ARCHITECTURE.md, "Recovery".
     pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let root = root.as_ref();
-        std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::CreateDir, root, e))?;
         // Absolute from here on: error messages and logs name real paths, and no parent is ever "".
         let root = std::fs::canonicalize(root).map_err(|e| StoreError::io(io::IoOp::Open, root, e))?;
         let layout = Layout::new(&root);
@@ -380,7 +445,7 @@ impl Store {
             match file.try_lock() {
                 Ok(()) => Some(file),
                 Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(layout.root.clone())),
-                Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(io::IoOp::Open, &path, e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::io(io::IoOp::Lock, &path, e)),
             }
         } else {
             None
@@ -401,23 +466,40 @@ impl Store {
             options,
             index: RwLock::new(recovered.index),
             head: AtomicU64::new(recovered.head),
-            poisoned: Mutex::new(None),
+            poisoned: Mutex::new(recovered.unwritable.clone()),
+            write_status_changes: tokio::sync::broadcast::channel(WRITE_STATUS_CHANGES_MAX).0,
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
             commits: CommitWatch::new(recovered.head),
         });
+        shared.counters.index_write_failures.store(recovered.index_write_failures, Ordering::Relaxed);
+        shared.count_quarantine();
         let (tx, rx) = sync_channel(APPEND_QUEUE_MAX);
         let writer = writer::Writer::new(shared.clone(), lock_file, rx);
         let handle = std::thread::Builder::new()
             .name("opossum-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::io(io::IoOp::Open, Path::new("writer thread"), e))?;
+            .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("writer thread"), e))?;
         let flusher = match shared.options.index_writes {
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
+        let c = &shared.counters;
+        let (quarantine_files, quarantine_bytes) =
+            (c.quarantine_files.load(Ordering::Relaxed), c.quarantine_bytes.load(Ordering::Relaxed));
+        if quarantine_files > 0 {
+            tracing::info!(
+                files = quarantine_files,
+                bytes = quarantine_bytes,
+                dir = %shared.layout.quarantine().display(),
+                "leftovers set aside by recovery (kept for inspection; safe to remove)"
+            );
+        }
+        if let Some(reason) = &recovered.unwritable {
+            tracing::warn!("store open for reads only until recovery can write: {reason}");
+        }
         Ok(Store { shared, requests: Some(tx), writer: Some(handle), flusher, _owner_lock: owner_lock })
     }
 
@@ -475,6 +557,21 @@ impl Store {
         requests.send(request).map_err(|_| StoreError::Closed)
     }
 
+    /// Whether appends are taken now, and if not why (a write fault or a full disk; the writer retries recovery
+    /// with backoff, so this can turn `Writable` again without a restart).
+    pub fn write_status(&self) -> WriteStatus {
+        match self.shared.poison_reason() {
+            None => WriteStatus::Writable,
+            Some(reason) => WriteStatus::Unwritable { reason },
+        }
+    }
+
+    /// Every later change of [`Store::write_status`], in order. A receiver that falls more than
+    /// `limits::WRITE_STATUS_CHANGES_MAX` changes behind gets `Lagged` and should read `write_status` afresh.
+    pub fn write_status_changes(&self) -> tokio::sync::broadcast::Receiver<WriteStatus> {
+        self.shared.write_status_changes.subscribe()
+    }
+
     /// Streams the events matching `query` within `options`, in position order (descending when backwards).
     /// If another process (a .NET Opossum writer) moved the ledger since the writer last looked, its events are
     /// picked up first (one `stat` per read when nothing changed).
@@ -519,6 +616,7 @@ impl Store {
     pub fn stats(&self) -> StoreStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let poison = self.shared.poison_reason();
         StoreStats {
             head: self.head(),
             io_backend: self.shared.io.name().to_string(),
@@ -533,27 +631,39 @@ impl Store {
             index_flush_files: get(&c.index_flush_files),
             index_flush_us_total: get(&c.index_flush_us_total),
             index_flush_us_max: get(&c.index_flush_us_max),
-            poisoned: self.shared.poison_reason(),
+            poisoned: poison.clone(),
+            writable: poison.is_none(),
+            unwritable_reason: poison,
+            recovery_attempts: get(&c.recovery_attempts),
+            index_write_failures: get(&c.index_write_failures),
+            quarantine_files: get(&c.quarantine_files),
+            quarantine_bytes: get(&c.quarantine_bytes),
         }
     }
 
-    /// Finishes queued appends, flushes deferred index files, and stops the writer.
+    /// Finishes queued appends, flushes deferred index files, and stops the writer. An error when the store was
+    /// unwritable or its final index flush failed (nothing acknowledged is lost: the next open re-derives).
     pub fn close(mut self) -> Result<(), StoreError> {
-        self.shutdown();
+        let flushed = self.shutdown();
         match self.shared.poison_reason() {
             Some(reason) => Err(StoreError::Poisoned(reason)),
+            None if !flushed => Err(StoreError::IndexFlush),
             None => Ok(()),
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Returns whether the final index flush (deferred index writes) wrote everything.
+    fn shutdown(&mut self) -> bool {
         self.requests.take();
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
-        if let Some(flusher) = self.flusher.take() {
-            flusher.stop();
-            self.shared.flush_index();
+        match self.flusher.take() {
+            Some(flusher) => {
+                flusher.stop();
+                self.shared.flush_index()
+            }
+            None => true,
         }
     }
 }
@@ -579,7 +689,7 @@ pub(crate) struct StoreLock<'a>(&'a File);
 
 impl<'a> StoreLock<'a> {
     pub fn acquire(file: &'a File, layout: &Layout) -> Result<StoreLock<'a>, StoreError> {
-        file.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
+        file.lock().map_err(|e| StoreError::io(io::IoOp::Lock, &layout.lock(), e))?;
         Ok(StoreLock(file))
     }
 }
@@ -596,11 +706,12 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         return Err(ModelError::InvalidEvent("an append needs at least one event".into()).into());
     }
     if events.len() > APPEND_EVENTS_MAX {
-        return Err(ModelError::InvalidEvent(format!(
-            "an append may carry at most {APPEND_EVENTS_MAX} events, got {}",
-            events.len()
-        ))
-        .into());
+        return Err(StoreError::LimitExceeded {
+            what: "the number of events in an append".into(),
+            limit: "APPEND_EVENTS_MAX",
+            value: events.len(),
+            max: APPEND_EVENTS_MAX,
+        });
     }
     if let Some(c) = condition {
         c.fail_if_events_match.validate()?;
@@ -618,19 +729,23 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
         let bytes = file_head.len() + file_tail.len();
         if bytes > EVENT_BYTES_MAX {
-            return Err(ModelError::InvalidEvent(format!(
-                "event {i} is {bytes} bytes encoded; the limit is {EVENT_BYTES_MAX}"
-            ))
-            .into());
+            return Err(StoreError::LimitExceeded {
+                what: format!("event {i}, encoded, in bytes"),
+                limit: "EVENT_BYTES_MAX",
+                value: bytes,
+                max: EVENT_BYTES_MAX,
+            });
         }
         total_bytes += bytes;
         prepared.push(PreparedEvent { event_type: event.event_type, tags: event.tags, file_head, file_tail });
     }
     if total_bytes > APPEND_BYTES_MAX {
-        return Err(ModelError::InvalidEvent(format!(
-            "the append is {total_bytes} bytes encoded; the limit is {APPEND_BYTES_MAX}"
-        ))
-        .into());
+        return Err(StoreError::LimitExceeded {
+            what: "the append, encoded, in bytes".into(),
+            limit: "APPEND_BYTES_MAX",
+            value: total_bytes,
+            max: APPEND_BYTES_MAX,
+        });
     }
     debug_assert!(prepared.iter().all(|e| e.event_type.len() <= EVENT_TYPE_BYTES_MAX));
     Ok(prepared)

@@ -12,32 +12,47 @@ use super::{StoreError, READ_BATCH_FILES_DEFAULT};
 use crate::format::{self, Layout, Ledger};
 use crate::io::{self, BatchIo, FileWrite, IoOp, WriteMode};
 
+/// Which of the two kinds of event index file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IndexKind {
+    /// `Indices/EventType/<S(type)>.json`: the coverage record `open` trusts.
+    Type,
+    /// `Indices/Tags/<S(key)_S(value)>.json`.
+    Tag,
+}
+
 pub(crate) struct Recovered {
     pub index: Index,
     pub head: u64,
+    /// Why the store cannot take writes yet, when a write recovery needs failed (a full disk): the store still opens
+    /// for reads, and the writer retries recovery with backoff.
+    pub unwritable: Option<String>,
+    /// Index files that could not be rewritten (a derived cache: logged and skipped; the next open re-derives).
+    pub index_write_failures: u64,
 }
 
+/// Open-time recovery; the writer re-runs it in place after a write fault. Reads everything it needs first; its own
+/// writes (setting leftovers aside, rewriting index files) never make it fail: a failure to set aside leftovers
+/// leaves the store readable and `unwritable`, a failure to write index files is logged and counted.
 pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Result<Recovered, StoreError> {
     create_layout(layout, durable)?;
-    remove_commit_leftovers(layout)?;
+    let mut leftovers = commit_leftovers(layout)?;
     let head = read_ledger(layout)?;
     let scan = scan_events(layout, head)?;
     if let Some(&missing) = scan.missing.first() {
         return Err(StoreError::MissingEvent { path: layout.event_file(missing), ledger: head });
     }
-    if !scan.strays.is_empty() {
-        quarantine(layout, &scan.strays, durable)?;
-    }
+    leftovers.extend(scan.strays);
     let mut index = Index::default();
     let mut rebuild_tags = false;
     let mut covered = vec![false; head as usize];
-    for (stem, positions) in load_index_dir(&layout.type_index, io, head, &mut index.dirty_types)? {
+    for (stem, positions) in load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)? {
         for &p in &positions {
             covered[(p - 1) as usize] = true;
         }
         index.by_type.insert(stem, positions);
     }
-    for (stem, positions) in load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags)? {
+    for (stem, positions) in load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)? {
         index.by_tag.insert(stem, positions);
     }
     if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) {
@@ -61,16 +76,31 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     }
     // Every event up to the ledger is in the lists now (loaded or re-derived).
     index.max_position = head;
+    let mut unwritable = None;
+    if !leftovers.is_empty() {
+        leftovers.sort();
+        if let Err(e) = quarantine(layout, &leftovers, durable) {
+            tracing::warn!("could not set leftovers aside, the store opens read-only: {e}");
+            unwritable = Some(format!("could not set aside leftovers of unacknowledged writes: {e}"));
+        }
+    }
     let index = RwLock::new(index);
-    flush_index_files(layout, io, &index, durable)?;
-    Ok(Recovered { index: index.into_inner().unwrap(), head })
+    let mut index_write_failures = 0;
+    if unwritable.is_none() {
+        if let Err(e) = flush_index_files(layout, io, &index, durable) {
+            // Index files are a derived cache (ARCHITECTURE.md, invariant 5): never a reason not to open.
+            tracing::warn!("could not write index files; the next open re-derives them from the event files: {e}");
+            index_write_failures = 1;
+        }
+    }
+    Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures })
 }
 
 fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
     let mut created = false;
     for dir in layout.dirs() {
         if !dir.is_dir() {
-            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::Open, &dir, e))?;
+            std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::CreateDir, &dir, e))?;
             created = true;
         }
     }
@@ -83,18 +113,19 @@ fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes `.ledger.tmp.*` files: ledgers of commits that never completed. They vouch for nothing; the events they
-/// would have covered are quarantined by `scan_events`.
-fn remove_commit_leftovers(layout: &Layout) -> Result<(), StoreError> {
+/// Temporary ledgers (`.ledger` + a temporary suffix): ledgers of commits that never completed. They vouch for
+/// nothing (the events they would have covered are quarantined by `scan_events`), and are set aside with them.
+fn commit_leftovers(layout: &Layout) -> Result<Vec<PathBuf>, StoreError> {
     let entries = std::fs::read_dir(&layout.root).map_err(|e| StoreError::io(IoOp::Open, &layout.root, e))?;
+    let mut leftovers = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(IoOp::Read, &layout.root, e))?;
         let name = entry.file_name();
         if name.to_str().is_some_and(|n| n.starts_with(format::LEDGER_FILE) && format::is_tmp_file_name(n)) {
-            std::fs::remove_file(entry.path()).map_err(|e| StoreError::io(IoOp::Rename, &entry.path(), e))?;
+            leftovers.push(entry.path());
         }
     }
-    Ok(())
+    Ok(leftovers)
 }
 
 pub(crate) fn read_ledger(layout: &Layout) -> Result<u64, StoreError> {
@@ -138,25 +169,56 @@ fn scan_events(layout: &Layout, head: u64) -> Result<EventScan, StoreError> {
     Ok(EventScan { missing, strays })
 }
 
-/// Moves leftovers into `.quarantine/<unix nanos>/`, keeping their names. Nothing is deleted.
+/// Moves leftovers into `.quarantine/<unix nanos>/<their path under the store root>`, logging each by name.
+/// Nothing is ever deleted.
 pub(crate) fn quarantine(layout: &Layout, strays: &[PathBuf], durable: bool) -> Result<(), StoreError> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = layout.quarantine().join(stamp.to_string());
-    std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(IoOp::Open, &dir, e))?;
+    let mut dirs: Vec<PathBuf> = vec![layout.root.clone(), layout.quarantine(), dir.clone()];
     for path in strays {
-        let to = dir.join(path.file_name().expect("scanned entries have names"));
+        let relative =
+            path.strip_prefix(&layout.root).unwrap_or_else(|_| Path::new(path.file_name().unwrap_or_default()));
+        let to = dir.join(relative);
+        let to_dir = to.parent().expect("a quarantined file has a directory").to_path_buf();
+        std::fs::create_dir_all(&to_dir).map_err(|e| StoreError::io(IoOp::CreateDir, &to_dir, e))?;
+        tracing::warn!(file = %path.display(), to = %to.display(), "setting aside a leftover of an unacknowledged write");
         std::fs::rename(path, &to).map_err(|e| StoreError::io(IoOp::Rename, path, e))?;
+        for d in [to_dir, path.parent().unwrap_or(&layout.root).to_path_buf()] {
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
     }
-    tracing::warn!(files = strays.len(), to = %dir.display(), "moved leftovers of unacknowledged appends to quarantine");
+    tracing::warn!(files = strays.len(), to = %dir.display(), "moved leftovers of unacknowledged writes to quarantine");
     if durable {
-        for d in [&layout.events, &dir, &layout.quarantine(), &layout.root] {
+        for d in &dirs {
             io::fsync_dir(d).map_err(|e| StoreError::io(IoOp::FsyncDir, d, e))?;
         }
     }
     Ok(())
 }
 
-/// Loads every `<stem>.json` index file of `dir`. Positions beyond `head` (left by a crashed append) are dropped
+/// Files and bytes under `.quarantine/` (for `stats` and the open log line); `(0, 0)` when there is none.
+pub(crate) fn quarantine_usage(layout: &Layout) -> (u64, u64) {
+    fn walk(dir: &Path, files: &mut u64, bytes: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(&entry.path(), files, bytes),
+                Ok(_) => {
+                    *files += 1;
+                    *bytes += entry.metadata().map_or(0, |m| m.len());
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let (mut files, mut bytes) = (0, 0);
+    walk(&layout.quarantine(), &mut files, &mut bytes);
+    (files, bytes)
+}
+
+/// Loads every `<stem>.json` index file of `dir`; its temporary files go to `leftovers`. Positions beyond `head` (left by a crashed append) are dropped
 /// and the file marked dirty; a corrupt file is logged, marked dirty and left out, so its events count as
 /// uncovered and get re-indexed.
 fn load_index_dir(
@@ -164,6 +226,7 @@ fn load_index_dir(
     io: &dyn BatchIo,
     head: u64,
     dirty: &mut BTreeSet<String>,
+    leftovers: &mut Vec<PathBuf>,
 ) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
     let mut stems = Vec::new();
     let mut paths = Vec::new();
@@ -173,9 +236,9 @@ fn load_index_dir(
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if format::is_tmp_file_name(name) {
-            // Index files are derived data: an interrupted rewrite's temporary file is simply dropped.
-            let _ = std::fs::remove_file(entry.path());
-        } else if let Some(stem) = name.strip_suffix(".json") {
+            // An interrupted rewrite's temporary file: derived data, but never deleted silently.
+            leftovers.push(entry.path());
+        } else if let Some(stem) = format::parse_index_file_name(name) {
             stems.push(stem.to_string());
             paths.push(entry.path());
         }
@@ -209,13 +272,16 @@ fn clipped_lists<'a>(
     layout: &'a Layout,
     index: &'a Index,
     stems: &'a BTreeSet<String>,
-    tags: bool,
+    kind: IndexKind,
     limit: u64,
 ) -> impl Iterator<Item = (PathBuf, &'a [u64])> + 'a {
-    let (dir, lists) = if tags { (&layout.tag_index, &index.by_tag) } else { (&layout.type_index, &index.by_type) };
+    let (dir, lists) = match kind {
+        IndexKind::Tag => (&layout.tag_index, &index.by_tag),
+        IndexKind::Type => (&layout.type_index, &index.by_type),
+    };
     stems.iter().map(move |stem| {
         let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
-        (dir.join(format!("{stem}.json")), &positions[..positions.partition_point(|&p| p <= limit)])
+        (dir.join(format::index_file_name(stem)), &positions[..positions.partition_point(|&p| p <= limit)])
     })
 }
 
@@ -224,10 +290,10 @@ pub(crate) fn encode_index_files(
     layout: &Layout,
     index: &Index,
     stems: &BTreeSet<String>,
-    tags: bool,
+    kind: IndexKind,
     limit: u64,
 ) -> Vec<(PathBuf, Vec<u8>)> {
-    clipped_lists(layout, index, stems, tags, limit).map(|(path, list)| (path, format::encode_index(list))).collect()
+    clipped_lists(layout, index, stems, kind, limit).map(|(path, list)| (path, format::encode_index(list))).collect()
 }
 
 pub(crate) fn replace_all(files: &[(PathBuf, Vec<u8>)]) -> Vec<FileWrite<'_>> {
@@ -266,10 +332,10 @@ pub(crate) fn flush_index_files(
     // memcpy (~2 ms for a type with 850,000 positions) instead of the encoding (~10-25 ms).
     let (tag_lists, type_lists) = {
         let index = index.read().unwrap();
-        let copy = |stems, tags| -> Vec<(PathBuf, Vec<u64>)> {
-            clipped_lists(layout, &index, stems, tags, limit).map(|(path, list)| (path, list.to_vec())).collect()
+        let copy = |stems, kind| -> Vec<(PathBuf, Vec<u64>)> {
+            clipped_lists(layout, &index, stems, kind, limit).map(|(path, list)| (path, list.to_vec())).collect()
         };
-        (copy(&tags, true), copy(&types, false))
+        (copy(&tags, IndexKind::Tag), copy(&types, IndexKind::Type))
     };
     let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
         lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()

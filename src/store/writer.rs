@@ -10,24 +10,28 @@
 //!    every event file is durable),
 //! 4. publishes the new head and answers every appender.
 //!
-//! Any write or fsync error poisons the store: the writer refuses all further appends (a failed fsync may have
-//! lost dirty pages; retrying would lie), readers keep working below the last acknowledged head, and the next
-//! `open` recovers.
+//! A write or fsync error that may have left unknown state on disk poisons the store: the writer refuses further
+//! appends (a failed fsync may have lost dirty pages; retrying would lie), readers keep working below the last
+//! acknowledged head, and the writer re-runs open-time recovery in place with backoff (`recover_in_place`), so
+//! freeing disk space brings writes back without a restart. A batch that failed before writing anything (a create
+//! refused: too many open files, no inodes, a name too long) only fails its appends: its leftovers (event files
+//! beyond the head) are set aside by the next commit at those positions.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::recovery::{self, encode_index_files, replace_all};
+use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::{
     elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
     StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
-use crate::io::{FileWrite, WriteMode};
+use crate::io::{FileWrite, IoOp, WriteMode};
+use crate::limits::RECOVERY_BACKOFF_MAX;
 use crate::model::AppendCondition;
 
 /// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
@@ -45,6 +49,9 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     lock_file: File,
     requests: Receiver<Request>,
+    /// While the store is poisoned: when the next in-place recovery runs, and the wait after it if it fails.
+    next_recovery: Option<Instant>,
+    recovery_backoff: Duration,
 }
 
 /// Writers replace the ledger by rename (we do, and so does .NET Opossum), so a new inode means a new ledger.
@@ -66,7 +73,8 @@ pub(crate) fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerp
 
 impl Writer {
     pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
-        Writer { shared, lock_file, requests }
+        let recovery_backoff = shared.options.recovery_backoff_min;
+        Writer { shared, lock_file, requests, next_recovery: None, recovery_backoff }
     }
 
     fn durable(&self) -> bool {
@@ -74,7 +82,27 @@ impl Writer {
     }
 
     pub fn run(mut self) {
-        while let Ok(request) = self.requests.recv() {
+        loop {
+            let request = if self.shared.poison_reason().is_some() {
+                let next = *self.next_recovery.get_or_insert_with(|| Instant::now() + self.recovery_backoff);
+                let request = match self.requests.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    Ok(request) => Some(request),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                if Instant::now() >= next {
+                    self.recover_in_place();
+                }
+                match request {
+                    Some(request) => request,
+                    None => continue,
+                }
+            } else {
+                match self.requests.recv() {
+                    Ok(request) => request,
+                    Err(_) => break,
+                }
+            };
             match request {
                 Request::Sync { flush_index, reply } => {
                     let _ = reply.send(self.sync(flush_index));
@@ -102,6 +130,57 @@ impl Writer {
         }
     }
 
+    /// Re-runs open-time recovery under `.store.lock` after a write fault (or an open that could not write), and
+    /// makes the store writable again when it completes; otherwise waits twice as long before the next attempt.
+    fn recover_in_place(&mut self) {
+        let attempt = self.shared.counters.recovery_attempts.fetch_add(1, Ordering::Relaxed) + 1;
+        let reason = self.shared.poison_reason().unwrap_or_default();
+        tracing::warn!(attempt, "store unwritable ({reason}): re-running recovery");
+        // No deferred index flush may run while the index is replaced.
+        let flush_guard = self.shared.index_flush.lock().unwrap();
+        let result = StoreLock::acquire(&self.lock_file, &self.shared.layout).and_then(|_lock| {
+            let recovered = recovery::recover(&self.shared.layout, self.shared.io.as_ref(), self.durable())?;
+            Ok((recovered, ledger_fingerprint(&self.shared.layout.ledger())))
+        });
+        let failure = match result {
+            Ok((recovered, _)) if recovered.head < self.shared.head() => {
+                Some(format!("the ledger went back from {} to {}", self.shared.head(), recovered.head))
+            }
+            Ok((recovered, fingerprint)) => {
+                self.shared.counters.index_write_failures.fetch_add(recovered.index_write_failures, Ordering::Relaxed);
+                match recovered.unwritable {
+                    Some(why) => Some(why),
+                    None => {
+                        *self.shared.index.write().unwrap() = recovered.index;
+                        self.shared.head.store(recovered.head, Ordering::Release);
+                        *self.shared.ledger_seen.lock().unwrap() = fingerprint;
+                        None
+                    }
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        drop(flush_guard);
+        self.shared.count_quarantine();
+        match failure {
+            None => {
+                self.shared.clear_poison();
+                self.next_recovery = None;
+                self.recovery_backoff = self.shared.options.recovery_backoff_min;
+                tracing::info!(attempt, head = self.shared.head(), "recovery finished: the store takes writes again");
+            }
+            Some(why) => {
+                self.recovery_backoff = (self.recovery_backoff * 2).min(RECOVERY_BACKOFF_MAX);
+                self.next_recovery = Some(Instant::now() + self.recovery_backoff);
+                tracing::warn!(
+                    attempt,
+                    retry_in_ms = self.recovery_backoff.as_millis() as u64,
+                    "recovery could not finish, the store stays unwritable: {why}"
+                );
+            }
+        }
+    }
+
     /// `Request::Sync`: catch up with other writers and, if asked, flush deferred index files.
     fn sync(&mut self, flush_index: bool) -> Result<u64, StoreError> {
         if let Some(reason) = self.shared.poison_reason() {
@@ -117,15 +196,25 @@ impl Writer {
         Ok(self.shared.head())
     }
 
-    /// Picks up events another process appended since our head (it moved the ledger).
+    /// Picks up events another process appended since our head (it moved the ledger). A failure (a read refused
+    /// for want of descriptors, a corrupt file) changes nothing: the ledger counts as unseen, so the next commit
+    /// or read tries again.
     fn catch_up(&self) -> Result<(), StoreError> {
         let fingerprint = ledger_fingerprint(&self.shared.layout.ledger());
         if fingerprint.is_some() && fingerprint == *self.shared.ledger_seen.lock().unwrap() {
             return Ok(());
         }
-        let ledger = recovery::read_ledger(&self.shared.layout)?;
-        *self.shared.ledger_seen.lock().unwrap() = fingerprint;
         let head = self.shared.head();
+        let caught_up = self.read_appended(head);
+        match &caught_up {
+            Ok(()) => *self.shared.ledger_seen.lock().unwrap() = fingerprint,
+            Err(_) => self.shared.index.write().unwrap().truncate(self.shared.head()),
+        }
+        caught_up
+    }
+
+    fn read_appended(&self, head: u64) -> Result<(), StoreError> {
+        let ledger = recovery::read_ledger(&self.shared.layout)?;
         if ledger < head {
             return Err(StoreError::Corrupt {
                 path: self.shared.layout.ledger(),
@@ -167,7 +256,8 @@ impl Writer {
             }
         };
         if let Err(e) = self.catch_up() {
-            self.shared.poison(format!("could not pick up other writers' events: {e}"));
+            // Nothing was written: fail these appends, stay writable.
+            tracing::warn!("could not pick up other writers' events: {e}");
             for p in group {
                 let _ = p.reply.send(Err(e.clone()));
             }
@@ -196,6 +286,16 @@ impl Writer {
             return;
         }
         let new_head = next - 1;
+        // Positions are contiguous: the accepted batches cover head + 1 ..= new_head, in order, without gaps.
+        assert!(new_head > head, "a commit must advance the head ({head} -> {new_head})");
+        debug_assert!(accepted
+            .iter()
+            .scan(head + 1, |expected, (p, first)| {
+                let ok = *first == *expected;
+                *expected += p.events.len() as u64;
+                Some(ok)
+            })
+            .all(|ok| ok));
         let checked = Instant::now();
         let written = self.write(&accepted, head, new_head);
         let took = started.elapsed();
@@ -226,7 +326,12 @@ impl Writer {
                 }
             }
             Err(e) => {
-                self.shared.poison(format!("group commit of positions {}..={new_head} failed: {e}", head + 1));
+                let what = format!("group commit of positions {}..={new_head} failed", head + 1);
+                if may_leave_unknown_state(&e) {
+                    self.shared.poison(format!("{what}: {e}"));
+                } else {
+                    tracing::warn!("{what} before writing anything, the store stays writable: {e}");
+                }
                 self.shared.index.write().unwrap().truncate(head);
                 for (p, _) in accepted {
                     let _ = p.reply.send(Err(e.clone()));
@@ -297,8 +402,8 @@ impl Writer {
         let index_files = match self.shared.options.index_writes {
             IndexWrites::EveryCommit => {
                 let index = self.shared.index.read().unwrap();
-                let mut files = encode_index_files(layout, &index, &index.dirty_tags, true, new_head);
-                files.extend(encode_index_files(layout, &index, &index.dirty_types, false, new_head));
+                let mut files = encode_index_files(layout, &index, &index.dirty_tags, IndexKind::Tag, new_head);
+                files.extend(encode_index_files(layout, &index, &index.dirty_types, IndexKind::Type, new_head));
                 files
             }
             IndexWrites::Deferred { .. } => Vec::new(),
@@ -326,6 +431,7 @@ impl Writer {
             let strays: Vec<PathBuf> =
                 (head + 1..=new_head).map(|p| layout.event_file(p)).filter(|p| p.exists()).collect();
             recovery::quarantine(layout, &strays, durable)?;
+            self.shared.count_quarantine();
             self.shared.io.write_files(&batch, durable)?;
             self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         }
@@ -337,4 +443,13 @@ impl Writer {
         *self.shared.ledger_seen.lock().unwrap() = ledger_fingerprint(&ledger_path);
         Ok(())
     }
+}
+
+/// Whether a failed write batch may have left state on disk that only recovery can sort out. A refused open
+/// (create) happens before anything of that file is written and before any rename or fsync of the batch (the
+/// backends create every file first), so what it leaves is known: event files beyond the head, which the next
+/// commit at those positions sets aside, and temporary files. Every failed write, rename or fsync poisons
+/// (fsyncgate: a retried fsync can report success for pages the kernel dropped).
+fn may_leave_unknown_state(e: &StoreError) -> bool {
+    !matches!(e, StoreError::Io(io) if io.op == IoOp::Open)
 }

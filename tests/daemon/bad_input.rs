@@ -91,7 +91,7 @@ fn oversize_events_and_frames_are_refused() {
     // An event over the store's limit, in a frame under the frame limit: refused, connection fine.
     let big = "x".repeat(EVENT_BYTES_MAX + 1024);
     let line = format!(r#"{{"id":1,"op":"append","events":[{{"type":"Big","data":"{big}"}}]}}"#);
-    refused(&mut raw, &line, "invalid_request", "limit", 0);
+    refused(&mut raw, &line, "limit_exceeded", "limit", 0);
 
     // A 20 MiB line: over the 16 MiB frame limit. Error line, then the connection closes; the daemon lives on.
     let huge = "y".repeat(20 * 1024 * 1024);

@@ -92,10 +92,99 @@ fn python_client_speaks_the_protocol() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/client.py");
-    let out = Command::new("python3").arg(script).arg("--socket").arg(&daemon.socket).output().unwrap();
+    let out = Command::new("python3").arg(script).arg("--demo").arg("--socket").arg(&daemon.socket).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("condition failed as expected"), "{stdout}");
     let mut c = daemon.client();
     assert_eq!(c.head().unwrap(), 2);
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("an exit code")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Issue 11, usability: exit codes a script can use, no doubled error text, a hint when the socket is missing.
+#[test]
+fn cli_exit_codes_say_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    assert_eq!(code(&cli(&daemon, &["append", "--type", "A", "--tag", "k=v"], "")), 0);
+    let dup = cli(&daemon, &["append", "--type", "A", "--fail-if-tag", "k=v"], "");
+    assert_eq!(code(&dup), 1, "{}", stderr(&dup));
+    let missing = cli(&daemon, &["projection", "get", "P", "nope"], "");
+    assert_eq!(code(&missing), 1, "{}", stderr(&missing));
+    let bad = cli(&daemon, &["append", "--type", "A", "--data", "{nope"], "");
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+    let refused = cli(&daemon, &["append", "--type", "", "--data", "{}"], "");
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    let help = Command::new(CLI).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Exit status"));
+
+    let gone = Command::new(CLI).arg("--socket").arg(dir.path().join("nothing.sock")).arg("head").output().unwrap();
+    assert_eq!(code(&gone), 3);
+    let message = stderr(&gone);
+    assert!(message.contains("is opossumd running on"), "{message}");
+    assert_eq!(message.matches("No such file or directory").count(), 1, "doubled: {message}");
+}
+
+/// Issue 11, usability: a bad line stops `import` with its line number, how many were imported, and how to resume.
+#[test]
+fn cli_import_names_the_bad_line_and_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let good = r#"{"type":"A","data":{}}"#;
+    let input = format!("{good}\n{good}\n{good}\n{{\"type\":\"A\",\"data\":{{}},\"tag\":[]}}\n{good}\n");
+    let file = dir.path().join("in.ndjson");
+    std::fs::write(&file, &input).unwrap();
+    let out = cli(&daemon, &["import", file.to_str().unwrap(), "--batch", "2"], "");
+    assert_eq!(code(&out), 2);
+    let message = stderr(&out);
+    assert!(message.contains("line 4"), "{message}");
+    assert!(message.contains("2 events imported"), "{message}");
+    assert!(message.contains("--skip-lines 2"), "{message}");
+    assert_eq!(lines(&ok(cli(&daemon, &["head"], "")))[0]["head"], 2);
+    // Fixed, resumed where it said: every event once.
+    std::fs::write(&file, input.replace(r#","tag":[]"#, "")).unwrap();
+    let resumed = lines(&ok(cli(&daemon, &["import", file.to_str().unwrap(), "--skip-lines", "2"], "")));
+    assert_eq!(resumed[0]["imported"], 3);
+    assert_eq!(resumed[0]["head"], 5);
+}
+
+/// Issue 11, usability: scripts/client.py reads request lines from stdin (the demo is behind --demo) and says
+/// clearly when the socket is missing.
+#[test]
+fn python_client_is_interactive_and_explains_a_missing_socket() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/client.py");
+    let run = |socket: &std::path::Path, stdin: &str| {
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&daemon.socket, "{\"op\":\"append\",\"events\":[{\"type\":\"A\",\"data\":{}}]}\n{\"op\":\"read\"}\n");
+    let answers = lines(&ok(out));
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers[1]["event"]["type"], "A");
+    assert_eq!(answers[2]["count"], 1);
+    let out = run(&dir.path().join("nothing.sock"), "");
+    assert_eq!(code(&out), 3);
+    assert!(stderr(&out).contains("is opossumd running on"), "{}", stderr(&out));
 }

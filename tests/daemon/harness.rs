@@ -90,6 +90,24 @@ impl Daemon {
         Ok(Daemon { child, data: data.to_path_buf(), socket: socket.to_path_buf(), log, notify })
     }
 
+    /// The `$NOTIFY_SOCKET` messages received since `READY=1` (or the last call), waiting up to `wait` for the first.
+    pub fn notifications(&self, wait: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let start = Instant::now();
+        loop {
+            match self.notify.recv(&mut buf) {
+                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(_) if !out.is_empty() || start.elapsed() >= wait => return out,
+                Err(_) => {}
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn client(&self) -> Client {
         let client = Client::connect(&self.socket).unwrap();
         client.set_timeout(Some(DEADLINE)).unwrap();

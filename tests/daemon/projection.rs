@@ -159,8 +159,12 @@ fn every_projection_op_over_the_socket() {
     let line = raw.call(r#"{"id":10,"op":"projection.delete","projection":"StudentShortInfo","key":"s9"}"#);
     assert_eq!(line, json!({"id":10,"ok":true,"deleted":true}));
 
-    // checkpoints
+    // checkpoints: never beyond the store's head (a worker cannot have processed an event that does not exist)
     assert_eq!(c.projection_checkpoint(P).unwrap(), None);
+    let line = raw.call(r#"{"id":11,"op":"projection.checkpoint","projection":"StudentShortInfo","position":1}"#);
+    assert!(assert_error(&line, "invalid_request").contains("beyond the store's head 0"), "{line}");
+    assert_eq!(c.projection_checkpoint(P).unwrap(), None, "a refused checkpoint writes nothing");
+    c.append((0..43).map(|_| event("Processed", &[])).collect(), None).unwrap();
     c.projection_set_checkpoint(P, 42).unwrap();
     assert_eq!(c.projection_checkpoint(P).unwrap(), Some(42));
     let line = raw.call(r#"{"id":11,"op":"projection.checkpoint","projection":"StudentShortInfo"}"#);
@@ -168,6 +172,9 @@ fn every_projection_op_over_the_socket() {
     assert!(line["last_updated"].is_string(), "{line}");
     let line = raw.call(r#"{"id":12,"op":"projection.checkpoint","projection":"StudentShortInfo","position":43}"#);
     assert_eq!(line, json!({"id":12,"ok":true,"position":43}));
+    assert_eq!(c.projection_checkpoint(P).unwrap(), Some(43));
+    let line = raw.call(r#"{"id":13,"op":"projection.checkpoint","projection":"StudentShortInfo","position":44}"#);
+    assert!(assert_error(&line, "invalid_request").contains("beyond the store's head 43"), "{line}");
     assert_eq!(c.projection_checkpoint(P).unwrap(), Some(43));
 
     // Malformed bodies and unknown ops.
@@ -210,6 +217,7 @@ fn projections_survive_a_restart() {
     c.projection_put_many(&puts).unwrap();
     c.projection_put(&put("Students", "k000", r#"{"n":"zero"}"#, &[("Tier", "Gold")])).unwrap();
     assert!(c.projection_delete("Students", "k049").unwrap());
+    c.append((0..1234).map(|_| event("Processed", &[])).collect(), None).unwrap();
     c.projection_set_checkpoint("Students", 1234).unwrap();
     drop(c);
     assert!(daemon.terminate().success(), "{}", daemon.log_text());
@@ -359,6 +367,8 @@ fn cli_projection_subcommands() {
     let (ok, out, _) = run(&["list"]);
     assert!(ok);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([{"name":"Students","count":1}]));
+    assert!(!run(&["checkpoint", "Students", "--set", "9"]).0, "beyond the store's head");
+    daemon.client().append((0..9).map(|_| event("Processed", &[])).collect(), None).unwrap();
     assert!(run(&["checkpoint", "Students", "--set", "9"]).0);
     assert_eq!(serde_json::from_str::<Value>(&run(&["checkpoint", "Students"]).1).unwrap(), json!({"position":9}));
     assert_eq!(serde_json::from_str::<Value>(&run(&["delete", "Students", "42"]).1).unwrap(), json!({"deleted":true}));

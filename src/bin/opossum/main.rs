@@ -9,6 +9,10 @@
 //! opossum projection put StudentShortInfo 42 '{"Name":"Ada"}' --tag EnrollmentTier=Basic
 //! opossum projection query StudentShortInfo --tag enrollmenttier=basic
 //! ```
+//!
+//! Exit status ([`EXIT_STATUS_HELP`]): 0 ok; 1 the append's condition failed, a version conflict, or the key was
+//! not found; 2 bad input (flags, JSON, a request the daemon refused as invalid); 3 the daemon is unreachable
+//! (no socket, busy, shutting down, connection lost); 4 the daemon failed the request (storage_error).
 
 mod bench;
 
@@ -24,8 +28,22 @@ use opossum::client::Client;
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, Tag};
 use serde_json::value::RawValue;
 
+/// The exit statuses, as `opossum --help` shows them.
+const EXIT_STATUS_HELP: &str = "Exit status:
+  0  ok
+  1  the append's condition failed, a projection version conflict, or the key was not found
+  2  bad input: flags, JSON, a file, or a request the daemon refused as invalid
+  3  the daemon is unreachable: no socket, busy, shutting down, or the connection was lost
+  4  the daemon failed the request (storage_error)";
+
+const EXIT_OK: i32 = 0;
+const EXIT_NO: i32 = 1;
+const EXIT_BAD_INPUT: i32 = 2;
+const EXIT_UNREACHABLE: i32 = 3;
+const EXIT_SERVER_FAILED: i32 = 4;
+
 #[derive(Parser)]
-#[command(name = "opossum", version, about = "Client for the opossumd event store daemon")]
+#[command(name = "opossum", version, about = "Client for the opossumd event store daemon", after_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// The daemon's socket
     #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = "./opossum.sock")]
@@ -165,6 +183,30 @@ struct ImportArgs {
     /// Events per append request (each batch is atomic)
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Skip the first N lines of the input (to resume an import that stopped: it says which N)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    skip_lines: u64,
+}
+
+/// An event line of `import`/`append`: the `Event` fields, and the `position` that `export` and `read` write
+/// (ignored: the store assigns positions). Any other field is refused, as the daemon refuses it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    #[serde(default, rename = "position")]
+    _position: Option<u64>,
+    #[serde(rename = "type")]
+    event_type: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    tags: Vec<Tag>,
+    #[serde(default)]
+    metadata: Option<Box<RawValue>>,
+}
+
+fn parse_event_line(line: &str) -> anyhow::Result<Event> {
+    let e: EventLine = serde_json::from_str(line)?;
+    Ok(Event { event_type: e.event_type, data: e.data, tags: e.tags, metadata: e.metadata })
 }
 
 #[derive(Args)]
@@ -235,12 +277,59 @@ fn main() {
             return;
         }
         eprintln!("opossum: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit_status(&e));
+    }
+    std::process::exit(EXIT_OK);
+}
+
+/// A "no" answer the exit status reports as 1 (not found), without an error from the daemon.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
+
+/// The exit status of an error ([`EXIT_STATUS_HELP`]).
+fn exit_status(e: &anyhow::Error) -> i32 {
+    use opossum::client::ClientError;
+    if e.chain().any(|c| c.is::<NotFound>()) {
+        return EXIT_NO;
+    }
+    if e.chain().any(|c| c.is::<Unreachable>()) {
+        return EXIT_UNREACHABLE;
+    }
+    match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        Some(ClientError::Server { code, .. }) => match code.as_str() {
+            "append_condition_failed" | "not_found" | "version_conflict" => EXIT_NO,
+            "invalid_request" | "limit_exceeded" | "frame_too_large" | "unknown_op" => EXIT_BAD_INPUT,
+            "busy" | "shutting_down" => EXIT_UNREACHABLE,
+            _ => EXIT_SERVER_FAILED,
+        },
+        Some(ClientError::Io(_)) | Some(ClientError::Protocol(_)) => EXIT_UNREACHABLE,
+        None => EXIT_BAD_INPUT,
     }
 }
 
+/// The daemon could not be reached: exit status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
+
 fn connect(cli: &Cli) -> anyhow::Result<Client> {
-    Client::connect(&cli.socket).with_context(|| format!("connecting to {}", cli.socket.display()))
+    Client::connect(&cli.socket).map_err(|e| {
+        let socket = cli.socket.display();
+        let cause = match &e {
+            opossum::client::ClientError::Io(io) => io.to_string(),
+            other => other.to_string(),
+        };
+        let hint = match &e {
+            opossum::client::ClientError::Io(io)
+                if matches!(io.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
+            {
+                format!("; is opossumd running on {socket}? (--socket or OPOSSUM_SOCKET)")
+            }
+            _ => String::new(),
+        };
+        Unreachable(format!("cannot connect to {socket}: {cause}{hint}")).into()
+    })
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
@@ -271,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn projection(client: &mut Client, command: &ProjectionCommand) -> anyhow::Result<()> {
     use opossum::projection::{ProjectionItem, Put};
-    use opossum::protocol::ProjectionItemOut;
+    use opossum::wire::ProjectionItemOut;
     fn print_items(items: impl Iterator<Item = opossum::client::Result<ProjectionItem>>) -> anyhow::Result<()> {
         let mut out = BufWriter::new(io::stdout().lock());
         for item in items {
@@ -315,7 +404,7 @@ fn projection(client: &mut Client, command: &ProjectionCommand) -> anyhow::Resul
         }
         ProjectionCommand::Get { projection, key } => match client.projection_get(projection, key)? {
             Some(item) => print_json(&ProjectionItemOut::from(&item)),
-            None => bail!("projection {projection}: no key {key:?}"),
+            None => Err(NotFound(format!("projection {projection}: no key {key:?}")).into()),
         },
         ProjectionCommand::Delete { projection, key } => {
             print_json(&serde_json::json!({ "deleted": client.projection_delete(projection, key)? }))
@@ -345,7 +434,12 @@ fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
         }
         None => {
             if io::stdin().is_terminal() {
-                eprintln!("opossum: reading NDJSON events from stdin (one {{\"type\",\"data\",\"tags\"}} per line)");
+                eprintln!(
+                    "opossum append: no --type given, so reading events from stdin, one JSON object per line:\n  \
+                     {{\"type\":\"StudentRegistered\",\"data\":{{\"name\":\"Ada\"}},\"tags\":[{{\"key\":\"studentId\",\"value\":\"42\"}}]}}\n\
+                     End with Ctrl-D (all lines are appended as one atomic request), or Ctrl-C to cancel.\n\
+                     For one event, use: opossum append --type TYPE --data JSON --tag KEY=VALUE"
+                );
             }
             let mut events = Vec::new();
             for (n, line) in io::stdin().lock().lines().enumerate() {
@@ -353,7 +447,10 @@ fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                events.push(serde_json::from_str::<Event>(&line).with_context(|| format!("stdin line {}", n + 1))?);
+                events.push(parse_event_line(&line).with_context(|| format!("stdin line {}", n + 1))?);
+            }
+            if events.is_empty() {
+                bail!("no events on stdin: nothing to append");
             }
             events
         }
@@ -459,35 +556,56 @@ fn import(client: &mut Client, args: &ImportArgs) -> anyhow::Result<()> {
     };
     let mut reader = BufReader::with_capacity(1 << 20, input);
     let mut batch = Vec::with_capacity(args.batch);
-    let (mut line, mut line_no, mut imported, mut first) = (String::new(), 0u64, 0u64, None);
-    let mut flush = |batch: &mut Vec<Event>, imported: &mut u64| -> anyhow::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let n = batch.len() as u64;
-        let appended = client.append(std::mem::take(batch), None)?;
-        first.get_or_insert(appended.first);
-        *imported += n;
-        Ok(())
+    // Lines up to `done_lines` are imported (or skipped); the batch holds the events of the lines after it.
+    let (mut line, mut line_no, mut imported, mut done_lines) = (String::new(), 0u64, 0u64, args.skip_lines);
+    let file = args.file.display().to_string();
+    let stopped = |imported: u64, done_lines: u64, why: anyhow::Error| -> anyhow::Error {
+        bar.finish_and_clear();
+        let file = if file == "-" { "-".to_string() } else { file.clone() };
+        why.context(format!(
+            "import stopped: {imported} events imported from lines {}..={done_lines} (each batch is atomic: nothing \
+             after line {done_lines} was written); after fixing the input, resume with: opossum import {file} \
+             --skip-lines {done_lines}",
+            args.skip_lines + 1
+        ))
     };
     loop {
         line.clear();
-        let n = reader.read_line(&mut line)?;
+        let n = reader.read_line(&mut line).map_err(|e| stopped(imported, done_lines, e.into()))?;
         if n == 0 {
             break;
         }
         line_no += 1;
         bar.inc(n as u64);
-        if line.trim().is_empty() {
+        if line_no <= args.skip_lines || line.trim().is_empty() {
+            if batch.is_empty() {
+                done_lines = done_lines.max(line_no);
+            }
             continue;
         }
-        batch.push(serde_json::from_str::<Event>(&line).with_context(|| format!("line {line_no}"))?);
+        let event = parse_event_line(&line)
+            .with_context(|| format!("line {line_no}: not an event"))
+            .map_err(|e| stopped(imported, done_lines, e))?;
+        batch.push(event);
         if batch.len() >= args.batch {
-            flush(&mut batch, &mut imported)?;
+            let n = batch.len() as u64;
+            client
+                .append(std::mem::take(&mut batch), None)
+                .with_context(|| format!("the batch of lines {}..={line_no}", done_lines + 1))
+                .map_err(|e| stopped(imported, done_lines, e))?;
+            imported += n;
+            done_lines = line_no;
             bar.set_message(format!("{imported} events"));
         }
     }
-    flush(&mut batch, &mut imported)?;
+    if !batch.is_empty() {
+        let n = batch.len() as u64;
+        client
+            .append(std::mem::take(&mut batch), None)
+            .with_context(|| format!("the batch of lines {}..={line_no}", done_lines + 1))
+            .map_err(|e| stopped(imported, done_lines, e))?;
+        imported += n;
+    }
     bar.finish_and_clear();
     print_json(&serde_json::json!({ "imported": imported, "head": client.head()? }))
 }

@@ -17,15 +17,15 @@
 //!
 //! # Slot transitions
 //! Every change of a slot's [`State`] goes through `Slot::advance`, which `debug_assert!`s the from-state against
-//! this table; completions assert the state they expect too. A slot's buffers and path may be touched only in
-//! `Free`; in any other state the kernel may hold them.
+//! this table; completions assert the state they expect too. A slot's path and buffers are reused only from `Free`:
+//! in any other state the kernel may hold them until that state's completions are in.
 //!
 //! | from          | event                                              | to            |
 //! |---------------|----------------------------------------------------|---------------|
 //! | `Free`        | a request is claimed: `openat` submitted           | `Opening`     |
-//! | `Opening`     | open failed (the request fails `IoOp::Open`)        | `Free`        |
+//! | `Opening`     | open failed (the request fails with `IoOp::Open`)  | `Free`        |
 //! | `Opening`     | opened: hard-linked first read + close submitted   | `Reading`     |
-//! | `Reading`     | read short, failed, or close in (wait for the other)| `Reading`     |
+//! | `Reading`     | read short or failed, or close in: wait for both   | `Reading`     |
 //! | `Reading`     | read filled the first buffer                       | `NeedReopen`  |
 //! | `Reading`     | both read and close in                             | `Free`        |
 //! | `NeedReopen`  | both read and close in: `openat` submitted again   | `Reopening`   |

@@ -36,11 +36,6 @@ use files::{Batch, FileSlots};
 pub(crate) use fsync::RingFsyncs;
 use ring::Ring;
 
-/// Moved to [`crate::limits`] (as `URING_FDS_IN_FLIGHT_MAX`, `URING_RING_BYTES_IN_FLIGHT_MAX`, `FILES_PER_RING_MIN`).
-pub use crate::limits::{
-    FILES_PER_RING_MIN as MIN_FILES_PER_RING, URING_FDS_IN_FLIGHT_MAX as MAX_FDS_IN_FLIGHT,
-    URING_RING_BYTES_IN_FLIGHT_MAX as MAX_BYTES_IN_FLIGHT_PER_RING,
-};
 pub use files::FIRST_READ_BYTES;
 
 /// Tuning knobs of the io_uring backend. `Default` is the measured best on the 2-core dev machine.

@@ -8,23 +8,21 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Context, OpError, Request, Responder};
+use super::Op;
 use crate::projection::cache::CachedItem;
 use crate::projection::{decode_view, ItemSource, ProjectionError, ProjectionReader, ProjectionStore};
-use crate::protocol::{
+use crate::server::connection::{OpError, Request, Responder};
+use crate::server::Context;
+use crate::wire::{
     self, EmptyRequest, ErrorCode, ProjectionCheckpointRequest, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemOut, ProjectionKeyRequest, ProjectionListResponse, ProjectionNameRequest, ProjectionPutManyRequest,
     ProjectionPutManyResponse, ProjectionPutRequest, ProjectionPutResponse, ProjectionQueryRequest, ProjectionReadDone,
     ProtocolError,
 };
 
-/// Every op of this family, for `unknown_op` messages.
-const OPS: &str = "projection.put, projection.put_many, projection.get, projection.delete, projection.get_all, \
-                   projection.query, projection.list, projection.checkpoint";
-
 /// Counters of the projection ops, reported by `stats`.
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub(in crate::server) struct Counters {
     puts: AtomicU64,
     gets: AtomicU64,
     deletes: AtomicU64,
@@ -34,7 +32,7 @@ pub(super) struct Counters {
 }
 
 #[derive(Debug, Serialize)]
-pub(super) struct ProjectionStats {
+pub(in crate::server) struct ProjectionStats {
     /// Projections (directories) and the keys they hold.
     projections: usize,
     keys: u64,
@@ -51,7 +49,7 @@ pub(super) struct ProjectionStats {
     cache: crate::projection::CacheStats,
 }
 
-pub(super) fn stats(ctx: &Context) -> ProjectionStats {
+pub(in crate::server) fn stats(ctx: &Context) -> ProjectionStats {
     let list = ctx.projections.list();
     let c = &ctx.projection_counters;
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -68,19 +66,23 @@ pub(super) fn stats(ctx: &Context) -> ProjectionStats {
     }
 }
 
-pub(super) async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let result = match req.op.as_str() {
-        "projection.put" => put(ctx, req, resp).await,
-        "projection.put_many" => put_many(ctx, req, resp).await,
-        "projection.get" => get(ctx, req, resp).await,
-        "projection.delete" => delete(ctx, req, resp).await,
-        "projection.get_all" => get_all(ctx, req, resp).await,
-        "projection.query" => query(ctx, req, resp).await,
-        "projection.list" => list(ctx, req, resp),
-        "projection.checkpoint" => checkpoint(ctx, req, resp).await,
-        other => {
-            Err(ProtocolError::new(ErrorCode::UnknownOp, format!("unknown op {other:?}; projection ops are {OPS}"))
-                .into())
+pub(in crate::server) async fn dispatch(
+    ctx: &Arc<Context>,
+    op: Op,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+) -> Result<(), OpError> {
+    let result = match op {
+        Op::ProjectionPut => put(ctx, req, resp).await,
+        Op::ProjectionPutMany => put_many(ctx, req, resp).await,
+        Op::ProjectionGet => get(ctx, req, resp).await,
+        Op::ProjectionDelete => delete(ctx, req, resp).await,
+        Op::ProjectionGetAll => get_all(ctx, req, resp).await,
+        Op::ProjectionQuery => query(ctx, req, resp).await,
+        Op::ProjectionList => list(ctx, req, resp),
+        Op::ProjectionCheckpoint => checkpoint(ctx, req, resp).await,
+        Op::Hello | Op::Head | Op::Stats | Op::Append | Op::Read | Op::Subscribe => {
+            unreachable!("{op:?} is a core op (ops::dispatch)")
         }
     };
     if let Err(OpError::Protocol(e)) = &result {
@@ -106,13 +108,13 @@ async fn put(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) ->
     resp.flush().await?;
     let (line, op, store) = (req.line.to_vec(), req.op.clone(), ctx.projections.clone());
     let version = blocking("projection.put", move || {
-        let body: ProjectionPutRequest = protocol::parse_body(&op, &line)?;
+        let body: ProjectionPutRequest = wire::parse_body(&op, &line)?;
         drop(line);
         Ok(store.put(body.into_put())?)
     })
     .await?;
     ctx.projection_counters.puts.fetch_add(1, Ordering::Relaxed);
-    protocol::encode_ok(resp.out, &req.id, &ProjectionPutResponse { version });
+    wire::encode_ok(resp.out, &req.id, &ProjectionPutResponse { version });
     Ok(())
 }
 
@@ -120,61 +122,69 @@ async fn put_many(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_
     resp.flush().await?;
     let (line, op, store) = (req.line.to_vec(), req.op.clone(), ctx.projections.clone());
     let versions = blocking("projection.put_many", move || {
-        let body: ProjectionPutManyRequest = protocol::parse_body(&op, &line)?;
+        let body: ProjectionPutManyRequest = wire::parse_body(&op, &line)?;
         drop(line);
         Ok(store.put_many(body.puts)?)
     })
     .await?;
     ctx.projection_counters.puts.fetch_add(versions.len() as u64, Ordering::Relaxed);
-    protocol::encode_ok(resp.out, &req.id, &ProjectionPutManyResponse { versions });
+    wire::encode_ok(resp.out, &req.id, &ProjectionPutManyResponse { versions });
     Ok(())
 }
 
 async fn get(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let body: ProjectionKeyRequest = protocol::parse_body(&req.op, req.line)?;
+    let body: ProjectionKeyRequest = wire::parse_body(&req.op, req.line)?;
     let store = ctx.projections.clone();
     let item = blocking("projection.get", move || Ok(store.get(&body.projection, &body.key)?)).await?;
     ctx.projection_counters.gets.fetch_add(1, Ordering::Relaxed);
-    protocol::encode_ok(resp.out, &req.id, &ProjectionItemOut::from(&item));
+    wire::encode_ok(resp.out, &req.id, &ProjectionItemOut::from(&item));
     Ok(())
 }
 
 async fn delete(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
     resp.flush().await?;
-    let body: ProjectionKeyRequest = protocol::parse_body(&req.op, req.line)?;
+    let body: ProjectionKeyRequest = wire::parse_body(&req.op, req.line)?;
     let store = ctx.projections.clone();
     let deleted = blocking("projection.delete", move || Ok(store.delete(&body.projection, &body.key)?)).await?;
     if deleted {
         ctx.projection_counters.deletes.fetch_add(1, Ordering::Relaxed);
     }
-    protocol::encode_ok(resp.out, &req.id, &ProjectionDeleteResponse { deleted });
+    wire::encode_ok(resp.out, &req.id, &ProjectionDeleteResponse { deleted });
     Ok(())
 }
 
 async fn get_all(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let body: ProjectionNameRequest = protocol::parse_body(&req.op, req.line)?;
+    let body: ProjectionNameRequest = wire::parse_body(&req.op, req.line)?;
     stream(ctx, req, resp, move |store| store.get_all(&body.projection)).await
 }
 
 async fn query(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let body: ProjectionQueryRequest = protocol::parse_body(&req.op, req.line)?;
+    let body: ProjectionQueryRequest = wire::parse_body(&req.op, req.line)?;
     stream(ctx, req, resp, move |store| store.query(&body.projection, &body.tags)).await
 }
 
 fn list(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
-    protocol::encode_ok(resp.out, &req.id, &ProjectionListResponse { projections: ctx.projections.list() });
+    wire::parse_body::<EmptyRequest>(&req.op, req.line)?;
+    wire::encode_ok(resp.out, &req.id, &ProjectionListResponse { projections: ctx.projections.list() });
     Ok(())
 }
 
 async fn checkpoint(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let body: ProjectionCheckpointRequest = protocol::parse_body(&req.op, req.line)?;
+    let body: ProjectionCheckpointRequest = wire::parse_body(&req.op, req.line)?;
     if body.position.is_some() {
         resp.flush().await?;
     }
     let store = ctx.projections.clone();
+    let events = ctx.store.clone();
     let answer = blocking("projection.checkpoint", move || match body.position {
         Some(position) => {
+            // A worker checkpoints the last event it processed, which exists: a position beyond the head is a
+            // client bug (or a checkpoint meant for another store), and accepting it would make the worker skip
+            // every event appended up to it.
+            let head = events.head();
+            if position > head {
+                return Err(ProtocolError::invalid(format!("checkpoint {position} is beyond the store's head {head}")));
+            }
             store.set_checkpoint(&body.projection, position)?;
             Ok(ProjectionCheckpointResponse { position: Some(position), last_updated: None })
         }
@@ -187,7 +197,7 @@ async fn checkpoint(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<
         }
     })
     .await?;
-    protocol::encode_ok(resp.out, &req.id, &answer);
+    wire::encode_ok(resp.out, &req.id, &answer);
     Ok(())
 }
 
@@ -201,15 +211,15 @@ async fn stream(
 ) -> Result<(), OpError> {
     ctx.projection_counters.reads.fetch_add(1, Ordering::Relaxed);
     let store = ctx.projections.clone();
-    let ctx = ctx.clone();
+    let counters = ctx.clone();
     let id = req.id.clone();
-    super::stream_blocking(resp, "projection read", move |sink| {
+    crate::server::stream::stream_blocking(ctx, resp, "projection read", move |sink| {
         let opened = open(&store);
         // The reader needs no handle on the store: a slow client must not keep it from closing at shutdown.
         drop(store);
         let mut reader = match opened {
             Ok(reader) => reader,
-            Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),
+            Err(e) => return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
         // A cached projection is its item line's body already: copied between the line's prefix and suffix. A file is
@@ -224,11 +234,7 @@ async fn stream(
             ItemSource::File { key, path, bytes } => {
                 let view = decode_view(key, path, bytes)?;
                 let mut line = Vec::with_capacity(bytes.len() + key.len() + 96);
-                protocol::encode_projection_item(
-                    &mut line,
-                    &id,
-                    &ProjectionItemOut::from_view(key, &view, bytes.len()),
-                );
+                wire::encode_projection_item(&mut line, &id, &ProjectionItemOut::from_view(key, &view, bytes.len()));
                 Ok(Line::Framed(line))
             }
         };
@@ -240,7 +246,7 @@ async fn stream(
                         let sent = match line {
                             Line::Framed(line) => sink.item(|buf| buf.extend_from_slice(line)),
                             Line::Cached(item) => {
-                                sink.item(|buf| protocol::encode_projection_item_line(buf, &id, &item.body))
+                                sink.item(|buf| wire::encode_projection_item_line(buf, &id, &item.body))
                             }
                         };
                         if !sent {
@@ -250,13 +256,13 @@ async fn stream(
                 }
                 Err(e) => {
                     tracing::error!("projection read failed after {count} items: {e}");
-                    ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
-                    return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e)));
+                    counters.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+                    return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e)));
                 }
             }
         }
-        ctx.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
-        sink.finish(|buf| protocol::encode_ok(buf, &id, &ProjectionReadDone { count }));
+        counters.projection_counters.items_read.fetch_add(count, Ordering::Relaxed);
+        sink.finish(|buf| wire::encode_ok(buf, &id, &ProjectionReadDone { count }));
     })
     .await
 }

@@ -6,29 +6,36 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{Context, OpError, Request, Responder};
-use crate::protocol::{
+use crate::server::connection::{OpError, Request, Responder};
+use crate::server::Context;
+use crate::store::{StoreStats, WriteStatus};
+use crate::wire::{
     self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
     ReadRequest, PROTOCOL_VERSION, SERVER_NAME,
 };
-use crate::store::StoreStats;
 
-pub(super) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
+pub(in crate::server) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    wire::parse_body::<EmptyRequest>(&req.op, req.line)?;
+    let unwritable_reason = match ctx.store.write_status() {
+        WriteStatus::Writable => None,
+        WriteStatus::Unwritable { reason } => Some(reason),
+    };
     let body = HelloResponse {
         server: SERVER_NAME.to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         protocol: PROTOCOL_VERSION,
         io_backend: ctx.store.io_backend().to_string(),
         head: ctx.store.head(),
+        writable: unwritable_reason.is_none(),
+        unwritable_reason,
     };
-    protocol::encode_ok(resp.out, &req.id, &body);
+    wire::encode_ok(resp.out, &req.id, &body);
     Ok(())
 }
 
-pub(super) fn head(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
-    protocol::encode_ok(resp.out, &req.id, &HeadResponse { head: ctx.store.head() });
+pub(in crate::server) fn head(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    wire::parse_body::<EmptyRequest>(&req.op, req.line)?;
+    wire::encode_ok(resp.out, &req.id, &HeadResponse { head: ctx.store.head() });
     Ok(())
 }
 
@@ -48,20 +55,30 @@ struct ServerStats {
 #[derive(Serialize)]
 struct StatsResponse {
     head: u64,
+    /// Whether the store takes appends now, and why not.
+    writable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unwritable_reason: Option<String>,
     io_backend: String,
     uptime_ms: u64,
     server: ServerStats,
     store: StoreStats,
-    projections: super::projection_ops::ProjectionStats,
+    projections: super::projection::ProjectionStats,
 }
 
-pub(super) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    protocol::parse_body::<EmptyRequest>(&req.op, req.line)?;
+pub(in crate::server) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+    wire::parse_body::<EmptyRequest>(&req.op, req.line)?;
     let store = ctx.store.stats();
     let uptime_ms = ctx.started.elapsed().as_millis() as u64;
     let c = &ctx.counters;
+    let unwritable_reason = match ctx.store.write_status() {
+        WriteStatus::Writable => None,
+        WriteStatus::Unwritable { reason } => Some(reason),
+    };
     let body = StatsResponse {
         head: store.head,
+        writable: unwritable_reason.is_none(),
+        unwritable_reason,
         io_backend: store.io_backend.clone(),
         uptime_ms,
         server: ServerStats {
@@ -76,39 +93,47 @@ pub(super) fn stats(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) 
             in_flight: ctx.shutdown.in_flight.load(Ordering::Relaxed),
         },
         store,
-        projections: super::projection_ops::stats(ctx),
+        projections: super::projection::stats(ctx),
     };
-    protocol::encode_ok(resp.out, &req.id, &body);
+    wire::encode_ok(resp.out, &req.id, &body);
     Ok(())
 }
 
-pub(super) async fn append(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+pub(in crate::server) async fn append(
+    ctx: &Arc<Context>,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+) -> Result<(), OpError> {
     // Answers to earlier pipelined requests should not wait for this commit.
     resp.flush().await?;
     let line = req.line.to_vec();
     let op = req.op.clone();
     let store = ctx.store.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, ProtocolError> {
-        let body: AppendRequest = protocol::parse_body(&op, &line)?;
+        let body: AppendRequest = wire::parse_body(&op, &line)?;
         drop(line);
         let appended = store.append(body.events, body.condition)?;
         Ok(AppendResponse { first: appended.first, last: appended.last, head: appended.last })
     })
     .await
     .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
-    protocol::encode_ok(resp.out, &req.id, &result?);
+    wire::encode_ok(resp.out, &req.id, &result?);
     Ok(())
 }
 
-pub(super) async fn read(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
-    let body: ReadRequest = protocol::parse_body(&req.op, req.line)?;
+pub(in crate::server) async fn read(
+    ctx: &Arc<Context>,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+) -> Result<(), OpError> {
+    let body: ReadRequest = wire::parse_body(&req.op, req.line)?;
     let store = ctx.store.clone();
     let id = req.id.clone();
     // The producer reads batches of event files and encodes them as item lines.
-    super::stream_blocking(resp, "read", move |sink| {
+    crate::server::stream::stream_blocking(ctx, resp, "read", move |sink| {
         let mut reader = match store.read(&body.query, body.options()) {
             Ok(reader) => reader,
-            Err(e) => return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e))),
+            Err(e) => return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
         while let Some(batch) = reader.next_batch() {
@@ -116,18 +141,18 @@ pub(super) async fn read(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut Respo
                 Ok(events) => {
                     for event in &events {
                         count += 1;
-                        if !sink.item(|buf| protocol::encode_item(buf, &id, event)) {
+                        if !sink.item(|buf| wire::encode_item(buf, &id, event)) {
                             return;
                         }
                     }
                 }
                 Err(e) => {
                     tracing::error!("read failed after {count} events: {e}");
-                    return sink.finish(|buf| protocol::encode_error(buf, &id, &ProtocolError::from(e)));
+                    return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e)));
                 }
             }
         }
-        sink.finish(|buf| protocol::encode_ok(buf, &id, &ReadDone { count, head: reader.head() }));
+        sink.finish(|buf| wire::encode_ok(buf, &id, &ReadDone { count, head: reader.head() }));
     })
     .await
 }

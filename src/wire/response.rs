@@ -1,0 +1,119 @@
+//! Encoding response lines, and the response bodies of the core ops (shared by server and client).
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope::{quote_input, RequestId};
+use super::error::{ProtocolError, WireError};
+use crate::limits::ERROR_MESSAGE_BYTES_MAX;
+use crate::model::SequencedEvent;
+
+/// Appends `{"id":<id>,"ok":true,<fields of body>}\n` to `out`. `body` must serialise as a JSON object (or unit
+/// struct / empty map for no fields).
+pub fn encode_ok<T: Serialize>(out: &mut Vec<u8>, id: &RequestId, body: &T) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"ok\":true");
+    let fields = serde_json::to_vec(body).expect("response bodies serialise");
+    // `fields` is `{...}`: splice its members after `"ok":true`.
+    if fields.len() > 2 && fields[0] == b'{' {
+        out.push(b',');
+        out.extend_from_slice(&fields[1..fields.len() - 1]);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends a final error line to `out`.
+pub fn encode_error(out: &mut Vec<u8>, id: &RequestId, error: &ProtocolError) {
+    #[derive(Serialize)]
+    struct ErrorBody<'a> {
+        code: &'static str,
+        message: &'a str,
+    }
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"ok\":false,\"error\":");
+    // The last guard against echoing large client input: messages quote input through `quote_input`, but store
+    // and model errors may name what they refused in full.
+    let message = quote_input(&error.message, ERROR_MESSAGE_BYTES_MAX);
+    serde_json::to_writer(&mut *out, &ErrorBody { code: error.code.as_str(), message: &message })
+        .expect("errors serialise");
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends one read item line `{"id":<id>,"event":{...}}\n` to `out`.
+pub fn encode_item(out: &mut Vec<u8>, id: &RequestId, event: &SequencedEvent) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    serde_json::to_writer(&mut *out, event).expect("events serialise");
+    out.extend_from_slice(b"}\n");
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloResponse {
+    pub server: String,
+    pub version: String,
+    pub protocol: u32,
+    pub io_backend: String,
+    pub head: u64,
+    /// Whether the store takes appends now; when not, `unwritable_reason` says why (reads still work).
+    #[serde(default = "writable_default")]
+    pub writable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwritable_reason: Option<String>,
+}
+
+fn writable_default() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadResponse {
+    pub head: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResponse {
+    pub first: u64,
+    pub last: u64,
+    pub head: u64,
+}
+
+/// The final line of a successful read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadDone {
+    pub count: u64,
+    /// The store head the read was a snapshot of.
+    pub head: u64,
+}
+
+/// The final line of a subscription (the client closed, or the daemon is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeDone {
+    /// Item lines sent.
+    pub count: u64,
+    /// Every match at or below this position was sent: subscribing again with `after` = this misses nothing and
+    /// repeats nothing.
+    pub last: u64,
+    pub head: u64,
+}
+
+/// Appends a subscription's heartbeat line `{"id":<id>,"heartbeat":true,"head":<head>}\n` to `out`.
+pub fn encode_heartbeat(out: &mut Vec<u8>, id: &RequestId, head: u64) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"heartbeat\":true,\"head\":");
+    out.extend_from_slice(head.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// Any response line, as a client decodes it: an item line (`event` present) or a final line (`ok` present).
+#[derive(Debug, Deserialize)]
+pub struct ResponseLine {
+    #[serde(default)]
+    pub id: Option<serde_json::Value>,
+    #[serde(default)]
+    pub ok: Option<bool>,
+    #[serde(default)]
+    pub error: Option<WireError>,
+}
