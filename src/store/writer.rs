@@ -153,6 +153,7 @@ impl Writer {
                     None => {
                         *self.shared.index.write().unwrap() = recovered.index;
                         self.shared.head.store(recovered.head, Ordering::Release);
+                        self.shared.commits.publish(recovered.head);
                         *self.shared.ledger_seen.lock().unwrap() = fingerprint;
                         None
                     }
