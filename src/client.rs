@@ -487,6 +487,8 @@ pub struct Subscription {
     reconnects: u64,
     head: u64,
     failed: bool,
+    /// Read timeout of every connection this subscription opens.
+    timeout: Option<Duration>,
 }
 
 impl Subscription {
@@ -501,6 +503,7 @@ impl Subscription {
             reconnects: 0,
             head: 0,
             failed: false,
+            timeout: None,
         }
     }
 
@@ -528,7 +531,7 @@ impl Subscription {
     /// Limits how long one socket read may block; an expired read is an `Io` error (`WouldBlock`/`TimedOut`)
     /// and leaves the subscription usable.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
-        self.connect()?;
+        self.timeout = timeout;
         if let Some((client, _)) = &self.connection {
             client.writer.set_read_timeout(timeout)?;
         }
@@ -547,6 +550,7 @@ impl Subscription {
         let started = Instant::now();
         loop {
             let attempt = Client::connect(&self.socket).and_then(|mut client| {
+                client.writer.set_read_timeout(self.timeout)?;
                 let id = client.send("subscribe", &Body { query: &self.query, after: self.after })?;
                 Ok((client, id))
             });

@@ -261,9 +261,10 @@ pub const UMASK_DEFAULT: u32 = 0o027;
 /// catch-up from 0, or a slow consumer the writer left behind) reads `(through, through + this]` windows one after
 /// another, so its candidate list never holds more than this many positions (512 KiB), however far behind it is.
 pub const SUBSCRIPTION_WINDOW_POSITIONS_MAX: u64 = 65_536;
-/// The per-subscriber buffer: encoded item lines the server holds for one subscriber before it writes them and
-/// reads on. A subscriber whose socket is full holds at most this (plus one event) and one read batch; it never
-/// holds up appends, and it resumes with reads of the positions committed meanwhile (nothing is queued for it).
+/// The per-subscriber buffer: encoded item lines one step of a subscription reads before they are written (the next
+/// step reads while they are). A subscriber whose socket is full holds at most two of these (plus an event each)
+/// and one read batch; it never holds up appends, and it resumes with reads of the positions committed meanwhile
+/// (nothing is queued for it).
 pub const SUBSCRIPTION_BUFFER_BYTES_MAX: usize = 256 * 1024;
 /// How often an idle subscription gets a heartbeat line `{"id":..,"heartbeat":true,"head":H}` (and how soon a
 /// client that vanished without closing is noticed).

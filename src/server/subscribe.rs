@@ -3,8 +3,9 @@
 //! A [`Subscription`] (store side) hands out the matching events after a position: the catch-up and then, as the
 //! writer announces commits, the events they added — exact at the handover by construction (see
 //! `store/subscribe.rs`). This task moves it to the blocking pool for each step, which reads and encodes item lines
-//! until [`SUBSCRIPTION_BUFFER_BYTES_MAX`] (the per-subscriber buffer) or the head, then writes them to the socket.
-//! While the socket is full the task simply waits: it holds that buffer and no thread, appends never wait for it,
+//! until [`SUBSCRIPTION_BUFFER_BYTES_MAX`] (the per-subscriber buffer) or the head; the task writes them to the
+//! socket while the next step reads (a catch-up keeps the disk and the socket busy at once, as a `read` does).
+//! While the socket is full the task simply waits: it holds two buffers and no thread, appends never wait for it,
 //! and when the client reads again the next steps read what was committed meanwhile.
 //!
 //! When caught up, it waits for the next commit, sends a heartbeat after [`SUBSCRIPTION_HEARTBEAT_INTERVAL_MS`] of
@@ -76,6 +77,14 @@ fn step(mut subscription: Subscription, id: &RequestId, mut lines: Vec<u8>) -> S
     Step { subscription, lines, events, through, caught_up, failed }
 }
 
+/// Item lines a step read, not yet written.
+struct Written {
+    lines: Vec<u8>,
+    events: u64,
+    /// `Subscription::through` once they are written.
+    through: u64,
+}
+
 enum End {
     /// The client closed (or sent something after `subscribe`), or the daemon is stopping: send the final line.
     Final,
@@ -97,7 +106,6 @@ pub(super) async fn serve(
     out: Vec<u8>,
 ) -> io::Result<()> {
     writer.write_all(&out).await?;
-    let mut buffer = out;
     let mut close = ctx.shutdown.close.subscribe();
     let mut commits = subscription.commits();
     let heartbeat_every = Duration::from_millis(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS);
@@ -107,27 +115,63 @@ pub(super) async fn serve(
     let mut sent_through = subscription.through();
     let mut subscription = Some(subscription);
     let mut caught_up = false;
+    // Lines read by the last step, written while the next step reads (two buffers at most: the per-subscriber
+    // bound is twice SUBSCRIPTION_BUFFER_BYTES_MAX plus two events).
+    let mut unwritten = Written { lines: Vec::new(), events: 0, through: sent_through };
+    let mut spare = out;
     let end = loop {
         if *close.borrow() {
             // The daemon is stopping (in-flight appends are done): end here rather than finish a long catch-up.
             break End::Final;
         }
-        if !caught_up {
+        if !caught_up || !unwritten.lines.is_empty() {
             // Commits published from here on wake the wait below; the step reads up to the head it sees.
             commits.borrow_and_update();
             let mut sub = subscription.take().expect("the subscription is back from its last step");
-            if sub.skip_unmatched() {
+            if unwritten.lines.is_empty() && !caught_up && sub.skip_unmatched() {
                 // Nothing new matches: no blocking step (every commit wakes every subscriber).
                 sent_through = sub.through();
                 subscription = Some(sub);
                 caught_up = true;
                 continue;
             }
-            let step_id = id.clone();
-            buffer.clear();
-            let lines_buffer = std::mem::take(&mut buffer);
-            let done = match tokio::task::spawn_blocking(move || step(sub, &step_id, lines_buffer)).await {
-                Ok(done) => done,
+            // The next step reads (unless caught up) while the last one's lines are written.
+            let read = async {
+                if caught_up {
+                    return Ok(Err(sub));
+                }
+                let step_id = id.clone();
+                spare.clear();
+                let lines = std::mem::take(&mut spare);
+                tokio::task::spawn_blocking(move || step(sub, &step_id, lines)).await.map(Ok)
+            };
+            let write = async {
+                if !unwritten.lines.is_empty() {
+                    writer.write_all(&unwritten.lines).await?;
+                }
+                io::Result::Ok(())
+            };
+            let (read, written) = tokio::select! {
+                biased;
+                both = async { tokio::join!(read, write) } => both,
+                _ = close.wait_for(|closing| *closing) => break End::Abandon,
+            };
+            written?;
+            let wrote = std::mem::replace(&mut unwritten, Written { lines: Vec::new(), events: 0, through: 0 });
+            if !wrote.lines.is_empty() {
+                heartbeat.reset();
+            }
+            count += wrote.events;
+            sent_through = wrote.through;
+            unwritten.through = sent_through;
+            spare = wrote.lines;
+            let done = match read {
+                Ok(Ok(done)) => done,
+                Ok(Err(sub)) => {
+                    // Caught up before: only the write ran.
+                    subscription = Some(sub);
+                    continue;
+                }
                 Err(e) => {
                     break End::Failed(ProtocolError::new(
                         ErrorCode::StorageError,
@@ -136,21 +180,21 @@ pub(super) async fn serve(
                 }
             };
             subscription = Some(done.subscription);
-            buffer = done.lines;
             caught_up = done.caught_up;
-            if !buffer.is_empty() {
+            unwritten = Written { lines: done.lines, events: done.events, through: done.through };
+            if let Some(e) = done.failed {
+                // Send what was read before the failure, then the error.
                 tokio::select! {
                     biased;
-                    written = writer.write_all(&buffer) => written?,
+                    written = writer.write_all(&unwritten.lines) => written?,
                     _ = close.wait_for(|closing| *closing) => break End::Abandon,
                 }
-                heartbeat.reset();
-            }
-            count += done.events;
-            sent_through = done.through;
-            if let Some(e) = done.failed {
+                count += unwritten.events;
                 tracing::error!("subscription read failed after {count} events: {e}");
                 break End::Failed(ProtocolError::from(e));
+            }
+            if unwritten.lines.is_empty() {
+                sent_through = unwritten.through;
             }
             continue;
         }
@@ -179,16 +223,17 @@ pub(super) async fn serve(
                 caught_up = false;
                 continue;
             }
-            buffer.clear();
-            wire::encode_heartbeat(&mut buffer, &id, head);
+            spare.clear();
+            wire::encode_heartbeat(&mut spare, &id, head);
             tokio::select! {
                 biased;
-                written = writer.write_all(&buffer) => written?,
+                written = writer.write_all(&spare) => written?,
                 _ = close.wait_for(|closing| *closing) => break End::Abandon,
             }
         }
     };
     drop(subscription);
+    let mut buffer = spare;
     buffer.clear();
     match end {
         End::Abandon => return Ok(()),
