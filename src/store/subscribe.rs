@@ -210,3 +210,43 @@ impl Subscription {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, QueryItem, Tag};
+    use crate::store::{Durability, StoreOptions};
+
+    fn event(event_type: &str, k: &str) -> Event {
+        Event::new(event_type, "{}", vec![Tag::new("k", k)]).unwrap()
+    }
+
+    #[test]
+    fn catch_up_then_live_then_skips_what_does_not_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { durability: Durability::None, ..Default::default() };
+        let store = Arc::new(Store::open(dir.path(), options).unwrap());
+        store.append(vec![event("A", "1"), event("B", "1"), event("A", "2")], None).unwrap();
+        let query = Query::Items(vec![QueryItem { types: vec!["A".into()], tags: vec![] }]);
+        let mut sub = store.subscribe(query, 1).unwrap();
+        assert_eq!(sub.next_event().unwrap().map(|e| e.position), Some(3));
+        assert_eq!(sub.next_event().unwrap().map(|e| e.position), None);
+        assert!(sub.caught_up());
+        assert_eq!(sub.through(), 3);
+        // Nothing new: the wait times out.
+        assert!(sub.next_event_wait(Duration::from_millis(10)).unwrap().is_none());
+        // A commit that adds nothing it wants is skipped without a read.
+        store.append(vec![event("B", "3")], None).unwrap();
+        assert!(sub.skip_unmatched());
+        assert_eq!(sub.through(), 4);
+        // A waiting subscriber wakes for a commit from another thread.
+        let appender = {
+            let store = store.clone();
+            std::thread::spawn(move || store.append(vec![event("A", "4")], None).unwrap())
+        };
+        let live = sub.next_event_wait(Duration::from_secs(30)).unwrap().unwrap();
+        appender.join().unwrap();
+        assert_eq!((live.position, live.event_type.as_str()), (5, "A"));
+        assert_eq!(sub.last_event(), Some(5));
+    }
+}
