@@ -4,7 +4,8 @@
 //!    `read` of all of them on the same daemon (alternating, best of `--rounds`);
 //! 2. live delivery under 16 concurrent single-event durable appenders (`--durability fsync`): append throughput
 //!    and append-to-delivery latency (from sending the append to the subscriber decoding the event) with 0, 1 and
-//!    100 subscribers to `"all"`, and with 100 subscribers each to its own tag (1 % of the events).
+//!    100 subscribers to `"all"`, with 100 subscribers each to its own tag (1 % of the events), and with one
+//!    subscriber that stops reading (its latency then counts the stall; the appends/s are the point).
 //!
 //! ```text
 //! cargo build --release --bins --examples
@@ -169,12 +170,15 @@ enum Subscribers {
     None,
     All(usize),
     OwnTag(usize),
+    /// One subscriber to all that takes one event and then stops reading until the appenders stop.
+    Stalled,
 }
 
 impl Subscribers {
     fn count(self) -> usize {
         match self {
             Subscribers::None => 0,
+            Subscribers::Stalled => 1,
             Subscribers::All(n) | Subscribers::OwnTag(n) => n,
         }
     }
@@ -184,6 +188,7 @@ impl Subscribers {
             Subscribers::None => "no subscribers".into(),
             Subscribers::All(n) => format!("{n} subscribers to all"),
             Subscribers::OwnTag(n) => format!("{n} subscribers, each to its own tag"),
+            Subscribers::Stalled => "1 subscriber to all that stops reading".into(),
         }
     }
 }
@@ -199,8 +204,14 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
     );
     println!("| subscribers | appends/s | append p50 / p99 ms | delivery p50 / p99 ms | deliveries |");
     println!("|---|---|---|---|---|");
-    let levels =
-        [Subscribers::None, Subscribers::All(1), Subscribers::All(100), Subscribers::OwnTag(100), Subscribers::None];
+    let levels = [
+        Subscribers::None,
+        Subscribers::All(1),
+        Subscribers::All(100),
+        Subscribers::OwnTag(100),
+        Subscribers::Stalled,
+        Subscribers::None,
+    ];
     for (k, level) in levels.into_iter().enumerate() {
         let daemon = Daemon::start(
             &args.daemon,
@@ -236,6 +247,12 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
                         let target = final_head.load(Ordering::SeqCst);
                         match sub.next_message() {
                             Ok(SubscriptionMessage::Event(event)) => {
+                                if matches!(level, Subscribers::Stalled) && delivered == 1 && target == 0 {
+                                    // Stop reading (the socket buffers fill) until the appenders are done.
+                                    while final_head.load(Ordering::SeqCst) == 0 {
+                                        std::thread::sleep(Duration::from_millis(10));
+                                    }
+                                }
                                 let now = epoch.elapsed().as_micros() as u64;
                                 let sent: u64 = event.data.get()[5..].trim_end_matches('}').parse()?;
                                 latency.record(now.saturating_sub(sent))?;
