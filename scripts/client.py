@@ -12,6 +12,10 @@
         for item in c.projection_query("StudentShortInfo", {"enrollmenttier": "basic"}):
             print(item["key"], item["state"], item["metadata"]["version"])
 
+    from client import subscribe
+    for event in subscribe("./opossum.sock", {"items": [{"types": ["StudentRegistered"]}]}, after=0):
+        print(event["position"], event["data"])   # the catch-up, then each new event as it commits
+
 As a script it is an interactive client: type (or pipe) request lines, one JSON object per line, and every answer
 line is printed; "id" is filled in when a line has none:
 
@@ -26,6 +30,7 @@ import argparse
 import json
 import socket
 import sys
+import time
 import uuid
 
 
@@ -193,6 +198,48 @@ class Client:
 
     def projection_set_checkpoint(self, projection, position):
         self.call("projection.checkpoint", projection=projection, position=position)
+
+
+def subscribe(path="./opossum.sock", query="all", after=0, heartbeats=False, reconnect_for=30.0):
+    """Yields every event matching `query` with a position above `after`, then each new one as it commits, on a
+    connection of its own, until the generator is closed. When the connection breaks or the daemon restarts it
+    reconnects (for up to `reconnect_for` seconds) and resumes after the last event it yielded: every event once,
+    in order. With heartbeats=True it also yields {"heartbeat": True, "head": H} whenever the daemon reports that
+    everything through H was delivered (after a quiet second)."""
+    lost = None
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            lost = lost or time.monotonic()
+            if time.monotonic() - lost > reconnect_for:
+                raise
+            time.sleep(0.1)
+            continue
+        lost = None
+        with sock, sock.makefile("rb") as lines:
+            request = {"id": "subscribe", "op": "subscribe", "query": query, "after": after}
+            sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if "event" in message:
+                    after = message["event"]["position"]
+                    yield message["event"]
+                elif message.get("heartbeat"):
+                    if heartbeats:
+                        yield {"heartbeat": True, "head": message["head"]}
+                elif message.get("ok"):
+                    after = max(after, message["last"])  # the daemon is stopping: resume after `last`
+                    break
+                else:
+                    err = message.get("error", {})
+                    if err.get("code") != "shutting_down":
+                        raise OpossumError(err.get("code", "unknown"), err.get("message", ""))
+                    break
+        lost = time.monotonic()
+        time.sleep(0.1)
 
 
 def example(path):

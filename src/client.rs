@@ -15,8 +15,8 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ use crate::projection::{ProjectionItem, ProjectionSummary, Put};
 use crate::wire::{
     AppendResponse, ErrorCode, HeadResponse, HelloResponse, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemIn, ProjectionListResponse, ProjectionPutManyResponse, ProjectionPutResponse, ProjectionReadDone,
-    ReadDone, WireError,
+    ReadDone, SubscribeDone, WireError,
 };
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -74,6 +74,8 @@ pub struct Client {
     writer: UnixStream,
     next_id: u64,
     line: Vec<u8>,
+    /// Whether `line` holds a whole line (else the start of one whose read timed out: the next read goes on).
+    line_done: bool,
     /// Set when a read stream was abandoned mid-way: the connection is out of step with its requests.
     broken: bool,
 }
@@ -87,6 +89,7 @@ impl Client {
             writer,
             next_id: 1,
             line: Vec::with_capacity(4096),
+            line_done: true,
             broken: false,
         })
     }
@@ -257,14 +260,20 @@ impl Client {
     }
 
     fn recv_line(&mut self) -> Result<bool> {
-        self.line.clear();
+        if self.line_done {
+            self.line.clear();
+        }
+        // A read that times out keeps what it read of the line (`read_until` appends it), and the next call goes on.
+        self.line_done = false;
         let n = self.reader.read_until(b'\n', &mut self.line)?;
-        if n == 0 {
+        if n == 0 && self.line.is_empty() {
+            self.line_done = true;
             return Ok(false);
         }
         if self.line.last() != Some(&b'\n') {
             return Err(ClientError::Protocol("connection closed mid-line".into()));
         }
+        self.line_done = true;
         Ok(true)
     }
 
@@ -437,4 +446,235 @@ impl<T: StreamItem> Drop for Stream<'_, T> {
             self.client.broken = true;
         }
     }
+}
+
+/// How long [`Subscription`] keeps trying to reconnect after its connection broke, by default.
+pub const SUBSCRIPTION_RECONNECT_DEFAULT: Duration = Duration::from_secs(30);
+/// The pause between reconnection attempts.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a subscription's stream carries besides events.
+#[derive(Debug, Clone)]
+pub enum SubscriptionMessage {
+    Event(SequencedEvent),
+    /// Sent after a quiet interval: the store's head.
+    Heartbeat {
+        head: u64,
+    },
+}
+
+/// A `subscribe` stream on its own connection: every committed event matching a query after a position, then each
+/// new one as it commits. When the connection breaks or the daemon stops (a final line), it reconnects and
+/// subscribes again after the last event it yielded, for up to [`Subscription::reconnect_for`] — so its consumer
+/// sees every event exactly once, in order, across daemon restarts.
+///
+/// ```no_run
+/// use opossum::client::Subscription;
+/// use opossum::model::Query;
+/// for event in Subscription::new("./opossum.sock", Query::All, 0) {
+///     let event = event?;
+///     println!("{} {}", event.position, event.event_type);
+/// }
+/// # Ok::<(), opossum::client::ClientError>(())
+/// ```
+pub struct Subscription {
+    socket: PathBuf,
+    query: Query,
+    /// Resume point: every match at or below it was yielded.
+    after: u64,
+    connection: Option<(Client, u64)>,
+    reconnect: Duration,
+    reconnects: u64,
+    head: u64,
+    failed: bool,
+    /// Read timeout of every connection this subscription opens.
+    timeout: Option<Duration>,
+}
+
+impl Subscription {
+    /// Subscribes (lazily, on the first `next`) to the events matching `query` after position `after`.
+    pub fn new(socket: impl AsRef<Path>, query: Query, after: u64) -> Subscription {
+        Subscription {
+            socket: socket.as_ref().to_path_buf(),
+            query,
+            after,
+            connection: None,
+            reconnect: SUBSCRIPTION_RECONNECT_DEFAULT,
+            reconnects: 0,
+            head: 0,
+            failed: false,
+            timeout: None,
+        }
+    }
+
+    /// How long to keep trying to reconnect before giving up with an error (zero: never reconnect).
+    pub fn reconnect_for(mut self, period: Duration) -> Subscription {
+        self.reconnect = period;
+        self
+    }
+
+    /// Every matching event at or below this position has been yielded: where a new subscription would resume.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// The store head last seen (in a heartbeat or a final line).
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// How many times the subscription reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
+    }
+
+    /// Limits how long one socket read may block; an expired read is an `Io` error (`WouldBlock`/`TimedOut`)
+    /// and leaves the subscription usable.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.timeout = timeout;
+        if let Some((client, _)) = &self.connection {
+            client.writer.set_read_timeout(timeout)?;
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        if self.connection.is_some() {
+            return Ok(());
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            query: &'a Query,
+            after: u64,
+        }
+        let started = Instant::now();
+        loop {
+            let attempt = Client::connect(&self.socket).and_then(|mut client| {
+                client.writer.set_read_timeout(self.timeout)?;
+                let id = client.send("subscribe", &Body { query: &self.query, after: self.after })?;
+                Ok((client, id))
+            });
+            match attempt {
+                Ok(connection) => {
+                    self.connection = Some(connection);
+                    return Ok(());
+                }
+                Err(e) if started.elapsed() >= self.reconnect => return Err(e),
+                Err(_) => std::thread::sleep(RECONNECT_PAUSE),
+            }
+        }
+    }
+
+    /// The next event or heartbeat, reconnecting as needed.
+    pub fn next_message(&mut self) -> Result<SubscriptionMessage> {
+        if self.failed {
+            return Err(ClientError::Protocol("the subscription failed earlier".into()));
+        }
+        let mut lost_at: Option<Instant> = None;
+        loop {
+            if let Err(e) = self.connect() {
+                self.failed = true;
+                return Err(e);
+            }
+            let (client, id) = self.connection.as_mut().expect("connected");
+            let line = match client.recv_line() {
+                Ok(true) => Some(&client.line),
+                Ok(false) => None,
+                Err(ClientError::Io(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(ClientError::Io(e));
+                }
+                Err(_) => None,
+            };
+            match line.map(|line| decode_subscription_line(line, *id)) {
+                Some(Ok(Line::Event(event))) => {
+                    self.after = event.position;
+                    return Ok(SubscriptionMessage::Event(event));
+                }
+                Some(Ok(Line::Heartbeat(head))) => {
+                    self.head = head;
+                    return Ok(SubscriptionMessage::Heartbeat { head });
+                }
+                Some(Ok(Line::Done(done))) => {
+                    // The daemon is stopping: everything through `done.last` was sent.
+                    self.after = self.after.max(done.last);
+                    self.head = done.head;
+                }
+                Some(Err(e @ ClientError::Server { .. })) if !e.is(ErrorCode::ShuttingDown) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+                Some(Err(ClientError::Server { .. })) | None => {}
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
+            // The connection ended: subscribe again after the last event yielded.
+            self.connection = None;
+            let since = *lost_at.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.reconnect {
+                self.failed = true;
+                return Err(ClientError::Protocol("the subscription's connection ended".into()));
+            }
+            self.reconnects += 1;
+            std::thread::sleep(RECONNECT_PAUSE);
+        }
+    }
+
+    /// Ends the subscription: tells the daemon (closing the writing side), takes the events already on their way
+    /// (returned), and its final line.
+    pub fn close(mut self) -> Result<(Vec<SequencedEvent>, Option<SubscribeDone>)> {
+        let Some((mut client, id)) = self.connection.take() else { return Ok((Vec::new(), None)) };
+        client.writer.shutdown(std::net::Shutdown::Write)?;
+        let mut events = Vec::new();
+        while client.recv_line()? {
+            match decode_subscription_line(&client.line, id)? {
+                Line::Event(event) => events.push(event),
+                Line::Heartbeat(_) => {}
+                Line::Done(done) => return Ok((events, Some(done))),
+            }
+        }
+        Ok((events, None))
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<SequencedEvent>;
+
+    /// The next event (heartbeats are skipped); `None` only after an error was returned.
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            match self.next_message() {
+                Ok(SubscriptionMessage::Event(event)) => return Some(Ok(event)),
+                Ok(SubscriptionMessage::Heartbeat { .. }) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+enum Line {
+    Event(SequencedEvent),
+    Heartbeat(u64),
+    Done(SubscribeDone),
+}
+
+fn decode_subscription_line(line: &[u8], id: u64) -> Result<Line> {
+    let head = &line[..line.len().min(64)];
+    if memmem(head, SequencedEvent::FIELD) {
+        return SequencedEvent::decode(line).map(Line::Event);
+    }
+    if memmem(head, b"\"heartbeat\":") {
+        #[derive(Deserialize)]
+        struct Heartbeat {
+            head: u64,
+        }
+        let beat: Heartbeat =
+            serde_json::from_slice(line).map_err(|e| ClientError::Protocol(format!("bad heartbeat: {e}")))?;
+        return Ok(Line::Heartbeat(beat.head));
+    }
+    decode_final(line, id).map(Line::Done)
 }

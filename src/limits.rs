@@ -274,3 +274,27 @@ const _: () = assert!(FRAME_BYTES_MIN <= LINE_BUFFER_BYTES_INITIAL);
 /// The file-creation mask the daemon sets at start by default (the unit's `UMask=`): store files and the socket
 /// directory are never group-writable or world-readable, whatever the shell's umask.
 pub const UMASK_DEFAULT: u32 = 0o027;
+
+// --- subscriptions -----------------------------------------------------------------------------------------------
+
+/// Positions one step of a subscription plans through the index at once: a subscriber that is far behind (a
+/// catch-up from 0, or a slow consumer the writer left behind) reads `(through, through + this]` windows one after
+/// another, so its candidate list never holds more than this many positions (512 KiB), however far behind it is.
+pub const SUBSCRIPTION_WINDOW_POSITIONS_MAX: u64 = 65_536;
+/// The per-subscriber buffer: encoded item lines one step of a subscription reads before they are written (the next
+/// step reads while they are). A subscriber whose socket is full holds at most two of these (plus an event each)
+/// and one read batch; it never holds up appends, and it resumes with reads of the positions committed meanwhile
+/// (nothing is queued for it).
+pub const SUBSCRIPTION_BUFFER_BYTES_MAX: usize = 256 * 1024;
+/// How often an idle subscription gets a heartbeat line `{"id":..,"heartbeat":true,"head":H}` (and how soon a
+/// client that vanished without closing is noticed).
+pub const SUBSCRIPTION_HEARTBEAT_INTERVAL_MS: u64 = 1000;
+/// How long the final `ok` line of a subscription may take to be written at a daemon's shutdown before the
+/// connection is dropped without it (the client then resumes from the last event it received).
+pub const SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS: u64 = 1000;
+
+const _: () = {
+    // A window's candidate list (8 bytes a position) stays within a few buffers' worth of memory.
+    assert!(SUBSCRIPTION_WINDOW_POSITIONS_MAX * 8 <= 4 * SUBSCRIPTION_BUFFER_BYTES_MAX as u64);
+    assert!(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS >= 10);
+};

@@ -24,3 +24,5 @@ mod hardening_wire;
 mod lifecycle;
 #[path = "daemon/projection.rs"]
 mod projection;
+#[path = "daemon/subscribe.rs"]
+mod subscribe;

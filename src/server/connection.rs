@@ -161,6 +161,20 @@ async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
                 continue;
             }
         };
+        if super::ops::lookup(&envelope.op) == Some(super::ops::Op::Subscribe) {
+            // The connection becomes the subscription's stream and ends with it (not an in-flight request: see
+            // `server::subscribe`).
+            match super::subscribe::start(ctx, line) {
+                Ok(subscription) => {
+                    return super::subscribe::serve(ctx, envelope.id, subscription, lines, writer, out).await;
+                }
+                Err(error) => {
+                    ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    wire::encode_error(&mut out, &envelope.id, &error);
+                    continue;
+                }
+            }
+        }
         let Some(_in_flight) = ctx.shutdown.enter() else {
             ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
             let error = ProtocolError::new(ErrorCode::ShuttingDown, "the server is shutting down; no new requests");

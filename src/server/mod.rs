@@ -39,6 +39,7 @@ pub mod listener;
 mod ops;
 mod shutdown;
 pub mod stream;
+mod subscribe;
 pub mod systemd;
 
 pub use crate::limits::{READ_CHUNKS_IN_FLIGHT, READ_CHUNK_BYTES};

@@ -24,9 +24,11 @@ mod commit;
 mod index;
 mod reader;
 mod recovery;
+mod subscribe;
 mod writer;
 
 pub use reader::EventReader;
+pub use subscribe::{CommitWatch, Subscription};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
 pub use crate::limits::{
@@ -297,6 +299,8 @@ pub(crate) struct Shared {
     pub journal: Option<Arc<Journal>>,
     /// Journal mode, mirror live: a tree write failed; the mirror stops until the next open re-derives the tree.
     pub mirror_failed: std::sync::atomic::AtomicBool,
+    /// Commit notifications for subscriptions: the writer publishes each head right after it (`head`) is.
+    pub commits: CommitWatch,
 }
 
 impl Shared {
@@ -550,6 +554,7 @@ impl Store {
             ledger_seen: Mutex::new(ledger_seen),
             journal,
             mirror_failed: std::sync::atomic::AtomicBool::new(false),
+            commits: CommitWatch::new(recovered.head),
         });
         shared.counters.index_write_failures.store(recovered.index_write_failures, Ordering::Relaxed);
         shared.count_quarantine();
@@ -596,6 +601,16 @@ impl Store {
     /// The highest committed position (0 for an empty store).
     pub fn head(&self) -> u64 {
         self.shared.head()
+    }
+
+    /// The writer's commit notifications (see [`Subscription`]).
+    pub fn commits(&self) -> &CommitWatch {
+        &self.shared.commits
+    }
+
+    /// Every committed event matching `query` after position `after`, then each new one as it commits.
+    pub fn subscribe(self: &Arc<Self>, query: Query, after: u64) -> Result<Subscription, StoreError> {
+        Subscription::new(self.clone(), query, after)
     }
 
     pub fn io_backend(&self) -> &'static str {
@@ -653,6 +668,21 @@ impl Store {
     /// picked up first (one `stat` per read when nothing changed).
     pub fn read(&self, query: &Query, options: ReadOptions) -> Result<EventReader, StoreError> {
         query.validate()?;
+        self.notice_other_writers()?;
+        Ok(self.read_published(query.clone(), options))
+    }
+
+    /// A read of what this store has published (every acknowledged event up to the head), without first looking
+    /// for events other processes appended. Subscriptions read this way at each commit notification (the ledger
+    /// check of [`Store::read`] would mostly catch our own writer mid-commit and wait for it), and look for other
+    /// writers once per heartbeat. `query` must be valid.
+    pub fn read_published(&self, query: Query, options: ReadOptions) -> EventReader {
+        EventReader::new(self.shared.clone(), query, options)
+    }
+
+    /// If another process (a .NET Opossum writer) moved the ledger since the writer last looked, picks up its events
+    /// (one `stat` when nothing changed).
+    pub fn notice_other_writers(&self) -> Result<(), StoreError> {
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
         if self.shared.journal.is_none()
             && now.is_some()
@@ -670,7 +700,7 @@ impl Store {
                 }
             }
         }
-        Ok(EventReader::new(self.shared.clone(), query.clone(), options))
+        Ok(())
     }
 
     /// Reads everything `read` would stream into one vector (tests and small results).

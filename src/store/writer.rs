@@ -173,6 +173,7 @@ impl Writer {
                     None => {
                         *self.shared.index.write().unwrap() = recovered.index;
                         self.shared.head.store(recovered.head, Ordering::Release);
+                        self.shared.commits.publish(recovered.head);
                         *self.shared.ledger_seen.lock().unwrap() = fingerprint;
                         None
                     }
@@ -258,6 +259,7 @@ impl Writer {
             }
         }
         self.shared.head.store(ledger, Ordering::Release);
+        self.shared.commits.publish(ledger);
         Ok(())
     }
 
@@ -359,6 +361,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
+                self.shared.commits.publish(new_head);
                 drop(lock);
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);

@@ -56,6 +56,19 @@ pub struct ReadRequest {
 }
 }
 
+request! {
+/// Body of `subscribe`: the connection becomes a stream of item lines (as `read`'s) and heartbeats until the client
+/// closes or the daemon stops.
+pub struct SubscribeRequest {
+    /// Defaults to `"all"`.
+    #[serde(default = "query_all")]
+    pub query: Query,
+    /// Events with positions above this; 0 (from the first event) when absent.
+    #[serde(default)]
+    pub after: Option<u64>,
+}
+}
+
 fn query_all() -> Query {
     Query::All
 }

@@ -87,6 +87,26 @@ pub struct ReadDone {
     pub head: u64,
 }
 
+/// The final line of a subscription (the client closed, or the daemon is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeDone {
+    /// Item lines sent.
+    pub count: u64,
+    /// Every match at or below this position was sent: subscribing again with `after` = this misses nothing and
+    /// repeats nothing.
+    pub last: u64,
+    pub head: u64,
+}
+
+/// Appends a subscription's heartbeat line `{"id":<id>,"heartbeat":true,"head":<head>}\n` to `out`.
+pub fn encode_heartbeat(out: &mut Vec<u8>, id: &RequestId, head: u64) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"heartbeat\":true,\"head\":");
+    out.extend_from_slice(head.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
 /// Any response line, as a client decodes it: an item line (`event` present) or a final line (`ok` present).
 #[derive(Debug, Deserialize)]
 pub struct ResponseLine {

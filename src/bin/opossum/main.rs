@@ -68,6 +68,9 @@ enum Command {
     Import(ImportArgs),
     /// Write matching events as NDJSON to a file or stdout
     Export(ExportArgs),
+    /// Follow the matching events as NDJSON: those after --after, then each new one as it commits (reconnects and
+    /// resumes after the last event printed when the daemon restarts)
+    Subscribe(SubscribeArgs),
     /// Benchmark suite: start opossumd on a fresh temporary store, seed it, measure, write target/bench/*.json
     Bench(bench::BenchArgs),
     /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
@@ -114,6 +117,28 @@ impl QueryArgs {
     fn options(&self) -> ReadOptions {
         ReadOptions { after: self.after, before: self.before, limit: self.limit, backwards: self.backwards }
     }
+}
+
+#[derive(Args)]
+struct SubscribeArgs {
+    /// Match this event type (repeatable; any of them)
+    #[arg(long = "type", value_name = "TYPE")]
+    types: Vec<String>,
+    /// Match events carrying this tag (repeatable; all of them)
+    #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+    tags: Vec<Tag>,
+    /// A full query in wire form: "all" or {"items":[...]} (instead of --type/--tag)
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["types", "tags"])]
+    query: Option<String>,
+    /// Only events after this position
+    #[arg(long, default_value_t = 0)]
+    after: u64,
+    /// Exit once everything up to the store's head is printed (the first heartbeat), instead of following
+    #[arg(long)]
+    stop_at_head: bool,
+    /// How long to keep trying to reconnect when the connection breaks, in seconds
+    #[arg(long, default_value_t = 30)]
+    reconnect_secs: u64,
 }
 
 #[derive(Args)]
@@ -327,6 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => export(&mut client, &args.query, &PathBuf::from("-"), false),
         Command::Export(args) => export(&mut client, &args.query, &args.file, true),
         Command::Import(args) => import(&mut client, args),
+        Command::Subscribe(args) => subscribe(&cli.socket, args),
         Command::Projection(command) => projection(&mut client, command),
         Command::Bench(_) => unreachable!("bench runs its own daemon; handled before connecting"),
     }
@@ -451,6 +477,33 @@ fn progress(len: u64, template: &str) -> ProgressBar {
 }
 
 /// `read` and `export`: NDJSON of `SequencedEvent`s; export shows progress by position.
+fn subscribe(socket: &std::path::Path, args: &SubscribeArgs) -> anyhow::Result<()> {
+    use opossum::client::{Subscription, SubscriptionMessage};
+    let query_args = QueryArgs {
+        types: args.types.clone(),
+        tags: args.tags.clone(),
+        query: args.query.clone(),
+        after: None,
+        before: None,
+        limit: None,
+        backwards: false,
+    };
+    let mut subscription = Subscription::new(socket, query_args.query()?, args.after)
+        .reconnect_for(Duration::from_secs(args.reconnect_secs));
+    let mut out = io::stdout().lock();
+    loop {
+        match subscription.next_message()? {
+            SubscriptionMessage::Event(event) => {
+                serde_json::to_writer(&mut out, &event)?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+            SubscriptionMessage::Heartbeat { .. } if args.stop_at_head => return Ok(()),
+            SubscriptionMessage::Heartbeat { .. } => {}
+        }
+    }
+}
+
 fn export(client: &mut Client, args: &QueryArgs, file: &PathBuf, show_progress: bool) -> anyhow::Result<()> {
     let query = args.query()?;
     let head = client.head()?;

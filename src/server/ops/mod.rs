@@ -19,6 +19,8 @@ pub(super) enum Op {
     Stats,
     Append,
     Read,
+    /// Served by the connection itself (`server::subscribe`): the connection becomes its stream.
+    Subscribe,
     ProjectionPut,
     ProjectionPutMany,
     ProjectionGet,
@@ -30,12 +32,13 @@ pub(super) enum Op {
 }
 
 /// The op table: wire name → op.
-pub(super) const OPS: [(&str, Op); 13] = [
+pub(super) const OPS: [(&str, Op); 14] = [
     ("hello", Op::Hello),
     ("head", Op::Head),
     ("stats", Op::Stats),
     ("append", Op::Append),
     ("read", Op::Read),
+    ("subscribe", Op::Subscribe),
     ("projection.put", Op::ProjectionPut),
     ("projection.put_many", Op::ProjectionPutMany),
     ("projection.get", Op::ProjectionGet),
@@ -65,6 +68,9 @@ pub(super) async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut R
         Op::Stats => core::stats(ctx, req, resp),
         Op::Append => core::append(ctx, req, resp).await,
         Op::Read => core::read(ctx, req, resp).await,
+        Op::Subscribe => {
+            Err(ProtocolError::new(ErrorCode::InvalidRequest, "subscribe takes over its connection").into())
+        }
         _ => projection::dispatch(ctx, op, req, resp).await,
     }
 }
