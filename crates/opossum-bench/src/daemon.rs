@@ -1,5 +1,6 @@
-//! Starting and stopping a real `opossumd` for a benchmark run: `opossum bench`, and the wire examples
-//! (`examples/wire_bench.rs`, `examples/projection_wire_bench.rs`) include this file too.
+//! Starting and stopping a real `opossumd` for a benchmark run: the suite, the wire examples and the peer
+//! benchmark all start their daemons here. (`tests/daemon/harness.rs` keeps its own starter for the test suite,
+//! with a test's short timeout.)
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
