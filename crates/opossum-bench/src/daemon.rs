@@ -44,6 +44,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The running daemon's process id (for its RSS), `None` once stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
+    }
+
     /// SIGTERM and wait (the daemon flushes deferred index files and closes the store); returns how long it took.
     pub fn stop(self) -> anyhow::Result<Duration> {
         let child = self.child.lock().unwrap().take().context("the daemon is not running")?;
