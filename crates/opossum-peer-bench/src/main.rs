@@ -7,13 +7,17 @@
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
 //!    (N/10 tags x 10 events); opossumd fills with `--durability none --index-writes deferred` and is restarted
 //!    with its measured configuration, UmaDB (always durable) is restarted too, so both measure a reopened store;
-//! 2. durable conditional appends, 1 event/request, 1 / 16 / 64 clients: each client appends to its own tag with
-//!    `fail_if_events_match {tags:[it]}` after its last position (a rejection fails the run: nobody else writes it);
-//! 3. durable unconditional appends, 1,000 events/request, 1 and 4 clients;
-//! 4. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
-//! 5. read-all, warm (after one unmeasured read) and cold (servers restarted, then the page cache dropped), 1 and
-//!    4 clients, every event decoded into the client library's event type; the count must be the head;
+//! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
+//! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
+//!    dropped), 1 and 4 clients, every event decoded into the client library's event type; the count must be N;
+//! 4. durable conditional appends, 1 event/request, 1 / 16 / 64 clients onto the filled store: each client appends
+//!    to its own tag with `fail_if_events_match {tags:[it]}` after its last position (a rejection fails the run:
+//!    nobody else writes that tag);
+//! 5. durable unconditional appends, 1,000 events/request, 1 and 4 clients;
 //! 6. server RSS after the fill and after the reads, bytes on disk per million events after the server stopped.
+//!
+//! Reads come before the appends, so that every system reads the same N events (the timed appends add a different
+//! number of events to each store).
 //!
 //! Any error or count mismatch on either side ends the run with the error and no numbers.
 
@@ -347,7 +351,12 @@ fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow:
     server.stop()?;
     let mut server = start(ctx, system, store, false)?;
     out.push((
-        rate_row("fill", "fill, 1,000 events/request (opossum: durability none, deferred index)", FILL_CLIENTS, "events/s"),
+        rate_row(
+            "fill",
+            "fill, 1,000 events/request (opossum: durability none, deferred index)",
+            FILL_CLIENTS,
+            "events/s",
+        ),
         plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
     ));
     out.push((
@@ -356,6 +365,63 @@ fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow:
     ));
 
     let phase = Duration::from_secs_f64(ctx.seconds);
+    for clients in [1, 16] {
+        step(&format!("round {round}, {}: tag queries, {clients} clients", system.name()));
+        let load = closed_loop(
+            clients,
+            phase,
+            |c| Ok((server.connect(&ctx.rt)?, 7 + c as u64 * 1_000_003)),
+            |(client, seed)| {
+                *seed += 1;
+                let tag = fill_tag(mix(*seed), tags);
+                let count = client.query_tag(&tag)?;
+                anyhow::ensure!(
+                    count == EVENTS_PER_TAG,
+                    "tag query {tag:?} returned {count} events, not {EVENTS_PER_TAG}"
+                );
+                Ok(Outcome::events(count))
+            },
+        )?;
+        out.push((
+            rate_row(
+                &format!("tag_query_{clients}"),
+                &format!("tag query returning 10 of {}", num(n as f64)),
+                clients,
+                "queries/s",
+            ),
+            measurement(system, round, &load, false),
+        ));
+    }
+
+    let head = server.connect(&ctx.rt)?.head()?;
+    anyhow::ensure!(head == n, "{}: head {head} after reopening a store of {n} events", system.name());
+    for cold in [false, true] {
+        for clients in [1, 4] {
+            let label = if cold { "cold" } else { "warm" };
+            step(&format!("round {round}, {}: read-all {label}, {clients} clients", system.name()));
+            if cold {
+                server.restart(&ctx.rt)?;
+                ctx.evict.evict(&sys::files_under(store)?)?;
+            } else {
+                read_all(ctx, &server, 1, head)?;
+            }
+            let load = read_all(ctx, &server, clients, head)?;
+            out.push((
+                rate_row(
+                    &format!("read_all_{label}_{clients}"),
+                    &format!("read-all of {} events, {label}", num(head as f64)),
+                    clients,
+                    "events/s",
+                ),
+                measurement(system, round, &load, true),
+            ));
+        }
+    }
+    let rss_reads = sys::rss_bytes(server.pid().context("server not running")?)?;
+    out.push((
+        Row::new("rss_after_reads", "server RSS after the reads", 0, "MiB", Better::Lower),
+        plain(system, round, rss_reads as f64 / 1048576.0, json!({"bytes": rss_reads})),
+    ));
     for &clients in &ctx.append_clients {
         step(&format!("round {round}, {}: conditional appends, {clients} clients", system.name()));
         let load = closed_loop(
@@ -367,9 +433,11 @@ fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow:
             },
             |(client, tag, after, i)| {
                 let event = PeerEvent { data: sized_data(*i), tags: vec![tag.clone()] };
-                match client.append(std::slice::from_ref(&event), Some((tag, *after)))? {
+                match client.append(std::slice::from_ref(&event), Some((&*tag, *after)))? {
                     Appended::At(last) => *after = Some(last),
-                    Appended::Rejected => anyhow::bail!("append condition failed on {tag:?}, which only this client writes"),
+                    Appended::Rejected => {
+                        anyhow::bail!("append condition failed on {tag:?}, which only this client writes")
+                    }
                 }
                 *i += 1;
                 Ok(Outcome::events(1))
@@ -403,54 +471,17 @@ fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow:
             },
         )?;
         out.push((
-            rate_row(&format!("append_batch_{clients}"), "durable unconditional append, 1,000 events/request", clients, "events/s"),
+            rate_row(
+                &format!("append_batch_{clients}"),
+                "durable unconditional append, 1,000 events/request",
+                clients,
+                "events/s",
+            ),
             measurement(system, round, &load, true),
         ));
     }
 
-    for clients in [1, 16] {
-        step(&format!("round {round}, {}: tag queries, {clients} clients", system.name()));
-        let load = closed_loop(
-            clients,
-            phase,
-            |c| Ok((server.connect(&ctx.rt)?, 7 + c as u64 * 1_000_003)),
-            |(client, seed)| {
-                *seed += 1;
-                let tag = fill_tag(mix(*seed), tags);
-                let count = client.query_tag(&tag)?;
-                anyhow::ensure!(count == EVENTS_PER_TAG, "tag query {tag:?} returned {count} events, not {EVENTS_PER_TAG}");
-                Ok(Outcome::events(count))
-            },
-        )?;
-        out.push((
-            rate_row(&format!("tag_query_{clients}"), &format!("tag query returning 10 of {}", num(n as f64)), clients, "queries/s"),
-            measurement(system, round, &load, false),
-        ));
-    }
-
     let head = server.connect(&ctx.rt)?.head()?;
-    for cold in [false, true] {
-        for clients in [1, 4] {
-            let label = if cold { "cold" } else { "warm" };
-            step(&format!("round {round}, {}: read-all {label}, {clients} clients", system.name()));
-            if cold {
-                server.restart(&ctx.rt)?;
-                ctx.evict.evict(&sys::files_under(store)?)?;
-            } else {
-                read_all(ctx, &server, 1, head)?;
-            }
-            let load = read_all(ctx, &server, clients, head)?;
-            out.push((
-                rate_row(&format!("read_all_{label}_{clients}"), &format!("read-all of {} events, {label}", num(head as f64)), clients, "events/s"),
-                measurement(system, round, &load, true),
-            ));
-        }
-    }
-    let rss_reads = sys::rss_bytes(server.pid().context("server not running")?)?;
-    out.push((
-        Row::new("rss_after_reads", "server RSS after the reads", 0, "MiB", Better::Lower),
-        plain(system, round, rss_reads as f64 / 1048576.0, json!({"bytes": rss_reads})),
-    ));
     server.stop()?;
     let bytes = sys::allocated_bytes(store)?;
     out.push((

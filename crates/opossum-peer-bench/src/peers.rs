@@ -42,8 +42,11 @@ pub enum Appended {
 pub trait PeerClient: Send {
     /// Appends `events` atomically; with a condition `(tag, after)`: fail if an event tagged `tag` exists after
     /// `after` (anywhere when `None`).
-    fn append(&mut self, events: &[PeerEvent], condition: Option<(&(String, String), Option<u64>)>)
-        -> anyhow::Result<Appended>;
+    fn append(
+        &mut self,
+        events: &[PeerEvent],
+        condition: Option<(&(String, String), Option<u64>)>,
+    ) -> anyhow::Result<Appended>;
     /// Reads every event into the client library's event type, checking that positions increase; the count.
     fn read_all(&mut self) -> anyhow::Result<u64>;
     /// Reads the events carrying `tag`; the count.
@@ -196,8 +199,10 @@ impl PeerClient for UmadbClient {
     }
 
     fn query_tag(&mut self, tag: &(String, String)) -> anyhow::Result<u64> {
-        let response =
-            self.0.read(Some(umadb_tag_query(tag)), None, false, None).map_err(|e| anyhow::anyhow!("umadb read: {e}"))?;
+        let response = self
+            .0
+            .read(Some(umadb_tag_query(tag)), None, false, None)
+            .map_err(|e| anyhow::anyhow!("umadb read: {e}"))?;
         let mut count = 0;
         for event in response {
             event.map_err(|e| anyhow::anyhow!("umadb read: {e}"))?;
@@ -289,7 +294,9 @@ impl UmadbServer {
         // The client's calls block on the runtime that is current when it connects: one runtime for all clients,
         // rather than one per client thread (which it would make itself).
         let _runtime = rt.enter();
-        UmaDbClient::new(self.url()).connect().map_err(|e| anyhow::anyhow!("connecting to umadb at {}: {e}", self.url()))
+        UmaDbClient::new(self.url())
+            .connect()
+            .map_err(|e| anyhow::anyhow!("connecting to umadb at {}: {e}", self.url()))
     }
 
     fn restart(&mut self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {

@@ -13,7 +13,8 @@ const FONT_PATHS: [&str; 3] = [
     "/usr/share/fonts/TTF/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
-const COLORS: [RGBColor; 4] = [RGBColor(200, 60, 40), RGBColor(40, 90, 200), RGBColor(230, 150, 20), RGBColor(40, 150, 60)];
+const COLORS: [RGBColor; 4] =
+    [RGBColor(200, 60, 40), RGBColor(40, 90, 200), RGBColor(230, 150, 20), RGBColor(40, 150, 60)];
 
 fn register_font() -> anyhow::Result<()> {
     let path = FONT_PATHS
@@ -36,7 +37,9 @@ pub fn draw(doc: &PeerDocument, path: &Path) -> anyhow::Result<()> {
     let series = |f: &dyn Fn(&opossum_bench::report::peers::Row, &str) -> Option<f64>| {
         systems
             .iter()
-            .map(|s| (s.clone(), rows.iter().filter_map(|r| f(r, s).map(|v| (r.clients as f64, v))).collect::<Vec<_>>()))
+            .map(|s| {
+                (s.clone(), rows.iter().filter_map(|r| f(r, s).map(|v| (r.clients as f64, v))).collect::<Vec<_>>())
+            })
             .collect::<Vec<_>>()
     };
     let rate = series(&|r, s| r.median(s));
@@ -54,7 +57,7 @@ pub fn draw(doc: &PeerDocument, path: &Path) -> anyhow::Result<()> {
     let panels = root.split_evenly((1, 2));
     for (panel, (data, label)) in panels.iter().zip([(&rate, "events/s"), (&p99, "p99 latency, ms")]) {
         let values: Vec<f64> = data.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).filter(|v| *v > 0.0).collect();
-        let lo = values.iter().copied().fold(f64::INFINITY, f64::min).min(1.0).max(1e-3) / 2.0;
+        let lo = values.iter().copied().fold(f64::INFINITY, f64::min).clamp(1e-3, 1e12) / 2.0;
         let hi = values.iter().copied().fold(0.0, f64::max).max(lo * 4.0) * 2.0;
         let mut chart = ChartBuilder::on(panel)
             .margin(20)
