@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark suite (issue 6): builds the release binaries, then `opossum bench` starts target/release/opossumd on
+# The benchmark suite (issue 6): builds the release binaries, then `opossum-bench` (crates/opossum-bench) starts
+# target/release/opossumd on
 # a fresh temporary store under target/bench/tmp, seeds the course-management data set (1,000,000 events; --quick:
 # 20,000), runs every workload over the socket beside raw-filesystem baselines, prints a Markdown table and writes
 # target/bench/bench-<time>-<mode>.json.
@@ -12,5 +13,5 @@
 # posix_fadvise(DONTNEED) on every file. The output says which.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bins
-exec target/release/opossum bench "$@"
+cargo build --release --workspace --bins
+exec "${CARGO_TARGET_DIR:-target}/release/opossum-bench" "$@"

@@ -5,7 +5,7 @@
 #   scripts/read-bench.sh                 # N = 100000 and 1000000
 #   scripts/read-bench.sh --quick         # N = 2000 only (smoke test)
 #   scripts/read-bench.sh -n 50000 [-n …] # explicit sizes
-#   READ_BENCH_DIR=/path scripts/read-bench.sh   (default /work/tmp-read-bench; deleted afterwards)
+#   READ_BENCH_DIR=/path scripts/read-bench.sh   (default target/bench/read-bench; deleted afterwards)
 #   READ_BENCH_ARGS="--rounds 5 --uring 'a:depth=64;b:depth=256'" scripts/read-bench.sh
 #
 # Cold cache: `sync; echo 3 > /proc/sys/vm/drop_caches` when root, else posix_fadvise(DONTNEED) on every file;
@@ -24,10 +24,10 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ ${#sizes[@]} -gt 0 ]] || sizes=(100000 1000000)
-dir="${READ_BENCH_DIR:-/work/tmp-read-bench}"
+dir="${READ_BENCH_DIR:-${CARGO_TARGET_DIR:-target}/bench/read-bench}"
 trap 'rm -rf "$dir"' EXIT
 
-cargo build --release --example read_bench
+cargo build --release -p opossum-bench --example read_bench
 bin="${CARGO_TARGET_DIR:-target}/release/examples/read_bench"
 echo "kernel $(uname -r), $(nproc) cores, open-file limit $(ulimit -n), user $(id -un)"
 for n in "${sizes[@]}"; do

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Barrier};
 
 use opossum::model::{AppendCondition, Query, ReadOptions};
-use opossum::protocol::ErrorCode;
+use opossum::wire::ErrorCode;
 use serde_json::json;
 
 use crate::harness::*;

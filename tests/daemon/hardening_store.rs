@@ -37,7 +37,7 @@ fn a_tag_value_containing_tmp_keeps_its_index_across_a_restart() {
         let found = read_all(&mut c, &query(&[], &[("email", EMAIL)]), ReadOptions::default());
         assert_eq!(positions(&found), vec![1], "{mode}: the tag's index was lost at restart");
         let again = c.append(vec![event("UserRegistered", &[("email", EMAIL)])], unique_email_condition(EMAIL));
-        assert!(again.is_err_and(|e| e.is(opossum::protocol::ErrorCode::AppendConditionFailed)), "{mode}");
+        assert!(again.is_err_and(|e| e.is(opossum::wire::ErrorCode::AppendConditionFailed)), "{mode}");
         assert_eq!(c.head().unwrap(), 1);
         assert!(!daemon.log_text().contains("setting aside"), "{mode}: an index file was set aside");
         assert!(daemon.terminate().success());

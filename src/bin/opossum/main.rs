@@ -14,8 +14,6 @@
 //! not found; 2 bad input (flags, JSON, a request the daemon refused as invalid); 3 the daemon is unreachable
 //! (no socket, busy, shutting down, connection lost); 4 the daemon failed the request (storage_error).
 
-mod bench;
-
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -71,8 +69,6 @@ enum Command {
     /// Follow the matching events as NDJSON: those after --after, then each new one as it commits (reconnects and
     /// resumes after the last event printed when the daemon restarts)
     Subscribe(SubscribeArgs),
-    /// Benchmark suite: start opossumd on a fresh temporary store, seed it, measure, write target/bench/*.json
-    Bench(bench::BenchArgs),
     /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
     #[command(subcommand)]
     Projection(ProjectionCommand),
@@ -340,9 +336,6 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Bench(args) = &cli.command {
-        return bench::run(args).map(drop);
-    }
     let mut client = connect(&cli)?;
     match &cli.command {
         Command::Hello => print_json(&client.hello()?),
@@ -354,7 +347,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import(&mut client, args),
         Command::Subscribe(args) => subscribe(&cli.socket, args),
         Command::Projection(command) => projection(&mut client, command),
-        Command::Bench(_) => unreachable!("bench runs its own daemon; handled before connecting"),
     }
 }
 

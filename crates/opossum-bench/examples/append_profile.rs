@@ -2,9 +2,16 @@
 use opossum::model::{Event, Tag};
 use opossum::store::{Durability, IndexWrites, Store, StoreOptions};
 
+#[derive(clap::Parser)]
+struct Args {
+    /// Appends to make
+    #[arg(default_value_t = 20_000)]
+    n: u64,
+}
+
 fn main() {
-    let n: u64 = std::env::args().nth(1).map_or(20_000, |s| s.parse().unwrap());
-    let dir = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+    let Args { n } = clap::Parser::parse();
+    let dir = tempfile::tempdir_in(opossum_bench::suite::target_dir()).unwrap();
     let store = Store::open(
         dir.path(),
         StoreOptions {

@@ -1,5 +1,6 @@
-//! Starting and stopping a real `opossumd` for a benchmark run: `opossum bench`, and the wire examples
-//! (`examples/wire_bench.rs`, `examples/projection_wire_bench.rs`) include this file too.
+//! Starting and stopping a real `opossumd` for a benchmark run: the suite, the wire examples and the peer
+//! benchmark all start their daemons here. (`tests/daemon/harness.rs` keeps its own starter for the test suite,
+//! with a test's short timeout.)
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,11 @@ impl Daemon {
         stop_child(child.take().context("the daemon is not running")?)?;
         *child = Some(spawn(&self.binary, &self.data, &self.socket, &self.args)?.0);
         Ok(())
+    }
+
+    /// The running daemon's process id (for its RSS), `None` once stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap().as_ref().map(Child::id)
     }
 
     /// SIGTERM and wait (the daemon flushes deferred index files and closes the store); returns how long it took.

@@ -1,8 +1,9 @@
 //! Batch-read benchmark: N small event files (300–800 B) read with sequential `std::fs::read`, the thread pool
-//! and io_uring, warm and cold, all in one run. Driven by `scripts/read-bench.sh`.
+//! and io_uring, warm and cold, all in one run. Driven by `scripts/read-bench.sh`. Cold = `sys::Evict` (the
+//! suite's eviction: `drop_caches` as root, else `posix_fadvise(DONTNEED)` per file).
 //!
 //! ```text
-//! cargo run --release --example read_bench -- --n 100000 --mode both [--dir D] [--keep] [--rounds 3]
+//! cargo run --release -p opossum-bench --example read_bench -- --n 100000 --mode both [--dir D] [--keep] [--rounds 3]
 //!     [--threads 32] [--seq-cold-max 50000] [--uring "name:depth=256,rings=2,direct=1,regbuf=1,relative=1,coop=1;..."]
 //! ```
 
@@ -11,29 +12,50 @@ use std::time::Instant;
 
 use opossum::io::uring::{UringConfig, UringIo};
 use opossum::io::{BatchIo, ThreadPoolIo};
+use opossum_bench::sys::Evict;
 use rayon::prelude::*;
 
 /// A named way to read a batch, returning the bytes read.
 type Backend<'a> = Box<dyn Fn(&[PathBuf]) -> u64 + 'a>;
 
+#[derive(clap::Parser)]
+#[command(about = "Batch reads of N small event files: sequential std::fs::read, the thread pool and io_uring")]
 struct Args {
+    /// Files to generate and read
+    #[arg(long, default_value_t = 100_000)]
     n: usize,
-    dir: PathBuf,
-    warm: bool,
-    cold: bool,
+    /// Where the files go [default: target/bench/read-bench]; deleted afterwards unless --keep
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, default_value = "both", value_parser = ["warm", "cold", "both"])]
+    mode: String,
+    #[arg(long)]
     keep: bool,
+    #[arg(long, default_value_t = 3)]
     rounds: usize,
+    #[arg(long, default_value_t = 32)]
     threads: usize,
+    /// Cold sequential reads only this many files (it runs at ~10k files/s)
+    #[arg(long, default_value_t = 50_000)]
     seq_cold_max: usize,
-    urings: Vec<(String, UringConfig)>,
+    /// io_uring configurations: `name:depth=256,rings=2,direct=1,regbuf=1,relative=1,coop=1,iowq=N;...`
+    #[arg(long, default_value = "uring", value_parser = parse_urings)]
+    uring: Urings,
 }
 
-fn parse_uring(spec: &str) -> (String, UringConfig) {
+#[derive(Clone)]
+struct Urings(Vec<(String, UringConfig)>);
+
+fn parse_urings(specs: &str) -> Result<Urings, String> {
+    specs.split(';').filter(|s| !s.is_empty()).map(parse_uring).collect::<Result<_, _>>().map(Urings)
+}
+
+fn parse_uring(spec: &str) -> Result<(String, UringConfig), String> {
     let (name, kvs) = spec.split_once(':').unwrap_or((spec, ""));
     let mut c = UringConfig::default();
     for kv in kvs.split(',').filter(|s| !s.is_empty()) {
-        let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("bad uring option {kv:?}"));
-        let num: usize = v.parse().unwrap_or_else(|_| panic!("bad number in {kv:?}"));
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("bad uring option {kv:?}"))?;
+        let num: usize = v.parse().map_err(|_| format!("bad number in {kv:?}"))?;
         match k {
             "depth" => c.depth = num,
             "rings" => c.rings = num,
@@ -42,45 +64,10 @@ fn parse_uring(spec: &str) -> (String, UringConfig) {
             "relative" => c.relative_opens = num != 0,
             "coop" => c.coop_taskrun = num != 0,
             "iowq" => c.iowq_max_workers = [num as u32, num as u32],
-            _ => panic!("unknown uring option {k:?}"),
+            _ => return Err(format!("unknown uring option {k:?}")),
         }
     }
-    (name.to_string(), c)
-}
-
-fn parse_args() -> Args {
-    let mut a = Args {
-        n: 100_000,
-        dir: PathBuf::from("/work/tmp-read-bench"),
-        warm: true,
-        cold: true,
-        keep: false,
-        rounds: 3,
-        threads: 32,
-        seq_cold_max: 50_000,
-        urings: vec![("uring".to_string(), UringConfig::default())],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
-            "--n" => a.n = val().replace('_', "").parse().expect("--n"),
-            "--dir" => a.dir = PathBuf::from(val()),
-            "--mode" => match val().as_str() {
-                "warm" => (a.warm, a.cold) = (true, false),
-                "cold" => (a.warm, a.cold) = (false, true),
-                "both" => (a.warm, a.cold) = (true, true),
-                m => panic!("--mode {m}: expected warm, cold or both"),
-            },
-            "--keep" => a.keep = true,
-            "--rounds" => a.rounds = val().parse().expect("--rounds"),
-            "--threads" => a.threads = val().parse().expect("--threads"),
-            "--seq-cold-max" => a.seq_cold_max = val().parse().expect("--seq-cold-max"),
-            "--uring" => a.urings = val().split(';').filter(|s| !s.is_empty()).map(parse_uring).collect(),
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    a
+    Ok((name.to_string(), c))
 }
 
 /// Generates `n` files of 300–800 B in `dir/events` (reusing them when a previous run left the same count).
@@ -114,23 +101,6 @@ fn generate(dir: &Path, n: usize) -> Vec<PathBuf> {
     paths
 }
 
-/// Evicts the files from the page cache (and dentries/inodes when root). Returns the method used.
-fn drop_caches(paths: &[PathBuf]) -> &'static str {
-    // SAFETY: sync() takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    if std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok() {
-        return "drop_caches";
-    }
-    paths.par_iter().for_each(|p| {
-        if let Ok(f) = std::fs::File::open(p) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: the descriptor is valid for the lifetime of `f`.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        }
-    });
-    "posix_fadvise(DONTNEED)"
-}
-
 fn checksum(results: Vec<Result<Vec<u8>, opossum::io::IoError>>) -> u64 {
     results.into_iter().map(|r| r.expect("bench read failed").len() as u64).sum()
 }
@@ -146,12 +116,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let args = parse_args();
-    let paths = generate(&args.dir, args.n);
+fn main() -> anyhow::Result<()> {
+    let args = <Args as clap::Parser>::parse();
+    let (warm, cold) = (args.mode != "cold", args.mode != "warm");
+    let dir = args.dir.clone().unwrap_or_else(|| opossum_bench::suite::target_dir().join("bench").join("read-bench"));
+    let evict = Evict::detect();
+    let paths = generate(&dir, args.n);
     let pool = ThreadPoolIo::new(args.threads);
     let urings: Vec<(String, UringIo)> = args
-        .urings
+        .uring
+        .0
         .iter()
         .map(|(name, c)| (name.clone(), UringIo::new(c.clone()).expect("io_uring unavailable")))
         .collect();
@@ -175,7 +149,7 @@ fn main() {
             println!("N={n} {temp} ratio {name}/{threads_name} = {:.2}x", r / t);
         }
     };
-    if args.warm {
+    if warm {
         // Warm everything once (page cache, dentries), then interleave the backends round by round so background
         // load hits them alike; report the median of the rounds.
         let expect = seq(&paths);
@@ -191,20 +165,19 @@ fn main() {
             backends.iter().zip(rates).map(|((name, _), r)| (name.clone(), median(r))).collect();
         report("warm", &rates);
     }
-    if args.cold {
+    if cold {
         let mut rates = Vec::new();
-        let mut method = "";
         for (name, f) in &backends {
             // Sequential cold is ~10k files/s: read a prefix so a million-file run stays short.
             let part = if name == "sequential" { &paths[..paths.len().min(args.seq_cold_max)] } else { &paths[..] };
-            method = drop_caches(&paths);
+            evict.evict(&paths)?;
             let (rate, _) = time(part, f.as_ref());
             rates.push((name.clone(), rate));
             if part.len() < paths.len() {
                 eprintln!("(cold sequential measured on the first {} files)", part.len());
             }
         }
-        println!("N={n} cold cache eviction: {method}");
+        println!("N={n} cold cache eviction: {}", evict.describe());
         report("cold", &rates);
     }
     if !args.keep {
@@ -212,6 +185,7 @@ fn main() {
         paths.par_iter().for_each(|p| {
             let _ = std::fs::remove_file(p);
         });
-        std::fs::remove_dir_all(&args.dir).expect("removing the bench directory");
+        std::fs::remove_dir_all(&dir)?;
     }
+    Ok(())
 }

@@ -1,27 +1,26 @@
-//! The workloads of `opossum bench`, each measured over the socket beside a raw-filesystem baseline.
+//! The workloads of `opossum-bench`, each measured over the socket beside a raw-filesystem baseline.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::daemon::Daemon;
-use super::data::{self, DataSet, Rng, StudentShortInfo};
-use super::report::{num, Latency, Workload};
-use super::sys::{self, new_histogram, Evict};
-use super::{secs, Params};
+use crate::daemon::Daemon;
+use crate::data::{self, DataSet, Rng, StudentShortInfo};
+use crate::load::{closed_loop, Outcome};
+use crate::report::{num, Latency, Workload};
+use crate::suite::{secs, Params};
+use crate::sys::{self, new_histogram, Evict};
 use opossum::client::Client;
 use opossum::model::{AppendCondition, Query, QueryItem, ReadOptions};
 use opossum::projection::{ProjectionOptions, ProjectionStore, Put};
-use opossum::protocol::ErrorCode;
+use opossum::wire::ErrorCode;
 
-const PROJECTION: &str = "StudentShortInfo";
+const PROJECTION: &str = data::STUDENT_SHORT_INFO;
 const PUT_BATCH: usize = 1_000;
 
 pub struct Ctx<'a> {
@@ -335,16 +334,6 @@ impl Projections {
     }
 }
 
-fn put(key: &str, state: &StudentShortInfo) -> Put {
-    Put {
-        projection: PROJECTION.into(),
-        key: key.into(),
-        state: serde_json::value::RawValue::from_string(state.to_json()).expect("valid JSON"),
-        tags: state.tags(),
-        expected_version: None,
-    }
-}
-
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -360,12 +349,7 @@ pub fn projections(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
     let t = Instant::now();
     for lo in (0..count).step_by(PUT_BATCH) {
         let hi = (lo + PUT_BATCH).min(count);
-        let puts = (lo..hi)
-            .map(|i| {
-                let state = StudentShortInfo::registered(i as u64);
-                put(&state.student_id.clone(), &state)
-            })
-            .collect();
+        let puts = (lo..hi).map(|i| data::student_short_info(i as u64)).collect();
         store.put_many(puts)?;
     }
     let populate = t.elapsed();
@@ -456,7 +440,7 @@ fn rebuild(ctx: &Ctx, store: &mut Projections) -> anyhow::Result<Workload> {
     let written = keys.len();
     let mut encoded = Vec::with_capacity(written);
     for chunk in keys.chunks(PUT_BATCH) {
-        let puts: Vec<Put> = chunk.iter().map(|k| put(k, &states[*k])).collect();
+        let puts: Vec<Put> = chunk.iter().map(|k| states[*k].to_put(k)).collect();
         encoded.extend(puts.iter().map(|p| (format!("{}.json", p.key), p.state.get().as_bytes().to_vec())));
         store.put_many(puts)?;
     }
@@ -520,63 +504,36 @@ pub fn conditional_appends(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
     for &clients in &params.clients {
         step(&format!("conditional appends, {clients} clients, {} s", params.append_seconds));
         let before = store_counters(&mut stats_client)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let barrier = Arc::new(Barrier::new(clients + 1));
-        let hist = Arc::new(Mutex::new((new_histogram(), new_histogram(), 0u64, 0u64)));
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
-                let (socket, stop, barrier, hist) =
-                    (ctx.daemon.socket.clone(), stop.clone(), barrier.clone(), hist.clone());
-                let ds = params.data_set;
-                std::thread::spawn(move || -> anyhow::Result<()> {
-                    let mut client = connect(&socket)?;
-                    let course = c as u64 % ds.courses;
-                    let seat = data::course_query(course);
-                    let mut rng = Rng::new(1000 + c as u64);
-                    let (mut append_h, mut cycle_h) = (new_histogram(), new_histogram());
-                    let (mut appended, mut conflicts) = (0u64, 0u64);
-                    barrier.wait();
-                    while !stop.load(Ordering::Relaxed) {
-                        let cycle = Instant::now();
-                        let newest = ReadOptions { limit: Some(1), backwards: true, ..Default::default() };
-                        let boundary = {
-                            let mut read = client.read(&seat, newest)?;
-                            for event in read.by_ref() {
-                                event?;
-                            }
-                            read.done().map(|d| d.head).context("read without a final line")?
-                        };
-                        let condition = AppendCondition { fail_if_events_match: seat.clone(), after: Some(boundary) };
-                        let event = data::enrolled(course, rng.below(ds.students));
-                        let s = Instant::now();
-                        match client.append(vec![event], Some(condition)) {
-                            Ok(_) => appended += 1,
-                            Err(e) if e.is(ErrorCode::AppendConditionFailed) => conflicts += 1,
-                            Err(e) => return Err(e.into()),
-                        }
-                        append_h.record(s.elapsed().as_micros().max(1) as u64)?;
-                        cycle_h.record(cycle.elapsed().as_micros().max(1) as u64)?;
+        let ds = params.data_set;
+        let load = closed_loop(
+            clients,
+            Duration::from_secs_f64(params.append_seconds),
+            |c| {
+                let course = c as u64 % ds.courses;
+                Ok((ctx.client()?, course, data::course_query(course), Rng::new(1000 + c as u64)))
+            },
+            |(client, course, seat, rng)| {
+                let newest = ReadOptions { limit: Some(1), backwards: true, ..Default::default() };
+                let boundary = {
+                    let mut read = client.read(seat, newest)?;
+                    for event in read.by_ref() {
+                        event?;
                     }
-                    let mut h = hist.lock().unwrap();
-                    h.0.add(&append_h)?;
-                    h.1.add(&cycle_h)?;
-                    h.2 += appended;
-                    h.3 += conflicts;
-                    Ok(())
-                })
-            })
-            .collect();
-        barrier.wait();
-        let t = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(params.append_seconds));
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            h.join().expect("append client panicked")?;
-        }
-        let elapsed = t.elapsed();
+                    read.done().map(|d| d.head).context("read without a final line")?
+                };
+                let condition = AppendCondition { fail_if_events_match: seat.clone(), after: Some(boundary) };
+                let event = data::enrolled(*course, rng.below(ds.students));
+                let s = Instant::now();
+                let (events, rejected) = match client.append(vec![event], Some(condition)) {
+                    Ok(_) => (1, false),
+                    Err(e) if e.is(ErrorCode::AppendConditionFailed) => (0, true),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(Outcome { events, rejected, latency: Some(s.elapsed()) })
+            },
+        )?;
         let after = store_counters(&mut stats_client)?;
-        let h = hist.lock().unwrap();
-        let (append_h, cycle_h, appended, conflicts) = (&h.0, &h.1, h.2, h.3);
+        let (elapsed, appended, conflicts) = (load.elapsed, load.events, load.rejected);
         let commits = (after.0 - before.0).max(1);
         // The baseline, right after the level: the layout's floor for commits of `clients` events (each client has
         // one event in flight), with the cheaper of the two barriers.
@@ -594,7 +551,7 @@ pub fn conditional_appends(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
                     "the layout's commit floor: commits of {clients} new 250 B files ({raw_barrier:?} barrier) + ledger fdatasync, 1 thread"
                 ),
             )
-            .latency(Some(Latency::from_us(append_h)), Some(raw_latency))
+            .latency(Some(Latency::from_us(&load.latency_us)), Some(raw_latency))
             .anchor(anchors.get(&clients).copied().unwrap_or(""))
             .details(json!({
                 "clients": clients,
@@ -602,7 +559,7 @@ pub fn conditional_appends(ctx: &Ctx) -> anyhow::Result<Vec<Workload>> {
                 "conflicts": conflicts,
                 "seconds": secs(elapsed),
                 "latency": "the append request; the read of the course's head before it is in cycle_latency",
-                "cycle_latency": Latency::from_us(cycle_h),
+                "cycle_latency": Latency::from_us(&load.cycle_us),
                 "commits": after.0 - before.0,
                 "events_per_commit": (after.1 - before.1) as f64 / commits as f64,
                 "commit_ms_avg": (after.2 - before.2) as f64 / commits as f64 / 1000.0,
@@ -621,44 +578,21 @@ pub fn batched_appends(ctx: &Ctx) -> anyhow::Result<Workload> {
     step(&format!("batched appends, {batch} events/request, {clients} clients, {} s", params.append_seconds));
     let mut stats_client = ctx.client()?;
     let before = store_counters(&mut stats_client)?;
-    let stop = AtomicBool::new(false);
-    let total = AtomicU64::new(0);
-    let hist = Mutex::new(new_histogram());
     let ds = params.data_set;
-    let t = Instant::now();
-    std::thread::scope(|s| -> anyhow::Result<()> {
-        let handles: Vec<_> = (0..clients)
-            .map(|c| {
-                let (stop, total, hist) = (&stop, &total, &hist);
-                s.spawn(move || -> anyhow::Result<()> {
-                    let mut client = connect(&ctx.daemon.socket)?;
-                    let mut local: Histogram<u64> = new_histogram();
-                    let mut n = (c as u64) << 40;
-                    while !stop.load(Ordering::Relaxed) {
-                        let events = (0..batch as u64).map(|k| ds.event(ds.courses + ds.students + n + k)).collect();
-                        let s = Instant::now();
-                        client.append(events, None)?;
-                        local.record(s.elapsed().as_micros().max(1) as u64)?;
-                        n += batch as u64;
-                        total.fetch_add(batch as u64, Ordering::Relaxed);
-                    }
-                    hist.lock().unwrap().add(&local)?;
-                    Ok(())
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(params.append_seconds));
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            h.join().expect("append client panicked")?;
-        }
-        Ok(())
-    })?;
-    let elapsed = t.elapsed();
+    let load = closed_loop(
+        clients,
+        Duration::from_secs_f64(params.append_seconds),
+        |c| Ok((ctx.client()?, (c as u64) << 40)),
+        |(client, n)| {
+            let events = (0..batch as u64).map(|k| ds.event(ds.courses + ds.students + *n + k)).collect();
+            client.append(events, None)?;
+            *n += batch as u64;
+            Ok(Outcome::events(batch as u64))
+        },
+    )?;
     let after = store_counters(&mut stats_client)?;
-    let n = total.load(Ordering::Relaxed);
+    let (n, elapsed) = (load.events, load.elapsed);
     let commits = (after.0 - before.0).max(1);
-    let hist = hist.into_inner().unwrap();
     Ok(Workload::rate(
         "append_batched_100",
         format!("durable unconditional append, {batch} events/request, {clients} clients"),
@@ -667,7 +601,7 @@ pub fn batched_appends(ctx: &Ctx) -> anyhow::Result<Workload> {
         raw,
         "batches of 100 new files: write, fdatasync each, fsync dir; 1 thread",
     )
-    .latency(Some(Latency::from_us(&hist)), None)
+    .latency(Some(Latency::from_us(&load.latency_us)), None)
     .anchor("UmaDB 580k events/s (1,000 events/request)")
     .details(json!({
         "clients": clients,

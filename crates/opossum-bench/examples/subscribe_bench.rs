@@ -8,15 +8,10 @@
 //!    subscriber that stops reading (its latency then counts the stall; the appends/s are the point).
 //!
 //! ```text
-//! cargo build --release --bins --examples
+//! cargo build --release --workspace --bins --examples
 //! target/release/examples/subscribe_bench                    # defaults
 //! target/release/examples/subscribe_bench --events 1000000 --seconds 10 --appenders 16
 //! ```
-
-// Shared with `opossum bench`; not every item is used by every example.
-#[allow(dead_code)]
-#[path = "../src/bin/opossum/bench/daemon.rs"]
-mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,10 +19,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use daemon::Daemon;
 use hdrhistogram::Histogram;
 use opossum::client::{Client, ClientError, Subscription, SubscriptionMessage};
 use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
+use opossum_bench::daemon::Daemon;
 
 struct Args {
     events: u64,

@@ -297,3 +297,76 @@ pub fn json_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute load averages (zeros where it cannot be read).
+pub fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
+    [(); 3].map(|()| fields.next().unwrap_or(0.0))
+}
+
+/// The resident set of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kib * 1024)
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let (mut files, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Bytes the files and directories under `dir` occupy on disk (allocated blocks, as `du` counts them: a 300-byte
+/// file takes a 4 KiB block).
+pub fn allocated_bytes(dir: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let (mut total, mut stack) = (0, vec![dir.to_path_buf()]);
+    while let Some(d) = stack.pop() {
+        total += std::fs::symlink_metadata(&d)?.blocks() * 512;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = e.metadata()?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_average_rss_and_allocated_bytes_read_the_real_system() {
+        assert!(load_average().iter().all(|l| *l >= 0.0));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), [b'x'; 300]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub").join("b.json"), [b'y'; 5000]).unwrap();
+        let bytes = allocated_bytes(dir.path()).unwrap();
+        assert!(bytes >= 300 + 5000, "{bytes}");
+        assert_eq!(files_under(dir.path()).unwrap().len(), 2);
+    }
+}

@@ -4,6 +4,7 @@
 //! range on any thread and two runs with the same parameters write the same store (timestamps aside).
 
 use opossum::model::{Event, Query, QueryItem, Tag};
+use opossum::projection::Put;
 
 pub const COURSE_CREATED: &str = "CourseCreatedEvent";
 pub const STUDENT_REGISTERED: &str = "StudentRegisteredEvent";
@@ -11,6 +12,8 @@ pub const STUDENT_ENROLLED: &str = "StudentEnrolledToCourseEvent";
 pub const SUBSCRIPTION_UPDATED: &str = "StudentSubscriptionUpdatedEvent";
 pub const COURSE_LIMIT_MODIFIED: &str = "CourseStudentLimitModifiedEvent";
 
+/// The projection the sample's StudentShortInfo read model is stored under.
+pub const STUDENT_SHORT_INFO: &str = "StudentShortInfo";
 /// The event types the StudentShortInfo projection folds.
 pub const STUDENT_SHORT_INFO_TYPES: [&str; 3] = [STUDENT_REGISTERED, STUDENT_ENROLLED, SUBSCRIPTION_UPDATED];
 pub const TIERS: [&str; 4] = ["Basic", "Standard", "Professional", "Master"];
@@ -128,6 +131,34 @@ pub fn enrolled(course: u64, student: u64) -> Event {
     Event::new(STUDENT_ENROLLED, &data, vec![course_tag(course), student_tag(student)]).expect("valid event")
 }
 
+/// The JSON data of event `i` for the append and tag-query workloads that compare stores (the peer benchmark, the
+/// wire example): one shape, 300–500 bytes, deterministic.
+pub fn sized_data(i: u64) -> String {
+    let h = mix(i);
+    let mut data = format!(
+        r#"{{"studentId":"{}","courseId":"{}","enrolledAt":"2026-11-{:02}T{:02}:{:02}:{:02}.{:03}Z","seat":{i},"note":""#,
+        student_id(h % 1_000_000),
+        course_id((h >> 20) % 10_000),
+        1 + (h >> 8) % 28,
+        (h >> 13) % 24,
+        (h >> 18) % 60,
+        (h >> 24) % 60,
+        (h >> 30) % 1000
+    );
+    let size = SIZED_DATA_MIN + (h >> 40) as usize % (SIZED_DATA_MAX - SIZED_DATA_MIN);
+    let filler = "lorem ipsum dolor sit amet consectetur adipiscing elit ";
+    while data.len() + 2 < size {
+        let take = (size - 2 - data.len()).min(filler.len());
+        data.push_str(&filler[..take]);
+    }
+    data.push_str("\"}");
+    data
+}
+
+/// Bounds of [`sized_data`]'s length in bytes.
+pub const SIZED_DATA_MIN: usize = 300;
+pub const SIZED_DATA_MAX: usize = 500;
+
 /// The StudentShortInfo read model of the sample, folded from a student's events.
 #[derive(Debug, Clone, Default)]
 pub struct StudentShortInfo {
@@ -157,6 +188,17 @@ impl StudentShortInfo {
             "IsMaxedOut": self.enrollments >= self.max_enrollments(),
         })
         .to_string()
+    }
+
+    /// The `put` of this state under `key` (the student id), with its [`tags`](Self::tags).
+    pub fn to_put(&self, key: &str) -> Put {
+        Put {
+            projection: STUDENT_SHORT_INFO.into(),
+            key: key.into(),
+            state: serde_json::value::RawValue::from_string(self.to_json()).expect("valid JSON"),
+            tags: self.tags(),
+            expected_version: None,
+        }
     }
 
     pub fn tags(&self) -> Vec<Tag> {
@@ -209,6 +251,13 @@ impl StudentShortInfo {
     }
 }
 
+/// StudentShortInfo projection number `i`: a freshly registered student's state (~300 B of JSON, two tags), keyed
+/// by the student's id. The one generator of projections for every benchmark.
+pub fn student_short_info(i: u64) -> Put {
+    let state = StudentShortInfo::registered(i);
+    state.to_put(&state.student_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +285,26 @@ mod tests {
         assert_eq!((s.enrollments, s.tier), (1, 3));
         let state: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
         assert_eq!(state["MaxEnrollmentCount"], 100);
+    }
+
+    #[test]
+    fn sized_data_is_json_of_the_promised_size() {
+        for i in 0..2_000 {
+            let data = sized_data(i);
+            assert!((SIZED_DATA_MIN..=SIZED_DATA_MAX).contains(&data.len()), "{} bytes: {data}", data.len());
+            let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+            assert_eq!(v["seat"], i);
+        }
+        assert_eq!(sized_data(5), sized_data(5));
+    }
+
+    #[test]
+    fn student_short_info_is_keyed_and_tagged() {
+        let put = student_short_info(7);
+        assert_eq!((put.projection.as_str(), put.key.as_str()), (STUDENT_SHORT_INFO, student_id(7).as_str()));
+        let state: serde_json::Value = serde_json::from_str(put.state.get()).unwrap();
+        assert_eq!(state["StudentId"], student_id(7));
+        assert_eq!(put.tags.len(), 2);
+        assert_ne!(student_short_info(8).key, put.key);
     }
 }

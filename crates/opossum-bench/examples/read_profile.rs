@@ -3,15 +3,24 @@
 use opossum::model::{Event, Query, ReadOptions, Tag};
 use opossum::store::{Durability, IndexWrites, Store, StoreOptions};
 
+#[derive(clap::Parser)]
+struct Args {
+    /// Events in the store
+    #[arg(default_value_t = 100_000)]
+    n: u64,
+    /// Read-alls to make
+    #[arg(default_value_t = 5)]
+    reads: u32,
+}
+
 fn main() {
-    let n: u64 = std::env::args().nth(1).map_or(100_000, |s| s.parse().unwrap());
-    let reads: u32 = std::env::args().nth(2).map_or(5, |s| s.parse().unwrap());
+    let Args { n, reads } = clap::Parser::parse();
     // A fixed store directory (`OPOSSUM_PROFILE_DIR`) is seeded once and reused, so a profile sees only reads.
     let tmp;
     let dir = match std::env::var_os("OPOSSUM_PROFILE_DIR") {
         Some(d) => std::path::PathBuf::from(d),
         None => {
-            tmp = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/target")).unwrap();
+            tmp = tempfile::tempdir_in(opossum_bench::suite::target_dir()).unwrap();
             tmp.path().to_path_buf()
         }
     };

@@ -1,4 +1,4 @@
-//! `opossum bench`: the end-to-end benchmark suite. It starts a real `opossumd` on a fresh store, seeds the
+//! `opossum-bench`: the end-to-end benchmark suite. It starts a real `opossumd` on a fresh store, seeds the
 //! course-management data set ([`data`]) and measures, over the socket, side by side with raw-filesystem baselines
 //! measured in the same run:
 //!
@@ -12,24 +12,19 @@
 //! It prints a table and writes one JSON file per run (machine, git commit, parameters, every number) under
 //! `target/bench/`. `--quick` is the CI smoke test (seconds, not minutes).
 
-pub mod daemon;
-pub mod data;
-pub mod report;
-pub mod sys;
-mod workloads;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use daemon::Daemon;
-use data::DataSet;
-use report::Workload;
-use sys::Evict;
+use crate::daemon::Daemon;
+use crate::data::DataSet;
+use crate::report::{self, Workload};
+use crate::sys::{self, Evict};
+use crate::workloads;
 
-/// `opossum bench` flags.
+/// `opossum-bench` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// CI smoke test: a small store and short measurements (well under a minute)
@@ -165,21 +160,25 @@ pub struct Results {
     pub workloads: Vec<Workload>,
 }
 
-/// Where things go by default: `target/` next to the executable's profile directory (`target/release/opossum`),
-/// else `./target`.
-fn target_dir() -> PathBuf {
+/// Where things go by default: the `target/` directory holding this executable (`target/release/opossum-bench`,
+/// `target/release/examples/wire_bench`), else `./target`.
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().ok();
     exe.as_deref()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .filter(|p| p.file_name().is_some_and(|n| n == "target"))
+        .and_then(|exe| exe.ancestors().skip(1).find(|p| p.file_name().is_some_and(|n| n == "target")))
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
-fn default_daemon() -> PathBuf {
+/// `opossumd` in this executable's profile directory (`cargo build --release --workspace --bins` puts both in
+/// `target/release`; examples run from `target/release/examples`).
+pub fn default_daemon() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent().map(|p| p.join("opossumd")).unwrap_or_else(|| PathBuf::from("opossumd"))
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "examples" || n == "deps") {
+        dir.pop();
+    }
+    dir.join("opossumd")
 }
 
 fn now_secs() -> u64 {
@@ -209,7 +208,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     let evict = Evict::detect();
     let ds = params.data_set;
     eprintln!(
-        "opossum bench ({} mode): {} events, {} students, {} courses; store under {}; cold cache: {}",
+        "opossum-bench ({} mode): {} events, {} students, {} courses; store under {}; cold cache: {}",
         params.mode,
         ds.events,
         ds.students,
@@ -255,7 +254,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<PathBuf> {
     daemon.stop()?;
 
     let doc = Results {
-        tool: "opossum bench",
+        tool: "opossum-bench",
         version: env!("CARGO_PKG_VERSION"),
         started_at,
         duration_seconds: started.elapsed().as_secs_f64(),
@@ -274,7 +273,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<PathBuf> {
 
     println!();
     println!(
-        "opossum bench, {} mode: {} events ({} students, {} courses), io backend {}, {} cores, cold cache via {}",
+        "opossum-bench, {} mode: {} events ({} students, {} courses), io backend {}, {} cores, cold cache via {}",
         doc.params.mode,
         ds.events,
         ds.students,
@@ -299,7 +298,8 @@ fn opossum_client(daemon: &Daemon) -> anyhow::Result<opossum::client::Client> {
         .with_context(|| format!("connecting to {}", daemon.socket.display()))
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
+/// Bytes of every file under `dir`.
+pub fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -315,9 +315,10 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
-struct Cleanup {
-    dir: PathBuf,
-    keep: bool,
+/// Removes a run's work directory (with [`remove_tree`]) when dropped, unless `keep`.
+pub struct Cleanup {
+    pub dir: PathBuf,
+    pub keep: bool,
 }
 
 impl Drop for Cleanup {
@@ -373,6 +374,6 @@ pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
 const REMOVE_THREADS: usize = 64;
 
 /// `d` in seconds, for JSON.
-pub(crate) fn secs(d: Duration) -> f64 {
+pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }

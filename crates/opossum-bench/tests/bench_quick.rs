@@ -1,7 +1,12 @@
-//! CI smoke test of the benchmark suite: runs the real `opossum bench --quick` against the real `opossumd` and
+//! CI smoke test of the benchmark suite: runs the real `opossum-bench --quick` against the real `opossumd` and
 //! checks that it produced a JSON result with every workload and sane (positive, finite) numbers. It does not judge
 //! the numbers.
+//!
+//! `opossumd` belongs to the root package, so cargo cannot hand this test its path: it is `$OPOSSUMD` when set, else
+//! the `opossumd` beside `opossum-bench` in this profile's directory, which `cargo test --workspace` (what
+//! scripts/test.sh runs) builds in the same invocation. `cargo test -p opossum-bench` alone may find an older one.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 const WORKLOADS: [&str; 11] = [
@@ -22,21 +27,36 @@ fn positive(v: &serde_json::Value) -> bool {
     v.as_f64().is_some_and(|x| x.is_finite() && x > 0.0)
 }
 
+fn opossumd() -> PathBuf {
+    let path = std::env::var_os("OPOSSUMD").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_BIN_EXE_opossum-bench"))
+            .with_file_name(format!("opossumd{}", std::env::consts::EXE_SUFFIX))
+    });
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo test --workspace` (or `cargo build --bin opossumd` first), or set OPOSSUMD",
+        path.display()
+    );
+    path
+}
+
 #[test]
 fn bench_quick_runs_and_writes_sane_json() {
     let out = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_opossum"))
-        .args(["bench", "--quick", "--daemon", env!("CARGO_BIN_EXE_opossumd")])
+    let output = Command::new(env!("CARGO_BIN_EXE_opossum-bench"))
+        .arg("--quick")
+        .arg("--daemon")
+        .arg(opossumd())
         .arg("--out")
         .arg(out.path())
         .arg("--dir")
         .arg(tmp.path())
         .output()
-        .expect("run opossum bench");
+        .expect("run opossum-bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "opossum bench --quick failed: {}\n{stdout}\n{stderr}", output.status);
+    assert!(output.status.success(), "opossum-bench --quick failed: {}\n{stdout}\n{stderr}", output.status);
 
     let files: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "one JSON file per run: {files:?}");

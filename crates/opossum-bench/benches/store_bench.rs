@@ -7,25 +7,22 @@
 //!    and the layout's floor (`sys::commit_floor`): the bare syscalls of a durable commit of 1 and of 16 events in
 //!    Opossum's file-per-event layout, so "16 appenders / 1 appender" reads against the most it could be on this disk.
 //!
-//! `cargo bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `-- --durable-only` for part 2
-//! alone; `OPOSSUM_BENCH_DIR` to choose the disk (default: a temp dir under ./target); `STORE_BENCH_FLUSH_SECS` to
+//! `cargo bench -p opossum-bench --bench store_bench` (N = 100,000); `-- --quick` for a smoke run; `-- --durable-only` for part 2
+//! alone; `OPOSSUM_BENCH_DIR` to choose the disk (default: a temp dir under the workspace's target/); `STORE_BENCH_FLUSH_SECS` to
 //! change the deferred index flush interval (default 1 s; a large value shows what the flushes cost the commits).
 //! Run the bench binary itself after `sync` for part 2: right after `cargo bench` builds, tens of MB of build output
 //! are still being written back, and the default `--sync-strategy auto` falls back to per-file fsyncs while they are.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Barrier};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-// The raw-filesystem baselines of `opossum bench`; not every item is used here.
-#[allow(dead_code)]
-#[path = "../src/bin/opossum/bench/sys.rs"]
-mod sys;
 
 use hdrhistogram::Histogram;
 use opossum::io::{IoBackendKind, SyncStrategy};
 use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
 use opossum::store::{Durability, IndexWrites, Store, StoreOptions};
+use opossum_bench::load::{closed_loop, Outcome};
+use opossum_bench::{suite, sys};
 
 const TYPES: [&str; 4] = ["StudentRegistered", "CourseCreated", "StudentEnrolled", "StudentDropped"];
 const STUDENTS: u64 = 1_000;
@@ -67,7 +64,7 @@ fn main() {
     let durable_only = args.iter().any(|a| a == "--durable-only");
     let base = std::env::var_os("OPOSSUM_BENCH_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"));
+        .unwrap_or_else(|| suite::target_dir().join("bench-tmp"));
     std::fs::create_dir_all(&base).unwrap();
     let backend: IoBackendKind =
         std::env::var("OPOSSUM_IO_BACKEND").ok().map_or(IoBackendKind::Auto, |s| s.parse().expect("backend"));
@@ -244,34 +241,20 @@ fn event_bytes(i: u64) -> Vec<u8> {
 
 /// (events, elapsed, latency histogram in µs, commits, µs spent in commits)
 fn durable_run(store: &Arc<Store>, appenders: usize, duration: Duration) -> (u64, Duration, Histogram<u64>, u64, u64) {
-    let barrier = Arc::new(Barrier::new(appenders + 1));
     let before = store.stats();
-    let handles: Vec<_> = (0..appenders)
-        .map(|a| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                barrier.wait();
-                let start = Instant::now();
-                let mut i = a as u64 * 10_000_000;
-                while start.elapsed() < duration {
-                    let t = Instant::now();
-                    store.append(vec![event(i)], None).unwrap();
-                    hist.record(t.elapsed().as_micros() as u64).unwrap();
-                    i += 1;
-                }
-                hist
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    for h in handles {
-        total.add(h.join().unwrap()).unwrap();
-    }
+    let load = closed_loop(
+        appenders,
+        duration,
+        |a| Ok(a as u64 * 10_000_000),
+        |i| {
+            store.append(vec![event(*i)], None)?;
+            *i += 1;
+            Ok(Outcome::events(1))
+        },
+    )
+    .unwrap();
     let after = store.stats();
     let commits = after.commits - before.commits;
     let commit_us = after.commit_latency_us_total - before.commit_latency_us_total;
-    (total.len(), start.elapsed(), total, commits, commit_us)
+    (load.events, load.elapsed, load.latency_us, commits, commit_us)
 }

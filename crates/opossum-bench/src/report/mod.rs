@@ -1,11 +1,14 @@
-//! Benchmark results: the JSON document written under `target/bench/` and the table printed at the end.
+//! Benchmark results: the JSON document written under `target/bench/` and the table printed at the end; [`peers`]
+//! for the same-run comparison with another store.
+
+pub mod peers;
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,

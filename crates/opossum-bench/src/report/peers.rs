@@ -1,0 +1,240 @@
+//! The same-run comparison of opossumd with a peer store (the peer benchmark, `crates/opossum-peer-bench`): every
+//! workload measured on every system in alternating rounds, shown as one row per workload with each system's
+//! median over the rounds and its ratio to the peer, and written as one JSON document with every round's number.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::{num, Latency};
+
+/// Which way a unit is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    Higher,
+    Lower,
+}
+
+/// One system's measurement of one workload in one round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    pub system: String,
+    pub round: usize,
+    pub value: f64,
+    pub latency: Option<Latency>,
+    /// Counts behind the value (requests, events, rejected appends, seconds), for the record.
+    pub details: serde_json::Value,
+}
+
+/// One workload (at one client count) across systems and rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// Stable identifier, e.g. `append_conditional_16`.
+    pub name: String,
+    pub title: String,
+    pub clients: usize,
+    pub unit: String,
+    pub better: Better,
+    pub measurements: Vec<Measurement>,
+}
+
+impl Row {
+    pub fn new(name: &str, title: &str, clients: usize, unit: &str, better: Better) -> Row {
+        Row { name: name.into(), title: title.into(), clients, unit: unit.into(), better, measurements: Vec::new() }
+    }
+
+    fn of<'a>(&'a self, system: &'a str) -> impl Iterator<Item = &'a Measurement> + 'a {
+        self.measurements.iter().filter(move |m| m.system == system)
+    }
+
+    /// The median of `system`'s values over the rounds (the upper median of an even count).
+    pub fn median(&self, system: &str) -> Option<f64> {
+        let mut v: Vec<f64> = self.of(system).map(|m| m.value).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
+
+    /// The median of `system`'s p50 and p99 over the rounds, in ms.
+    pub fn latency_median(&self, system: &str) -> Option<(f64, f64)> {
+        let mut p50: Vec<f64> = self.of(system).filter_map(|m| m.latency.map(|l| l.p50_ms)).collect();
+        let mut p99: Vec<f64> = self.of(system).filter_map(|m| m.latency.map(|l| l.p99_ms)).collect();
+        if p50.is_empty() {
+            return None;
+        }
+        p50.sort_by(f64::total_cmp);
+        p99.sort_by(f64::total_cmp);
+        Some((p50[p50.len() / 2], p99[p99.len() / 2]))
+    }
+
+    /// `system`'s median over `peer`'s, as "how many times the peer's": for a lower-is-better unit (bytes, MiB of
+    /// RSS) it is inverted, so that > 1 always means `system` did better.
+    pub fn ratio(&self, system: &str, peer: &str) -> Option<f64> {
+        let (ours, theirs) = (self.median(system)?, self.median(peer)?);
+        let r = match self.better {
+            Better::Higher => ours / theirs,
+            Better::Lower => theirs / ours,
+        };
+        r.is_finite().then_some(r)
+    }
+}
+
+/// The JSON document of a peer run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerDocument {
+    pub tool: String,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    pub mode: String,
+    pub rounds: usize,
+    pub machine: serde_json::Value,
+    /// `/proc/loadavg`'s 1, 5 and 15 minute averages at the start, between rounds and at the end.
+    pub load_average: Vec<[f64; 3]>,
+    /// Every system: its name, binary, version or commit, and the arguments it ran with.
+    pub systems: Vec<serde_json::Value>,
+    /// The system every ratio is against.
+    pub peer: String,
+    pub params: serde_json::Value,
+    pub rows: Vec<Row>,
+}
+
+impl PeerDocument {
+    /// The systems other than the peer, in the order of `systems`.
+    fn ours(&self) -> Vec<String> {
+        self.systems.iter().filter_map(|s| s["name"].as_str()).filter(|s| *s != self.peer).map(String::from).collect()
+    }
+
+    /// The Markdown table: per row, the peer's median, then each of our systems' median and its ratio; latency
+    /// medians (p50 / p99) where the workload has them.
+    pub fn table(&self) -> String {
+        let ours = self.ours();
+        let mut out = String::new();
+        let _ = write!(out, "| workload | clients | {} |", self.peer);
+        for s in &ours {
+            let _ = write!(out, " {s} | {s} / {} |", self.peer);
+        }
+        let _ = write!(out, " p50 / p99 ms: {}", self.peer);
+        for s in &ours {
+            let _ = write!(out, "; {s}");
+        }
+        out.push_str(" |\n|---|---:|---:|");
+        for _ in &ours {
+            out.push_str("---:|---:|");
+        }
+        out.push_str("---|\n");
+        for row in &self.rows {
+            let cell =
+                |system: &str| row.median(system).map_or("–".to_string(), |v| format!("{} {}", num(v), row.unit));
+            let clients = if row.clients == 0 { String::new() } else { row.clients.to_string() };
+            let _ = write!(out, "| {} | {clients} | {} |", row.title, cell(&self.peer));
+            for s in &ours {
+                let ratio = row.ratio(s, &self.peer).map_or("–".to_string(), |r| format!("{r:.2}x"));
+                let _ = write!(out, " {} | {ratio} |", cell(s));
+            }
+            let latency = |system: &str| {
+                row.latency_median(system).map_or("–".to_string(), |(p50, p99)| format!("{p50:.2} / {p99:.2}"))
+            };
+            let mut lat = latency(&self.peer);
+            for s in &ours {
+                lat.push_str("; ");
+                lat.push_str(&latency(s));
+            }
+            if row.latency_median(&self.peer).is_none() && ours.iter().all(|s| row.latency_median(s).is_none()) {
+                lat.clear();
+            }
+            let _ = writeln!(out, " {lat} |");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(system: &str, round: usize, value: f64, p99: Option<f64>) -> Measurement {
+        Measurement {
+            system: system.into(),
+            round,
+            value,
+            latency: p99.map(|p99_ms| Latency {
+                p50_ms: p99_ms / 2.0,
+                p99_ms,
+                p999_ms: p99_ms,
+                max_ms: p99_ms,
+                samples: 9,
+            }),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    fn doc() -> PeerDocument {
+        let mut append =
+            Row::new("append_conditional_16", "durable conditional append", 16, "events/s", Better::Higher);
+        append.measurements = vec![
+            m("opossum", 1, 1_000.0, Some(4.0)),
+            m("umadb", 1, 4_000.0, Some(2.0)),
+            m("opossum", 2, 3_000.0, Some(6.0)),
+            m("umadb", 2, 2_000.0, Some(1.0)),
+            m("opossum", 3, 2_000.0, Some(5.0)),
+            m("umadb", 3, 3_000.0, Some(3.0)),
+        ];
+        let mut disk = Row::new("disk_bytes_per_million", "bytes on disk per 1M events", 0, "B", Better::Lower);
+        disk.measurements = vec![m("opossum", 1, 4e9, None), m("umadb", 1, 1e9, None)];
+        let mut missing = Row::new("read_all_cold", "read-all, cold", 4, "events/s", Better::Higher);
+        missing.measurements = vec![m("umadb", 1, 5.0, None)];
+        PeerDocument {
+            tool: "test".into(),
+            started_at: "2026-11-29T12:00:00Z".into(),
+            duration_seconds: 1.0,
+            mode: "quick".into(),
+            rounds: 3,
+            machine: serde_json::json!({"cores": 2}),
+            load_average: vec![[1.0, 2.0, 3.0]],
+            systems: vec![serde_json::json!({"name": "opossum"}), serde_json::json!({"name": "umadb"})],
+            peer: "umadb".into(),
+            params: serde_json::Value::Null,
+            rows: vec![append, disk, missing],
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios_say_who_did_better() {
+        let d = doc();
+        let append = &d.rows[0];
+        assert_eq!(append.median("opossum"), Some(2_000.0));
+        assert_eq!(append.median("umadb"), Some(3_000.0));
+        assert_eq!(append.ratio("opossum", "umadb"), Some(2_000.0 / 3_000.0));
+        assert_eq!(append.latency_median("opossum"), Some((2.5, 5.0)));
+        // Lower is better: four times the bytes is a quarter as good.
+        assert_eq!(d.rows[1].ratio("opossum", "umadb"), Some(0.25));
+        assert_eq!(d.rows[2].ratio("opossum", "umadb"), None);
+        assert_eq!(d.rows[2].median("opossum"), None);
+    }
+
+    #[test]
+    fn the_table_shows_both_numbers_and_the_ratio() {
+        let table = doc().table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2 + 3, "{table}");
+        assert!(lines[0].contains("| umadb |") && lines[0].contains("opossum / umadb"), "{table}");
+        assert!(lines[2].contains("3,000 events/s") && lines[2].contains("2,000 events/s"), "{table}");
+        assert!(lines[2].contains("0.67x") && lines[2].contains("1.00 / 2.00; 2.50 / 5.00"), "{table}");
+        assert!(lines[3].contains("0.25x"), "{table}");
+        assert!(lines[4].contains("| – | – |"), "a missing measurement is a dash, not a number: {table}");
+    }
+
+    #[test]
+    fn the_json_keeps_every_round() {
+        let d = doc();
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["rows"][0]["measurements"].as_array().unwrap().len(), 6);
+        assert_eq!(json["rows"][1]["better"], "lower");
+        assert_eq!(json["load_average"][0][2], 3.0);
+        let back: PeerDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(back.rows[0].median("umadb"), Some(3_000.0));
+    }
+}

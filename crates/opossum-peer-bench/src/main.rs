@@ -1,0 +1,535 @@
+//! `opossum-peer-bench`: opossumd beside UmaDB, same workloads, same run (issue 14). `scripts/bench-peers.sh`
+//! installs UmaDB's server, builds opossumd and this driver, and runs it.
+//!
+//! Every round runs every system in turn (A B C, A B C, ...), each in its own process on a fresh store under one
+//! bench directory, so all of them see the same minutes of disk noise. Per system and round:
+//!
+//! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
+//!    (N/10 tags x 10 events); opossumd fills with `--durability none --index-writes deferred` and is restarted
+//!    with its measured configuration, UmaDB (always durable) is restarted too, so both measure a reopened store;
+//! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
+//! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
+//!    dropped), 1 and 4 clients, every event decoded into the client library's event type; the count must be N;
+//! 4. durable conditional appends, 1 event/request, 1 / 16 / 64 clients onto the filled store: each client appends
+//!    to its own tag with `fail_if_events_match {tags:[it]}` after its last position (a rejection fails the run:
+//!    nobody else writes that tag);
+//! 5. durable unconditional appends, 1,000 events/request, 1 and 4 clients;
+//! 6. server RSS after the fill and after the reads, bytes on disk per million events after the server stopped.
+//!
+//! Reads come before the appends, so that every system reads the same N events (the timed appends add a different
+//! number of events to each store).
+//!
+//! Any error or count mismatch on either side ends the run with the error and no numbers.
+
+mod peers;
+mod plot;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use clap::Parser;
+use opossum_bench::daemon::Daemon;
+use opossum_bench::data::{mix, sized_data};
+use opossum_bench::load::{closed_loop, LoadReport, Outcome};
+use opossum_bench::report::peers::{Better, Measurement, PeerDocument, Row};
+use opossum_bench::report::{num, utc_timestamp, Latency};
+use opossum_bench::suite;
+use opossum_bench::sys::{self, Evict};
+use serde_json::json;
+
+use peers::{Appended, PeerClient, PeerEvent, Server, UmadbServer};
+
+/// UmaDB's version the script installs (and this driver's client speaks).
+const UMADB_VERSION: &str = "0.7.8";
+/// Events per fill request and per unconditional-append request.
+const BATCH_EVENTS: u64 = 1_000;
+/// Events per fill tag: a tag query returns this many.
+const EVENTS_PER_TAG: u64 = 10;
+/// Connections filling a store.
+const FILL_CLIENTS: usize = 4;
+
+#[derive(Parser, Debug)]
+#[command(name = "opossum-peer-bench", about = "opossumd and UmaDB: same workloads, same run")]
+struct Args {
+    /// Smoke run: 100,000 events and short phases (≤ 5 minutes once built)
+    #[arg(long)]
+    quick: bool,
+    /// Events to fill each store with [default: 1000000; quick: 100000]
+    #[arg(long)]
+    events: Option<u64>,
+    /// Rounds; each runs every system once, in turn
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Seconds per timed phase (appends, tag queries) [default: 5; quick: 1.5]
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Client counts of the conditional appends
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    append_clients: Vec<usize>,
+    /// The opossumd binary [default: target/release/opossumd]
+    #[arg(long)]
+    opossumd: Option<PathBuf>,
+    /// Extra opossumd arguments for every opossum configuration (repeatable; also OPOSSUMD_ARGS, split on spaces),
+    /// e.g. a commit mode that lands later: --opossumd-arg=--commit-mode --opossumd-arg=journal
+    #[arg(long = "opossumd-arg", allow_hyphen_values = true)]
+    opossumd_args: Vec<String>,
+    /// Leave out the second opossum configuration (`--index-writes deferred`)
+    #[arg(long)]
+    defaults_only: bool,
+    /// The UmaDB server binary [default: target/peers/umadb-0.7.8/bin/umadb]
+    #[arg(long)]
+    umadb: Option<PathBuf>,
+    /// Extra umadb arguments (repeatable)
+    #[arg(long = "umadb-arg", allow_hyphen_values = true)]
+    umadb_args: Vec<String>,
+    /// The bench directory holding every store of the run [default: target/bench/peers-tmp]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where the JSON and the PNG go [default: target/bench]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Keep the stores
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One system under test: a name (the table's column) and how to start it.
+#[derive(Debug, Clone)]
+enum System {
+    Opossum { name: String, flags: Vec<String> },
+    Umadb { name: String, flags: Vec<String> },
+}
+
+impl System {
+    fn name(&self) -> &str {
+        match self {
+            System::Opossum { name, .. } | System::Umadb { name, .. } => name,
+        }
+    }
+}
+
+struct Ctx {
+    events: u64,
+    seconds: f64,
+    append_clients: Vec<usize>,
+    opossumd: PathBuf,
+    umadb: PathBuf,
+    evict: Evict,
+    rt: tokio::runtime::Runtime,
+}
+
+fn step(what: &str) {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(Instant::now);
+    eprintln!("-- [{:>6.1} s] {what}", start.elapsed().as_secs_f64());
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let started_at = utc_timestamp(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs());
+    let target = std::env::current_dir()?.join("target");
+    let opossumd = args.opossumd.clone().unwrap_or_else(|| target.join("release/opossumd"));
+    let umadb = args.umadb.clone().unwrap_or_else(|| target.join(format!("peers/umadb-{UMADB_VERSION}/bin/umadb")));
+    for binary in [&opossumd, &umadb] {
+        anyhow::ensure!(binary.exists(), "{} not found (scripts/bench-peers.sh builds both)", binary.display());
+    }
+    let mut opossumd_args = args.opossumd_args.clone();
+    if let Ok(extra) = std::env::var("OPOSSUMD_ARGS") {
+        opossumd_args.extend(extra.split_whitespace().map(String::from));
+    }
+    let mut systems = vec![
+        System::Opossum { name: "opossum".into(), flags: opossumd_args.clone() },
+        System::Umadb { name: "umadb".into(), flags: args.umadb_args.clone() },
+    ];
+    if !args.defaults_only {
+        let mut flags: Vec<String> = ["--index-writes", "deferred"].map(String::from).to_vec();
+        flags.extend(opossumd_args.clone());
+        systems.push(System::Opossum { name: "opossum-deferred".into(), flags });
+    }
+    let ctx = Ctx {
+        events: args.events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }).max(BATCH_EVENTS),
+        seconds: args.seconds.unwrap_or(if args.quick { 1.5 } else { 5.0 }),
+        append_clients: args.append_clients.iter().copied().filter(|&c| c > 0).collect(),
+        opossumd: opossumd.clone(),
+        umadb: umadb.clone(),
+        evict: Evict::detect(),
+        rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
+    };
+    let out = args.out.clone().unwrap_or_else(|| target.join("bench"));
+    let bench_dir = args.dir.clone().unwrap_or_else(|| target.join("bench/peers-tmp"));
+    let work = bench_dir.join(format!("run-{}-{}", std::process::id(), started_at.replace([':', '-'], "")));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::create_dir_all(&out)?;
+    let work = std::fs::canonicalize(&work)?;
+    let _cleanup = suite::Cleanup { dir: work.clone(), keep: args.keep };
+    eprintln!(
+        "opossum-peer-bench ({}): {} events, {} rounds of {}, {} s phases, stores under {}, cold cache: {}",
+        if args.quick { "quick" } else { "full" },
+        ctx.events,
+        args.rounds,
+        systems.iter().map(System::name).collect::<Vec<_>>().join(", "),
+        ctx.seconds,
+        work.display(),
+        ctx.evict.describe()
+    );
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut load_average = vec![sys::load_average()];
+    for round in 1..=args.rounds.max(1) {
+        for system in &systems {
+            let store = work.join(format!("round-{round}-{}", system.name()));
+            let measured = run_system(&ctx, system, round, &store)
+                .with_context(|| format!("{} failed in round {round}", system.name()))?;
+            for (row, m) in measured {
+                match rows.iter_mut().find(|r| r.name == row.name) {
+                    Some(r) => r.measurements.push(m),
+                    None => {
+                        let mut row = row;
+                        row.measurements.push(m);
+                        rows.push(row);
+                    }
+                }
+            }
+            load_average.push(sys::load_average());
+        }
+    }
+
+    let doc = PeerDocument {
+        tool: "opossum-peer-bench".into(),
+        started_at,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        mode: if args.quick { "quick" } else { "full" }.into(),
+        rounds: args.rounds.max(1),
+        machine: sys::machine_info(&work),
+        load_average,
+        systems: systems
+            .iter()
+            .map(|s| match s {
+                System::Opossum { name, flags } => json!({
+                    "name": name,
+                    "binary": opossumd,
+                    "version": version_of(&opossumd),
+                    "commit": sys::git_commit(),
+                    "args": flags,
+                    "fill_args": ["--durability", "none", "--index-writes", "deferred"],
+                }),
+                System::Umadb { name, flags } => json!({
+                    "name": name,
+                    "binary": umadb,
+                    "version": version_of(&umadb),
+                    "crate_version": UMADB_VERSION,
+                    "args": flags,
+                }),
+            })
+            .collect(),
+        peer: "umadb".into(),
+        params: json!({
+            "events": ctx.events,
+            "seconds_per_phase": ctx.seconds,
+            "append_clients": ctx.append_clients,
+            "batch_events": BATCH_EVENTS,
+            "events_per_tag": EVENTS_PER_TAG,
+            "fill_clients": FILL_CLIENTS,
+            "event_data_bytes": [opossum_bench::data::SIZED_DATA_MIN, opossum_bench::data::SIZED_DATA_MAX],
+            "cold_cache_method": ctx.evict.describe(),
+        }),
+        rows,
+    };
+    let stem = format!("peers-{}-{}", doc.started_at.replace([':', '-'], ""), doc.mode);
+    let json_path = out.join(format!("{stem}.json"));
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?)?;
+    let png_path = out.join(format!("{stem}.png"));
+    plot::draw(&doc, &png_path).context("drawing the plot")?;
+
+    println!();
+    println!(
+        "opossum-peer-bench, {} mode: {} events, {} rounds (medians), {} cores, load average {}",
+        doc.mode,
+        num(ctx.events as f64),
+        doc.rounds,
+        sys::cores(),
+        doc.load_average.iter().map(|l| format!("{:.2}", l[0])).collect::<Vec<_>>().join(" → ")
+    );
+    println!(
+        "opossum = opossumd defaults{}; opossum-deferred = + --index-writes deferred; commit {}",
+        if opossumd_args.is_empty() { String::new() } else { format!(" + {}", opossumd_args.join(" ")) },
+        sys::git_commit().unwrap_or_default()
+    );
+    println!();
+    print!("{}", doc.table());
+    println!();
+    println!("total {:.0} s; results: {}; plot: {}", doc.duration_seconds, json_path.display(), png_path.display());
+    Ok(())
+}
+
+/// `binary --version`'s first line.
+fn version_of(binary: &Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn start(ctx: &Ctx, system: &System, store: &Path, fill: bool) -> anyhow::Result<Server> {
+    match system {
+        System::Opossum { flags, .. } => {
+            let mut all: Vec<String> = if fill {
+                ["--durability", "none", "--index-writes", "deferred"].map(String::from).to_vec()
+            } else {
+                flags.clone()
+            };
+            if fill {
+                // The extra flags too, except what the fill overrides.
+                let mut it = flags.iter();
+                while let Some(f) = it.next() {
+                    if f == "--durability" || f == "--index-writes" {
+                        it.next();
+                    } else if !f.starts_with("--durability=") && !f.starts_with("--index-writes=") {
+                        all.push(f.clone());
+                    }
+                }
+            }
+            let socket = store.with_extension("sock");
+            Ok(Server::Opossum(Daemon::start(&ctx.opossumd, store, &socket, &all)?))
+        }
+        System::Umadb { flags, .. } => Ok(Server::Umadb(UmadbServer::start(&ctx.umadb, store, flags, &ctx.rt)?)),
+    }
+}
+
+fn fill_tag(i: u64, tags: u64) -> (String, String) {
+    ("item".into(), format!("{:07}", i % tags))
+}
+
+fn rate_row(name: &str, title: &str, clients: usize, unit: &str) -> Row {
+    Row::new(name, title, clients, unit, Better::Higher)
+}
+
+fn measurement(system: &System, round: usize, load: &LoadReport, unit_events: bool) -> Measurement {
+    let value = if unit_events {
+        load.events_per_second()
+    } else {
+        load.requests as f64 / load.elapsed.as_secs_f64().max(1e-9)
+    };
+    Measurement {
+        system: system.name().into(),
+        round,
+        value,
+        latency: Some(Latency::from_us(&load.latency_us)),
+        details: json!({
+            "clients": load.clients,
+            "requests": load.requests,
+            "events": load.events,
+            "rejected": load.rejected,
+            "seconds": load.elapsed.as_secs_f64(),
+        }),
+    }
+}
+
+fn plain(system: &System, round: usize, value: f64, details: serde_json::Value) -> Measurement {
+    Measurement { system: system.name().into(), round, value, latency: None, details }
+}
+
+/// Every workload on one system, on a fresh store: (row, this system's measurement) pairs.
+fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow::Result<Vec<(Row, Measurement)>> {
+    let mut out = Vec::new();
+    let n = ctx.events;
+    let tags = (n / EVENTS_PER_TAG).max(1);
+
+    step(&format!("round {round}, {}: fill {n} events", system.name()));
+    let server = start(ctx, system, store, true)?;
+    let t = Instant::now();
+    fill(ctx, &server, n, tags)?;
+    let fill_seconds = t.elapsed().as_secs_f64();
+    let rss_fill = sys::rss_bytes(server.pid().context("server not running")?)?;
+    let head = server.connect(&ctx.rt)?.head()?;
+    anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
+    server.stop()?;
+    let mut server = start(ctx, system, store, false)?;
+    out.push((
+        rate_row(
+            "fill",
+            "fill, 1,000 events/request (opossum: durability none, deferred index)",
+            FILL_CLIENTS,
+            "events/s",
+        ),
+        plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
+    ));
+    out.push((
+        Row::new("rss_after_fill", "server RSS after the fill", 0, "MiB", Better::Lower),
+        plain(system, round, rss_fill as f64 / 1048576.0, json!({"bytes": rss_fill})),
+    ));
+
+    let phase = Duration::from_secs_f64(ctx.seconds);
+    for clients in [1, 16] {
+        step(&format!("round {round}, {}: tag queries, {clients} clients", system.name()));
+        let load = closed_loop(
+            clients,
+            phase,
+            |c| Ok((server.connect(&ctx.rt)?, 7 + c as u64 * 1_000_003)),
+            |(client, seed)| {
+                *seed += 1;
+                let tag = fill_tag(mix(*seed), tags);
+                let count = client.query_tag(&tag)?;
+                anyhow::ensure!(
+                    count == EVENTS_PER_TAG,
+                    "tag query {tag:?} returned {count} events, not {EVENTS_PER_TAG}"
+                );
+                Ok(Outcome::events(count))
+            },
+        )?;
+        out.push((
+            rate_row(
+                &format!("tag_query_{clients}"),
+                &format!("tag query returning 10 of {}", num(n as f64)),
+                clients,
+                "queries/s",
+            ),
+            measurement(system, round, &load, false),
+        ));
+    }
+
+    let head = server.connect(&ctx.rt)?.head()?;
+    anyhow::ensure!(head == n, "{}: head {head} after reopening a store of {n} events", system.name());
+    for cold in [false, true] {
+        for clients in [1, 4] {
+            let label = if cold { "cold" } else { "warm" };
+            step(&format!("round {round}, {}: read-all {label}, {clients} clients", system.name()));
+            if cold {
+                server.restart(&ctx.rt)?;
+                ctx.evict.evict(&sys::files_under(store)?)?;
+            } else {
+                read_all(ctx, &server, 1, head)?;
+            }
+            let load = read_all(ctx, &server, clients, head)?;
+            out.push((
+                rate_row(
+                    &format!("read_all_{label}_{clients}"),
+                    &format!("read-all of {} events, {label}", num(head as f64)),
+                    clients,
+                    "events/s",
+                ),
+                measurement(system, round, &load, true),
+            ));
+        }
+    }
+    let rss_reads = sys::rss_bytes(server.pid().context("server not running")?)?;
+    out.push((
+        Row::new("rss_after_reads", "server RSS after the reads", 0, "MiB", Better::Lower),
+        plain(system, round, rss_reads as f64 / 1048576.0, json!({"bytes": rss_reads})),
+    ));
+    for &clients in &ctx.append_clients {
+        step(&format!("round {round}, {}: conditional appends, {clients} clients", system.name()));
+        let load = closed_loop(
+            clients,
+            phase,
+            |c| {
+                let tag = ("client".to_string(), format!("{}-{round}-{clients}-{c}", system.name()));
+                Ok((server.connect(&ctx.rt)?, tag, None::<u64>, c as u64 * 1_000_000_000))
+            },
+            |(client, tag, after, i)| {
+                let event = PeerEvent { data: sized_data(*i), tags: vec![tag.clone()] };
+                match client.append(std::slice::from_ref(&event), Some((&*tag, *after)))? {
+                    Appended::At(last) => *after = Some(last),
+                    Appended::Rejected => {
+                        anyhow::bail!("append condition failed on {tag:?}, which only this client writes")
+                    }
+                }
+                *i += 1;
+                Ok(Outcome::events(1))
+            },
+        )?;
+        out.push((
+            rate_row(
+                &format!("append_conditional_{clients}"),
+                "durable conditional append, 1 event/request",
+                clients,
+                "events/s",
+            ),
+            measurement(system, round, &load, true),
+        ));
+    }
+
+    for clients in [1, 4] {
+        step(&format!("round {round}, {}: unconditional appends of {BATCH_EVENTS}, {clients} clients", system.name()));
+        let load = closed_loop(
+            clients,
+            phase,
+            |c| Ok((server.connect(&ctx.rt)?, c as u64 * 1_000_000_000 + 500_000_000)),
+            |(client, i)| {
+                let tag = ("bulk".to_string(), format!("{}", *i / 1_000_000_000));
+                let events: Vec<PeerEvent> = (*i..*i + BATCH_EVENTS)
+                    .map(|k| PeerEvent { data: sized_data(k), tags: vec![tag.clone()] })
+                    .collect();
+                client.append(&events, None)?;
+                *i += BATCH_EVENTS;
+                Ok(Outcome::events(BATCH_EVENTS))
+            },
+        )?;
+        out.push((
+            rate_row(
+                &format!("append_batch_{clients}"),
+                "durable unconditional append, 1,000 events/request",
+                clients,
+                "events/s",
+            ),
+            measurement(system, round, &load, true),
+        ));
+    }
+
+    let head = server.connect(&ctx.rt)?.head()?;
+    server.stop()?;
+    let bytes = sys::allocated_bytes(store)?;
+    out.push((
+        Row::new("disk_per_million", "bytes on disk per 1,000,000 events", 0, "MB", Better::Lower),
+        plain(system, round, bytes as f64 / head as f64 * 1e6 / 1e6, json!({"allocated_bytes": bytes, "events": head})),
+    ));
+    Ok(out)
+}
+
+/// Every client reads everything once; each read must return `head` events.
+fn read_all(ctx: &Ctx, server: &Server, clients: usize, head: u64) -> anyhow::Result<LoadReport> {
+    closed_loop(
+        clients,
+        Duration::ZERO,
+        |_| server.connect(&ctx.rt),
+        |client| {
+            let count = client.read_all()?;
+            anyhow::ensure!(count == head, "read-all returned {count} events, head is {head}");
+            Ok(Outcome::events(count))
+        },
+    )
+}
+
+/// Appends `n` events in requests of [`BATCH_EVENTS`] from [`FILL_CLIENTS`] connections.
+fn fill(ctx: &Ctx, server: &Server, n: u64, tags: u64) -> anyhow::Result<()> {
+    let next = AtomicU64::new(0);
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..FILL_CLIENTS)
+            .map(|_| {
+                let next = &next;
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut client: Box<dyn PeerClient> = server.connect(&ctx.rt)?;
+                    loop {
+                        let lo = next.fetch_add(BATCH_EVENTS, Ordering::Relaxed);
+                        if lo >= n {
+                            return Ok(());
+                        }
+                        let events: Vec<PeerEvent> = (lo..(lo + BATCH_EVENTS).min(n))
+                            .map(|i| PeerEvent { data: sized_data(i), tags: vec![fill_tag(i, tags)] })
+                            .collect();
+                        client.append(&events, None)?;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a fill client panicked")?;
+        }
+        Ok(())
+    })
+}
