@@ -31,7 +31,12 @@ use crate::io::{IoBackendKind, SyncStrategy};
 use crate::store::{Durability, IndexWrites};
 
 pub const DATA_DEFAULT: &str = "./opossum-data";
+/// Where the daemon listens: a Unix socket path; on Windows a named pipe (`\\.\pipe\NAME`).
+#[cfg(unix)]
 pub const SOCKET_DEFAULT: &str = "./opossum.sock";
+/// Where the daemon listens: a Unix socket path; on Windows a named pipe (`\\.\pipe\NAME`).
+#[cfg(windows)]
+pub const SOCKET_DEFAULT: &str = r"\\.\pipe\opossumd";
 pub const SOCKET_MODE_DEFAULT: u32 = 0o660;
 /// Connections served at once; further ones get a `busy` error line and are closed.
 pub const MAX_CONNECTIONS_DEFAULT: usize = crate::limits::CONNECTIONS_DEFAULT;
@@ -256,9 +261,12 @@ impl Config {
         if socket.as_os_str().is_empty() {
             return Err(invalid("socket", "must not be empty"));
         }
-        // sockaddr_un.sun_path is 108 bytes including the NUL.
-        if socket.as_os_str().len() > 107 {
+        // sockaddr_un.sun_path is 108 bytes including the NUL; a pipe name may have up to 256 characters.
+        if cfg!(unix) && socket.as_os_str().len() > 107 {
             return Err(invalid("socket", format!("{} is longer than 107 bytes", socket.display())));
+        }
+        if cfg!(windows) && !socket.to_string_lossy().to_ascii_lowercase().starts_with(r"\\.\pipe\") {
+            return Err(invalid("socket", format!(r"{} is not a named pipe (\\.\pipe\NAME)", socket.display())));
         }
         Ok(Config {
             data,
@@ -297,7 +305,7 @@ mod tests {
     fn defaults_work_from_a_checkout() {
         let c = Config::default();
         assert_eq!(c.data, PathBuf::from("./opossum-data"));
-        assert_eq!(c.socket, PathBuf::from("./opossum.sock"));
+        assert_eq!(c.socket, PathBuf::from(SOCKET_DEFAULT));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.index_writes, IndexWrites::EveryCommit);

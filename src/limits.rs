@@ -254,3 +254,11 @@ const _: () = assert!(FRAME_BYTES_MIN <= LINE_BUFFER_BYTES_INITIAL);
 /// The file-creation mask the daemon sets at start by default (the unit's `UMask=`): store files and the socket
 /// directory are never group-writable or world-readable, whatever the shell's umask.
 pub const UMASK_DEFAULT: u32 = 0o027;
+
+/// How long a Windows client waits for a named-pipe instance when all are connected (`ERROR_PIPE_BUSY`: the server
+/// creates the next instance right after it accepts one), retrying every [`PIPE_BUSY_RETRY_MS`].
+pub const PIPE_BUSY_WAIT_MS_MAX: u64 = 2_000;
+/// The pause between two attempts to open a busy named pipe.
+pub const PIPE_BUSY_RETRY_MS: u64 = 10;
+
+const _: () = assert!(PIPE_BUSY_RETRY_MS < PIPE_BUSY_WAIT_MS_MAX);

@@ -5,7 +5,9 @@
 //! as the [`SyncStrategy`] decides. The commit protocol (`commit.rs`) decides *what* must be durable *when*; this
 //! module only decides *how*.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(target_os = "linux")]
+use std::path::PathBuf;
 
 use super::{IoError, IoOp, SyncStrategy};
 use crate::limits::{AUTO_SYNCFS_DIRTY_MAX_BYTES, SYNCFS_MIN_TARGETS};
@@ -175,6 +177,7 @@ fn dirty_bytes() -> Option<u64> {
 }
 
 /// `Dirty:` + `Writeback:` of a `/proc/meminfo` text, in bytes.
+#[cfg(any(target_os = "linux", test))]
 fn parse_dirty_bytes(meminfo: &str) -> Option<u64> {
     let field = |name: &str| {
         let line = meminfo.lines().find(|l| l.starts_with(name))?;

@@ -14,6 +14,8 @@
 //! not found; 2 bad input (flags, JSON, a request the daemon refused as invalid); 3 the daemon is unreachable
 //! (no socket, busy, shutting down, connection lost); 4 the daemon failed the request (storage_error).
 
+// The benchmark suite drives a daemon with Unix signals, `syncfs` and page-cache drops: Linux/Unix only.
+#[cfg(unix)]
 mod bench;
 
 use std::fs::File;
@@ -45,8 +47,8 @@ const EXIT_SERVER_FAILED: i32 = 4;
 #[derive(Parser)]
 #[command(name = "opossum", version, about = "Client for the opossumd event store daemon", after_help = EXIT_STATUS_HELP)]
 struct Cli {
-    /// The daemon's socket
-    #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = "./opossum.sock")]
+    /// The daemon's socket (on Windows its named pipe, `\\.\pipe\NAME`)
+    #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = opossum::config::SOCKET_DEFAULT)]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -69,6 +71,7 @@ enum Command {
     /// Write matching events as NDJSON to a file or stdout
     Export(ExportArgs),
     /// Benchmark suite: start opossumd on a fresh temporary store, seed it, measure, write target/bench/*.json
+    #[cfg(unix)]
     Bench(bench::BenchArgs),
     /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
     #[command(subcommand)]
@@ -315,6 +318,7 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    #[cfg(unix)]
     if let Command::Bench(args) = &cli.command {
         return bench::run(args).map(drop);
     }
@@ -328,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(&mut client, &args.query, &args.file, true),
         Command::Import(args) => import(&mut client, args),
         Command::Projection(command) => projection(&mut client, command),
+        #[cfg(unix)]
         Command::Bench(_) => unreachable!("bench runs its own daemon; handled before connecting"),
     }
 }

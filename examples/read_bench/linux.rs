@@ -1,10 +1,4 @@
-//! Batch-read benchmark: N small event files (300–800 B) read with sequential `std::fs::read`, the thread pool
-//! and io_uring, warm and cold, all in one run. Driven by `scripts/read-bench.sh`.
-//!
-//! ```text
-//! cargo run --release --example read_bench -- --n 100000 --mode both [--dir D] [--keep] [--rounds 3]
-//!     [--threads 32] [--seq-cold-max 50000] [--uring "name:depth=256,rings=2,direct=1,regbuf=1,relative=1,coop=1;..."]
-//! ```
+//! The benchmark itself (io_uring: Linux only).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -146,7 +140,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
+pub fn main() {
     let args = parse_args();
     let paths = generate(&args.dir, args.n);
     let pool = ThreadPoolIo::new(args.threads);
