@@ -45,8 +45,9 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     {
-        // Windows cannot open a directory as a file; NTFS journals its metadata, and MoveFileEx with
-        // MOVEFILE_WRITE_THROUGH (used by std::fs::rename) returns only after the rename is flushed.
+        // Windows cannot fsync a directory. NTFS journals its metadata in order, so the FlushFileBuffers that ends
+        // the commit (after the renames) commits the renames' log records too (docs/windows.md). std's rename is
+        // MoveFileExW(MOVEFILE_REPLACE_EXISTING), without write-through.
         let _ = dir;
         Ok(())
     }
