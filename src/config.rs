@@ -315,16 +315,31 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_is_a_pipe_name_on_windows() {
+        let pipe = DaemonArgs::parse_from(["opossumd", "--socket", r"\\.\pipe\opossumd-2"]);
+        let path = DaemonArgs::parse_from(["opossumd", "--socket", "/run/opossum.sock"]);
+        let file = ConfigFile::default();
+        if cfg!(windows) {
+            assert_eq!(Config::resolve(&pipe, &file).unwrap().socket, PathBuf::from(r"\\.\pipe\opossumd-2"));
+            assert!(Config::resolve(&path, &file).unwrap_err().to_string().contains("not a named pipe"));
+        } else {
+            assert!(Config::resolve(&path, &file).is_ok());
+        }
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = ConfigFile::parse(
             "data = \"/d\"\nsocket = \"/s\"\ndurability = \"none\"\nmax_connections = 7\nindex_writes = \"deferred\"\n",
             Path::new("x.toml"),
         )
         .unwrap();
+        // A socket path, or on Windows a pipe name.
+        let socket = if cfg!(windows) { r"\\.\pipe\t" } else { "/t" };
         let args = DaemonArgs::parse_from([
             "opossumd",
             "--socket",
-            "/t",
+            socket,
             "--io-backend",
             "threads",
             "--projection-cache-bytes",
@@ -332,7 +347,7 @@ mod tests {
         ]);
         let c = Config::resolve(&args, &file).unwrap();
         assert_eq!(c.data, PathBuf::from("/d"));
-        assert_eq!(c.socket, PathBuf::from("/t"));
+        assert_eq!(c.socket, PathBuf::from(socket));
         assert_eq!(c.durability, Durability::None);
         assert_eq!(c.io_backend, IoBackendKind::Threads);
         assert_eq!(c.max_connections, 7);
