@@ -5,7 +5,7 @@
 //!
 //! Unix only: the harness waits on `$NOTIFY_SOCKET`, stops daemons with SIGTERM/SIGKILL, and the suites check socket
 //! files, permissions, umask and descriptor limits. On Windows the daemon is tested over its named pipe by
-//! `tests/pipe.rs`; this suite reports one ignored test there, saying so.
+//! `tests/portable.rs`; this suite reports one ignored test there, saying so.
 
 #[cfg(unix)]
 #[path = "daemon/harness.rs"]
@@ -42,7 +42,7 @@ mod projection;
 #[test]
 #[cfg_attr(
     windows,
-    ignore = "the daemon suite needs Unix (NOTIFY_SOCKET readiness, signals, socket files); tests/pipe.rs covers Windows"
+    ignore = "the daemon suite needs Unix (NOTIFY_SOCKET readiness, signals, socket files); tests/portable.rs covers Windows"
 )]
 fn daemon_suite_runs_on_unix_only() {
     assert_eq!(std::env::consts::FAMILY, "unix", "this suite is compiled out here");
