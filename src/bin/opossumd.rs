@@ -1,11 +1,12 @@
-//! `opossumd`: serves one opossum store over a Unix socket (docs/PROTOCOL.md).
+//! `opossumd`: serves one opossum store over a Unix socket, or a named pipe on Windows (docs/PROTOCOL.md).
 //!
 //! Exit status: 0 after a graceful stop (SIGTERM/SIGINT), 1 when it cannot start (bad config, store in use by
 //! another daemon, socket in use, ...) or when the stop could not flush or close the store. Logs go to stderr
 //! (journald-friendly), filtered by RUST_LOG or `log`.
 //!
 //! At start, before it creates any file, the daemon sets its umask (`--umask`, default 0027, as the unit's
-//! `UMask=`) and raises its soft descriptor limit to the hard one (`server::fds`).
+//! `UMask=`) and raises its soft descriptor limit to the hard one (`server::fds`). Windows has neither: files
+//! inherit the data directory's ACL, and handles have no per-process limit.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -50,17 +51,23 @@ fn run() -> anyhow::Result<()> {
     }
 
     // Before any thread exists: socket activation edits the environment.
-    let activated = server::systemd::take_activated_listener().context("socket activation")?;
+    let activated = Listener::activated().context("socket activation")?;
 
     // Before any file is created: a shell's umask (022, or 000) must not make event data world-readable or the
     // store writable by others.
-    // SAFETY: umask only swaps the process's file-creation mask.
-    let inherited = unsafe { libc::umask(config.umask as libc::mode_t) };
-    tracing::info!(
-        umask = format!("{:04o}", config.umask),
-        inherited = format!("{inherited:04o}"),
-        "file-creation mask"
-    );
+    #[cfg(unix)]
+    {
+        // SAFETY: umask only swaps the process's file-creation mask.
+        let inherited = unsafe { libc::umask(config.umask as libc::mode_t) };
+        tracing::info!(
+            umask = format!("{:04o}", config.umask),
+            inherited = format!("{inherited:04o}"),
+            "file-creation mask"
+        );
+    }
+    // Windows has no umask: new files inherit the data directory's ACL, which is what protects the store there.
+    #[cfg(windows)]
+    tracing::info!("no umask on Windows: the store's files inherit the data directory's ACL");
     match server::fds::raise_nofile_limit() {
         Ok(limit) if limit.soft > limit.before => {
             tracing::info!(from = limit.before, to = limit.soft, "raised the descriptor limit to the hard limit")
@@ -69,7 +76,7 @@ fn run() -> anyhow::Result<()> {
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
     if activated.is_none() {
-        if config.socket_mode & 0o600 != 0o600 {
+        if cfg!(unix) && config.socket_mode & 0o600 != 0o600 {
             tracing::warn!(
                 socket_mode = format!("{:04o}", config.socket_mode),
                 "the socket's owner cannot both read and write it: clients (this user's included) will be refused"
@@ -112,7 +119,7 @@ fn run() -> anyhow::Result<()> {
             if args.socket.is_some() {
                 tracing::info!("socket activation: ignoring --socket");
             }
-            Listener::Activated(listener)
+            listener
         }
         None => Listener::bind(&config.socket, config.socket_mode)?,
     };

@@ -5,7 +5,9 @@
 //! as the [`SyncStrategy`] decides. The commit protocol (`commit.rs`) decides *what* must be durable *when*; this
 //! module only decides *how*.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(target_os = "linux")]
+use std::path::PathBuf;
 
 use super::{IoError, IoOp, SyncStrategy};
 use crate::limits::{AUTO_SYNCFS_DIRTY_MAX_BYTES, SYNCFS_MIN_TARGETS};
@@ -43,8 +45,9 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     {
-        // Windows cannot open a directory as a file; NTFS journals its metadata, and MoveFileEx with
-        // MOVEFILE_WRITE_THROUGH (used by std::fs::rename) returns only after the rename is flushed.
+        // Windows cannot fsync a directory. NTFS journals its metadata in order, so the FlushFileBuffers that ends
+        // the commit (after the renames) commits the renames' log records too (docs/windows.md). std's rename is
+        // MoveFileExW(MOVEFILE_REPLACE_EXISTING), without write-through.
         let _ = dir;
         Ok(())
     }
@@ -175,6 +178,7 @@ fn dirty_bytes() -> Option<u64> {
 }
 
 /// `Dirty:` + `Writeback:` of a `/proc/meminfo` text, in bytes.
+#[cfg(any(target_os = "linux", test))]
 fn parse_dirty_bytes(meminfo: &str) -> Option<u64> {
     let field = |name: &str| {
         let line = meminfo.lines().find(|l| l.starts_with(name))?;

@@ -87,8 +87,9 @@ pub struct Token {
     generation: u64,
 }
 
-/// A change reported by the watcher.
+/// A change reported by the watcher (only the Linux inotify watcher reports any).
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) enum Change {
     /// `<stem>.json` in this projection's directory was modified, replaced, renamed or deleted.
     File { projection: String, stem: String },

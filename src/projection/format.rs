@@ -57,14 +57,7 @@ fn name_error(what: &'static str, value: &str, reason: &'static str) -> NameErro
 
 /// Characters .NET's `Path.GetInvalidFileNameChars()` returns on this platform.
 fn is_invalid_file_name_char(c: char) -> bool {
-    #[cfg(windows)]
-    {
-        matches!(c, '"' | '<' | '>' | '|' | ':' | '*' | '?' | '\\' | '/') || (c as u32) < 32
-    }
-    #[cfg(not(windows))]
-    {
-        c == '\0' || c == '/'
-    }
+    crate::format::NamingRules::NATIVE.is_invalid_char(c)
 }
 
 /// Path separators a hostile key could use to climb out of its directory.

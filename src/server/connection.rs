@@ -5,9 +5,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frame::{LineError, LineReader};
 use super::Context;
@@ -17,7 +15,21 @@ use crate::wire::{self, ErrorCode, ProtocolError, RequestId};
 /// Pending response bytes that force a write even while more pipelined requests are buffered.
 const OUT_FLUSH_BYTES: usize = 64 * 1024;
 
-pub(super) fn accept(ctx: &Arc<Context>, stream: UnixStream) {
+/// The reading half of a connection, whatever the transport.
+pub(super) type BoxedRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The writing half of a connection, whatever the transport.
+pub(super) type BoxedWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A client connection of any transport the listener serves (a Unix socket, a Windows named pipe): the connection
+/// code below is the same for all of them.
+pub(super) trait ServedStream: Send + 'static {
+    /// Writes what fits without waiting (the `busy` answer of a refused connection).
+    fn try_write_now(&self, bytes: &[u8]) -> io::Result<usize>;
+    /// Splits it into halves the request loop reads and writes independently.
+    fn into_halves(self) -> (BoxedRead, BoxedWrite);
+}
+
+pub(super) fn accept(ctx: &Arc<Context>, stream: impl ServedStream) {
     ctx.counters.connections_total.fetch_add(1, Ordering::Relaxed);
     let max = ctx.max_connections.load(Ordering::SeqCst);
     if ctx.connections.fetch_add(1, Ordering::SeqCst) >= max {
@@ -29,7 +41,7 @@ pub(super) fn accept(ctx: &Arc<Context>, stream: UnixStream) {
         let mut out = Vec::new();
         let message = format!("the server is at its limit of {max} connections; retry later");
         wire::encode_error(&mut out, &RequestId::null(), &ProtocolError::new(ErrorCode::Busy, message));
-        let _ = stream.try_write(&out);
+        let _ = stream.try_write_now(&out);
         drop(stream);
         return;
     }
@@ -61,7 +73,7 @@ pub struct Request<'a> {
 /// other pipelined requests), or stream item lines with [`Responder::write`].
 pub struct Responder<'a> {
     pub out: &'a mut Vec<u8>,
-    pub(super) writer: &'a mut OwnedWriteHalf,
+    pub(super) writer: &'a mut BoxedWrite,
 }
 
 impl Responder<'_> {
@@ -101,8 +113,8 @@ impl From<io::Error> for OpError {
     }
 }
 
-async fn connection(ctx: &Arc<Context>, stream: UnixStream) -> io::Result<()> {
-    let (reader, mut writer) = stream.into_split();
+async fn connection(ctx: &Arc<Context>, stream: impl ServedStream) -> io::Result<()> {
+    let (reader, mut writer) = stream.into_halves();
     let mut lines = LineReader::new(reader, ctx.max_frame_bytes, ctx.line_buffers.clone(), ctx.line_timeout);
     let mut out = Vec::new();
     let mut close = ctx.shutdown.close.subscribe();

@@ -17,6 +17,7 @@ pub struct NofileLimit {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (a shell's usual 1,024 is far below what batch reads and a
 /// thousand connections need).
+#[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` here but not on every target.
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -36,7 +37,21 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     Ok(NofileLimit { before: before as u64, soft: limit.rlim_cur as u64, hard: limit.rlim_max as u64 })
 }
 
+/// Windows has no per-process descriptor limit to raise (handles are bounded by memory, about 16 million): reports
+/// an unlimited one.
+#[cfg(windows)]
+pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
+    Ok(NofileLimit { before: u64::MAX, soft: u64::MAX, hard: u64::MAX })
+}
+
+/// The current soft descriptor limit (Windows: unlimited, see [`raise_nofile_limit`]).
+#[cfg(windows)]
+pub fn nofile_soft_limit() -> u64 {
+    u64::MAX
+}
+
 /// The current soft descriptor limit.
+#[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // `rlim_t` is `u64` here but not on every target.
 pub fn nofile_soft_limit() -> u64 {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

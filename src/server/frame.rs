@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::unix::OwnedReadHalf;
+
+use super::connection::BoxedRead;
 
 use crate::limits::{LINE_BUFFERS_BYTES_TOTAL_MAX, LINE_BUFFER_BYTES_INITIAL};
 
@@ -24,7 +25,7 @@ pub(super) enum LineError {
 /// [`LINE_BUFFER_BYTES_INITIAL`]; what it grows beyond that is taken from a budget shared by all connections and
 /// given back when it shrinks or the connection ends.
 pub(super) struct LineReader {
-    reader: OwnedReadHalf,
+    reader: BoxedRead,
     pub(super) buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`; `buf[start..scanned]` holds no `\n`.
     start: usize,
@@ -39,7 +40,7 @@ pub(super) struct LineReader {
 }
 
 impl LineReader {
-    pub(super) fn new(reader: OwnedReadHalf, max: usize, budget: Arc<AtomicUsize>, timeout: Duration) -> LineReader {
+    pub(super) fn new(reader: BoxedRead, max: usize, budget: Arc<AtomicUsize>, timeout: Duration) -> LineReader {
         LineReader {
             reader,
             buf: vec![0; LINE_BUFFER_BYTES_INITIAL],

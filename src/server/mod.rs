@@ -25,8 +25,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UnixListener;
-
 use crate::config::Config;
 use crate::limits::READ_STREAMS_MAX;
 use crate::projection::ProjectionStore;
@@ -38,6 +36,7 @@ mod frame;
 pub mod listener;
 mod ops;
 mod shutdown;
+mod signals;
 pub mod stream;
 mod subscribe;
 pub mod systemd;
@@ -115,14 +114,8 @@ pub async fn run(
     listener: Listener,
     mut hooks: Hooks,
 ) -> Result<(), ServerError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
-    let (std_listener, bound) = listener.into_parts();
-    std_listener.set_nonblocking(true)?;
-    let listener = UnixListener::from_std(std_listener)?;
+    let mut signals = signals::Signals::install()?;
+    let mut listener = listener.serve()?;
     let ctx = Arc::new(Context::new(Arc::new(store), Arc::new(projections), &config));
     let (fit, warning) = fds::plan_connections(ctx.descriptor_limit, config.max_connections);
     match warning {
@@ -134,10 +127,7 @@ pub async fn run(
         ),
     }
     ctx.max_connections.store(fit, Ordering::SeqCst);
-    match &bound {
-        Some((path, _)) => tracing::info!(socket = %path.display(), "listening"),
-        None => tracing::info!("listening on the socket systemd passed"),
-    }
+    tracing::info!(on = %listener.describe(), "listening");
     // The status line follows every change of the store's write status (subscribed before the first read of it, so
     // none is missed in between).
     let mut status_changes = ctx.store.write_status_changes();
@@ -149,7 +139,7 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => connection::accept(&ctx, stream),
+                Ok(stream) => connection::accept(&ctx, stream),
                 Err(e) => {
                     // EMFILE/ENFILE and friends: back off instead of spinning; the connection waits in the backlog.
                     tracing::warn!("accept failed: {e}");
@@ -173,9 +163,11 @@ pub async fn run(
                     write_status = now;
                 }
             }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = sighup.recv() => {
+            signal = signals.next() => {
+                if let signals::Signal::Stop(name) = signal {
+                    tracing::info!("{name}: stopping");
+                    break;
+                }
                 tracing::info!("SIGHUP: reloading configuration");
                 if let Some(new) = hooks.reload.as_mut().and_then(|reload| reload()) {
                     let (fit, warning) = fds::plan_connections(ctx.descriptor_limit, new.max_connections);
@@ -193,10 +185,7 @@ pub async fn run(
     // Refuse new requests before the socket disappears, so a client that sees the socket gone knows that.
     ctx.shutdown.stopping.store(true, Ordering::SeqCst);
     let _ = systemd::notify("STOPPING=1\nSTATUS=stopping");
-    drop(listener);
-    if let Some((path, dev_ino)) = &bound {
-        listener::remove_socket_if_ours(path, *dev_ino);
-    }
+    listener.close();
     let in_flight = ctx.shutdown.in_flight.load(Ordering::SeqCst);
     tracing::info!(in_flight, connections = ctx.connections.load(Ordering::SeqCst), "waiting for in-flight requests");
     if tokio::time::timeout(config.shutdown_timeout, ctx.shutdown.wait_idle()).await.is_err() {

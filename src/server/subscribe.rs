@@ -22,8 +22,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::connection::BoxedWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::unix::OwnedWriteHalf;
 
 use super::frame::LineReader;
 use super::Context;
@@ -102,7 +102,7 @@ pub(super) async fn serve(
     id: RequestId,
     subscription: Subscription,
     mut lines: LineReader,
-    mut writer: OwnedWriteHalf,
+    mut writer: BoxedWrite,
     out: Vec<u8>,
 ) -> io::Result<()> {
     writer.write_all(&out).await?;

@@ -1,16 +1,27 @@
 //! The two systemd conventions the daemon speaks, without a crate: `sd_notify` (a datagram to `$NOTIFY_SOCKET`)
 //! and socket activation (`$LISTEN_PID`/`$LISTEN_FDS`, the listener at fd 3). Everything platform-specific about
-//! service managers lives here.
+//! service managers lives here. On Windows there is no `$NOTIFY_SOCKET` and no socket activation: `notify` does
+//! nothing, and the Service Control Manager is spoken to by `sc.exe` (README, Windows).
 
 use std::io;
+#[cfg(unix)]
 use std::os::fd::{FromRawFd, RawFd};
+#[cfg(unix)]
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+#[cfg(unix)]
 pub const LISTEN_FDS_START: RawFd = 3;
+
+/// No service manager listens for notifications on Windows; returns `false` (nothing sent).
+#[cfg(not(unix))]
+pub fn notify(_state: &str) -> io::Result<bool> {
+    Ok(false)
+}
 
 /// Sends `state` (e.g. `"READY=1"`) to the service manager when `$NOTIFY_SOCKET` is set. Returns whether it was.
 /// A leading `@` in the address names a Linux abstract socket.
+#[cfg(unix)]
 pub fn notify(state: &str) -> io::Result<bool> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(false);
@@ -51,6 +62,7 @@ pub fn serving_status(write: &crate::store::WriteStatus) -> String {
 /// Takes the listening socket systemd passed (socket activation), if `$LISTEN_PID` names this process and
 /// `$LISTEN_FDS` ≥ 1. Unsets both variables so children do not inherit them. Call it early, before other threads
 /// exist (it edits the environment).
+#[cfg(unix)]
 pub fn take_activated_listener() -> io::Result<Option<UnixListener>> {
     let pid = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok());
     let fds = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok());

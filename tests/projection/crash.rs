@@ -138,7 +138,13 @@ fn lower(tags: &BTreeSet<(String, String)>) -> BTreeSet<String> {
 /// Reads the projection files themselves: key → (version, tags).
 fn files_on_disk(dir: &Path) -> BTreeMap<String, (u64, BTreeSet<(String, String)>)> {
     let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
+    // A child killed before its first put created no directory (under Wine, process start-up can outlast the kill
+    // delay): no files.
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        entries => entries.unwrap(),
+    };
+    for entry in entries {
         let entry = entry.unwrap();
         let name = entry.file_name().into_string().unwrap();
         if !entry.file_type().unwrap().is_file() {

@@ -43,8 +43,8 @@ const EXIT_SERVER_FAILED: i32 = 4;
 #[derive(Parser)]
 #[command(name = "opossum", version, about = "Client for the opossumd event store daemon", after_help = EXIT_STATUS_HELP)]
 struct Cli {
-    /// The daemon's socket
-    #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = "./opossum.sock")]
+    /// The daemon's socket (on Windows its named pipe, `\\.\pipe\NAME`)
+    #[arg(long, global = true, env = "OPOSSUM_SOCKET", default_value = opossum::config::SOCKET_DEFAULT)]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,

@@ -1,31 +1,18 @@
-//! Where the server listens: a socket file it binds (and removes at exit if still its own) or one systemd passed.
+//! Unix: a socket file the server binds (and removes at exit if still its own) or one systemd passed.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("socket {0} is in use by a running server")]
-    SocketInUse(PathBuf),
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    #[error("socket {path}: {source}")]
-    Socket { path: PathBuf, source: io::Error },
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// The graceful stop could not flush or close the store: what was acknowledged is durable, but deferred index
-    /// files or the projection store may need the next start's recovery.
-    #[error("stopping: {0}")]
-    Stop(String),
-}
+use super::super::connection::{BoxedRead, BoxedWrite, ServedStream};
+use super::ServerError;
 
 fn socket_err(path: &Path) -> impl FnOnce(io::Error) -> ServerError + '_ {
     move |source| ServerError::Socket { path: path.to_path_buf(), source }
 }
 
 /// A socket file this server bound: its path and (device, inode), to remove it at exit only if it is still ours.
-pub(super) type BoundSocket = (PathBuf, (u64, u64));
+type BoundSocket = (PathBuf, (u64, u64));
 
 /// Where the server listens.
 pub enum Listener {
@@ -56,11 +43,58 @@ impl Listener {
         Ok(Listener::Bound { listener, path: path.to_path_buf(), dev_ino: (meta.dev(), meta.ino()) })
     }
 
-    pub(super) fn into_parts(self) -> (std::os::unix::net::UnixListener, Option<BoundSocket>) {
-        match self {
+    /// The listening socket systemd passed (socket activation), if any ([`super::super::systemd`]).
+    pub fn activated() -> io::Result<Option<Listener>> {
+        Ok(super::super::systemd::take_activated_listener()?.map(Listener::Activated))
+    }
+
+    /// Registers the socket with the runtime (call it inside one).
+    pub(in crate::server) fn serve(self) -> Result<Serving, ServerError> {
+        let (listener, bound) = match self {
             Listener::Bound { listener, path, dev_ino } => (listener, Some((path, dev_ino))),
             Listener::Activated(listener) => (listener, None),
+        };
+        listener.set_nonblocking(true)?;
+        Ok(Serving { listener: tokio::net::UnixListener::from_std(listener)?, bound })
+    }
+}
+
+/// A listener registered with the runtime.
+pub(in crate::server) struct Serving {
+    listener: tokio::net::UnixListener,
+    bound: Option<BoundSocket>,
+}
+
+impl Serving {
+    pub(in crate::server) async fn accept(&mut self) -> io::Result<tokio::net::UnixStream> {
+        Ok(self.listener.accept().await?.0)
+    }
+
+    /// What it listens on, for the log.
+    pub(in crate::server) fn describe(&self) -> String {
+        match &self.bound {
+            Some((path, _)) => format!("socket {}", path.display()),
+            None => "the socket systemd passed".to_string(),
         }
+    }
+
+    /// Stops accepting: the socket file disappears (if it is still ours).
+    pub(in crate::server) fn close(self) {
+        drop(self.listener);
+        if let Some((path, dev_ino)) = &self.bound {
+            remove_socket_if_ours(path, *dev_ino);
+        }
+    }
+}
+
+impl ServedStream for tokio::net::UnixStream {
+    fn try_write_now(&self, bytes: &[u8]) -> io::Result<usize> {
+        self.try_write(bytes)
+    }
+
+    fn into_halves(self) -> (BoxedRead, BoxedWrite) {
+        let (reader, writer) = self.into_split();
+        (Box::new(reader), Box::new(writer))
     }
 }
 
@@ -87,7 +121,7 @@ pub fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {
     }
 }
 
-pub(super) fn remove_socket_if_ours(path: &Path, dev_ino: (u64, u64)) {
+fn remove_socket_if_ours(path: &Path, dev_ino: (u64, u64)) {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if (meta.dev(), meta.ino()) == dev_ino => {
             if let Err(e) = std::fs::remove_file(path) {
