@@ -105,6 +105,8 @@ pub const TMP_MARKER: &str = ".tmp.";
 const TMP_HEX_DIGITS: usize = 32;
 /// Bytes a temporary name adds to the (possibly shortened) final name: `.tmp.` + 32 hex digits.
 pub const TMP_SUFFIX_BYTES: usize = TMP_MARKER.len() + TMP_HEX_DIGITS;
+// `tmp_path` cuts a long final name to `FILE_NAME_BYTES_MAX - TMP_SUFFIX_BYTES`: at least one byte must be left.
+const _: () = assert!(TMP_SUFFIX_BYTES < FILE_NAME_BYTES_MAX);
 
 /// A fresh temporary name beside `final_path`: `<final>.tmp.<32 hex>`, unique per process and call. A final name
 /// so long that the suffix would push it past [`FILE_NAME_BYTES_MAX`] is first cut (at a character boundary) to

@@ -48,9 +48,9 @@ pub const FINAL_NAME_BYTES_MAX: usize = {
 
 const _: () = {
     // Every final name fits; its temporary name fits by construction (`format::tmp_path` cuts the final name to
-    // `FILE_NAME_BYTES_MAX - TMP_SUFFIX_BYTES`), which needs room for the suffix and at least one byte of name.
+    // `FILE_NAME_BYTES_MAX - TMP_SUFFIX_BYTES`; `format.rs` asserts that the suffix leaves room for a name, so this
+    // module depends on no other).
     assert!(FINAL_NAME_BYTES_MAX <= FILE_NAME_BYTES_MAX);
-    assert!(crate::format::TMP_SUFFIX_BYTES < FILE_NAME_BYTES_MAX);
     // Event files `<10+ digits>.json` and `.ledger` are far below the limit.
     assert!(20 + JSON_SUFFIX_BYTES <= FILE_NAME_BYTES_MAX);
 };
