@@ -8,6 +8,8 @@
 //! socket_mode = "0660"               # octal; applied to the socket file the daemon binds
 //! io_backend = "auto"                # auto | uring | threads
 //! durability = "fsync"               # fsync | none
+//! commit = "files"                   # files | journal: which copy is durable before the answer
+//! mirror = "live"                    # live | off: journal mode keeps the Opossum tree as a mirror, or not
 //! sync_strategy = "auto"             # auto | per-file | syncfs (auto: syncfs while little else is dirty)
 //! index_writes = "every-commit"      # every-commit | deferred
 //! index_flush_interval_ms = 1000     # with deferred index writes
@@ -28,7 +30,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::io::{IoBackendKind, SyncStrategy};
-use crate::store::{Durability, IndexWrites};
+use crate::store::{CommitMode, Durability, IndexWrites, MirrorMode};
 
 pub const DATA_DEFAULT: &str = "./opossum-data";
 pub const SOCKET_DEFAULT: &str = "./opossum.sock";
@@ -62,6 +64,8 @@ pub struct ConfigFile {
     pub socket_mode: Option<String>,
     pub io_backend: Option<String>,
     pub durability: Option<String>,
+    pub commit: Option<String>,
+    pub mirror: Option<String>,
     pub sync_strategy: Option<String>,
     pub index_writes: Option<String>,
     pub index_flush_interval_ms: Option<u64>,
@@ -109,6 +113,17 @@ pub struct DaemonArgs {
     /// fsync | none [default: fsync]
     #[arg(long)]
     pub durability: Option<String>,
+    /// files | journal [default: files]. files: event files, ledger (and with every-commit index writes, index
+    /// files: O(index size) per commit) durable before the answer, as .NET Opossum does; for stores .NET processes
+    /// append to while the daemon runs. journal: one write + one fdatasync of .opossumd/journal per group commit;
+    /// the daemon holds .store.lock until it stops
+    #[arg(long, value_name = "MODE")]
+    pub commit: Option<String>,
+    /// live | off [default: live], journal mode only. live: the Opossum tree is written from each commit without
+    /// fsyncs and made durable at a clean stop (re-derived from the journal after a crash); off: no tree for new
+    /// events
+    #[arg(long, value_name = "MODE")]
+    pub mirror: Option<String>,
     /// auto | per-file | syncfs [default: auto]: one syncfs per barrier while the system has little other dirty data,
     /// else an fsync per file; syncfs always only for a store on a filesystem of its own
     #[arg(long, value_name = "HOW")]
@@ -151,6 +166,8 @@ pub struct Config {
     pub socket_mode: u32,
     pub io_backend: IoBackendKind,
     pub durability: Durability,
+    pub commit: CommitMode,
+    pub mirror: MirrorMode,
     pub sync_strategy: SyncStrategy,
     pub index_writes: IndexWrites,
     pub max_connections: usize,
@@ -206,6 +223,14 @@ impl Config {
         let durability = match pick(&args.durability, &file.durability) {
             None => Durability::Fsync,
             Some(s) => s.parse().map_err(|e: String| invalid("durability", e))?,
+        };
+        let commit = match pick(&args.commit, &file.commit) {
+            None => CommitMode::default(),
+            Some(s) => s.parse().map_err(|e: String| invalid("commit", e))?,
+        };
+        let mirror = match pick(&args.mirror, &file.mirror) {
+            None => MirrorMode::default(),
+            Some(s) => s.parse().map_err(|e: String| invalid("mirror", e))?,
         };
         let sync_strategy = match pick(&args.sync_strategy, &file.sync_strategy) {
             None => SyncStrategy::default(),
@@ -266,6 +291,8 @@ impl Config {
             socket_mode,
             io_backend,
             durability,
+            commit,
+            mirror,
             sync_strategy,
             index_writes,
             max_connections,
@@ -342,6 +369,8 @@ mod tests {
             Config::resolve(&DaemonArgs::parse_from(all), &ConfigFile::default()).unwrap_err().to_string()
         };
         assert!(bad(&["--durability", "maybe"]).contains("durability"));
+        assert!(bad(&["--commit", "later"]).contains("commit"));
+        assert!(bad(&["--mirror", "sometimes"]).contains("mirror"));
         assert!(bad(&["--io-backend", "fast"]).contains("io_backend"));
         assert!(bad(&["--index-writes", "never"]).contains("index_writes"));
         assert!(bad(&["--socket-mode", "999"]).contains("socket_mode"));

@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod format;
 pub mod io;
+pub mod journal;
 pub mod limits;
 pub mod model;
 pub mod projection;

@@ -190,6 +190,26 @@ const _: () = assert!(PROJECTION_STATE_BYTES_MAX <= PUT_MANY_BYTES_MAX);
 
 // --- journal ---------------------------------------------------------------------------------------------------
 
+/// A segment is sealed (offset table written, a new segment started) once the next group would take it past this.
+/// A group bigger than a whole segment gets a segment of its own, stretched to fit.
+pub const JOURNAL_SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Largest journal record: a 56-byte header, the event's type and tags (shorter than their JSON in the event file),
+/// and an event file of up to the store's event limit (4 MiB): under 9 MiB.
+pub const JOURNAL_RECORD_BYTES_MAX: usize = 9 << 20;
+/// Reads coalesce the records of adjacent positions into extents of at most this many bytes (one `pread` each).
+pub const JOURNAL_READ_EXTENT_BYTES_MAX: usize = 1 << 20;
+/// Bytes of records a full scan (index rebuild, import, mirror catch-up) holds in memory at once.
+pub const JOURNAL_SCAN_BYTES_MAX: usize = 16 << 20;
+/// Most bytes one group commit hands the journal. The writer stops adding requests to a group once it holds half of
+/// this, so one more request (at most the store's append byte limit, 64 MiB) still fits with the records' headers.
+pub const JOURNAL_GROUP_BYTES_MAX: usize = 256 << 20;
+const _: () = {
+    assert!(JOURNAL_RECORD_BYTES_MAX <= JOURNAL_READ_EXTENT_BYTES_MAX * 16);
+    assert!(JOURNAL_SCAN_BYTES_MAX >= JOURNAL_RECORD_BYTES_MAX);
+    assert!((JOURNAL_GROUP_BYTES_MAX as u64) < u32::MAX as u64 / 2);
+    assert!(JOURNAL_SEGMENT_BYTES_MAX >= JOURNAL_RECORD_BYTES_MAX as u64 * 2);
+};
+
 // --- server ----------------------------------------------------------------------------------------------------
 
 /// Longest request `id` (its JSON text) accepted. The id is echoed on every line of the answer, so a long one

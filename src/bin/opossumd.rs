@@ -81,6 +81,8 @@ fn run() -> anyhow::Result<()> {
 
     let options = StoreOptions {
         durability: config.durability,
+        commit: config.commit,
+        mirror: config.mirror,
         io_backend: config.io_backend,
         sync_strategy: config.sync_strategy,
         index_writes: config.index_writes,

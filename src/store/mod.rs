@@ -14,11 +14,13 @@ use std::time::{Duration, Instant};
 
 use crate::format::{self, Layout};
 use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
+use crate::journal::Journal;
 use crate::limits::{RECOVERY_BACKOFF_MIN, WRITE_STATUS_CHANGES_MAX};
 use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
 
+mod commit;
 mod index;
 mod reader;
 mod recovery;
@@ -68,8 +70,54 @@ pub enum IndexWrites {
     Deferred { interval: Duration },
 }
 
+/// Which copy of an event is durable before its append is acknowledged (design §3.1; `store/commit/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CommitMode {
+    /// Today's protocol: event files, ledger and directory entries durable before the answer. For stores that
+    /// .NET processes append to while the daemon runs. O(index file size) per commit with `IndexWrites::EveryCommit`.
+    #[default]
+    Files,
+    /// The journal (`.opossumd/journal/`) is the durable record: one write + one `fdatasync` per group commit.
+    /// The store holds `.store.lock` for its whole life, so .NET writers wait until it closes.
+    Journal,
+}
+
+impl std::str::FromStr for CommitMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "files" => Ok(CommitMode::Files),
+            "journal" => Ok(CommitMode::Journal),
+            other => Err(format!("unknown commit mode {other:?}: expected journal or files")),
+        }
+    }
+}
+
+/// In journal mode, whether the Opossum tree is kept as a mirror of the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorMode {
+    /// Materialise event files, index files and the ledger from the journal (not yet built: see `Store::open`).
+    #[default]
+    Live,
+    /// No tree for new events: fastest; the tree stays as it was when the journal took over.
+    Off,
+}
+
+impl std::str::FromStr for MirrorMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "live" => Ok(MirrorMode::Live),
+            "off" => Ok(MirrorMode::Off),
+            other => Err(format!("unknown mirror mode {other:?}: expected live or off")),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct StoreOptions {
+    pub commit: CommitMode,
+    pub mirror: MirrorMode,
     pub durability: Durability,
     pub io_backend: IoBackendKind,
     /// How durable write batches wait for stable storage (when the store opens its own backend).
@@ -88,6 +136,8 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
+            commit: CommitMode::default(),
+            mirror: MirrorMode::default(),
             durability: Durability::Fsync,
             io_backend: IoBackendKind::Auto,
             sync_strategy: SyncStrategy::default(),
@@ -103,6 +153,8 @@ impl Default for StoreOptions {
 impl std::fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreOptions")
+            .field("commit", &self.commit)
+            .field("mirror", &self.mirror)
             .field("durability", &self.durability)
             .field("io_backend", &self.io_backend)
             .field("sync_strategy", &self.sync_strategy)
@@ -243,6 +295,10 @@ pub(crate) struct Shared {
     /// Identity of the ledger as the writer last wrote or read it: while the file is unchanged no other process
     /// has appended, so commits skip re-reading it and reads skip catching up.
     pub ledger_seen: Mutex<Option<writer::LedgerFingerprint>>,
+    /// The journal, in `CommitMode::Journal`: the durable record and the read path.
+    pub journal: Option<Arc<Journal>>,
+    /// Journal mode, mirror live: a tree write failed; the mirror stops until the next open re-derives the tree.
+    pub mirror_failed: std::sync::atomic::AtomicBool,
     /// Commit notifications for subscriptions: the writer publishes each head right after it (`head`) is.
     pub commits: CommitWatch,
 }
@@ -250,6 +306,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn head(&self) -> u64 {
         self.head.load(Ordering::Acquire)
+    }
+
+    pub fn mirror_failed(&self) -> bool {
+        self.mirror_failed.load(Ordering::Relaxed)
     }
 
     pub fn poison_reason(&self) -> Option<String> {
@@ -322,6 +382,9 @@ impl Shared {
 
     /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
     pub fn read_events(&self, positions: &[u64]) -> Result<Vec<SequencedEvent>, StoreError> {
+        if let Some(journal) = &self.journal {
+            return commit::journal::read_events(journal, positions);
+        }
         read_event_files(&self.layout, self.io.as_ref(), positions, self.head())
     }
 }
@@ -362,6 +425,11 @@ pub(crate) struct PreparedEvent {
     /// The event file's bytes before and after the position number.
     pub file_head: Vec<u8>,
     pub file_tail: Vec<u8>,
+    /// Where the data JSON lies in the event file (offset, length): inside `file_head`, so whatever the position.
+    pub data_range: (u32, u32),
+    /// Where the metadata JSON lies, counted back from the event file's end (it sits in `file_tail`), and its length.
+    pub metadata_from_end: u32,
+    pub metadata_len: u32,
 }
 
 impl PreparedEvent {
@@ -396,6 +464,8 @@ pub struct Store {
     writer: Option<JoinHandle<()>>,
     flusher: Option<IndexFlusher>,
     _owner_lock: Option<File>,
+    /// Journal mode: `.store.lock`, held (flock) from open to close.
+    _tree_lock: Option<File>,
 }
 
 /// With deferred index writes: a thread that flushes changed index files every `interval`, off the writer thread,
@@ -455,10 +525,21 @@ impl Store {
             None => io::open_backend_with(options.io_backend, options.sync_strategy)?,
         };
         let lock_file = open_lock_file(&layout.lock())?;
-        let (recovered, ledger_seen) = {
-            let _guard = StoreLock::acquire(&lock_file, &layout)?;
-            let recovered = recovery::recover(&layout, io.as_ref(), options.durability == Durability::Fsync)?;
-            (recovered, writer::ledger_fingerprint(&layout.ledger()))
+        let durable = options.durability == Durability::Fsync;
+        let (recovered, ledger_seen, journal, tree_lock) = match options.commit {
+            CommitMode::Files => {
+                let _guard = StoreLock::acquire(&lock_file, &layout)?;
+                let recovered = recovery::recover(&layout, io.as_ref(), durable)?;
+                commit::journal::refuse_tree_behind_journal(&layout, recovered.head)?;
+                (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None)
+            }
+            CommitMode::Journal => {
+                // Held until close: the tree is behind the journal for as long as the store is open.
+                let tree_lock = open_lock_file(&layout.lock())?;
+                tree_lock.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
+                let (recovered, journal) = commit::journal::open(&layout, io.clone(), &options)?;
+                (recovered, None, Some(Arc::new(journal)), Some(tree_lock))
+            }
         };
         let shared = Arc::new(Shared {
             layout,
@@ -471,6 +552,8 @@ impl Store {
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
+            journal,
+            mirror_failed: std::sync::atomic::AtomicBool::new(false),
             commits: CommitWatch::new(recovered.head),
         });
         shared.counters.index_write_failures.store(recovered.index_write_failures, Ordering::Relaxed);
@@ -482,6 +565,7 @@ impl Store {
             .spawn(move || writer.run())
             .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("writer thread"), e))?;
         let flusher = match shared.options.index_writes {
+            _ if shared.journal.is_some() && shared.options.mirror == MirrorMode::Off => None,
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
@@ -500,7 +584,14 @@ impl Store {
         if let Some(reason) = &recovered.unwritable {
             tracing::warn!("store open for reads only until recovery can write: {reason}");
         }
-        Ok(Store { shared, requests: Some(tx), writer: Some(handle), flusher, _owner_lock: owner_lock })
+        Ok(Store {
+            shared,
+            requests: Some(tx),
+            writer: Some(handle),
+            flusher,
+            _owner_lock: owner_lock,
+            _tree_lock: tree_lock,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -593,7 +684,11 @@ impl Store {
     /// (one `stat` when nothing changed).
     pub fn notice_other_writers(&self) -> Result<(), StoreError> {
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
-        if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
+        if self.shared.journal.is_none()
+            && now.is_some()
+            && now != *self.shared.ledger_seen.lock().unwrap()
+            && self.shared.poison_reason().is_none()
+        {
             // Mostly our own writer, between writing the ledger and noting its new identity: then the ledger holds
             // nothing beyond our head, or its commit is in flight and the catch-up waits for it. Only a ledger
             // ahead of us needs the writer, and never an index flush (under load, racing reads used to trigger a
@@ -658,13 +753,26 @@ impl Store {
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
-        match self.flusher.take() {
+        let flushed = match self.flusher.take() {
             Some(flusher) => {
                 flusher.stop();
                 self.shared.flush_index()
             }
             None => true,
+        };
+        if let Some(journal) = &self.shared.journal {
+            if self.shared.options.mirror == MirrorMode::Live && !self.shared.mirror_failed() {
+                if let Err(e) = commit::journal::mirror_checkpoint(&self.shared, journal) {
+                    tracing::error!(
+                        "making the Opossum tree durable at close failed (the next open re-derives it): {e}"
+                    );
+                }
+            }
+            if let Err(e) = journal.close() {
+                self.shared.poison(format!("closing the journal failed: {e}"));
+            }
         }
+        flushed
     }
 }
 
@@ -727,6 +835,11 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now).map_err(|e| in_event(&e))?;
         let data = format::minify_raw(&event.data);
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
+        let (data_at, metadata_at) =
+            crate::journal::format::event_file_ranges(&event.event_type, &file_head, data.get(), "")
+                .ok_or_else(|| in_event(&"internal error: the event file does not hold its data where expected"))?;
+        debug_assert_eq!(metadata_at, file_head.len() - 1);
+        let metadata_from_end = (metadata.get().len() + 1) as u32;
         let bytes = file_head.len() + file_tail.len();
         if bytes > EVENT_BYTES_MAX {
             return Err(StoreError::LimitExceeded {
@@ -737,7 +850,15 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
             });
         }
         total_bytes += bytes;
-        prepared.push(PreparedEvent { event_type: event.event_type, tags: event.tags, file_head, file_tail });
+        prepared.push(PreparedEvent {
+            event_type: event.event_type,
+            tags: event.tags,
+            file_head,
+            file_tail,
+            data_range: (data_at as u32, data.get().len() as u32),
+            metadata_from_end,
+            metadata_len: metadata.get().len() as u32,
+        });
     }
     if total_bytes > APPEND_BYTES_MAX {
         return Err(StoreError::LimitExceeded {

@@ -96,7 +96,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures })
 }
 
-fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
+pub(crate) fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
     let mut created = false;
     for dir in layout.dirs() {
         if !dir.is_dir() {

@@ -26,18 +26,25 @@ use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::{
-    elapsed_us, read_event_files, Appended, Durability, IndexWrites, PreparedEvent, Request, Shared, StoreError,
-    StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, MirrorMode, PreparedEvent,
+    Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
-use crate::limits::RECOVERY_BACKOFF_MAX;
+use crate::limits::{JOURNAL_GROUP_BYTES_MAX, RECOVERY_BACKOFF_MAX};
 use crate::model::AppendCondition;
 
 /// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
 /// thousands of files per commit), is logged (`warn`) with where its time went.
 const SLOW_COMMIT: Duration = Duration::from_millis(200);
 const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
+
+/// What a tree write is: the files commit itself, or the journal mode's mirror of a commit already durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TreeWrite {
+    Commit,
+    Mirror,
+}
 
 struct Pending {
     events: Vec<PreparedEvent>,
@@ -111,10 +118,16 @@ impl Writer {
                     let mut syncs = Vec::new();
                     let mut group = vec![Pending { events, condition, reply }];
                     let mut group_events = group[0].events.len();
-                    while group_events < GROUP_EVENTS_MAX {
+                    // Bytes bound too: a journal group is one write of its records (`JOURNAL_GROUP_BYTES_MAX`).
+                    let bytes = |events: &[PreparedEvent]| -> usize {
+                        events.iter().map(|e| e.file_head.len() + e.file_tail.len()).sum()
+                    };
+                    let mut group_bytes = bytes(&group[0].events);
+                    while group_events < GROUP_EVENTS_MAX && group_bytes < JOURNAL_GROUP_BYTES_MAX / 2 {
                         match self.requests.try_recv() {
                             Ok(Request::Append { events, condition, reply }) => {
                                 group_events += events.len();
+                                group_bytes += bytes(&events);
                                 group.push(Pending { events, condition, reply });
                             }
                             Ok(Request::Sync { flush_index, reply }) => syncs.push((flush_index, reply)),
@@ -133,6 +146,13 @@ impl Writer {
     /// Re-runs open-time recovery under `.store.lock` after a write fault (or an open that could not write), and
     /// makes the store writable again when it completes; otherwise waits twice as long before the next attempt.
     fn recover_in_place(&mut self) {
+        if self.shared.journal.is_some() {
+            // Journal mode: a failed journal write or fdatasync poisons the journal until the store is reopened (its
+            // recovery cuts what the failed group left); the tree's recovery has nothing to repair, and `.store.lock`
+            // is already held by the store, on another descriptor.
+            self.next_recovery = None;
+            return;
+        }
         let attempt = self.shared.counters.recovery_attempts.fetch_add(1, Ordering::Relaxed) + 1;
         let reason = self.shared.poison_reason().unwrap_or_default();
         tracing::warn!(attempt, "store unwritable ({reason}): re-running recovery");
@@ -186,6 +206,10 @@ impl Writer {
     fn sync(&mut self, flush_index: bool) -> Result<u64, StoreError> {
         if let Some(reason) = self.shared.poison_reason() {
             return Err(StoreError::Poisoned(reason));
+        }
+        if self.shared.journal.is_some() {
+            // Journal mode: the store holds `.store.lock` for its whole life, so no other process appends.
+            return Ok(self.shared.head());
         }
         {
             let _lock = StoreLock::acquire(&self.lock_file, &self.shared.layout)?;
@@ -247,16 +271,21 @@ impl Writer {
             }
             return;
         }
-        let lock = match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
-            Ok(lock) => lock,
-            Err(e) => {
-                for p in group {
-                    let _ = p.reply.send(Err(e.clone()));
+        // Journal mode holds `.store.lock` for the store's life (taken at open): no other writer to catch up with.
+        let journal_mode = self.shared.journal.is_some();
+        let lock = match journal_mode {
+            true => None,
+            false => match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
+                Ok(lock) => Some(lock),
+                Err(e) => {
+                    for p in group {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    return;
                 }
-                return;
-            }
+            },
         };
-        if let Err(e) = self.catch_up() {
+        if let Err(e) = if journal_mode { Ok(()) } else { self.catch_up() } {
             // Nothing was written: fail these appends, stay writable.
             tracing::warn!("could not pick up other writers' events: {e}");
             for p in group {
@@ -298,7 +327,25 @@ impl Writer {
             })
             .all(|ok| ok));
         let checked = Instant::now();
-        let written = self.write(&accepted, head, new_head);
+        // The one place the commit mode decides what is durable before the answer (store/commit/).
+        let written = match (self.shared.options.commit, &self.shared.journal) {
+            (CommitMode::Journal, Some(journal)) => {
+                let groups: Vec<(&[PreparedEvent], u64)> =
+                    accepted.iter().map(|(p, first)| (&p.events[..], *first)).collect();
+                let written = commit::journal::write(&self.shared, journal, &groups, head);
+                if written.is_ok() && self.shared.options.mirror == MirrorMode::Live && !self.shared.mirror_failed() {
+                    // The mirror: the same tree files as files mode (index files as `IndexWrites` says), without
+                    // fsyncs; made durable at close, and re-derived from the journal after a crash.
+                    if let Err(e) = self.write(&accepted, head, new_head, TreeWrite::Mirror) {
+                        tracing::error!("mirroring positions {}..={new_head} to the Opossum tree failed, mirror stopped until the next open: {e}", head + 1);
+                        self.shared.mirror_failed.store(true, Ordering::Relaxed);
+                    }
+                }
+                written
+            }
+            (CommitMode::Journal, None) => unreachable!("journal mode opens its journal"),
+            (CommitMode::Files, _) => self.write(&accepted, head, new_head, TreeWrite::Commit),
+        };
         let took = started.elapsed();
         if took >= SLOW_COMMIT + SLOW_COMMIT_PER_EVENT.saturating_mul((new_head - head).min(u32::MAX as u64) as u32) {
             // Where the time went, for operators chasing latency spikes.
@@ -386,9 +433,9 @@ impl Writer {
     }
 
     /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, and the ledger as the commit record.
-    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64) -> Result<(), StoreError> {
+    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64, how: TreeWrite) -> Result<(), StoreError> {
         let layout = &self.shared.layout;
-        let durable = self.durable();
+        let durable = how == TreeWrite::Commit && self.durable();
         let mut event_files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity((new_head - head) as usize);
         {
             let mut index = self.shared.index.write().unwrap();

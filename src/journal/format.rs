@@ -1,0 +1,492 @@
+//! The journal's bytes: segment header, record, offset table. `docs/journal.md` draws the same layouts with the
+//! recovery rules around them; the offsets below and the diagrams say the same thing, and the `const` assertions
+//! hold them together.
+//!
+//! ```text
+//! segment header (32 bytes, at offset 0)
+//! 0   8  magic b"OPOSSJNL"
+//! 8   4  format version = 1                              (u32 LE)
+//! 12  4  zero
+//! 16  8  first position: the segment's first record      (u64 LE) = the number in its file name
+//! 24  4  crc32c of bytes 0 .. 24                         (u32 LE)
+//! 28  4  zero
+//!
+//! record (at an 8-aligned offset ≥ 32; `size` bytes, then zeros up to the next multiple of 8)
+//! 0   4  checksum: crc32c of bytes 4 .. size             (u32 LE)
+//! 4   4  size: the record's bytes, header included, padding excluded
+//! 8   8  position
+//! 16  8  group first: the first position of the group this record was appended with
+//! 24  4  group events: how many records that group has (so the group ends at first + events - 1)
+//! 28  4  file offset: where the event file starts, from the record's first byte
+//! 32  4  data offset    36  4  data len        the `event.event` JSON inside the event file
+//! 40  4  metadata offset 44 4  metadata len    the `metadata` JSON inside the event file
+//! 48  2  type len        50  2  tag count
+//! 52  4  zero
+//! 56  …  event type (UTF-8), then per tag: key len (u16), key, value len (u16), value
+//! …   …  the event file, byte for byte as the mirror writes `events/<position>.json`
+//!
+//! sealed segment footer (after the last record's padding, ending the file)
+//! T       8 × n  offset table: per record in position order, offset (u32 LE) and size (u32 LE)
+//! T+8n    8      magic b"OPOSSEAL"
+//! T+8n+8  8      first position                          (u64 LE)
+//! T+8n+16 4      record count n                          (u32 LE)
+//! T+8n+20 4      T: the table's offset                   (u32 LE)
+//! T+8n+24 4      crc32c of the table and trailer bytes 0 .. 24
+//! T+8n+28 4      zero
+//! ```
+//!
+//! Integers are little-endian fixed widths; nothing on disk is a `usize`. A record names its group, so recovery
+//! can tell a torn last group (cut it: never acknowledged) from a damaged record that whole groups follow (corrupt:
+//! a loud error). Only the active (last) segment may end in a torn group; a sealed segment must be whole.
+
+use std::ops::Range;
+
+use crate::limits::{JOURNAL_RECORD_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX};
+use crate::model::Tag;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"OPOSSJNL";
+pub const SEAL_MAGIC: [u8; 8] = *b"OPOSSEAL";
+pub const FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_HEADER_BYTES: usize = 32;
+pub const SEGMENT_SUFFIX: &str = ".seg";
+/// Records start at multiples of this, so recovery can look for valid records after a damaged one cheaply.
+pub const RECORD_ALIGN: usize = 8;
+
+const CHECKSUM_AT: usize = 0;
+const SIZE_AT: usize = CHECKSUM_AT + 4;
+const POSITION_AT: usize = SIZE_AT + 4;
+const GROUP_FIRST_AT: usize = POSITION_AT + 8;
+const GROUP_EVENTS_AT: usize = GROUP_FIRST_AT + 8;
+const FILE_OFFSET_AT: usize = GROUP_EVENTS_AT + 4;
+const DATA_OFFSET_AT: usize = FILE_OFFSET_AT + 4;
+const DATA_LEN_AT: usize = DATA_OFFSET_AT + 4;
+const METADATA_OFFSET_AT: usize = DATA_LEN_AT + 4;
+const METADATA_LEN_AT: usize = METADATA_OFFSET_AT + 4;
+const TYPE_LEN_AT: usize = METADATA_LEN_AT + 4;
+const TAG_COUNT_AT: usize = TYPE_LEN_AT + 2;
+const RESERVED_AT: usize = TAG_COUNT_AT + 2;
+pub const RECORD_HEADER_BYTES: usize = RESERVED_AT + 4;
+const _: () = assert!(RECORD_HEADER_BYTES == 56 && RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+
+pub const TABLE_ENTRY_BYTES: usize = 8;
+pub const TRAILER_BYTES: usize = 32;
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN) && TRAILER_BYTES.is_multiple_of(RECORD_ALIGN));
+// Offsets inside a segment are u32: a segment (even one stretched for a big group) must stay addressable.
+const _: () = assert!(JOURNAL_SEGMENT_BYTES_MAX < u32::MAX as u64 / 2);
+
+/// `<first position, 20 digits>.seg`: names sort in position order.
+pub fn segment_name(first: u64) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
+/// The first position a segment file name stands for; `None` for any other file.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok().filter(|&p| p >= 1)
+}
+
+pub fn encode_segment_header(first: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
+    h[0..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&first.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(decode_segment_header(&h), Ok(first));
+    h
+}
+
+/// The first position a segment header names, or why the header is not one.
+pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
+    if h.len() < SEGMENT_HEADER_BYTES {
+        return Err(format!("{} bytes, shorter than a segment header", h.len()));
+    }
+    if h[0..8] != SEGMENT_MAGIC {
+        return Err("not a journal segment (bad magic)".into());
+    }
+    if crc32c::crc32c(&h[0..24]) != u32_at(h, 24) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let version = u32_at(h, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("segment format version {version}; this build reads {FORMAT_VERSION}"));
+    }
+    Ok(u64_at(h, 16))
+}
+
+/// One event as the writer hands it to the journal: its keys and its event file, with where the event's data and
+/// metadata JSON lie inside that file.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRecord<'a> {
+    pub event_type: &'a str,
+    pub tags: &'a [Tag],
+    pub file: &'a [u8],
+    pub data: (u32, u32),
+    pub metadata: (u32, u32),
+}
+
+impl<'a> NewRecord<'a> {
+    /// A record for an event file as `format::encode_event` writes it (minified, metadata last), locating `data`
+    /// and `metadata` inside it.
+    ///
+    /// # Panics
+    /// When `file` does not contain `data` and `metadata` where `encode_event` puts them: a bug upstream.
+    pub fn for_event_file(event_type: &'a str, tags: &'a [Tag], file: &'a [u8], data: &str, metadata: &str) -> Self {
+        let (data_at, metadata_at) = event_file_ranges(event_type, file, data, metadata)
+            .expect("event file laid out as format::encode_event writes it");
+        NewRecord {
+            event_type,
+            tags,
+            file,
+            data: (data_at as u32, data.len() as u32),
+            metadata: (metadata_at as u32, metadata.len() as u32),
+        }
+    }
+
+    /// The record's size on disk, padding included.
+    pub fn stored_bytes(&self) -> usize {
+        padded(RECORD_HEADER_BYTES + keys_bytes(self.event_type, self.tags) + self.file.len())
+    }
+}
+
+/// Where `data` and `metadata` start in an event file laid out as `format::encode_event` writes it:
+/// `{"event":{"eventType":<type>,"event":<data>,"tags":[..]},"position":<n>,"metadata":<metadata>}`.
+pub fn event_file_ranges(event_type: &str, file: &[u8], data: &str, metadata: &str) -> Option<(usize, usize)> {
+    const BEFORE_TYPE: &[u8] = b"{\"event\":{\"eventType\":";
+    const BEFORE_DATA: &[u8] = b",\"event\":";
+    let type_json = serde_json::to_string(event_type).ok()?;
+    let data_at = BEFORE_TYPE.len() + type_json.len() + BEFORE_DATA.len();
+    let metadata_at = file.len().checked_sub(metadata.len() + 1)?;
+    let fits = |at: usize, part: &str| file.get(at..at + part.len()) == Some(part.as_bytes());
+    (fits(data_at, data) && fits(metadata_at, metadata)).then_some((data_at, metadata_at))
+}
+
+fn keys_bytes(event_type: &str, tags: &[Tag]) -> usize {
+    event_type.len() + tags.iter().map(|t| 4 + t.key.len() + t.value.len()).sum::<usize>()
+}
+
+pub fn padded(n: usize) -> usize {
+    n.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
+}
+
+/// Appends one record (and its padding) to `out`; returns its size without padding.
+///
+/// # Panics
+/// On position 0, a group that does not contain `position`, keys over u16, or a record over
+/// `JOURNAL_RECORD_BYTES_MAX`: the store validated the event, so each is a bug upstream, not bad input.
+pub fn encode_record(out: &mut Vec<u8>, position: u64, group_first: u64, group_events: u32, r: &NewRecord<'_>) -> u32 {
+    assert!(position >= 1, "positions start at 1");
+    assert!(group_first <= position && position < group_first + group_events as u64, "record outside its group");
+    assert!(out.len().is_multiple_of(RECORD_ALIGN), "records start aligned");
+    let keys = keys_bytes(r.event_type, r.tags);
+    let file_offset = RECORD_HEADER_BYTES + keys;
+    let size = file_offset + r.file.len();
+    assert!(size <= JOURNAL_RECORD_BYTES_MAX, "record of {size} bytes over JOURNAL_RECORD_BYTES_MAX");
+    assert!(r.data.0 as usize + r.data.1 as usize <= r.file.len(), "data inside the event file");
+    assert!(r.metadata.0 as usize + r.metadata.1 as usize <= r.file.len(), "metadata inside the event file");
+    let start = out.len();
+    out.reserve(padded(size));
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(size as u32).to_le_bytes());
+    out.extend_from_slice(&position.to_le_bytes());
+    out.extend_from_slice(&group_first.to_le_bytes());
+    out.extend_from_slice(&group_events.to_le_bytes());
+    out.extend_from_slice(&(file_offset as u32).to_le_bytes());
+    out.extend_from_slice(&(file_offset as u32 + r.data.0).to_le_bytes());
+    out.extend_from_slice(&r.data.1.to_le_bytes());
+    out.extend_from_slice(&(file_offset as u32 + r.metadata.0).to_le_bytes());
+    out.extend_from_slice(&r.metadata.1.to_le_bytes());
+    out.extend_from_slice(&u16::try_from(r.event_type.len()).expect("type within u16").to_le_bytes());
+    out.extend_from_slice(&u16::try_from(r.tags.len()).expect("tag count within u16").to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES);
+    out.extend_from_slice(r.event_type.as_bytes());
+    for tag in r.tags {
+        out.extend_from_slice(&u16::try_from(tag.key.len()).expect("tag key within u16").to_le_bytes());
+        out.extend_from_slice(tag.key.as_bytes());
+        out.extend_from_slice(&u16::try_from(tag.value.len()).expect("tag value within u16").to_le_bytes());
+        out.extend_from_slice(tag.value.as_bytes());
+    }
+    out.extend_from_slice(r.file);
+    let checksum = crc32c::crc32c(&out[start + SIZE_AT..]);
+    out[start..start + SIZE_AT].copy_from_slice(&checksum.to_le_bytes());
+    out.resize(start + padded(size), 0);
+    // Pair assertion: what recovery and reads will decode is what we meant to write.
+    debug_assert!(decode_record(&out[start..]).is_ok_and(|v| v.position == position
+        && v.event_type == r.event_type
+        && v.file == r.file
+        && v.tags().eq(r.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))));
+    size as u32
+}
+
+/// A record read back, borrowing the bytes it was decoded from.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub position: u64,
+    pub group_first: u64,
+    pub group_events: u32,
+    /// The record's size without padding.
+    pub size: u32,
+    pub event_type: &'a str,
+    keys: &'a [u8],
+    tag_count: u16,
+    /// The event file's bytes.
+    pub file: &'a [u8],
+    /// The event's data JSON (minified), a slice of `file`.
+    pub data: &'a str,
+    /// The event's metadata JSON (minified), a slice of `file`.
+    pub metadata: &'a str,
+}
+
+impl<'a> RecordView<'a> {
+    /// The event's tags as (key, value), in the order they were appended.
+    pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let mut rest = self.keys;
+        (0..self.tag_count).map(move |_| {
+            // Checked by `decode_record` before the view was handed out.
+            let (key, after) = take_str(rest).expect("tags checked at decode");
+            let (value, after) = take_str(after).expect("tags checked at decode");
+            rest = after;
+            (key, value)
+        })
+    }
+
+    pub fn owned_tags(&self) -> Vec<Tag> {
+        self.tags().map(|(k, v)| Tag { key: k.to_string(), value: v.to_string() }).collect()
+    }
+
+    /// The last position of the group this record was appended with.
+    pub fn group_last(&self) -> u64 {
+        self.group_first + self.group_events as u64 - 1
+    }
+}
+
+fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let len = u16::from_le_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
+    let s = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    Some((s, &bytes[2 + len..]))
+}
+
+/// Why bytes are not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// Zeros where a record would start: the written end of a preallocated segment.
+    End,
+    /// Fewer bytes than the header or the size field claims.
+    Short,
+    /// A checksum mismatch or an impossible field.
+    Invalid(String),
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordError::End => f.write_str("no record (zeros)"),
+            RecordError::Short => f.write_str("record cut short"),
+            RecordError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Decodes the record at the start of `bytes` (which may run on past it), checking its checksum and every field.
+pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+    if bytes.len() < RECORD_HEADER_BYTES {
+        return Err(if bytes.iter().all(|&b| b == 0) { RecordError::End } else { RecordError::Short });
+    }
+    let size = u32_at(bytes, SIZE_AT) as usize;
+    if size == 0 && u32_at(bytes, CHECKSUM_AT) == 0 {
+        return Err(RecordError::End);
+    }
+    if !(RECORD_HEADER_BYTES..=JOURNAL_RECORD_BYTES_MAX).contains(&size) {
+        return Err(RecordError::Invalid(format!("impossible record size {size}")));
+    }
+    let Some(record) = bytes.get(..size) else { return Err(RecordError::Short) };
+    if crc32c::crc32c(&record[SIZE_AT..]) != u32_at(record, CHECKSUM_AT) {
+        return Err(RecordError::Invalid("record checksum mismatch".into()));
+    }
+    let invalid = |what: &str| RecordError::Invalid(format!("record with a valid checksum but {what}"));
+    let position = u64_at(record, POSITION_AT);
+    let group_first = u64_at(record, GROUP_FIRST_AT);
+    let group_events = u32_at(record, GROUP_EVENTS_AT);
+    if position == 0 || group_first > position || position - group_first >= group_events as u64 {
+        return Err(invalid("a position outside its group"));
+    }
+    let file_offset = u32_at(record, FILE_OFFSET_AT) as usize;
+    let type_len = u16_at(record, TYPE_LEN_AT) as usize;
+    let tag_count = u16_at(record, TAG_COUNT_AT);
+    if file_offset < RECORD_HEADER_BYTES + type_len || file_offset > size {
+        return Err(invalid("a bad file offset"));
+    }
+    let event_type = std::str::from_utf8(&record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + type_len])
+        .map_err(|_| invalid("a type that is not UTF-8"))?;
+    let keys = &record[RECORD_HEADER_BYTES + type_len..file_offset];
+    let mut rest = keys;
+    for _ in 0..u32::from(tag_count) * 2 {
+        rest = take_str(rest).ok_or_else(|| invalid("bad tags"))?.1;
+    }
+    if !rest.is_empty() {
+        return Err(invalid("bytes between the tags and the event file"));
+    }
+    let slice = |offset_at: usize, len_at: usize, what: &str| -> Result<&str, RecordError> {
+        let (at, len) = (u32_at(record, offset_at) as usize, u32_at(record, len_at) as usize);
+        if at < file_offset || at + len > size {
+            return Err(invalid(&format!("{what} outside the event file")));
+        }
+        std::str::from_utf8(&record[at..at + len]).map_err(|_| invalid(&format!("{what} that is not UTF-8")))
+    };
+    Ok(RecordView {
+        position,
+        group_first,
+        group_events,
+        size: size as u32,
+        event_type,
+        keys,
+        tag_count,
+        file: &record[file_offset..],
+        data: slice(DATA_OFFSET_AT, DATA_LEN_AT, "data")?,
+        metadata: slice(METADATA_OFFSET_AT, METADATA_LEN_AT, "metadata")?,
+    })
+}
+
+/// The footer that seals a segment: the offset table of its `locations` (offset, size) starting at `table_at`,
+/// then the trailer.
+pub fn encode_footer(first: u64, table_at: u32, locations: &[(u32, u32)]) -> Vec<u8> {
+    assert!((table_at as usize).is_multiple_of(RECORD_ALIGN), "the table starts aligned");
+    let mut out = Vec::with_capacity(locations.len() * TABLE_ENTRY_BYTES + TRAILER_BYTES);
+    for &(offset, size) in locations {
+        out.extend_from_slice(&offset.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+    }
+    out.extend_from_slice(&SEAL_MAGIC);
+    out.extend_from_slice(&first.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(locations.len()).expect("records per segment within u32").to_le_bytes());
+    out.extend_from_slice(&table_at.to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    debug_assert!(decode_trailer(&out[out.len() - TRAILER_BYTES..]).is_ok());
+    out
+}
+
+/// A sealed segment's trailer (its last `TRAILER_BYTES`): first position, record count, table offset. The table's
+/// checksum is checked by [`decode_table`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trailer {
+    pub first: u64,
+    pub count: u32,
+    pub table_at: u32,
+}
+
+pub fn decode_trailer(t: &[u8]) -> Result<Trailer, String> {
+    if t.len() != TRAILER_BYTES || t[0..8] != SEAL_MAGIC {
+        return Err("no seal trailer".into());
+    }
+    Ok(Trailer { first: u64_at(t, 8), count: u32_at(t, 16), table_at: u32_at(t, 20) })
+}
+
+/// The offset table of a sealed segment from its footer bytes (table + trailer), checksum checked.
+pub fn decode_table(footer: &[u8]) -> Result<Vec<(u32, u32)>, String> {
+    let trailer = decode_trailer(&footer[footer.len().saturating_sub(TRAILER_BYTES)..])?;
+    if footer.len() != trailer.count as usize * TABLE_ENTRY_BYTES + TRAILER_BYTES {
+        return Err("offset table length does not match its record count".into());
+    }
+    let checked = footer.len() - 8;
+    if crc32c::crc32c(&footer[..checked]) != u32_at(footer, checked) {
+        return Err("offset table checksum mismatch".into());
+    }
+    Ok(footer[..trailer.count as usize * TABLE_ENTRY_BYTES]
+        .chunks_exact(TABLE_ENTRY_BYTES)
+        .map(|e| (u32_at(e, 0), u32_at(e, 4)))
+        .collect())
+}
+
+/// A byte range inside a segment.
+pub fn range(offset: u32, size: u32) -> Range<u64> {
+    offset as u64..offset as u64 + size as u64
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::encode_event;
+    use serde_json::value::RawValue;
+
+    fn file(position: u64, ty: &str, tags: &[Tag]) -> (Vec<u8>, String, String) {
+        let data = r#"{"a":[1,2,{"b":"x\"y"}]}"#;
+        let metadata = r#"{"timestamp":"2026-11-29T00:00:00.0000000+00:00"}"#;
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        (encode_event(position, ty, &raw(data), tags, &raw(metadata)), data.to_string(), metadata.to_string())
+    }
+
+    #[test]
+    fn records_round_trip_with_their_keys_and_json_ranges() {
+        let tags = vec![Tag::new("course", "c-1"), Tag::new("ünï", "")];
+        let (bytes, data, metadata) = file(7, "Enrolled \"x\"", &tags);
+        let r = NewRecord::for_event_file("Enrolled \"x\"", &tags, &bytes, &data, &metadata);
+        let mut out = vec![];
+        let size = encode_record(&mut out, 7, 5, 3, &r);
+        assert_eq!(out.len(), r.stored_bytes());
+        assert_eq!(out.len() % RECORD_ALIGN, 0);
+        let v = decode_record(&out).unwrap();
+        assert_eq!((v.position, v.group_first, v.group_last(), v.size), (7, 5, 7, size));
+        assert_eq!(v.event_type, "Enrolled \"x\"");
+        assert_eq!(v.owned_tags(), tags);
+        assert_eq!((v.data, v.metadata, v.file), (data.as_str(), metadata.as_str(), &bytes[..]));
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let (bytes, data, metadata) = file(1, "T", &[Tag::new("k", "v")]);
+        let mut out = vec![];
+        let size = encode_record(
+            &mut out,
+            1,
+            1,
+            1,
+            &NewRecord::for_event_file("T", &[Tag::new("k", "v")], &bytes, &data, &metadata),
+        );
+        for at in 0..size as usize {
+            for bit in 0..8 {
+                let mut bad = out.clone();
+                bad[at] ^= 1 << bit;
+                assert!(decode_record(&bad).is_err(), "flip of bit {bit} at {at} went unnoticed");
+            }
+        }
+        assert_eq!(decode_record(&[0; 64]).unwrap_err(), RecordError::End);
+        assert_eq!(decode_record(&out[..size as usize - 1]).unwrap_err(), RecordError::Short);
+    }
+
+    #[test]
+    fn headers_footers_and_names_round_trip() {
+        assert_eq!(decode_segment_header(&encode_segment_header(42)), Ok(42));
+        let mut h = encode_segment_header(42);
+        h[17] ^= 1;
+        assert!(decode_segment_header(&h).is_err());
+        let footer = encode_footer(9, 4096, &[(32, 100), (136, 200)]);
+        assert_eq!(decode_table(&footer), Ok(vec![(32, 100), (136, 200)]));
+        let t = decode_trailer(&footer[footer.len() - TRAILER_BYTES..]).unwrap();
+        assert_eq!(t, Trailer { first: 9, count: 2, table_at: 4096 });
+        let mut bad = footer.clone();
+        bad[3] ^= 1;
+        assert!(decode_table(&bad).is_err());
+        assert_eq!(segment_name(1), "00000000000000000001.seg");
+        assert_eq!(parse_segment_name(&segment_name(123_456)), Some(123_456));
+        assert_eq!(parse_segment_name("00000000000000000001.seg.tmp"), None);
+        assert_eq!(parse_segment_name("00000000000000000000.seg"), None);
+    }
+}

@@ -1,0 +1,619 @@
+//! The journal: the durable record of every event, as append-only segments of checksummed records under
+//! `<store>/.opossumd/journal/` (byte layouts in [`format`] and `docs/journal.md`).
+//!
+//! Contract:
+//! - [`Journal::append`] writes one group (the records of one group commit, consecutive positions from
+//!   `head + 1`) with one write and, when durable, one `fdatasync` of the active segment. On `Ok` the group is on
+//!   stable storage and visible to reads; on `Err` the journal is poisoned (a failed write or `fdatasync` may have
+//!   lost dirty pages; retrying would lie) and refuses further appends until reopened.
+//! - A group is all or nothing across crashes: recovery keeps whole groups only.
+//! - Reads never see a position above [`Journal::head`], which moves only after its group is durable.
+//! - Appends are serialised by the caller's single writer; reads may run on any thread meanwhile (the table of
+//!   locations is locked only to copy locations out or push new ones, never across I/O).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub mod format;
+pub mod marks;
+pub mod recovery;
+pub mod storage;
+
+pub use format::{NewRecord, RecordView};
+pub use marks::Marks;
+pub use storage::{DiskStorage, JournalStorage, SimStorage};
+
+use crate::io::{BatchIo, Extent};
+use crate::limits::{JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX};
+use format::{padded, SEGMENT_HEADER_BYTES, TRAILER_BYTES};
+
+/// `<store>/.opossumd/journal`
+pub fn journal_dir(store_root: &Path) -> PathBuf {
+    store_root.join(".opossumd").join("journal")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt journal segment {segment} at offset {offset}: {reason}")]
+    Corrupt { segment: PathBuf, offset: u64, reason: String },
+    #[error("the journal refuses appends after a failed write or fdatasync (reopen to recover): {0}")]
+    Poisoned(String),
+}
+
+impl JournalError {
+    fn io(op: &'static str, path: PathBuf) -> impl FnOnce(std::io::Error) -> JournalError {
+        move |source| JournalError::Io { op, path, source }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct JournalOptions {
+    /// `fdatasync` each group (and seals, and segment creation) before `append` returns.
+    pub durable: bool,
+    /// Seal a segment once the next group would take it past this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions { durable: true, segment_bytes: JOURNAL_SEGMENT_BYTES_MAX }
+    }
+}
+
+/// Where one record lies: `segment` indexes [`Journal::segment_name`]s in position order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u32,
+    pub offset: u32,
+    pub size: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    first: u64,
+    name: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    segments: Vec<Segment>,
+    /// `locations[p - 1]`: where position `p` lies. Positions are contiguous from 1.
+    locations: Vec<Location>,
+}
+
+#[derive(Debug)]
+struct Active {
+    /// The segment being appended to (index into `Table::segments`), or none (all sealed, or an empty journal).
+    segment: Option<u32>,
+    /// Where the next group goes.
+    end: u64,
+    /// The segment's preallocated length.
+    capacity: u64,
+}
+
+pub struct Journal {
+    storage: Arc<dyn JournalStorage>,
+    options: JournalOptions,
+    table: RwLock<Table>,
+    active: Mutex<Active>,
+    head: AtomicU64,
+    poisoned: Mutex<Option<String>>,
+    marks: Mutex<Marks>,
+    /// Reads go through this backend's `read_extents` when set (and the storage has real files).
+    io: Option<Arc<dyn BatchIo>>,
+}
+
+/// What `open` found, for logs.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    pub head: u64,
+    pub segments: usize,
+    /// Bytes of a torn tail cut from the active segment.
+    pub torn_bytes: u64,
+}
+
+impl Journal {
+    /// Opens the journal on `storage`, recovering: reads sealed segments' offset tables, scans the active segment,
+    /// cuts a torn tail (see [`recovery`]), and fails on corruption naming the segment and offset.
+    pub fn open(storage: Arc<dyn JournalStorage>, options: JournalOptions) -> Result<(Journal, Opened), JournalError> {
+        let dir = storage.dir().to_path_buf();
+        let marks = match read_small(storage.as_ref(), marks::MARKS_FILE)? {
+            None => Marks::default(),
+            Some(bytes) => Marks::decode(&bytes).map_err(|reason| JournalError::Corrupt {
+                segment: storage.path(marks::MARKS_FILE),
+                offset: 0,
+                reason,
+            })?,
+        };
+        let mut names: Vec<(u64, String)> = storage
+            .list()
+            .map_err(JournalError::io("list", dir.clone()))?
+            .into_iter()
+            .filter_map(|n| format::parse_segment_name(&n).map(|first| (first, n)))
+            .collect();
+        names.sort();
+        let mut table = Table::default();
+        let mut active = Active { segment: None, end: 0, capacity: 0 };
+        let mut opened = Opened::default();
+        let count = names.len();
+        for (i, (first, name)) in names.into_iter().enumerate() {
+            let path = storage.path(&name);
+            let is_last = i + 1 == count;
+            let expected = table.locations.len() as u64 + 1;
+            if first != expected {
+                return Err(JournalError::Corrupt {
+                    segment: path,
+                    offset: 0,
+                    reason: format!(
+                        "segment starts at position {first}, but the journal before it ends at {}",
+                        expected - 1
+                    ),
+                });
+            }
+            let len = storage.len(&name).map_err(JournalError::io("stat", path.clone()))?;
+            let segment_index = table.segments.len() as u32;
+            if let Some(records) = read_sealed(storage.as_ref(), &name, first, len)? {
+                table.segments.push(Segment { first, name: name.into() });
+                table.locations.extend(records.into_iter().map(|(offset, size)| Location {
+                    segment: segment_index,
+                    offset,
+                    size,
+                }));
+                continue;
+            }
+            let mut bytes = vec![0u8; len as usize];
+            storage.read_at(&name, &mut bytes, 0).map_err(JournalError::io("read", path.clone()))?;
+            if let Err(reason) = format::decode_segment_header(&bytes) {
+                // A segment whose creation did not finish holds no acknowledged record: its header and name were
+                // durable before its first group was written.
+                let nothing = bytes.len() <= SEGMENT_HEADER_BYTES
+                    || recovery::scan(&bytes, first, &path).is_ok_and(|s| s.records.is_empty());
+                if is_last && nothing {
+                    tracing::warn!(segment = %path.display(), "removing a journal segment whose creation never finished");
+                    storage.remove(&name).map_err(JournalError::io("remove", path.clone()))?;
+                    storage.sync_dir().map_err(JournalError::io("fsync", dir.clone()))?;
+                    break;
+                }
+                return Err(JournalError::Corrupt { segment: path, offset: 0, reason });
+            }
+            let header_first = format::decode_segment_header(&bytes).unwrap_or(0);
+            if header_first != first {
+                return Err(JournalError::Corrupt {
+                    segment: path,
+                    offset: 16,
+                    reason: format!("header says first position {header_first}, the name says {first}"),
+                });
+            }
+            let scanned = recovery::scan(&bytes, first, &path)?;
+            if let Some(tail_end) = scanned.tail_end {
+                let cut_at = first + scanned.records.len() as u64;
+                if !is_last || cut_at <= marks.durable_head {
+                    return Err(JournalError::Corrupt {
+                        segment: path,
+                        offset: scanned.end,
+                        reason: format!(
+                            "damaged records from position {cut_at} on, which the journal acknowledged as durable \
+                             (durable head {}{})",
+                            marks.durable_head,
+                            if is_last { "" } else { "; not the last segment" }
+                        ),
+                    });
+                }
+                let torn = tail_end - scanned.end;
+                tracing::warn!(segment = %path.display(), offset = scanned.end, bytes = torn, "cutting a torn journal tail (never acknowledged)");
+                storage
+                    .write_at(&name, &vec![0u8; torn as usize], scanned.end)
+                    .map_err(JournalError::io("write", path.clone()))?;
+                storage.sync_data(&name).map_err(JournalError::io("fdatasync", path.clone()))?;
+                opened.torn_bytes += torn;
+            }
+            table.segments.push(Segment { first, name: name.into() });
+            table.locations.extend(scanned.records.iter().map(|&(offset, size)| Location {
+                segment: segment_index,
+                offset,
+                size,
+            }));
+            if is_last {
+                active = Active { segment: Some(segment_index), end: scanned.end, capacity: len };
+            }
+        }
+        let head = table.locations.len() as u64;
+        if head < marks.durable_head {
+            return Err(JournalError::Corrupt {
+                segment: dir,
+                offset: 0,
+                reason: format!(
+                    "the journal ends at position {head}, but it acknowledged up to {} as durable",
+                    marks.durable_head
+                ),
+            });
+        }
+        opened.head = head;
+        opened.segments = table.segments.len();
+        let journal = Journal {
+            storage,
+            options,
+            table: RwLock::new(table),
+            active: Mutex::new(active),
+            head: AtomicU64::new(head),
+            poisoned: Mutex::new(None),
+            marks: Mutex::new(marks),
+            io: None,
+        };
+        Ok((journal, opened))
+    }
+
+    /// Opens the journal of the store at `store_root` on real files.
+    pub fn open_dir(store_root: &Path, options: JournalOptions) -> Result<(Journal, Opened), JournalError> {
+        let dir = journal_dir(store_root);
+        let storage = DiskStorage::open(&dir).map_err(JournalError::io("create", dir.clone()))?;
+        Journal::open(Arc::new(storage), options)
+    }
+
+    /// The last position in the journal (0 when empty): every position up to it is durable and readable.
+    pub fn head(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    pub fn storage(&self) -> &Arc<dyn JournalStorage> {
+        &self.storage
+    }
+
+    pub fn poison_reason(&self) -> Option<String> {
+        self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn poison(&self, e: JournalError) -> JournalError {
+        let reason = e.to_string();
+        self.poisoned.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+        e
+    }
+
+    /// Appends one group: `records[i]` takes position `first + i`. See the module contract.
+    ///
+    /// # Panics
+    /// When `first` is not `head + 1` or the group is empty: the writer assigns positions, so either is a bug.
+    pub fn append(&self, first: u64, records: &[NewRecord<'_>]) -> Result<Vec<Location>, JournalError> {
+        assert!(!records.is_empty(), "a group has at least one record");
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = self.poison_reason() {
+            return Err(JournalError::Poisoned(reason));
+        }
+        assert_eq!(first, self.head() + 1, "groups take the next positions");
+        let events = u32::try_from(records.len()).expect("group within u32 events");
+        let mut buf = Vec::with_capacity(records.iter().map(NewRecord::stored_bytes).sum());
+        let mut placed = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let at = buf.len();
+            let size = format::encode_record(&mut buf, first + i as u64, first, events, r);
+            placed.push((at as u64, size));
+        }
+        if active.segment.is_none() || active.end + buf.len() as u64 > active.capacity {
+            self.seal(&mut active).map_err(|e| self.poison(e))?;
+            self.start_segment(&mut active, first, buf.len() as u64).map_err(|e| self.poison(e))?;
+        }
+        let segment = active.segment.expect("an active segment");
+        let name = self.table.read().unwrap_or_else(|e| e.into_inner()).segments[segment as usize].name.clone();
+        let path = || self.storage.path(&name);
+        self.storage
+            .write_at(&name, &buf, active.end)
+            .map_err(|e| self.poison(JournalError::io("write", path())(e)))?;
+        if self.options.durable {
+            self.storage.sync_data(&name).map_err(|e| self.poison(JournalError::io("fdatasync", path())(e)))?;
+        }
+        let base = active.end;
+        let locations: Vec<Location> =
+            placed.into_iter().map(|(at, size)| Location { segment, offset: (base + at) as u32, size }).collect();
+        active.end += buf.len() as u64;
+        self.table.write().unwrap_or_else(|e| e.into_inner()).locations.extend_from_slice(&locations);
+        self.head.store(first + records.len() as u64 - 1, Ordering::Release);
+        Ok(locations)
+    }
+
+    /// Seals the active segment, if any: offset table + trailer after its records, synced, the file cut to its
+    /// end, and the durable head noted in `marks`.
+    fn seal(&self, active: &mut Active) -> Result<(), JournalError> {
+        let Some(segment) = active.segment else { return Ok(()) };
+        let (name, first, table) = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let s = &t.segments[segment as usize];
+            let from = (s.first - 1) as usize;
+            let table: Vec<(u32, u32)> = t.locations[from..].iter().map(|l| (l.offset, l.size)).collect();
+            (s.name.clone(), s.first, table)
+        };
+        let path = || self.storage.path(&name);
+        let footer = format::encode_footer(first, active.end as u32, &table);
+        self.storage.write_at(&name, &footer, active.end).map_err(JournalError::io("write", path()))?;
+        self.storage.set_len(&name, active.end + footer.len() as u64).map_err(JournalError::io("truncate", path()))?;
+        if self.options.durable {
+            self.storage.sync_data(&name).map_err(JournalError::io("fdatasync", path()))?;
+            self.write_marks(|m| m.durable_head = self.head())?;
+        }
+        active.segment = None;
+        Ok(())
+    }
+
+    fn start_segment(&self, active: &mut Active, first: u64, group_bytes: u64) -> Result<(), JournalError> {
+        let name = format::segment_name(first);
+        let path = || self.storage.path(&name);
+        let capacity = self.options.segment_bytes.max(SEGMENT_HEADER_BYTES as u64 + group_bytes);
+        self.storage.create(&name).map_err(JournalError::io("create", path()))?;
+        self.storage.preallocate(&name, capacity).map_err(JournalError::io("fallocate", path()))?;
+        self.storage
+            .write_at(&name, &format::encode_segment_header(first), 0)
+            .map_err(JournalError::io("write", path()))?;
+        if self.options.durable {
+            self.storage.sync_data(&name).map_err(JournalError::io("fdatasync", path()))?;
+            self.storage.sync_dir().map_err(JournalError::io("fsync", self.storage.dir().to_path_buf()))?;
+        }
+        let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
+        t.segments.push(Segment { first, name: name.into() });
+        *active = Active { segment: Some(t.segments.len() as u32 - 1), end: SEGMENT_HEADER_BYTES as u64, capacity };
+        Ok(())
+    }
+
+    fn write_marks(&self, change: impl FnOnce(&mut Marks)) -> Result<(), JournalError> {
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = *marks;
+        change(&mut next);
+        if next == *marks {
+            return Ok(());
+        }
+        self.storage
+            .replace(marks::MARKS_FILE, &next.encode())
+            .map_err(JournalError::io("replace", self.storage.path(marks::MARKS_FILE)))?;
+        *marks = next;
+        Ok(())
+    }
+
+    pub fn marks(&self) -> Marks {
+        *self.marks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the Opossum tree holds every event up to `position`, durably (the mirror's checkpoints).
+    pub fn set_mirror_durable(&self, position: u64) -> Result<(), JournalError> {
+        self.write_marks(|m| m.mirror_durable = m.mirror_durable.max(position))
+    }
+
+    /// A clean close: notes the head as durable, so a later open treats losing any of it as corruption.
+    pub fn close(&self) -> Result<(), JournalError> {
+        let _active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if self.options.durable && self.poison_reason().is_none() {
+            self.write_marks(|m| m.durable_head = m.durable_head.max(self.head()))?;
+        }
+        Ok(())
+    }
+
+    /// Where `position` lies: (segment file, offset, size).
+    pub fn locate(&self, position: u64) -> Option<(PathBuf, Location)> {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let l = *t.locations.get(position.checked_sub(1)? as usize)?;
+        Some((self.storage.path(&t.segments[l.segment as usize].name), l))
+    }
+
+    /// Journal size: segments and bytes of records written.
+    pub fn segments(&self) -> usize {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).segments.len()
+    }
+
+    /// Reads the records of `positions` (each at most the head), in the order given, coalescing adjacent records
+    /// into extents of at most `JOURNAL_READ_EXTENT_BYTES_MAX`. Every record's checksum is checked; a mismatch is
+    /// `Corrupt` naming the segment and offset.
+    pub fn read(&self, positions: &[u64]) -> Result<RecordBatch, JournalError> {
+        let (names, located): (Vec<Arc<str>>, Vec<Location>) = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let head = t.locations.len() as u64;
+            let located = positions
+                .iter()
+                .map(|&p| {
+                    assert!((1..=head).contains(&p), "read of position {p} outside 1..={head}");
+                    t.locations[(p - 1) as usize]
+                })
+                .collect();
+            (t.segments.iter().map(|s| s.name.clone()).collect(), located)
+        };
+        // Extents over the records sorted by where they lie; each record then points into one of them.
+        let mut order: Vec<usize> = (0..positions.len()).collect();
+        order.sort_by_key(|&i| (located[i].segment, located[i].offset));
+        let mut extents: Vec<(u32, u64, u64)> = Vec::new(); // (segment, start, end)
+        let mut slots = vec![(0u32, 0u32); positions.len()]; // (extent, offset inside it)
+        for i in order {
+            let l = located[i];
+            let last = extents.len().saturating_sub(1) as u32;
+            let (start, end) = (l.offset as u64, l.offset as u64 + padded(l.size as usize) as u64);
+            match extents.last_mut() {
+                Some((s, e_start, e_end))
+                    if *s == l.segment
+                        && start >= *e_start
+                        && start <= *e_end
+                        && end.max(*e_end) - *e_start <= JOURNAL_READ_EXTENT_BYTES_MAX as u64 =>
+                {
+                    *e_end = end.max(*e_end);
+                    slots[i] = (last, (start - *e_start) as u32);
+                }
+                _ => {
+                    extents.push((l.segment, start, end));
+                    slots[i] = ((extents.len() - 1) as u32, 0);
+                }
+            }
+        }
+        let buffers = self.read_extents(&names, &extents)?;
+        let mut records = Vec::with_capacity(positions.len());
+        for (i, &(extent, at)) in slots.iter().enumerate() {
+            let bytes = &buffers[extent as usize][at as usize..];
+            let l = located[i];
+            match format::decode_record(bytes) {
+                Ok(v) if v.position == positions[i] && v.size == l.size => {}
+                other => {
+                    let reason = match other {
+                        Ok(v) => format!("record of position {} where {} belongs", v.position, positions[i]),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(JournalError::Corrupt {
+                        segment: self.storage.path(&names[l.segment as usize]),
+                        offset: l.offset as u64,
+                        reason,
+                    });
+                }
+            }
+            records.push((extent, at));
+        }
+        Ok(RecordBatch { buffers, records })
+    }
+
+    /// Fetches `(segment, start, end)` byte ranges: through `BatchIo::read_extents` on the segments' held
+    /// descriptors when the journal has a backend and real files, else one positional read each.
+    fn read_extents(&self, names: &[Arc<str>], extents: &[(u32, u64, u64)]) -> Result<Vec<Vec<u8>>, JournalError> {
+        if let Some(io) = &self.io {
+            let files: Option<Vec<(Arc<std::fs::File>, PathBuf)>> =
+                names.iter().map(|n| self.storage.file(n).map(|f| (f, self.storage.path(n)))).collect();
+            if let Some(files) = files {
+                let wanted: Vec<Extent<'_>> = extents
+                    .iter()
+                    .map(|&(segment, start, end)| {
+                        let (file, path) = &files[segment as usize];
+                        Extent { file, path, offset: start, len: (end - start) as u32 }
+                    })
+                    .collect();
+                return io
+                    .read_extents(&wanted)
+                    .into_iter()
+                    .map(|r| r.map_err(|e| JournalError::Io { op: "read", path: e.path.clone(), source: e.source }))
+                    .collect();
+            }
+        }
+        extents
+            .iter()
+            .map(|&(segment, start, end)| {
+                let name = &names[segment as usize];
+                let mut buf = vec![0u8; (end - start) as usize];
+                self.storage
+                    .read_at(name, &mut buf, start)
+                    .map_err(JournalError::io("read", self.storage.path(name)))?;
+                Ok(buf)
+            })
+            .collect()
+    }
+
+    /// Reads through `io` (batched positional reads on the segments' descriptors) from now on.
+    pub fn with_batch_io(mut self, io: Arc<dyn BatchIo>) -> Journal {
+        self.io = Some(io);
+        self
+    }
+
+    /// Calls `visit` with every record of positions `from ..= to` in order, holding at most
+    /// `JOURNAL_SCAN_BYTES_MAX` of records at a time (index rebuilds, imports, the mirror).
+    pub fn scan<E: From<JournalError>>(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(RecordView<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut next = from.max(1);
+        while next <= to {
+            let mut bytes = 0usize;
+            let mut last = next;
+            {
+                let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+                while last <= to {
+                    bytes += padded(t.locations[(last - 1) as usize].size as usize);
+                    if bytes > JOURNAL_SCAN_BYTES_MAX && last > next {
+                        break;
+                    }
+                    last += 1;
+                }
+            }
+            let positions: Vec<u64> = (next..last).collect();
+            let batch = self.read(&positions)?;
+            for v in batch.iter() {
+                visit(v)?;
+            }
+            next = last;
+        }
+        Ok(())
+    }
+}
+
+/// Records read by [`Journal::read`], checked; [`RecordBatch::iter`] yields them in the order asked.
+pub struct RecordBatch {
+    buffers: Vec<Vec<u8>>,
+    records: Vec<(u32, u32)>,
+}
+
+impl RecordBatch {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = RecordView<'_>> + '_ {
+        self.records.iter().map(|&(extent, at)| {
+            format::decode_record(&self.buffers[extent as usize][at as usize..]).expect("checked by Journal::read")
+        })
+    }
+}
+
+/// The records of a sealed segment from its offset table, or `None` when it carries no valid seal.
+fn read_sealed(
+    storage: &dyn JournalStorage,
+    name: &str,
+    first: u64,
+    len: u64,
+) -> Result<Option<Vec<(u32, u32)>>, JournalError> {
+    let path = || storage.path(name);
+    if len < (SEGMENT_HEADER_BYTES + TRAILER_BYTES) as u64 {
+        return Ok(None);
+    }
+    let mut trailer = [0u8; TRAILER_BYTES];
+    storage.read_at(name, &mut trailer, len - TRAILER_BYTES as u64).map_err(JournalError::io("read", path()))?;
+    let Ok(t) = format::decode_trailer(&trailer) else { return Ok(None) };
+    let footer_len = t.count as u64 * format::TABLE_ENTRY_BYTES as u64 + TRAILER_BYTES as u64;
+    if t.first != first || t.table_at as u64 + footer_len != len {
+        return Ok(None);
+    }
+    let mut footer = vec![0u8; footer_len as usize];
+    storage.read_at(name, &mut footer, t.table_at as u64).map_err(JournalError::io("read", path()))?;
+    let Ok(table) = format::decode_table(&footer) else { return Ok(None) };
+    // The table must describe records back to back from the header to the table.
+    let mut at = SEGMENT_HEADER_BYTES as u64;
+    for &(offset, size) in &table {
+        if offset as u64 != at {
+            return Err(JournalError::Corrupt {
+                segment: path(),
+                offset: t.table_at as u64,
+                reason: format!("offset table entry {offset} where a record at {at} belongs"),
+            });
+        }
+        at += padded(size as usize) as u64;
+    }
+    if at != t.table_at as u64 {
+        return Err(JournalError::Corrupt {
+            segment: path(),
+            offset: t.table_at as u64,
+            reason: "offset table does not reach its own offset".into(),
+        });
+    }
+    Ok(Some(table))
+}
+
+fn read_small(storage: &dyn JournalStorage, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+    let len = match storage.len(name) {
+        Ok(len) => len,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(JournalError::io("stat", storage.path(name))(e)),
+    };
+    let mut buf = vec![0u8; len.min(1 << 16) as usize];
+    storage.read_at(name, &mut buf, 0).map_err(JournalError::io("read", storage.path(name)))?;
+    Ok(Some(buf))
+}

@@ -1,0 +1,309 @@
+//! The journal over the simulated disk (`io::sim`): thousands of seeded crash points, torn and corrupt tails,
+//! sealed segments; and over real files. Deterministic: a failing seed replays.
+
+use std::sync::Arc;
+
+use opossum::format::encode_event;
+use opossum::io::sim::{SimDisk, SimRng};
+use opossum::journal::format::{self, padded, segment_name};
+use opossum::journal::{DiskStorage, Journal, JournalError, JournalOptions, NewRecord, SimStorage};
+use opossum::model::Tag;
+use serde_json::value::RawValue;
+
+/// The event file, tags and JSON ranges of position `p`: a pure function of `p`, so any record read back can be
+/// checked without remembering what was written.
+struct Made {
+    event_type: String,
+    tags: Vec<Tag>,
+    file: Vec<u8>,
+    data: String,
+    metadata: String,
+}
+
+fn make(p: u64) -> Made {
+    let pad = "x".repeat((p * 37 % 300) as usize);
+    let data = format!(r#"{{"p":{p},"pad":"{pad}"}}"#);
+    let metadata = format!(r#"{{"timestamp":"t{p}"}}"#);
+    let event_type = format!("Type{}", p % 5);
+    let tags = (0..p % 3).map(|i| Tag::new(format!("k{i}"), format!("v{p}"))).collect::<Vec<_>>();
+    let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+    let file = encode_event(p, &event_type, &raw(&data), &tags, &raw(&metadata));
+    Made { event_type, tags, file, data, metadata }
+}
+
+fn record(m: &Made) -> NewRecord<'_> {
+    NewRecord::for_event_file(&m.event_type, &m.tags, &m.file, &m.data, &m.metadata)
+}
+
+fn append_group(j: &Journal, first: u64, n: u64) -> Result<(), JournalError> {
+    let made: Vec<Made> = (first..first + n).map(make).collect();
+    let records: Vec<NewRecord<'_>> = made.iter().map(record).collect();
+    j.append(first, &records).map(|_| ())
+}
+
+/// Every position 1..=head reads back as `make` made it.
+fn check_contents(j: &Journal) {
+    let head = j.head();
+    j.scan(1, head, |v| -> Result<(), JournalError> {
+        let m = make(v.position);
+        assert_eq!(v.file, &m.file[..], "position {}", v.position);
+        assert_eq!((v.event_type, v.data, v.metadata), (m.event_type.as_str(), m.data.as_str(), m.metadata.as_str()));
+        assert_eq!(v.owned_tags(), m.tags);
+        Ok(())
+    })
+    .unwrap();
+    let mut seen = 0;
+    j.scan(1, head, |v| -> Result<(), JournalError> {
+        seen += 1;
+        assert_eq!(v.position, seen);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, head);
+}
+
+fn sim_open(disk: &SimDisk, options: JournalOptions) -> Result<Journal, JournalError> {
+    Journal::open(Arc::new(SimStorage::new(disk.clone())), options).map(|(j, _)| j)
+}
+
+/// Big enough for every test's records in one segment, small enough to copy quickly.
+fn one_segment() -> JournalOptions {
+    JournalOptions { durable: true, segment_bytes: 64 << 10 }
+}
+
+fn small_segments() -> JournalOptions {
+    JournalOptions { durable: true, segment_bytes: 4096 }
+}
+
+/// Appends random groups until the disk crashes (or `groups` are done); returns the acknowledged head and every
+/// group end attempted (acknowledged or not).
+fn run_until_crash(j: &Journal, rng: &mut SimRng, groups: usize) -> (u64, Vec<u64>) {
+    let mut acked = j.head();
+    let mut ends = vec![acked];
+    for _ in 0..groups {
+        let n = 1 + rng.below(6);
+        ends.push(acked + n);
+        match append_group(j, acked + 1, n) {
+            Ok(()) => acked += n,
+            Err(_) => break,
+        }
+    }
+    (acked, ends)
+}
+
+#[test]
+fn thousands_of_crash_points_keep_every_acknowledged_group_and_no_half_group() {
+    let mut crash_points = 0;
+    let mut recovered_beyond_ack = 0;
+    for seed in 0..3000u64 {
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new(seed);
+        let j = sim_open(&disk, small_segments()).unwrap();
+        // A history before the crash point, sometimes across seals, then a crash somewhere in the next groups.
+        let history = rng.below(12) as usize;
+        let (before, _) = run_until_crash(&j, &mut rng, history);
+        disk.crash_after(1 + rng.below(60));
+        let (acked, ends) = run_until_crash(&j, &mut rng, 30);
+        assert!(acked >= before);
+        if !disk.crashed() {
+            continue;
+        }
+        crash_points += 1;
+        drop(j);
+        let after = disk.reboot(seed, true);
+        let j = sim_open(&after, small_segments()).unwrap_or_else(|e| panic!("seed {seed}: reopen failed: {e}"));
+        let head = j.head();
+        assert!(head >= acked, "seed {seed}: acknowledged up to {acked}, recovered only {head}");
+        assert!(ends.contains(&head), "seed {seed}: head {head} is inside a group (group ends {ends:?})");
+        recovered_beyond_ack += u64::from(head > acked);
+        check_contents(&j);
+        // The recovered journal takes appends, and they survive a clean reopen.
+        append_group(&j, head + 1, 3).unwrap_or_else(|e| panic!("seed {seed}: append after recovery: {e}"));
+        j.close().unwrap();
+        drop(j);
+        let j = sim_open(&after.reboot(seed, false), small_segments()).unwrap();
+        assert_eq!(j.head(), head + 3, "seed {seed}");
+        check_contents(&j);
+    }
+    assert!(crash_points > 2500, "only {crash_points} runs crashed");
+    // Some crashes land after the fdatasync but before the answer: those groups may survive, whole.
+    assert!(recovered_beyond_ack > 0);
+}
+
+#[test]
+fn crashes_during_recovery_are_recovered_from_too() {
+    for seed in 0..500u64 {
+        let mut rng = SimRng::new(seed);
+        let disk = SimDisk::new(seed);
+        let j = sim_open(&disk, small_segments()).unwrap();
+        disk.crash_after(1 + rng.below(40));
+        let (acked, ends) = run_until_crash(&j, &mut rng, 20);
+        drop(j);
+        let first = disk.reboot(seed, true);
+        // Crash the recovery itself (cutting the torn tail) at its first write or sync.
+        first.crash_after(1 + rng.below(3));
+        let _ = sim_open(&first, small_segments());
+        let second = first.reboot(seed + 1, true);
+        let j = sim_open(&second, small_segments()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(j.head() >= acked && ends.contains(&j.head()), "seed {seed}");
+        check_contents(&j);
+    }
+}
+
+/// A journal of `groups` groups of 3 in one segment, cleanly synced but not closed (no durable-head mark).
+fn one_segment_journal(groups: u64) -> (SimDisk, Journal) {
+    let disk = SimDisk::new(7);
+    let j = sim_open(&disk, one_segment()).unwrap();
+    for g in 0..groups {
+        append_group(&j, g * 3 + 1, 3).unwrap();
+    }
+    (disk, j)
+}
+
+#[test]
+fn a_torn_tail_cut_at_any_offset_recovers_to_the_last_whole_group() {
+    let (disk, j) = one_segment_journal(4);
+    let name = segment_name(1);
+    let (_, first_of_last) = j.locate(10).unwrap();
+    let (_, last) = j.locate(12).unwrap();
+    let end = last.offset as u64 + padded(last.size as usize) as u64;
+    drop(j);
+    for cut in first_of_last.offset as u64..end {
+        let copy = disk.reboot(0, false);
+        // Everything from `cut` on never reached the disk: zeros, as in the preallocated file.
+        copy.poke(&name, cut, &vec![0u8; (end - cut) as usize]);
+        let j = sim_open(&copy, one_segment()).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let expect = if cut >= last.offset as u64 + last.size as u64 { 12 } else { 9 };
+        assert_eq!(j.head(), expect, "cut at {cut}");
+        check_contents(&j);
+        // Also as a file cut short (no preallocation).
+        let copy = disk.reboot(0, false);
+        copy.truncate(&name, cut);
+        let j = sim_open(&copy, one_segment()).unwrap();
+        assert_eq!(j.head(), expect, "truncated at {cut}");
+    }
+}
+
+#[test]
+fn random_bytes_flipped_in_the_last_group_recover_to_the_group_before() {
+    let (disk, j) = one_segment_journal(4);
+    let name = segment_name(1);
+    let (_, first_of_last) = j.locate(10).unwrap();
+    let (_, last) = j.locate(12).unwrap();
+    let end = last.offset as u64 + last.size as u64;
+    drop(j);
+    let mut rng = SimRng::new(99);
+    for _ in 0..300 {
+        let copy = disk.reboot(0, false);
+        let at = first_of_last.offset as u64 + rng.below(end - first_of_last.offset as u64);
+        let old = copy.contents(&name).unwrap()[at as usize];
+        copy.poke(&name, at, &[old ^ (1 + rng.below(255) as u8)]);
+        let j = sim_open(&copy, one_segment()).unwrap_or_else(|e| panic!("flip at {at}: {e}"));
+        assert_eq!(j.head(), 9, "flip at {at}");
+        check_contents(&j);
+    }
+}
+
+#[test]
+fn a_flipped_byte_below_the_durable_mark_is_an_error_naming_segment_and_offset() {
+    let (disk, j) = one_segment_journal(4);
+    let name = segment_name(1);
+    let record5 = j.locate(5).unwrap().1;
+    let record11 = j.locate(11).unwrap().1;
+    drop(j);
+    // A damaged record with whole groups after it: it was acknowledged.
+    let mut rng = SimRng::new(5);
+    for _ in 0..100 {
+        let copy = disk.reboot(0, false);
+        let at = record5.offset as u64 + rng.below(record5.size as u64);
+        let old = copy.contents(&name).unwrap()[at as usize];
+        copy.poke(&name, at, &[old ^ 0x20]);
+        let err = sim_open(&copy, one_segment()).err().unwrap_or_else(|| panic!("flip at {at} went unnoticed"));
+        match &err {
+            JournalError::Corrupt { segment, offset, .. } => {
+                assert!(segment.ends_with(&name), "{err}");
+                assert_eq!(*offset, record5.offset as u64, "{err}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains(&name) && err.to_string().contains(&record5.offset.to_string()), "{err}");
+    }
+    // After a clean close the last group is below the durable head too: damage there is an error, not a cut.
+    let j = sim_open(&disk, one_segment()).unwrap();
+    j.close().unwrap();
+    drop(j);
+    let copy = disk.reboot(0, false);
+    let at = record11.offset as u64 + 60;
+    let old = copy.contents(&name).unwrap()[at as usize];
+    copy.poke(&name, at, &[old ^ 1]);
+    let err = sim_open(&copy, one_segment()).err().expect("damage below the durable head");
+    assert!(matches!(err, JournalError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn sealed_segments_resolve_positions_from_their_offset_table_and_fail_loudly_when_damaged() {
+    let disk = SimDisk::new(3);
+    let j = sim_open(&disk, small_segments()).unwrap();
+    for g in 0..40 {
+        append_group(&j, g * 2 + 1, 2).unwrap();
+    }
+    let segments = j.segments();
+    assert!(segments > 5, "{segments} segments");
+    let (path, l) = j.locate(3).unwrap();
+    assert!(path.ends_with(segment_name(1)));
+    j.close().unwrap();
+    drop(j);
+    let j = sim_open(&disk, small_segments()).unwrap();
+    assert_eq!((j.head(), j.segments()), (80, segments));
+    check_contents(&j);
+    // Every sealed segment ends in a valid trailer.
+    let names: Vec<String> = disk.list().unwrap().into_iter().filter(|n| n.ends_with(".seg")).collect();
+    for name in &names[..names.len() - 1] {
+        let bytes = disk.contents(name).unwrap();
+        let trailer = format::decode_trailer(&bytes[bytes.len() - format::TRAILER_BYTES..]);
+        assert!(trailer.is_ok(), "{name} not sealed");
+    }
+    drop(j);
+    disk.poke(&segment_name(1), l.offset as u64 + 70, b"!");
+    let j = sim_open(&disk, small_segments()).unwrap();
+    let err = j.read(&[3]).err().expect("a damaged sealed record is an error");
+    let text = err.to_string();
+    assert!(text.contains(&segment_name(1)) && text.contains(&l.offset.to_string()), "{text}");
+}
+
+#[test]
+fn reads_coalesce_and_return_records_in_the_order_asked() {
+    let (_disk, j) = one_segment_journal(10);
+    let batch = j.read(&[30, 29, 1, 2, 3, 17]).unwrap();
+    let got: Vec<u64> = batch.iter().map(|v| v.position).collect();
+    assert_eq!(got, vec![30, 29, 1, 2, 3, 17]);
+}
+
+#[test]
+fn the_journal_on_real_files_survives_reopen_and_preallocates() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions { durable: true, segment_bytes: 64 << 10 };
+    let (j, opened) = Journal::open_dir(dir.path(), options).unwrap();
+    assert_eq!(opened.head, 0);
+    for g in 0..200 {
+        append_group(&j, g * 4 + 1, 4).unwrap();
+    }
+    let segments = j.segments();
+    assert!(segments > 2);
+    j.close().unwrap();
+    drop(j);
+    let journal = opossum::journal::journal_dir(dir.path());
+    let active = std::fs::metadata(journal.join(segment_name(j_last_first(&journal)))).unwrap();
+    assert!(active.len() >= 64 << 10, "the active segment is preallocated");
+    let (j, opened) = Journal::open(Arc::new(DiskStorage::open(&journal).unwrap()), options).unwrap();
+    assert_eq!((opened.head, opened.segments), (800, segments));
+    check_contents(&j);
+}
+
+fn j_last_first(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| format::parse_segment_name(e.unwrap().file_name().to_str()?))
+        .max()
+        .unwrap()
+}

@@ -1,0 +1,195 @@
+//! Journal commit mode against files mode, whatever mode the rest of the suite runs in: the live mirror writes
+//! the same tree, a lock-free tree reader never sees a hole or a torn file at or below the ledger, and the tree is
+//! re-derived from the journal for every position after the mirror's last durable checkpoint.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use opossum::journal::{journal_dir, Marks};
+use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
+use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreOptions};
+
+use super::{backend, cond};
+
+fn mode(commit: CommitMode, mirror: MirrorMode) -> StoreOptions {
+    StoreOptions { commit, mirror, durability: Durability::Fsync, io: Some(backend()), ..StoreOptions::default() }
+}
+
+/// An event with a fixed timestamp, so two stores write the same bytes.
+fn fixed(n: u64, ty: &str, tags: &[(&str, &str)]) -> Event {
+    let mut e = Event::new(
+        ty,
+        &format!(r#"{{ "n": {n}, "s": "Zoë <&>" }}"#),
+        tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect(),
+    )
+    .unwrap();
+    e.metadata = Some(
+        serde_json::value::RawValue::from_string(format!(
+            r#"{{"timestamp":"2026-11-29T12:00:{:02}.0000000+00:00","c":{n}}}"#,
+            n % 60
+        ))
+        .unwrap(),
+    );
+    e
+}
+
+fn workload(store: &Store) {
+    for n in 0..40u64 {
+        let tag = format!("{}", n % 7);
+        let events = (0..1 + n % 3)
+            .map(|i| fixed(n * 10 + i, if n % 2 == 0 { "A" } else { "B x" }, &[("k", &tag), ("all", "1")]))
+            .collect();
+        let condition =
+            (n % 5 == 0).then(|| cond(Query::items(vec![QueryItem::types(&["Never"])]).unwrap(), None)).flatten();
+        store.append(events, condition).unwrap();
+    }
+}
+
+/// Every file of the tree (events, index files, ledger) with its bytes, relative to the store root.
+fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![(".ledger".to_string(), std::fs::read(root.join(".ledger")).unwrap())];
+    for dir in ["events", "Indices/EventType", "Indices/Tags"] {
+        let mut names: Vec<String> =
+            std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        for name in names {
+            let rel = format!("{dir}/{name}");
+            out.push((rel.clone(), std::fs::read(root.join(&rel)).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn after_a_clean_stop_the_live_mirror_is_byte_for_byte_what_files_mode_writes() {
+    let files_dir = tempfile::tempdir().unwrap();
+    let journal_dir_ = tempfile::tempdir().unwrap();
+    let files = Store::open(files_dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    let journal = Store::open(journal_dir_.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&files);
+    workload(&journal);
+    assert_eq!(files.head(), journal.head());
+    let all = |s: &Store| s.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    let (a, b) = (all(&files), all(&journal));
+    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap(), "reads differ between modes");
+    files.close().unwrap();
+    journal.close().unwrap();
+    let (a, b) = (tree(files_dir.path()), tree(journal_dir_.path()));
+    assert_eq!(a.len(), b.len(), "{:?}", b.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((name_a, bytes_a), (name_b, bytes_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(
+            bytes_a == bytes_b,
+            "{name_a} differs: {:?} vs {:?}",
+            String::from_utf8_lossy(bytes_a),
+            String::from_utf8_lossy(bytes_b)
+        );
+    }
+    assert!(journal_dir(journal_dir_.path()).join("00000000000000000001.seg").exists());
+}
+
+#[test]
+fn a_lockless_tree_reader_never_finds_a_position_at_or_below_the_ledger_missing_or_torn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let root = dir.path().to_path_buf();
+    let reader = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut checked = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                // As .NET Opossum reads: the ledger first, then event files up to it.
+                let Ok(bytes) = std::fs::read(root.join(".ledger")) else { continue };
+                let ledger = opossum::format::Ledger::decode(&bytes).unwrap().map_or(0, |l| l.last_sequence_position);
+                for p in checked.saturating_sub(3).max(1)..=ledger {
+                    let path = root.join("events").join(opossum::format::event_file_name(p));
+                    let file = std::fs::read(&path)
+                        .unwrap_or_else(|e| panic!("{} missing at ledger {ledger}: {e}", path.display()));
+                    let event =
+                        opossum::format::decode_event(&file).unwrap_or_else(|e| panic!("{} torn: {e}", path.display()));
+                    assert_eq!(event.position, p);
+                }
+                checked = checked.max(ledger);
+            }
+            checked
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for n in 0..60u64 {
+                    store.append(vec![fixed(n, "A", &[("t", &t.to_string())])], None).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let checked = reader.join().unwrap();
+    assert!(checked > 0, "the reader saw no ledger at all");
+    assert_eq!(store.head(), 240);
+}
+
+#[test]
+fn the_tree_is_rederived_from_the_journal_after_the_mirrors_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&store);
+    let head = store.head();
+    store.close().unwrap();
+    let expected = tree(dir.path());
+    // What a crash after the last checkpoint at position 5 could leave: files missing, torn, a ledger behind.
+    let marks = journal_dir(dir.path()).join("marks");
+    std::fs::write(&marks, Marks { durable_head: head, mirror_durable: 5 }.encode()).unwrap();
+    std::fs::remove_file(dir.path().join("events/0000000009.json")).unwrap();
+    std::fs::write(dir.path().join("events/0000000012.json"), b"{\"event\":{\"ev").unwrap();
+    std::fs::remove_file(dir.path().join("Indices/Tags/k_3.json")).unwrap();
+    std::fs::write(dir.path().join(".ledger"), br#"{"LastSequencePosition":7,"EventCount":7}"#).unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    assert_eq!(store.head(), head);
+    store.close().unwrap();
+    assert!(tree(dir.path()) == expected, "the tree was not re-derived");
+    // The mirror off writes no tree for new events, and the journal still serves them.
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    store.append(vec![fixed(1, "Late", &[])], None).unwrap();
+    store.close().unwrap();
+    assert!(!dir.path().join(format!("events/{}", opossum::format::event_file_name(head + 1))).exists());
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    assert_eq!(
+        store
+            .read_to_vec(&Query::items(vec![QueryItem::types(&["Late"])]).unwrap(), ReadOptions::default())
+            .unwrap()
+            .len(),
+        1
+    );
+    store.close().unwrap();
+    assert!(
+        dir.path().join(format!("events/{}", opossum::format::event_file_name(head + 1))).exists(),
+        "live mirror materialises what off skipped"
+    );
+}
+
+#[test]
+fn files_mode_refuses_a_tree_behind_its_journal_and_journal_mode_imports_what_files_mode_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    store.append(vec![fixed(1, "A", &[])], None).unwrap();
+    store.close().unwrap();
+    let err =
+        Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).err().expect("a tree behind the journal");
+    assert!(err.to_string().contains("--commit journal"), "{err}");
+    // The live mirror brings the tree up; files mode then appends to the tree only; journal mode imports that.
+    Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap().close().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    store.append(vec![fixed(2, "B", &[("k", "v")])], None).unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+    assert_eq!(all[1].tags, vec![Tag::new("k", "v")]);
+}
