@@ -386,6 +386,9 @@ fn the_cli_and_the_python_client_follow_a_subscription() {
 
 #[test]
 fn events_another_process_appends_reach_subscribers() {
+    if !files_mode("events_another_process_appends_reach_subscribers", "the daemon holds the store lock throughout") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
     seed(&mut daemon.client(), 2, 2);

@@ -35,6 +35,8 @@ struct Args {
     skip_live: bool,
     /// Extra daemon flags for the live levels (`--daemon-arg --sync-strategy --daemon-arg per-file`).
     daemon_args: Vec<String>,
+    /// The live levels, in order (`--levels none,all1,all100,tag100,stalled,none`).
+    levels: Vec<Subscribers>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -50,6 +52,14 @@ fn parse_args() -> anyhow::Result<Args> {
         skip_catch_up: false,
         skip_live: false,
         daemon_args: Vec::new(),
+        levels: vec![
+            Subscribers::None,
+            Subscribers::All(1),
+            Subscribers::All(100),
+            Subscribers::OwnTag(100),
+            Subscribers::Stalled,
+            Subscribers::None,
+        ],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,10 +74,23 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-catch-up" => a.skip_catch_up = true,
             "--skip-live" => a.skip_live = true,
             "--daemon-arg" => a.daemon_args.push(value()?),
+            "--levels" => {
+                a.levels = value()?
+                    .split(',')
+                    .map(|level| match level {
+                        "none" => Ok(Subscribers::None),
+                        "stalled" => Ok(Subscribers::Stalled),
+                        l if l.starts_with("all") => Ok(Subscribers::All(l[3..].parse()?)),
+                        l if l.starts_with("tag") => Ok(Subscribers::OwnTag(l[3..].parse()?)),
+                        other => bail!("unknown level {other}: none, allN, tagN, stalled"),
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
             "--help" | "-h" => {
                 println!(
                     "subscribe_bench [--events N] [--rounds R] [--seconds S] [--appenders A] [--dir DIR] \
-                     [--daemon PATH] [--skip-catch-up] [--skip-live] [--daemon-arg FLAG]..."
+                     [--daemon PATH] [--skip-catch-up] [--skip-live] [--daemon-arg FLAG]... \
+                     [--levels none,all1,all100,tag100,stalled,none]"
                 );
                 std::process::exit(0);
             }
@@ -199,15 +222,7 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
     );
     println!("| subscribers | appends/s | append p50 / p99 ms | delivery p50 / p99 ms | deliveries |");
     println!("|---|---|---|---|---|");
-    let levels = [
-        Subscribers::None,
-        Subscribers::All(1),
-        Subscribers::All(100),
-        Subscribers::OwnTag(100),
-        Subscribers::Stalled,
-        Subscribers::None,
-    ];
-    for (k, level) in levels.into_iter().enumerate() {
+    for (k, &level) in args.levels.iter().enumerate() {
         let daemon = Daemon::start(
             &args.daemon,
             &dir.join(format!("live-store-{k}")),
