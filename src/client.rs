@@ -534,7 +534,7 @@ impl Subscription {
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.timeout = timeout;
         if let Some((client, _)) = &self.connection {
-            client.writer.set_read_timeout(timeout)?;
+            transport::set_read_timeout(&client.writer, timeout)?;
         }
         Ok(())
     }
@@ -551,7 +551,7 @@ impl Subscription {
         let started = Instant::now();
         loop {
             let attempt = Client::connect(&self.socket).and_then(|mut client| {
-                client.writer.set_read_timeout(self.timeout)?;
+                transport::set_read_timeout(&client.writer, self.timeout)?;
                 let id = client.send("subscribe", &Body { query: &self.query, after: self.after })?;
                 Ok((client, id))
             });
@@ -626,7 +626,7 @@ impl Subscription {
     /// (returned), and its final line.
     pub fn close(mut self) -> Result<(Vec<SequencedEvent>, Option<SubscribeDone>)> {
         let Some((mut client, id)) = self.connection.take() else { return Ok((Vec::new(), None)) };
-        client.writer.shutdown(std::net::Shutdown::Write)?;
+        transport::shutdown_write(&mut client.writer)?;
         let mut events = Vec::new();
         while client.recv_line()? {
             match decode_subscription_line(&client.line, id)? {
@@ -701,6 +701,17 @@ mod transport {
         stream.set_write_timeout(timeout)
     }
 
+    #[cfg(unix)]
+    pub(super) fn set_read_timeout(stream: &Transport, timeout: Option<Duration>) -> io::Result<()> {
+        stream.set_read_timeout(timeout)
+    }
+
+    /// Tells the daemon this side sends nothing more (ends a subscription: it stops at EOF or at any line).
+    #[cfg(unix)]
+    pub(super) fn shutdown_write(stream: &mut Transport) -> io::Result<()> {
+        stream.shutdown(std::net::Shutdown::Write)
+    }
+
     #[cfg(windows)]
     pub(super) type Transport = std::fs::File;
 
@@ -725,5 +736,18 @@ mod transport {
     #[cfg(windows)]
     pub(super) fn set_timeout(_stream: &Transport, _timeout: Option<Duration>) -> io::Result<()> {
         Ok(())
+    }
+
+    #[cfg(windows)]
+    pub(super) fn set_read_timeout(_stream: &Transport, _timeout: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A named pipe has no half-close; a subscription also ends at any line the client sends, so send an empty one.
+    #[cfg(windows)]
+    pub(super) fn shutdown_write(stream: &mut Transport) -> io::Result<()> {
+        use std::io::Write;
+        stream.write_all(b"\n")?;
+        stream.flush()
     }
 }

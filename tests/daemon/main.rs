@@ -8,38 +8,27 @@
 //! `tests/portable.rs`; this suite reports one ignored test there, saying so.
 
 #[cfg(unix)]
-#[path = "daemon/harness.rs"]
 mod harness;
 
 #[cfg(unix)]
-#[path = "daemon/bad_input.rs"]
 mod bad_input;
 #[cfg(unix)]
-#[path = "daemon/cli.rs"]
 mod cli;
 #[cfg(unix)]
-#[path = "daemon/connections.rs"]
 mod connections;
 #[cfg(unix)]
-#[path = "daemon/crash.rs"]
 mod crash;
 #[cfg(unix)]
-#[path = "daemon/dcb.rs"]
 mod dcb;
 #[cfg(unix)]
-#[path = "daemon/hardening_store.rs"]
 mod hardening_store;
 #[cfg(unix)]
-#[path = "daemon/hardening_wire.rs"]
 mod hardening_wire;
 #[cfg(unix)]
-#[path = "daemon/lifecycle.rs"]
 mod lifecycle;
 #[cfg(unix)]
-#[path = "daemon/projection.rs"]
 mod projection;
 #[cfg(unix)]
-#[path = "daemon/subscribe.rs"]
 mod subscribe;
 
 #[test]

@@ -17,7 +17,6 @@ use opossum::projection::{format, ProjectionError, ProjectionItem, ProjectionOpt
 use opossum::store::Durability;
 use serde_json::value::RawValue;
 
-#[path = "projection/crash.rs"]
 mod crash;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/projections/dotnet-store");

@@ -10,9 +10,7 @@ use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind, SyncStrategy};
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
-#[path = "store/crash.rs"]
 mod crash;
-#[path = "store/journal_mode.rs"]
 mod journal_mode;
 
 /// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
