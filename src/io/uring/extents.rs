@@ -11,7 +11,7 @@
 //! buffer is freed while the kernel may still write into it.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::OnceLock;
 
 use io_uring::{opcode, squeue, types};
@@ -112,15 +112,7 @@ impl ExtentPump<'_, '_> {
     }
 
     fn next_request(&mut self) -> Option<usize> {
-        if self.claimed.is_empty() {
-            let n = self.batch.extents.len();
-            let start = self.batch.cursor.fetch_add(CLAIM_EXTENTS, Ordering::Relaxed);
-            if start >= n {
-                return None;
-            }
-            self.claimed = start..(start + CLAIM_EXTENTS).min(n);
-        }
-        self.claimed.next()
+        super::ring::next_claimed(&mut self.claimed, &self.batch.cursor, self.batch.extents.len(), CLAIM_EXTENTS)
     }
 
     /// Queues the read of the rest of slot `slot`'s extent into its buffer.

@@ -47,7 +47,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::OnceLock;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -233,15 +233,7 @@ impl Pump<'_, '_> {
     }
 
     fn next_request(&mut self) -> Option<usize> {
-        if self.claimed.is_empty() {
-            let n = self.batch.paths.len();
-            let start = self.batch.cursor.fetch_add(CLAIM_FILES, Ordering::Relaxed);
-            if start >= n {
-                return None;
-            }
-            self.claimed = start..(start + CLAIM_FILES).min(n);
-        }
-        self.claimed.next()
+        super::ring::next_claimed(&mut self.claimed, &self.batch.cursor, self.batch.paths.len(), CLAIM_FILES)
     }
 
     /// Queues the `openat` of request `req` into `slot` (a reopen keeps the slot's path).

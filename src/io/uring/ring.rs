@@ -23,6 +23,25 @@ pub(super) struct Ring {
     cqes: Vec<(u64, i32)>,
 }
 
+/// The next request index a pump should start, from a batch that several rings share: a pump claims `chunk`
+/// indices at a time from the batch's `cursor` (so rings split the batch without a lock) and hands them out one by
+/// one from `claimed`. `None` once the batch is exhausted.
+pub(super) fn next_claimed(
+    claimed: &mut std::ops::Range<usize>,
+    cursor: &std::sync::atomic::AtomicUsize,
+    total: usize,
+    chunk: usize,
+) -> Option<usize> {
+    if claimed.start >= claimed.end {
+        let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+        if start >= total {
+            return None;
+        }
+        *claimed = start..(start + chunk).min(total);
+    }
+    claimed.next()
+}
+
 /// `io_uring_enter` errors after which the caller just reaps and comes back: an interrupted wait, or a completion
 /// queue that is backed up.
 pub(super) fn is_retryable(e: &std::io::Error) -> bool {
