@@ -22,6 +22,7 @@ use crate::model::{
 
 mod commit;
 mod index;
+mod mirror;
 mod reader;
 mod recovery;
 mod subscribe;
@@ -96,7 +97,8 @@ impl std::str::FromStr for CommitMode {
 /// In journal mode, whether the Opossum tree is kept as a mirror of the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MirrorMode {
-    /// Materialise event files, index files and the ledger from the journal (not yet built: see `Store::open`).
+    /// A mirror thread materialises event files, the ledger and (at checkpoints) index files from the journal, off
+    /// the commit path, within a lag bound (`limits::MIRROR_LAG_*`); see `store/mirror.rs`.
     #[default]
     Live,
     /// No tree for new events: fastest; the tree stays as it was when the journal took over.
@@ -275,6 +277,18 @@ pub struct StoreStats {
     /// What recovery set aside under `.quarantine/` (never deleted; an operator may inspect and remove it).
     pub quarantine_files: u64,
     pub quarantine_bytes: u64,
+    /// Journal mode with the mirror live (all 0 otherwise): the tree holds event files and a ledger through
+    /// `mirror_head`; the last checkpoint made it durable through `mirror_durable`; `mirror_lag` events of the
+    /// head are not in the tree yet.
+    pub mirror_head: u64,
+    pub mirror_durable: u64,
+    pub mirror_lag: u64,
+    /// Mirror checkpoints since open (index files written, one `syncfs`, the durable mark recorded).
+    pub mirror_checkpoints: u64,
+    /// Group commits that waited for the mirror (its lag bound) since open.
+    pub mirror_waits: u64,
+    /// A tree write failed: the mirror stopped until the next open (appends go on; the journal is the record).
+    pub mirror_failed: bool,
 }
 
 /// State shared by the store handle, the writer thread and readers.
@@ -297,6 +311,8 @@ pub(crate) struct Shared {
     pub ledger_seen: Mutex<Option<writer::LedgerFingerprint>>,
     /// The journal, in `CommitMode::Journal`: the durable record and the read path.
     pub journal: Option<Arc<Journal>>,
+    /// Journal mode, mirror live: the mirror thread's progress, which the writer publishes to and waits on.
+    pub mirror: Option<mirror::Mirror>,
     /// Journal mode, mirror live: a tree write failed; the mirror stops until the next open re-derives the tree.
     pub mirror_failed: std::sync::atomic::AtomicBool,
     /// Commit notifications for subscriptions: the writer publishes each head right after it (`head`) is.
@@ -463,6 +479,8 @@ pub struct Store {
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<IndexFlusher>,
+    /// Journal mode, mirror live: the mirror thread (`store/mirror.rs`).
+    mirror: Option<JoinHandle<()>>,
     _owner_lock: Option<File>,
     /// Journal mode: `.store.lock`, held (flock) from open to close.
     _tree_lock: Option<File>,
@@ -541,6 +559,7 @@ impl Store {
                 (recovered, None, Some(Arc::new(journal)), Some(tree_lock))
             }
         };
+        let mirror_live = journal.is_some() && options.mirror == MirrorMode::Live;
         let shared = Arc::new(Shared {
             layout,
             io,
@@ -552,6 +571,7 @@ impl Store {
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
+            mirror: mirror_live.then(|| mirror::Mirror::new(recovered.head)),
             journal,
             mirror_failed: std::sync::atomic::AtomicBool::new(false),
             commits: CommitWatch::new(recovered.head),
@@ -564,8 +584,13 @@ impl Store {
             .name("opossum-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| StoreError::io(io::IoOp::Spawn, Path::new("writer thread"), e))?;
+        // Journal mode writes index files at the mirror's checkpoints, whatever `index_writes` says.
+        let mirror = match shared.mirror {
+            Some(_) => Some(mirror::spawn(shared.clone())?),
+            None => None,
+        };
         let flusher = match shared.options.index_writes {
-            _ if shared.journal.is_some() && shared.options.mirror == MirrorMode::Off => None,
+            _ if shared.journal.is_some() => None,
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
@@ -589,6 +614,7 @@ impl Store {
             requests: Some(tx),
             writer: Some(handle),
             flusher,
+            mirror,
             _owner_lock: owner_lock,
             _tree_lock: tree_lock,
         })
@@ -632,9 +658,16 @@ impl Store {
     }
 
     /// Takes the store lock once: picks up events appended by other processes (the ledger moved) and, with
-    /// deferred index writes, brings the index files up to date. Returns the head.
+    /// deferred index writes, brings the index files up to date. In journal mode with the mirror live: waits for a
+    /// mirror checkpoint covering the head (the tree current and durable, index files included). Returns the head.
     pub fn sync(&self) -> Result<u64, StoreError> {
-        self.sync_through_writer(true)
+        let head = self.sync_through_writer(true)?;
+        if let Some(mirror) = &self.shared.mirror {
+            if !self.shared.mirror_failed() {
+                mirror.checkpoint_through(head);
+            }
+        }
+        Ok(head)
     }
 
     fn sync_through_writer(&self, flush_index: bool) -> Result<u64, StoreError> {
@@ -712,6 +745,7 @@ impl Store {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let poison = self.shared.poison_reason();
+        let mirror = self.shared.mirror.as_ref().map(mirror::Mirror::stats).unwrap_or_default();
         StoreStats {
             head: self.head(),
             io_backend: self.shared.io.name().to_string(),
@@ -733,6 +767,15 @@ impl Store {
             index_write_failures: get(&c.index_write_failures),
             quarantine_files: get(&c.quarantine_files),
             quarantine_bytes: get(&c.quarantine_bytes),
+            mirror_head: mirror.written,
+            mirror_durable: mirror.durable,
+            mirror_lag: match &self.shared.mirror {
+                Some(_) => self.head().saturating_sub(mirror.written),
+                None => 0,
+            },
+            mirror_checkpoints: mirror.checkpoints,
+            mirror_waits: mirror.waits,
+            mirror_failed: self.shared.mirror_failed(),
         }
     }
 
@@ -760,14 +803,15 @@ impl Store {
             }
             None => true,
         };
+        if let (Some(mirror), Some(thread)) = (&self.shared.mirror, self.mirror.take()) {
+            // The writer has stopped: the mirror brings the tree current and durable (a last checkpoint) before
+            // `.store.lock` is released (when `_tree_lock` drops).
+            let started = Instant::now();
+            mirror.stop();
+            let _ = thread.join();
+            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "mirror: tree current at close");
+        }
         if let Some(journal) = &self.shared.journal {
-            if self.shared.options.mirror == MirrorMode::Live && !self.shared.mirror_failed() {
-                if let Err(e) = commit::journal::mirror_checkpoint(&self.shared, journal) {
-                    tracing::error!(
-                        "making the Opossum tree durable at close failed (the next open re-derives it): {e}"
-                    );
-                }
-            }
             if let Err(e) = journal.close() {
                 self.shared.poison(format!("closing the journal failed: {e}"));
             }

@@ -268,7 +268,7 @@ fn load_index_dir(
 
 /// The lists of `stems` (tag lists or type lists) in `index`, clipped to positions up to `limit`, with the path of
 /// each one's index file.
-fn clipped_lists<'a>(
+pub(crate) fn clipped_lists<'a>(
     layout: &'a Layout,
     index: &'a Index,
     stems: &'a BTreeSet<String>,

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::{
-    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, MirrorMode, PreparedEvent,
-    Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, PreparedEvent, Request,
+    Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
@@ -38,13 +38,6 @@ use crate::model::AppendCondition;
 /// thousands of files per commit), is logged (`warn`) with where its time went.
 const SLOW_COMMIT: Duration = Duration::from_millis(200);
 const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
-
-/// What a tree write is: the files commit itself, or the journal mode's mirror of a commit already durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TreeWrite {
-    Commit,
-    Mirror,
-}
 
 struct Pending {
     events: Vec<PreparedEvent>,
@@ -273,6 +266,10 @@ impl Writer {
         }
         // Journal mode holds `.store.lock` for the store's life (taken at open): no other writer to catch up with.
         let journal_mode = self.shared.journal.is_some();
+        if let Some(mirror) = &self.shared.mirror {
+            // Backpressure: the tree may lag the journal only so far (`limits::MIRROR_LAG_*`).
+            mirror.wait_for_room();
+        }
         let lock = match journal_mode {
             true => None,
             false => match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
@@ -330,21 +327,13 @@ impl Writer {
         // The one place the commit mode decides what is durable before the answer (store/commit/).
         let written = match (self.shared.options.commit, &self.shared.journal) {
             (CommitMode::Journal, Some(journal)) => {
+                // The tree is not written here: the mirror thread (store/mirror.rs) follows the published head.
                 let groups: Vec<(&[PreparedEvent], u64)> =
                     accepted.iter().map(|(p, first)| (&p.events[..], *first)).collect();
-                let written = commit::journal::write(&self.shared, journal, &groups, head);
-                if written.is_ok() && self.shared.options.mirror == MirrorMode::Live && !self.shared.mirror_failed() {
-                    // The mirror: the same tree files as files mode (index files as `IndexWrites` says), without
-                    // fsyncs; made durable at close, and re-derived from the journal after a crash.
-                    if let Err(e) = self.write(&accepted, head, new_head, TreeWrite::Mirror) {
-                        tracing::error!("mirroring positions {}..={new_head} to the Opossum tree failed, mirror stopped until the next open: {e}", head + 1);
-                        self.shared.mirror_failed.store(true, Ordering::Relaxed);
-                    }
-                }
-                written
+                commit::journal::write(&self.shared, journal, &groups, head)
             }
             (CommitMode::Journal, None) => unreachable!("journal mode opens its journal"),
-            (CommitMode::Files, _) => self.write(&accepted, head, new_head, TreeWrite::Commit),
+            (CommitMode::Files, _) => self.write(&accepted, head, new_head),
         };
         let took = started.elapsed();
         if took >= SLOW_COMMIT + SLOW_COMMIT_PER_EVENT.saturating_mul((new_head - head).min(u32::MAX as u64) as u32) {
@@ -362,6 +351,9 @@ impl Writer {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
                 self.shared.commits.publish(new_head);
+                if let Some(mirror) = &self.shared.mirror {
+                    mirror.published(new_head);
+                }
                 drop(lock);
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
@@ -433,9 +425,9 @@ impl Writer {
     }
 
     /// Makes positions `head + 1 ..= new_head` durable: event (+ index) files, and the ledger as the commit record.
-    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64, how: TreeWrite) -> Result<(), StoreError> {
+    fn write(&self, accepted: &[(Pending, u64)], head: u64, new_head: u64) -> Result<(), StoreError> {
         let layout = &self.shared.layout;
-        let durable = how == TreeWrite::Commit && self.durable();
+        let durable = self.durable();
         let mut event_files: Vec<(PathBuf, Vec<u8>)> = Vec::with_capacity((new_head - head) as usize);
         {
             let mut index = self.shared.index.write().unwrap();

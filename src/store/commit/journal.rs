@@ -8,14 +8,16 @@
 //!    segment. On error the journal and the store are poisoned and the index is cut back to `head`.
 //! 4. The caller publishes `new_head` and answers every appender.
 //!
-//! The tree: with `--mirror off` it is not written for new events at all; the store holds `.store.lock` for its
-//! whole life, so a .NET writer can never take a position the journal already holds.
+//! The tree: with `--mirror live` the mirror thread (`store/mirror.rs`) writes it after the answer, off the commit
+//! path; with `--mirror off` it is not written for new events at all. Either way the store holds `.store.lock` for
+//! its whole life, so a .NET writer can never take a position the journal already holds.
 
 use std::sync::Arc;
 
 use crate::io::{IoError, IoOp};
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::model::SequencedEvent;
+use crate::store::mirror::reconcile_tree;
 use crate::store::{PreparedEvent, Shared, StoreError};
 
 // A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
@@ -177,86 +179,6 @@ fn import(journal: &Journal, events: &[SequencedEvent]) -> Result<(), StoreError
         .map(|(e, file)| NewRecord::for_event_file(&e.event_type, &e.tags, file, e.data.get(), e.metadata.get()))
         .collect();
     journal.append(events[0].position, &records)?;
-    Ok(())
-}
-
-/// The mirror's checkpoint: index files written, every tree file made durable (one `syncfs` of the store's
-/// filesystem), then "mirror durable through the head" recorded in the journal's marks. Runs at close.
-pub(crate) fn mirror_checkpoint(shared: &Shared, journal: &Journal) -> Result<(), StoreError> {
-    let head = shared.head();
-    shared.flush_index();
-    if let Some(reason) = shared.poison_reason() {
-        return Err(StoreError::Poisoned(reason));
-    }
-    if shared.options.durability == crate::store::Durability::Fsync {
-        sync_filesystem(&shared.layout.root)?;
-    }
-    // With `--durability none` the tree is as durable as the journal: current, in the page cache.
-    journal.set_mirror_durable(head)?;
-    Ok(())
-}
-
-/// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux; elsewhere an `fsync` of
-/// each event file would be needed, and the mirror is re-derived from the journal at the next open instead.
-fn sync_filesystem(root: &std::path::Path) -> Result<(), StoreError> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let dir = std::fs::File::open(root).map_err(|e| StoreError::io(IoOp::Open, root, e))?;
-        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| StoreError::io(IoOp::Fsync, root, e.into()))?;
-        Ok(())
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = root;
-        Err(StoreError::Poisoned("the live mirror needs syncfs (Linux) to checkpoint".into()))
-    }
-}
-
-/// Journal mode, mirror live, at open: brings the tree up to the journal. Every position after the mirror's last
-/// durable checkpoint is written again from its journal record (a crash may have left those files torn or missing),
-/// then the index files those events touch and the ledger, durably; then the checkpoint is recorded.
-pub(crate) fn reconcile_tree(
-    layout: &crate::format::Layout,
-    io: &dyn crate::io::BatchIo,
-    journal: &Journal,
-    index: &mut crate::store::index::Index,
-    durable: bool,
-) -> Result<(), StoreError> {
-    use crate::io::{FileWrite, WriteMode};
-    let head = journal.head();
-    let from = journal.marks().mirror_durable + 1;
-    if from > head {
-        return Ok(());
-    }
-    tracing::info!(from, to = head, "mirror: bringing the Opossum tree up to the journal");
-    let mut next = from;
-    while next <= head {
-        let last = (next + crate::store::READ_BATCH_FILES_DEFAULT as u64 - 1).min(head);
-        let positions: Vec<u64> = (next..=last).collect();
-        let batch = journal.read(&positions)?;
-        let paths: Vec<std::path::PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
-        let writes: Vec<FileWrite<'_>> = batch
-            .iter()
-            .zip(&paths)
-            .map(|(v, path)| FileWrite { path, bytes: v.file, mode: WriteMode::Replace })
-            .collect();
-        io.write_files(&writes, durable)?;
-        for v in batch.iter() {
-            index.dirty_types.insert(crate::format::event_type_stem(v.event_type));
-            for (key, value) in v.tags() {
-                index.dirty_tags.insert(crate::format::event_tag_stem(&crate::model::Tag::new(key, value)));
-            }
-        }
-        next = last + 1;
-    }
-    let lock = std::sync::RwLock::new(std::mem::take(index));
-    crate::store::recovery::flush_index_files(layout, io, &lock, durable)?;
-    *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
-    let ledger = crate::format::Ledger { last_sequence_position: head, event_count: head }.encode();
-    let ledger_path = layout.ledger();
-    io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], durable)?;
-    journal.set_mirror_durable(head)?;
     Ok(())
 }
 

@@ -1,0 +1,424 @@
+//! `--commit journal --mirror live`: the mirror thread keeps the Opossum tree (event files, index files, ledger) a
+//! copy of the journal, off the commit path.
+//!
+//! The writer makes each group durable in the journal, publishes its head and answers; then it tells the mirror
+//! ([`Mirror::published`]). The mirror thread reads the new records back through `Journal::read` (mostly the page
+//! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (two `BatchIo`
+//! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
+//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
+//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint writes the index files the mirrored events touched (tag files,
+//! then type files), makes the whole tree durable with one `syncfs`, and records "mirror durable through P" in the
+//! journal's marks. A reopen after a crash re-derives the tree after P (`reconcile_tree`).
+//!
+//! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events or
+//! [`MIRROR_LAG_MAX`] behind ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and a reopen's work stay
+//! bounded. A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go
+//! on (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
+//! re-derives the tree from the last checkpoint.
+//!
+//! `.store.lock` is held by the store from open to close in journal mode, so whenever the tree is behind the
+//! journal no .NET writer can append to it. A clean close (`Store::close`, drop) stops the writer first, then the
+//! mirror brings the tree current and makes it durable (a last checkpoint) before the lock is released.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use super::recovery::{self, IndexKind};
+use super::{Durability, Shared, StoreError};
+use crate::format::{self, Layout, Ledger};
+use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
+use crate::journal::Journal;
+use crate::limits::{
+    MIRROR_BATCH_EVENTS_MAX, MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX,
+    MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+};
+
+/// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
+pub(crate) struct Mirror {
+    progress: Mutex<Progress>,
+    /// The writer published, a checkpoint was asked for, or the store is closing: the mirror thread looks.
+    wake: Condvar,
+    /// The mirror wrote, checkpointed, failed or stopped: waiting writers and `Store::sync` look.
+    advanced: Condvar,
+    /// Counters for `stats`, readable without the lock.
+    written: AtomicU64,
+    durable: AtomicU64,
+    checkpoints: AtomicU64,
+    /// Group commits that waited for the mirror (lag bound).
+    waits: AtomicU64,
+}
+
+struct Progress {
+    /// The tree holds event files and a ledger through this position (page cache).
+    written: u64,
+    /// The last checkpoint covered positions through this (durable on Linux; see `sync_filesystem`).
+    checkpointed: u64,
+    /// The writer's last published head.
+    head: u64,
+    /// Commits the tree lacks, oldest first: (head after the commit, when it was published). At most one entry per
+    /// commit beyond `written`, so bounded by the lag bound plus one group.
+    unwritten: VecDeque<(u64, Instant)>,
+    /// `Store::sync` asks for a checkpoint through this position.
+    checkpoint_wanted: u64,
+    stopping: bool,
+    /// A tree write failed: the mirror does nothing more until the next open, and the writer never waits for it.
+    failed: bool,
+}
+
+/// What `stats` reports about the mirror.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MirrorStats {
+    pub written: u64,
+    pub durable: u64,
+    pub checkpoints: u64,
+    pub waits: u64,
+}
+
+impl Mirror {
+    /// A mirror whose tree is current and durable through `head` (open ran `reconcile_tree`).
+    pub fn new(head: u64) -> Mirror {
+        Mirror {
+            progress: Mutex::new(Progress {
+                written: head,
+                checkpointed: head,
+                head,
+                unwritten: VecDeque::new(),
+                checkpoint_wanted: 0,
+                stopping: false,
+                failed: false,
+            }),
+            wake: Condvar::new(),
+            advanced: Condvar::new(),
+            written: AtomicU64::new(head),
+            durable: AtomicU64::new(head),
+            checkpoints: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stats(&self) -> MirrorStats {
+        MirrorStats {
+            written: self.written.load(Ordering::Relaxed),
+            durable: self.durable.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The writer, after publishing `head`: the mirror has work.
+    pub fn published(&self, head: u64) {
+        let mut p = self.lock();
+        if p.failed || head <= p.head {
+            return;
+        }
+        p.head = head;
+        p.unwritten.push_back((head, Instant::now()));
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    /// The writer, before a group commit: waits while the tree is at or past the lag bound (events or time), unless
+    /// the mirror failed or is stopping.
+    pub fn wait_for_room(&self) {
+        let mut p = self.lock();
+        let mut waited = false;
+        while !p.failed && !p.stopping && over_lag_bound(&p) {
+            waited = true;
+            p = self.advanced.wait_timeout(p, MIRROR_LAG_RECHECK_INTERVAL).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        if waited {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `Store::sync`: waits until a checkpoint covers `through` (or the mirror failed or stopped). Returns whether
+    /// one does.
+    pub fn checkpoint_through(&self, through: u64) -> bool {
+        let mut p = self.lock();
+        p.checkpoint_wanted = p.checkpoint_wanted.max(through);
+        self.wake.notify_one();
+        while !p.failed && !p.stopping && p.checkpointed < through {
+            p = self.advanced.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+        p.checkpointed >= through
+    }
+
+    /// Close: the writer has stopped; the mirror thread brings the tree current and durable, then exits.
+    pub fn stop(&self) {
+        self.lock().stopping = true;
+        self.wake.notify_all();
+        self.advanced.notify_all();
+    }
+
+    fn fail(&self, shared: &Shared, what: &str, e: &StoreError) {
+        tracing::error!("{what} failed, the mirror stops until the next open (which re-derives the tree): {e}");
+        shared.mirror_failed.store(true, Ordering::Relaxed);
+        let mut p = self.lock();
+        p.failed = true;
+        p.unwritten.clear();
+        drop(p);
+        self.advanced.notify_all();
+    }
+}
+
+fn over_lag_bound(p: &Progress) -> bool {
+    p.head - p.written >= MIRROR_LAG_EVENTS_MAX
+        || p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
+}
+
+/// Starts the mirror thread of a store in journal mode with the mirror live.
+pub(crate) fn spawn(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name("opossum-mirror".into())
+        .spawn(move || MirrorThread::new(shared).run())
+        .map_err(|e| StoreError::io(IoOp::Spawn, std::path::Path::new("mirror thread"), e))
+}
+
+struct MirrorThread {
+    shared: Arc<Shared>,
+    /// Index file stems the events mirrored since the last checkpoint touched.
+    dirty_tags: BTreeSet<String>,
+    dirty_types: BTreeSet<String>,
+    last_checkpoint: Instant,
+}
+
+impl MirrorThread {
+    fn new(shared: Arc<Shared>) -> MirrorThread {
+        MirrorThread {
+            shared,
+            dirty_tags: BTreeSet::new(),
+            dirty_types: BTreeSet::new(),
+            last_checkpoint: Instant::now(),
+        }
+    }
+
+    fn mirror(&self) -> &Mirror {
+        self.shared.mirror.as_ref().expect("the mirror thread runs only with a mirror")
+    }
+
+    fn journal(&self) -> &Journal {
+        self.shared.journal.as_deref().expect("the mirror runs in journal mode")
+    }
+
+    fn run(mut self) {
+        loop {
+            // What to do next, decided under the lock; the work happens without it.
+            let (written, head, checkpoint) = {
+                let mirror = self.mirror();
+                let mut p = mirror.lock();
+                loop {
+                    if p.failed {
+                        return;
+                    }
+                    let checkpoint = self.checkpoint_due(&p);
+                    if p.stopping && !checkpoint && p.written >= p.head {
+                        return;
+                    }
+                    if p.written < p.head || checkpoint {
+                        break (p.written, p.head, checkpoint);
+                    }
+                    let wait = match p.written > p.checkpointed {
+                        true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
+                        false => MIRROR_CHECKPOINT_INTERVAL_MAX,
+                    };
+                    p = mirror.wake.wait_timeout(p, wait).unwrap_or_else(|e| e.into_inner()).0;
+                }
+            };
+            if checkpoint {
+                if let Err(e) = self.checkpoint(written) {
+                    return self.mirror().fail(&self.shared, "a mirror checkpoint", &e);
+                }
+                continue;
+            }
+            let to = head.min(written + MIRROR_BATCH_EVENTS_MAX as u64);
+            if let Err(e) = self.write_batch(written + 1, to) {
+                let what = format!("mirroring positions {}..={to} to the Opossum tree", written + 1);
+                return self.mirror().fail(&self.shared, &what, &e);
+            }
+            let mirror = self.mirror();
+            let mut p = mirror.lock();
+            p.written = to;
+            while p.unwritten.front().is_some_and(|&(h, _)| h <= to) {
+                p.unwritten.pop_front();
+            }
+            mirror.written.store(to, Ordering::Relaxed);
+            drop(p);
+            mirror.advanced.notify_all();
+        }
+    }
+
+    /// Whether a checkpoint is due now: something mirrored since the last one, and enough events or time since
+    /// it, or `Store::sync` asking for what is written, or a close with the tree current.
+    fn checkpoint_due(&self, p: &Progress) -> bool {
+        p.written > p.checkpointed
+            && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
+                || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
+                || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
+                || (p.stopping && p.written >= p.head))
+    }
+
+    /// Writes the event files of positions `from..=to` from their journal records, then the ledger covering them.
+    fn write_batch(&mut self, from: u64, to: u64) -> Result<(), StoreError> {
+        let layout = &self.shared.layout;
+        let io = self.shared.io.as_ref();
+        let positions: Vec<u64> = (from..=to).collect();
+        let batch = self.journal().read(&positions)?;
+        let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
+        let writes = |mode| -> Vec<FileWrite<'_>> {
+            batch.iter().zip(&paths).map(|(v, path)| FileWrite { path, bytes: v.file, mode }).collect()
+        };
+        if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), false) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(e.into());
+            }
+            // Files beyond the tree's ledger left by an earlier run (never covered, so never events): the journal
+            // says what these positions hold.
+            io.write_files(&writes(WriteMode::Replace), false)?;
+        }
+        for v in batch.iter() {
+            self.dirty_types.insert(format::event_type_stem(v.event_type));
+            for (key, value) in v.tags() {
+                self.dirty_tags.insert(format::event_tag_stem(&crate::model::Tag::new(key, value)));
+            }
+        }
+        // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
+        let ledger = Ledger { last_sequence_position: to, event_count: to }.encode();
+        let ledger_path = layout.ledger();
+        io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], false)?;
+        self.shared.counters.write_batches.fetch_add(2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Index files of the events mirrored since the last checkpoint (clipped to `through`), the tree made durable,
+    /// and "mirror durable through `through`" recorded in the journal.
+    fn checkpoint(&mut self, through: u64) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let layout = &self.shared.layout;
+        let (tags, types) = (std::mem::take(&mut self.dirty_tags), std::mem::take(&mut self.dirty_types));
+        // Copy the lists under the index lock, encode and write without it (appends go on meanwhile).
+        let (tag_lists, type_lists) = {
+            let mut index = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
+            // Journal mode never uses the index's own dirty marks (the writer's inserts set them): keep them empty.
+            index.dirty_tags.clear();
+            index.dirty_types.clear();
+            let copy = |stems, kind| -> Vec<(PathBuf, Vec<u64>)> {
+                recovery::clipped_lists(layout, &index, stems, kind, through)
+                    .map(|(path, list)| (path, list.to_vec()))
+                    .collect()
+            };
+            (copy(&tags, IndexKind::Tag), copy(&types, IndexKind::Type))
+        };
+        let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
+            lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
+        };
+        // Tag files before type files: type files are the coverage record a files-mode open trusts.
+        for files in [encode(tag_lists), encode(type_lists)] {
+            if !files.is_empty() {
+                self.shared.io.write_files(&recovery::replace_all(&files), false)?;
+                self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let durable = match self.shared.options.durability {
+            Durability::Fsync => sync_filesystem(&layout.root)?,
+            // The tree is as durable as the journal: current, in the page cache.
+            Durability::None => true,
+        };
+        if durable {
+            self.journal().set_mirror_durable(through)?;
+        }
+        self.last_checkpoint = Instant::now();
+        let mirror = self.mirror();
+        let mut p = mirror.lock();
+        p.checkpointed = through;
+        if durable {
+            mirror.durable.store(through, Ordering::Relaxed);
+        }
+        mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
+        drop(p);
+        mirror.advanced.notify_all();
+        tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint");
+        Ok(())
+    }
+}
+
+/// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere returns
+/// `false`: an `fsync` of each file would be needed, so no checkpoint is recorded and the next open re-derives the
+/// tree from the journal instead.
+pub(crate) fn sync_filesystem(root: &std::path::Path) -> Result<bool, StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let dir = std::fs::File::open(root).map_err(|e| StoreError::io(IoOp::Open, root, e))?;
+        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| StoreError::io(IoOp::Fsync, root, e.into()))?;
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = root;
+        Ok(false)
+    }
+}
+
+/// Journal mode, mirror live, at open: brings the tree up to the journal. Every position after the mirror's last
+/// durable checkpoint is written again from its journal record (a crash may have left those files torn or missing),
+/// then the index files those events touch and the ledger; then the tree is made durable (one `syncfs`) and the
+/// checkpoint recorded.
+pub(crate) fn reconcile_tree(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    journal: &Journal,
+    index: &mut crate::store::index::Index,
+    durable: bool,
+) -> Result<(), StoreError> {
+    let head = journal.head();
+    let from = journal.marks().mirror_durable + 1;
+    if from > head {
+        return Ok(());
+    }
+    let started = Instant::now();
+    tracing::info!(from, to = head, "mirror: bringing the Opossum tree up to the journal");
+    // Without fsyncs per file where one `syncfs` makes them all durable at the end.
+    let per_file = durable && !cfg!(target_os = "linux");
+    let mut next = from;
+    while next <= head {
+        let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(head);
+        let positions: Vec<u64> = (next..=last).collect();
+        let batch = journal.read(&positions)?;
+        let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
+        let writes: Vec<FileWrite<'_>> = batch
+            .iter()
+            .zip(&paths)
+            .map(|(v, path)| FileWrite { path, bytes: v.file, mode: WriteMode::Replace })
+            .collect();
+        io.write_files(&writes, per_file)?;
+        for v in batch.iter() {
+            index.dirty_types.insert(format::event_type_stem(v.event_type));
+            for (key, value) in v.tags() {
+                index.dirty_tags.insert(format::event_tag_stem(&crate::model::Tag::new(key, value)));
+            }
+        }
+        next = last + 1;
+    }
+    let lock = std::sync::RwLock::new(std::mem::take(index));
+    recovery::flush_index_files(layout, io, &lock, per_file)?;
+    *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
+    let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
+    let ledger_path = layout.ledger();
+    io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], per_file)?;
+    let recorded = match durable {
+        true => per_file || sync_filesystem(&layout.root)?,
+        false => true,
+    };
+    if recorded {
+        journal.set_mirror_durable(head)?;
+    }
+    tracing::info!(events = head + 1 - from, took_ms = started.elapsed().as_millis() as u64, "mirror: tree current");
+    Ok(())
+}
