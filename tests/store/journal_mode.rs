@@ -193,3 +193,87 @@ fn files_mode_refuses_a_tree_behind_its_journal_and_journal_mode_imports_what_fi
     assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B"]);
     assert_eq!(all[1].tags, vec![Tag::new("k", "v")]);
 }
+
+#[test]
+fn sync_waits_for_a_mirror_checkpoint_that_covers_the_head_and_stats_report_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&store);
+    let head = store.sync().unwrap();
+    assert_eq!(head, store.head());
+    let stats = store.stats();
+    assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (head, head, 0), "{stats:?}");
+    assert!(stats.mirror_checkpoints >= 1, "{stats:?}");
+    assert!(!stats.mirror_failed);
+    // What the checkpoint recorded, and what it covers: the ledger and the index files, while the store is open.
+    let marks = Marks::decode(&std::fs::read(journal_dir(dir.path()).join("marks")).unwrap()).unwrap();
+    assert_eq!(marks.mirror_durable, head);
+    let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
+    assert_eq!(ledger.map(|l| l.last_sequence_position), Some(head));
+    let type_a = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/EventType/A.json")).unwrap());
+    assert_eq!(type_a.unwrap().last().copied(), Some(head - 1), "the type index file of the last A event");
+    store.close().unwrap();
+}
+
+/// Makes every later event file write of the mirror fail: the events directory becomes a file. Returns a guard
+/// that puts it back.
+fn break_the_events_directory(root: &Path) -> impl FnOnce() {
+    let events = root.join("events");
+    let aside = root.join("events.aside");
+    std::fs::rename(&events, &aside).unwrap();
+    std::fs::write(&events, b"not a directory").unwrap();
+    move || {
+        std::fs::remove_file(&events).unwrap();
+        std::fs::rename(&aside, &events).unwrap();
+    }
+}
+
+#[test]
+fn a_failed_mirror_stops_mirroring_appends_go_on_and_the_next_open_rederives_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    store.append(vec![fixed(1, "A", &[])], None).unwrap();
+    store.sync().unwrap();
+    let repair = break_the_events_directory(dir.path());
+    for n in 0..50 {
+        store.append(vec![fixed(n, "B", &[("k", "v")])], None).unwrap();
+    }
+    let head = store.head();
+    let stats = store.stats();
+    assert!(stats.mirror_failed, "{stats:?}");
+    assert_eq!(stats.mirror_durable, 1);
+    // Reads come from the journal; sync does not wait for a mirror that stopped.
+    assert_eq!(store.read_to_vec(&Query::All, ReadOptions::default()).unwrap().len(), 51);
+    assert_eq!(store.sync().unwrap(), head);
+    store.close().unwrap();
+    repair();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    let stats = store.stats();
+    assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_failed), (head, head, false));
+    store.close().unwrap();
+    let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
+    assert_eq!(ledger.map(|l| l.last_sequence_position), Some(head));
+    for p in 1..=head {
+        assert!(dir.path().join("events").join(opossum::format::event_file_name(p)).exists(), "position {p}");
+    }
+    let tagged = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/Tags/k_v.json")).unwrap());
+    assert_eq!(tagged.unwrap(), (2..=head).collect::<Vec<_>>());
+}
+
+#[test]
+fn once_the_mirror_failed_appends_no_longer_wait_for_it_past_the_lag_bound() {
+    use opossum::limits::{APPEND_EVENTS_MAX, MIRROR_LAG_EVENTS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    let _broken = break_the_events_directory(dir.path());
+    let batches = MIRROR_LAG_EVENTS_MAX as usize / APPEND_EVENTS_MAX + 2;
+    for b in 0..batches {
+        let batch = (0..APPEND_EVENTS_MAX as u64).map(|n| fixed(n, "Bulk", &[("b", &b.to_string())])).collect();
+        store.append(batch, None).unwrap();
+    }
+    let stats = store.stats();
+    assert!(stats.mirror_failed, "{stats:?}");
+    assert_eq!(stats.head, (batches * APPEND_EVENTS_MAX) as u64);
+    assert!(stats.mirror_lag > MIRROR_LAG_EVENTS_MAX, "{stats:?}");
+    store.close().unwrap();
+}
