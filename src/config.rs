@@ -11,7 +11,7 @@
 //! commit = "files"                   # files | journal: which copy is durable before the answer
 //! mirror = "live"                    # live | off: journal mode keeps the Opossum tree as a mirror, or not
 //! sync_strategy = "auto"             # auto | per-file | syncfs (auto: syncfs while little else is dirty)
-//! index_writes = "every-commit"      # every-commit | deferred
+//! index_writes = "every-commit"      # every-commit | deferred; files mode only (the mirror writes journal mode's)
 //! index_flush_interval_ms = 1000     # with deferred index writes
 //! max_connections = 1024             # excess connections get a `busy` line and are closed
 //! max_frame_bytes = 16777216         # longest request line
@@ -124,16 +124,19 @@ pub struct DaemonArgs {
     /// the daemon holds .store.lock until it stops
     #[arg(long, value_name = "MODE")]
     pub commit: Option<String>,
-    /// live | off [default: live], journal mode only. live: the Opossum tree is written from each commit without
-    /// fsyncs and made durable at a clean stop (re-derived from the journal after a crash); off: no tree for new
-    /// events
+    /// live | off [default: live], journal mode only. live: a mirror thread writes the Opossum tree (event files,
+    /// ledger; index files at checkpoints) from the journal without fsyncs, makes it durable every 20,000 events or
+    /// 2 s and at a clean stop, and appends wait while it lags 20,000 events or 2 s (re-derived from the last
+    /// checkpoint after a crash); off: no tree for new events
     #[arg(long, value_name = "MODE")]
     pub mirror: Option<String>,
     /// auto | per-file | syncfs [default: auto]: one syncfs per barrier while the system has little other dirty data,
     /// else an fsync per file; syncfs always only for a store on a filesystem of its own
     #[arg(long, value_name = "HOW")]
     pub sync_strategy: Option<String>,
-    /// every-commit | deferred [default: every-commit]
+    /// every-commit | deferred [default: every-commit], files mode only (journal mode's mirror writes index files at
+    /// its checkpoints). every-commit: O(index file size) per commit, as .NET Opossum; deferred: flushed every
+    /// --index-flush-interval-ms, ledger overwritten in place (a store the daemon owns alone)
     #[arg(long, value_name = "WHEN")]
     pub index_writes: Option<String>,
     /// With deferred index writes: flush index files at most this often [default: 1000]

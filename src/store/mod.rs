@@ -57,8 +57,9 @@ impl std::str::FromStr for Durability {
     }
 }
 
-/// When the Opossum index files (`Indices/`) are rewritten. The in-memory index answers every query either way;
-/// the files are a derived cache that `open` re-derives for any event they do not cover.
+/// When the Opossum index files (`Indices/`) are rewritten in `CommitMode::Files` (journal mode ignores it: its
+/// mirror writes index files at its checkpoints). The in-memory index answers every query either way; the files are
+/// a derived cache that `open` re-derives for any event they do not cover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IndexWrites {
     /// In every group commit, before the ledger (as Opossum does): the files are current whenever
@@ -79,7 +80,8 @@ pub enum CommitMode {
     #[default]
     Files,
     /// The journal (`.opossumd/journal/`) is the durable record: one write + one `fdatasync` per group commit.
-    /// The store holds `.store.lock` for its whole life, so .NET writers wait until it closes.
+    /// The store holds `.store.lock` for its whole life (so whenever the tree may be behind the journal), so .NET
+    /// writers wait until it closes. `IndexWrites` does not apply.
     Journal,
 }
 

@@ -10,6 +10,10 @@
 //!    every event file is durable),
 //! 4. publishes the new head and answers every appender.
 //!
+//! In journal mode steps 1 and 3 are `commit::journal` (no lock per commit: the store holds it; one journal write),
+//! the tree is left to the mirror thread (`store/mirror.rs`), which the writer tells of each new head and waits for
+//! before a group while the tree lags by its bound.
+//!
 //! A write or fsync error that may have left unknown state on disk poisons the store: the writer refuses further
 //! appends (a failed fsync may have lost dirty pages; retrying would lie), readers keep working below the last
 //! acknowledged head, and the writer re-runs open-time recovery in place with backoff (`recover_in_place`), so

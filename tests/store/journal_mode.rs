@@ -277,3 +277,75 @@ fn once_the_mirror_failed_appends_no_longer_wait_for_it_past_the_lag_bound() {
     assert!(stats.mirror_lag > MIRROR_LAG_EVENTS_MAX, "{stats:?}");
     store.close().unwrap();
 }
+
+/// A backend whose event file writes wait while the gate is shut (a mirror that cannot keep up).
+struct GatedEventWrites {
+    inner: Arc<dyn opossum::io::BatchIo>,
+    shut: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl GatedEventWrites {
+    fn open_gate(&self) {
+        *self.shut.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave the store's close waiting on it.
+struct OpenOnDrop(Arc<GatedEventWrites>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open_gate();
+    }
+}
+
+impl opossum::io::BatchIo for GatedEventWrites {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn read_files(&self, paths: &[std::path::PathBuf]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
+        self.inner.read_files(paths)
+    }
+    fn read_extents(&self, extents: &[opossum::io::Extent<'_>]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
+        self.inner.read_extents(extents)
+    }
+    fn write_files(&self, files: &[opossum::io::FileWrite<'_>], durable: bool) -> Result<(), opossum::io::IoError> {
+        if files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with("events"))) {
+            let mut shut = self.shut.lock().unwrap();
+            while *shut {
+                shut = self.opened.wait(shut).unwrap();
+            }
+        }
+        self.inner.write_files(files, durable)
+    }
+}
+
+#[test]
+fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
+    use opossum::limits::MIRROR_LAG_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let gated =
+        Arc::new(GatedEventWrites { inner: backend(), shut: std::sync::Mutex::new(true), opened: Default::default() });
+    let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
+    let store = Arc::new(Store::open(dir.path(), options).unwrap());
+    let _gate = OpenOnDrop(gated.clone());
+    // The mirror cannot write this event; once it is older than the lag bound in time, the next append waits.
+    store.append(vec![fixed(1, "A", &[])], None).unwrap();
+    std::thread::sleep(MIRROR_LAG_MAX + std::time::Duration::from_millis(100));
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || store.append(vec![fixed(2, "A", &[])], None).unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stats = store.stats();
+    assert_eq!((stats.head, stats.mirror_head, stats.mirror_lag), (1, 0, 1), "{stats:?}");
+    assert!(!appender.is_finished(), "an append went past the mirror's lag bound");
+    gated.open_gate();
+    assert_eq!(appender.join().unwrap().first, 2);
+    assert!(store.stats().mirror_waits >= 1);
+    assert_eq!(store.sync().unwrap(), 2);
+    let stats = store.stats();
+    assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (2, 2, 0), "{stats:?}");
+}

@@ -43,7 +43,8 @@ pub fn mirror_mode() -> MirrorMode {
 }
 
 /// Whether this run keeps an Opossum tree for new events. Tests that inspect or write tree files directly call
-/// this first and, without a tree, print why they skip (never silently).
+/// this first and, without a tree, print why they skip (never silently); with the journal's live mirror the tree
+/// follows the journal on its own thread, so they call `Store::sync` (a mirror checkpoint) before looking.
 pub fn has_tree(test: &str) -> bool {
     let tree = commit_mode() == CommitMode::Files || mirror_mode() == MirrorMode::Live;
     if !tree {
@@ -111,6 +112,7 @@ fn positions_are_contiguous_from_one() {
     let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
     assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B", "C", "A"]);
     if has_tree("positions_are_contiguous_from_one (its event-file check)") {
+        store.sync().unwrap();
         assert_eq!(
             event_files(dir.path()),
             ["0000000001.json", "0000000002.json", "0000000003.json", "0000000004.json"]
@@ -157,6 +159,7 @@ fn a_failed_append_leaves_nothing_behind_and_burns_no_positions() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
+    store.sync().unwrap();
     let tree = has_tree("a_failed_append_leaves_nothing_behind_and_burns_no_positions (its tree checks)");
     let read_tree = |path: &str| if tree { std::fs::read(dir.path().join(path)).unwrap() } else { Vec::new() };
     let files_before = event_files(dir.path());
@@ -171,6 +174,8 @@ fn a_failed_append_leaves_nothing_behind_and_burns_no_positions() {
     assert_eq!(event_files(dir.path()), files_before);
     assert_eq!(read_tree("Indices/Tags/k_v.json"), index_before);
     assert_eq!(read_tree(".ledger"), ledger_before);
+    store.sync().unwrap();
+    assert_eq!(event_files(dir.path()), files_before);
     assert!(!dir.path().join("Indices/EventType/B.json").exists());
     assert_eq!(store.append(vec![ev("B", &[])], None).unwrap().first, 2);
 }
@@ -224,6 +229,7 @@ fn tags_sharing_an_index_file_are_post_filtered() {
         store.append(vec![ev("E", &[("a_b", "c")])], None).unwrap();
         store.append(vec![ev("E", &[("a", "b_c")])], None).unwrap();
         if has_tree("tags_sharing_an_index_file_are_post_filtered (its index-file check)") {
+            store.sync().unwrap();
             assert_eq!(
                 std::fs::read_to_string(dir.path().join("Indices/Tags/a_b_c.json")).unwrap(),
                 r#"{"Positions":[1,2]}"#
@@ -256,6 +262,7 @@ fn on_disk_layout_matches_opossum() {
     e.metadata = Some(serde_json::value::RawValue::from_string(r#"{"correlationId":"c-1"}"#.into()).unwrap());
     store.append(vec![e], None).unwrap();
     store.append(vec![ev("CourseCreated", &[("courseId", "9")])], None).unwrap();
+    store.sync().unwrap();
     let root = dir.path();
     assert_eq!(std::fs::read_to_string(root.join(".ledger")).unwrap(), r#"{"LastSequencePosition":2,"EventCount":2}"#);
     assert_eq!(
@@ -339,6 +346,7 @@ fn opens_a_store_written_by_dotnet_opossum() {
     if !has_tree("opens_a_store_written_by_dotnet_opossum (its tree checks after an append)") {
         return;
     }
+    store.sync().unwrap();
     assert_eq!(
         std::fs::read_to_string(root.join("Indices/EventType/CourseCreatedEvent.json")).unwrap(),
         r#"{"Positions":[2,4]}"#
