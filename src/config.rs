@@ -8,7 +8,7 @@
 //! socket_mode = "0660"               # octal; applied to the socket file the daemon binds
 //! io_backend = "auto"                # auto | uring | threads
 //! durability = "fsync"               # fsync | none
-//! commit = "files"                   # files | journal: which copy is durable before the answer
+//! commit = "journal"                 # journal | files: which copy is durable before the answer
 //! mirror = "live"                    # live | off: journal mode keeps the Opossum tree as a mirror, or not
 //! sync_strategy = "auto"             # auto | per-file | syncfs (auto: syncfs while little else is dirty)
 //! index_writes = "every-commit"      # every-commit | deferred; files mode only (the mirror writes journal mode's)
@@ -118,10 +118,10 @@ pub struct DaemonArgs {
     /// fsync | none [default: fsync]
     #[arg(long)]
     pub durability: Option<String>,
-    /// files | journal [default: files]. files: event files, ledger (and with every-commit index writes, index
-    /// files: O(index size) per commit) durable before the answer, as .NET Opossum does; for stores .NET processes
-    /// append to while the daemon runs. journal: one write + one fdatasync of .opossumd/journal per group commit;
-    /// the daemon holds .store.lock until it stops
+    /// journal | files [default: journal]. journal: one write + one fdatasync of .opossumd/journal per group
+    /// commit; the daemon holds .store.lock until it stops (.NET writers wait). files: event files, ledger (and with
+    /// every-commit index writes, index files: O(index size) per commit) durable before the answer, as .NET Opossum
+    /// does; for stores .NET processes append to while the daemon runs
     #[arg(long, value_name = "MODE")]
     pub commit: Option<String>,
     /// live | off [default: live], journal mode only. live: a mirror thread writes the Opossum tree (event files,
@@ -338,6 +338,7 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(SOCKET_DEFAULT));
         assert_eq!(c.socket_mode, 0o660);
         assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!((c.commit, c.mirror), (CommitMode::Journal, MirrorMode::Live));
         assert_eq!(c.index_writes, IndexWrites::EveryCommit);
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.max_frame_bytes, 16 * 1024 * 1024);

@@ -7,7 +7,8 @@
 //! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
 //! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
 //! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint writes the index files the mirrored events touched (tag files,
-//! then type files), makes the whole tree durable with one `syncfs`, and records "mirror durable through P" in the
+//! then type files), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
+//! every file as it writes it instead), and records "mirror durable through P" in the
 //! journal's marks. A reopen after a crash re-derives the tree after P (`reconcile_tree`).
 //!
 //! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events or
@@ -187,15 +188,19 @@ struct MirrorThread {
     dirty_tags: BTreeSet<String>,
     dirty_types: BTreeSet<String>,
     last_checkpoint: Instant,
+    /// Without `syncfs` (not Linux) and with `Durability::Fsync`: every tree write fsyncs its files, at the mirror's
+    /// pace, so a checkpoint has nothing left to make durable.
+    per_file: bool,
 }
 
 impl MirrorThread {
     fn new(shared: Arc<Shared>) -> MirrorThread {
         MirrorThread {
-            shared,
             dirty_tags: BTreeSet::new(),
             dirty_types: BTreeSet::new(),
             last_checkpoint: Instant::now(),
+            per_file: shared.options.durability == Durability::Fsync && !cfg!(target_os = "linux"),
+            shared,
         }
     }
 
@@ -274,13 +279,13 @@ impl MirrorThread {
         let writes = |mode| -> Vec<FileWrite<'_>> {
             batch.iter().zip(&paths).map(|(v, path)| FileWrite { path, bytes: v.file, mode }).collect()
         };
-        if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), false) {
+        if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), self.per_file) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return Err(e.into());
             }
             // Files beyond the tree's ledger left by an earlier run (never covered, so never events): the journal
             // says what these positions hold.
-            io.write_files(&writes(WriteMode::Replace), false)?;
+            io.write_files(&writes(WriteMode::Replace), self.per_file)?;
         }
         for v in batch.iter() {
             self.dirty_types.insert(format::event_type_stem(v.event_type));
@@ -291,7 +296,7 @@ impl MirrorThread {
         // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
         let ledger = Ledger { last_sequence_position: to, event_count: to }.encode();
         let ledger_path = layout.ledger();
-        io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], false)?;
+        io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], self.per_file)?;
         self.shared.counters.write_batches.fetch_add(2, Ordering::Relaxed);
         Ok(())
     }
@@ -321,25 +326,20 @@ impl MirrorThread {
         // Tag files before type files: type files are the coverage record a files-mode open trusts.
         for files in [encode(tag_lists), encode(type_lists)] {
             if !files.is_empty() {
-                self.shared.io.write_files(&recovery::replace_all(&files), false)?;
+                self.shared.io.write_files(&recovery::replace_all(&files), self.per_file)?;
                 self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let durable = match self.shared.options.durability {
-            Durability::Fsync => sync_filesystem(&layout.root)?,
-            // The tree is as durable as the journal: current, in the page cache.
-            Durability::None => true,
-        };
-        if durable {
-            self.journal().set_mirror_durable(through)?;
+        // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
+        if self.shared.options.durability == Durability::Fsync && !self.per_file {
+            sync_filesystem(&layout.root)?;
         }
+        self.journal().set_mirror_durable(through)?;
         self.last_checkpoint = Instant::now();
         let mirror = self.mirror();
         let mut p = mirror.lock();
         p.checkpointed = through;
-        if durable {
-            mirror.durable.store(through, Ordering::Relaxed);
-        }
+        mirror.durable.store(through, Ordering::Relaxed);
         mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
         drop(p);
         mirror.advanced.notify_all();
@@ -348,21 +348,19 @@ impl MirrorThread {
     }
 }
 
-/// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere returns
-/// `false`: an `fsync` of each file would be needed, so no checkpoint is recorded and the next open re-derives the
-/// tree from the journal instead.
-pub(crate) fn sync_filesystem(root: &std::path::Path) -> Result<bool, StoreError> {
+/// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere the mirror
+/// fsyncs each file it writes instead (`MirrorThread::per_file`), and this is never called.
+fn sync_filesystem(root: &std::path::Path) -> Result<(), StoreError> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         let dir = std::fs::File::open(root).map_err(|e| StoreError::io(IoOp::Open, root, e))?;
-        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| StoreError::io(IoOp::Fsync, root, e.into()))?;
-        Ok(true)
+        nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| StoreError::io(IoOp::Fsync, root, e.into()))
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = root;
-        Ok(false)
+        unreachable!("the mirror fsyncs per file where there is no syncfs")
     }
 }
 
@@ -412,13 +410,10 @@ pub(crate) fn reconcile_tree(
     let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();
     io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], per_file)?;
-    let recorded = match durable {
-        true => per_file || sync_filesystem(&layout.root)?,
-        false => true,
-    };
-    if recorded {
-        journal.set_mirror_durable(head)?;
+    if durable && !per_file {
+        sync_filesystem(&layout.root)?;
     }
+    journal.set_mirror_durable(head)?;
     tracing::info!(events = head + 1 - from, took_ms = started.elapsed().as_millis() as u64, "mirror: tree current");
     Ok(())
 }

@@ -77,11 +77,11 @@ pub enum IndexWrites {
 pub enum CommitMode {
     /// Today's protocol: event files, ledger and directory entries durable before the answer. For stores that
     /// .NET processes append to while the daemon runs. O(index file size) per commit with `IndexWrites::EveryCommit`.
-    #[default]
     Files,
     /// The journal (`.opossumd/journal/`) is the durable record: one write + one `fdatasync` per group commit.
     /// The store holds `.store.lock` for its whole life (so whenever the tree may be behind the journal), so .NET
-    /// writers wait until it closes. `IndexWrites` does not apply.
+    /// writers wait until it closes. `IndexWrites` does not apply. The default (with `MirrorMode::Live`).
+    #[default]
     Journal,
 }
 

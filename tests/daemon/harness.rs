@@ -270,10 +270,13 @@ pub fn seed(client: &mut Client, n: usize, batch: usize) {
     }
 }
 
-/// Whether this run commits through the files (`OPOSSUM_TEST_COMMIT` unset or `files`). Tests of the files
-/// protocol's fault handling print why they skip in journal mode.
+/// Whether this run commits through the files (`OPOSSUM_TEST_COMMIT=files`; unset means the daemon's default,
+/// journal). Tests of the files protocol's fault handling print why they skip in journal mode.
 pub fn files_mode(test: &str, why: &str) -> bool {
-    let files = std::env::var("OPOSSUM_TEST_COMMIT").map_or(true, |m| m == "files");
+    let commit = std::env::var("OPOSSUM_TEST_COMMIT")
+        .ok()
+        .map_or(opossum::store::CommitMode::default(), |m| m.parse().expect("OPOSSUM_TEST_COMMIT is files or journal"));
+    let files = commit == opossum::store::CommitMode::Files;
     if !files {
         eprintln!("skipping {test} in journal mode: {why}");
     }

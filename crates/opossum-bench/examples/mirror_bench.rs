@@ -1,0 +1,122 @@
+//! The journal's live mirror against the mirror off (and files mode), in process: durable conditional appends of
+//! one event per request from 1, 16 and 64 threads for a fixed time each, with the close time (the mirror's last
+//! checkpoint) and the mirror's stats; then a store filled with FILL events (mirror live, durable, 1,000 events per
+//! request) and the time its close takes.
+//!
+//! `cargo run --release -p opossum-bench --example mirror_bench -- [DIR] [SECONDS] [FILL]` (DIR on the disk to
+//! measure, default /tmp; SECONDS per run, default 5; FILL default 200000).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opossum::model::{AppendCondition, Event, Query, QueryItem, Tag};
+use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreOptions};
+
+fn event(n: u64) -> Event {
+    let data = format!(
+        r#"{{"studentId":"s-{n}","courseId":"c-{}","note":"a typical small payload of some sixty bytes"}}"#,
+        n % 97
+    );
+    Event::new(
+        "StudentEnrolledToCourseEvent",
+        &data,
+        vec![Tag::new("studentId", format!("s-{n}")), Tag::new("courseId", format!("c-{}", n % 97))],
+    )
+    .unwrap()
+}
+
+/// The DCB decision of a typical command: no enrolment of this student yet.
+fn condition(n: u64) -> AppendCondition {
+    let query = Query::items(vec![
+        QueryItem::types(&["StudentEnrolledToCourseEvent"]).with_tags(&[("studentId", format!("s-{n}").as_str())])
+    ])
+    .unwrap();
+    AppendCondition { fail_if_events_match: query, after: None }
+}
+
+fn options(commit: CommitMode, mirror: MirrorMode) -> StoreOptions {
+    StoreOptions { commit, mirror, durability: Durability::Fsync, ..StoreOptions::default() }
+}
+
+fn appends(root: &std::path::Path, name: &str, opts: StoreOptions, threads: usize, seconds: u64) {
+    let dir = root.join(format!("{}-{threads}", name.replace([' ', ','], "")));
+    let store = Arc::new(Store::open(&dir, opts).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (store, stop, next) = (store.clone(), stop.clone(), next.clone());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let t = Instant::now();
+                    store.append(vec![event(n)], Some(condition(n))).unwrap();
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies: Vec<Duration> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let took = started.elapsed();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let stats = store.stats();
+    let closing = Instant::now();
+    Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+    println!(
+        "{name:<20} {threads:>2} clients: {:>8.0} events/s, p99 {:>6.2} ms ({} commits; mirror lag at the end {}, waits \
+         {}, checkpoints {}); close {:.2} s",
+        stats.head as f64 / took.as_secs_f64(),
+        p99.as_secs_f64() * 1e3,
+        stats.commits,
+        stats.mirror_lag,
+        stats.mirror_waits,
+        stats.mirror_checkpoints,
+        closing.elapsed().as_secs_f64()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let tmp = tempfile::tempdir_in(args.get(1).map_or("/tmp", |s| s.as_str())).unwrap();
+    let root = tmp.path();
+    let seconds: u64 = args.get(2).map_or(5, |s| s.parse().unwrap());
+    let fill: u64 = args.get(3).map_or(200_000, |s| s.parse().unwrap());
+    for threads in [1usize, 16, 64] {
+        appends(root, "journal, mirror off", options(CommitMode::Journal, MirrorMode::Off), threads, seconds);
+        appends(root, "journal, mirror live", options(CommitMode::Journal, MirrorMode::Live), threads, seconds);
+    }
+
+    // A store of FILL events with the mirror live, then its close: the mirror's last checkpoint.
+    let dir = root.join("fill");
+    let store = Store::open(&dir, options(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    let started = Instant::now();
+    let mut n = 0;
+    while n < fill {
+        let batch = (n..(n + 1000).min(fill)).map(event).collect();
+        store.append(batch, None).unwrap();
+        n += 1000;
+    }
+    let stats = store.stats();
+    println!(
+        "fill of {fill} events, 1,000 per request: {:.1} s (mirror lag at the end {}, waits {}, checkpoints {})",
+        started.elapsed().as_secs_f64(),
+        stats.mirror_lag,
+        stats.mirror_waits,
+        stats.mirror_checkpoints
+    );
+    let closing = Instant::now();
+    store.close().unwrap();
+    println!("close with the mirror live after the fill: {:.2} s", closing.elapsed().as_secs_f64());
+    let started = Instant::now();
+    let store = Store::open(&dir, options(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    println!("reopen after the clean stop: {:.2} s", started.elapsed().as_secs_f64());
+    store.close().unwrap();
+}
