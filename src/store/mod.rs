@@ -20,6 +20,7 @@ use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
 
+mod checkpoint;
 mod commit;
 mod index;
 mod reader;
@@ -463,6 +464,8 @@ pub struct Store {
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
     flusher: Option<IndexFlusher>,
+    /// Journal mode: writes index checkpoints in the background and at close (`checkpoint`).
+    checkpointer: Option<checkpoint::Checkpointer>,
     _owner_lock: Option<File>,
     /// Journal mode: `.store.lock`, held (flock) from open to close.
     _tree_lock: Option<File>,
@@ -569,6 +572,7 @@ impl Store {
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
+        let checkpointer = checkpoint::Checkpointer::spawn(&shared)?;
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
         let c = &shared.counters;
         let (quarantine_files, quarantine_bytes) =
@@ -589,6 +593,7 @@ impl Store {
             requests: Some(tx),
             writer: Some(handle),
             flusher,
+            checkpointer,
             _owner_lock: owner_lock,
             _tree_lock: tree_lock,
         })
@@ -767,6 +772,9 @@ impl Store {
                         "making the Opossum tree durable at close failed (the next open re-derives it): {e}"
                     );
                 }
+            }
+            if let Some(checkpointer) = self.checkpointer.take() {
+                checkpointer.close(&self.shared);
             }
             if let Err(e) = journal.close() {
                 self.shared.poison(format!("closing the journal failed: {e}"));
