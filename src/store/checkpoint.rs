@@ -13,8 +13,9 @@
 //!   it. Atomically: a temporary file, `fdatasync`, rename, directory `fsync` (the syncs only with
 //!   `Durability::Fsync`; the checksums catch whatever a crash leaves otherwise).
 //! - It holds every event's exact type and tags, interned. The position lists per type and tag file stem are
-//!   derived from them when loading (stored once, consistent by construction): a checkpoint needs the keys of every
-//!   position, which journal mode always has.
+//!   derived from them when loading (stored once, consistent by construction), with each distinct type's and tag's
+//!   index file stem stored beside it (sanitising a million tags at load costs more than reading their stems). A
+//!   checkpoint needs the keys of every position, which journal mode always has.
 //! - It names the journal it belongs to by the checksums of the event files at positions 1 and P (their metadata
 //!   carries the append time): a checkpoint copied from another store, or left from a journal that was replaced,
 //!   does not match.
@@ -32,16 +33,14 @@
 //! 44  4  crc32c of header bytes 0 .. 44                          (u32 LE)
 //!
 //! body (u32/u64 LE; strings UTF-8, each after its u16 LE length)
-//! u32 S    type stems (index file stems), then S strings
-//! u32 S'   tag stems, then S' strings
-//! u32 T    event types, then T × (u32 type stem id, string)
-//! u32 G    tags, then G × (u32 tag stem id, key string, value string)
+//! u32 T    event types, then T × (type string, its index file stem)
+//! u32 G    tags, then G × (key string, value string, its index file stem)
 //! P × u32  the type id of each position 1 ..= P
 //! P × u32  the tag count of each position
 //! u64 R    tag references (the sum of the counts), then R × u32 tag ids, position by position
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
@@ -91,8 +90,6 @@ pub enum Damage {
     Utf8(&'static str),
     #[error("{what} id {id} where only {count} exist")]
     BadId { what: &'static str, id: u32, count: usize },
-    #[error("the {0} stem {1:?} is listed twice")]
-    DuplicateStem(&'static str, String),
     #[error("{0} bytes after the body's end")]
     Trailing(usize),
 }
@@ -255,47 +252,29 @@ pub fn snapshot(index: &RwLock<Index>, through: u64) -> Result<Snapshot, Checkpo
 /// Encodes a snapshot as a checkpoint file belonging to the journal whose event files at positions 1 and
 /// `snapshot.through` have the crc32c checksums `identity`.
 pub fn encode(snap: &Snapshot, identity: (u32, u32)) -> Vec<u8> {
-    fn stems(names: impl Iterator<Item = String>, table: &mut Vec<String>) -> Vec<u32> {
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        names
-            .map(|stem| {
-                *ids.entry(stem).or_insert_with_key(|stem| {
-                    table.push(stem.clone());
-                    table.len() as u32 - 1
-                })
-            })
-            .collect()
-    }
     fn put_str(out: &mut Vec<u8>, s: &str) {
-        // Types, tag keys and values and their stems are far below 64 KiB (`EVENT_TYPE_BYTES_MAX`, `TAG_BYTES_MAX`).
+        // Types, tag keys and values are far below 64 KiB (`EVENT_TYPE_BYTES_MAX`, `TAG_BYTES_MAX`).
         out.extend_from_slice(&(s.len() as u16).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
-    let (mut type_stems, mut tag_stems) = (Vec::new(), Vec::new());
-    let type_stem_ids = stems(snap.types.iter().map(|t| event_type_stem(t)), &mut type_stems);
-    let tag_stem_ids = stems(snap.tags.iter().map(|t| event_tag_stem(t)), &mut tag_stems);
-    let strings: usize = type_stems.iter().chain(&tag_stems).map(|s| s.len() + 2).sum::<usize>()
-        + snap.types.iter().map(|t| t.len() + 6).sum::<usize>()
-        + snap.tags.iter().map(|t| t.key.len() + t.value.len() + 8).sum::<usize>();
+    // Stems are stored, not recomputed at load: sanitising a million tags costs more than reading their stems.
+    let type_stems: Vec<String> = snap.types.iter().map(|t| event_type_stem(t)).collect();
+    let tag_stems: Vec<String> = snap.tags.iter().map(|t| event_tag_stem(t)).collect();
+    let strings: usize = snap.types.iter().zip(&type_stems).map(|(t, s)| t.len() + s.len() + 4).sum::<usize>()
+        + snap.tags.iter().zip(&tag_stems).map(|(t, s)| t.key.len() + t.value.len() + s.len() + 6).sum::<usize>();
     let columns = 8 * snap.event_types.len() + 8 + 4 * snap.tag_refs.len();
-    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + 16 + strings + columns);
+    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + 8 + strings + columns);
     out.resize(CHECKPOINT_HEADER_BYTES, 0);
-    for table in [&type_stems, &tag_stems] {
-        out.extend_from_slice(&(table.len() as u32).to_le_bytes());
-        for stem in table {
-            put_str(&mut out, stem);
-        }
-    }
     out.extend_from_slice(&(snap.types.len() as u32).to_le_bytes());
-    for (t, stem) in snap.types.iter().zip(&type_stem_ids) {
-        out.extend_from_slice(&stem.to_le_bytes());
+    for (t, stem) in snap.types.iter().zip(&type_stems) {
         put_str(&mut out, t);
+        put_str(&mut out, stem);
     }
     out.extend_from_slice(&(snap.tags.len() as u32).to_le_bytes());
-    for (t, stem) in snap.tags.iter().zip(&tag_stem_ids) {
-        out.extend_from_slice(&stem.to_le_bytes());
+    for (t, stem) in snap.tags.iter().zip(&tag_stems) {
         put_str(&mut out, &t.key);
         put_str(&mut out, &t.value);
+        put_str(&mut out, stem);
     }
     for column in [&snap.event_types, &snap.tag_counts] {
         for id in column {
@@ -372,25 +351,19 @@ fn id_in(id: u32, count: usize, what: &'static str) -> Result<usize, Damage> {
 pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
     let header = decode_checked_header(bytes)?;
     let mut c = Cursor { bytes: &bytes[CHECKPOINT_HEADER_BYTES..], at: 0 };
-    let mut stem_table = |what: &'static str| -> Result<Vec<String>, Damage> {
-        let n = c.count(what, 2)?;
-        (0..n).map(|_| c.str(what).map(str::to_string)).collect()
-    };
-    let type_stems = stem_table("type stems")?;
-    let tag_stems = stem_table("tag stems")?;
-    let n = c.count("types", 6)?;
-    let (mut types, mut type_stem_of) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let n = c.count("types", 4)?;
+    let (mut types, mut type_stems) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
-        type_stem_of.push(id_in(c.u32("types")?, type_stems.len(), "type stem")?);
         types.push(Arc::<str>::from(c.str("types")?));
+        type_stems.push(c.str("types")?.to_string());
     }
-    let n = c.count("tags", 8)?;
-    let (mut tags, mut tag_stem_of) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let n = c.count("tags", 6)?;
+    let (mut tags, mut tag_stems) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
-        tag_stem_of.push(id_in(c.u32("tags")?, tag_stems.len(), "tag stem")?);
         let key = c.str("tags")?;
         let value = c.str("tags")?;
         tags.push(Arc::new(Tag::new(key, value)));
+        tag_stems.push(c.str("tags")?.to_string());
     }
     let through = usize::try_from(header.through).map_err(|_| Damage::Short("positions"))?;
     let event_types = c.u32s(through, "type ids")?;
@@ -400,45 +373,88 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
     if c.at != c.bytes.len() {
         return Err(Damage::Trailing(c.bytes.len() - c.at));
     }
-    let mut type_lists: Vec<Vec<u64>> = vec![Vec::new(); type_stems.len()];
-    let mut tag_lists: Vec<Vec<u64>> = vec![Vec::new(); tag_stems.len()];
-    let mut keys = Vec::with_capacity(through);
-    let mut next_ref = 0usize;
-    for (i, (&type_id, &count)) in event_types.iter().zip(&tag_counts).enumerate() {
-        let position = i as u64 + 1;
-        let type_id = id_in(type_id, types.len(), "type")?;
-        type_lists[type_stem_of[type_id]].push(position);
-        let end = next_ref.checked_add(count as usize).filter(|&end| end <= tag_refs.len());
-        let ids = &tag_refs[next_ref..end.ok_or(Damage::Short("tag references"))?];
-        next_ref += ids.len();
-        let mut event_tags = Vec::with_capacity(ids.len());
-        for &tag_id in ids {
-            let tag_id = id_in(tag_id, tags.len(), "tag")?;
-            // Two tags of one event may share an index file: it lists the position once.
-            let list = &mut tag_lists[tag_stem_of[tag_id]];
-            if list.last() != Some(&position) {
-                list.push(position);
-            }
-            event_tags.push(tags[tag_id].clone());
-        }
-        keys.push(Some(EventKeys { event_type: types[type_id].clone(), tags: event_tags.into_boxed_slice() }));
+    // Every id is checked first, so the two halves below cannot fail.
+    let mut refs_needed = 0usize;
+    for (&type_id, &count) in event_types.iter().zip(&tag_counts) {
+        id_in(type_id, types.len(), "type")?;
+        refs_needed = refs_needed.saturating_add(count as usize);
     }
-    if next_ref != tag_refs.len() {
-        return Err(Damage::Trailing((tag_refs.len() - next_ref) * 4));
+    if refs_needed != tag_refs.len() {
+        return Err(if refs_needed > tag_refs.len() {
+            Damage::Short("tag references")
+        } else {
+            Damage::Trailing((tag_refs.len() - refs_needed) * 4)
+        });
     }
-    let lists = |what: &'static str, stems: Vec<String>, lists: Vec<Vec<u64>>| {
-        let mut map = HashMap::with_capacity(stems.len());
-        for (stem, list) in stems.into_iter().zip(lists) {
-            if map.contains_key(&stem) {
-                return Err(Damage::DuplicateStem(what, stem));
+    for &tag_id in &tag_refs {
+        id_in(tag_id, tags.len(), "tag")?;
+    }
+    // Two independent halves, on two threads when one can be had: the position lists per index file stem (integers
+    // and the stem maps), and each event's keys with the interned strings (allocation and reference counts).
+    // Taken by whichever thread builds the lists (the closure only borrows, so it can run on either).
+    let stems = std::sync::Mutex::new(Some((type_stems, tag_stems)));
+    let lists = || {
+        let (type_stems, tag_stems) =
+            stems.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the lists are built once");
+        let mut type_lists: Vec<Vec<u64>> = vec![Vec::new(); type_stems.len()];
+        let mut tag_lists: Vec<Vec<u64>> = vec![Vec::new(); tag_stems.len()];
+        let mut refs = tag_refs.iter();
+        for (i, (&type_id, &count)) in event_types.iter().zip(&tag_counts).enumerate() {
+            let position = i as u64 + 1;
+            type_lists[type_id as usize].push(position);
+            for &tag_id in refs.by_ref().take(count as usize) {
+                // An event carrying one tag twice is listed once.
+                let list = &mut tag_lists[tag_id as usize];
+                if list.last() != Some(&position) {
+                    list.push(position);
+                }
             }
-            map.insert(stem, list);
         }
-        Ok(map)
+        (by_stem(type_stems, type_lists), by_stem(tag_stems, tag_lists))
     };
-    let by_type = lists("type", type_stems, type_lists)?;
-    let by_tag = lists("tag", tag_stems, tag_lists)?;
-    Ok((header, Index::from_checkpoint(by_type, by_tag, keys, types, tags)))
+    let keys = || {
+        let mut keys = Vec::with_capacity(through);
+        let mut refs = tag_refs.iter();
+        for (&type_id, &count) in event_types.iter().zip(&tag_counts) {
+            let event_tags: Box<[Arc<Tag>]> =
+                refs.by_ref().take(count as usize).map(|&tag_id| tags[tag_id as usize].clone()).collect();
+            keys.push(Some(EventKeys { event_type: types[type_id as usize].clone(), tags: event_tags }));
+        }
+        let types_interned: HashSet<Arc<str>> = types.iter().cloned().collect();
+        let tags_interned: HashSet<Arc<Tag>> = tags.iter().cloned().collect();
+        (keys, types_interned, tags_interned)
+    };
+    let ((by_type, by_tag), (keys, types_interned, tags_interned)) = std::thread::scope(|scope| {
+        match std::thread::Builder::new().name("opossum-checkpoint-load".into()).spawn_scoped(scope, lists) {
+            Ok(lists) => {
+                let keys = keys();
+                (lists.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), keys)
+            }
+            Err(e) => {
+                tracing::debug!("loading the index checkpoint on one thread (no second thread: {e})");
+                (lists(), keys())
+            }
+        }
+    });
+    Ok((header, Index::from_checkpoint(by_type, by_tag, keys, types_interned, tags_interned)))
+}
+
+/// The position lists per index file stem, from the lists per exact type or tag and their stems: different types
+/// or tags whose names sanitise to one stem share one file, and so one list.
+fn by_stem(stems: Vec<String>, lists: Vec<Vec<u64>>) -> HashMap<String, Vec<u64>> {
+    let mut map: HashMap<String, Vec<u64>> = HashMap::with_capacity(lists.len());
+    for (stem, list) in stems.into_iter().zip(lists) {
+        match map.entry(stem) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(list);
+            }
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let merged = crate::store::index::union_sorted(&[std::mem::take(e.get_mut()), list]);
+                *e.get_mut() = merged;
+            }
+        }
+    }
+    map
 }
 
 /// The journal a checkpoint through `through` belongs to: the crc32c checksums of the event files at positions 1

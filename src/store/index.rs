@@ -104,16 +104,16 @@ impl Index {
         by_type: HashMap<String, Vec<u64>>,
         by_tag: HashMap<String, Vec<u64>>,
         keys: Vec<Option<EventKeys>>,
-        types: Vec<Arc<str>>,
-        tags: Vec<Arc<Tag>>,
+        types_interned: HashSet<Arc<str>>,
+        tags_interned: HashSet<Arc<Tag>>,
     ) -> Index {
         Index {
             by_type,
             by_tag,
             max_position: keys.len() as u64,
             keys,
-            types_interned: types.into_iter().collect(),
-            tags_interned: tags.into_iter().collect(),
+            types_interned,
+            tags_interned,
             dirty_types: BTreeSet::new(),
             dirty_tags: BTreeSet::new(),
         }
