@@ -4,7 +4,8 @@
 //! come before the qualifier (`CONNECTION_IDLE_SECS_MAX`). The `const _: () = { ... }` blocks at the end of each
 //! section fail the build when two limits stop fitting each other.
 //!
-//! Sections: file names (model, tree), events and appends (store), reads (store, io), projections, journal, server.
+//! Sections: file names (model, tree), events and appends (store), reads (store, io), projections, journal, index
+//! checkpoints, server.
 
 // --- file names ------------------------------------------------------------------------------------------------
 
@@ -234,6 +235,22 @@ const _: () = {
     assert!(MIRROR_CHECKPOINT_EVENTS_MAX >= MIRROR_BATCH_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_RECHECK_INTERVAL.as_millis() < MIRROR_LAG_MAX.as_millis());
 };
+
+// --- index checkpoints (store::checkpoint) ----------------------------------------------------------------------
+
+/// The checkpointer writes a new index checkpoint once the head is this many events past the last one, so an open
+/// after a crash scans about this many journal records (~5 µs each here) on top of loading the checkpoint.
+pub const INDEX_CHECKPOINT_EVENTS_DEFAULT: u64 = 100_000;
+/// How often the checkpointer looks at the head.
+pub const INDEX_CHECKPOINT_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+/// After writing a checkpoint, the checkpointer waits at least this many times as long as that took: checkpoints
+/// use at most ~1/(1 + factor) of one core, however big the index grows (at ingest rates beyond that, the
+/// checkpoint falls further behind than `INDEX_CHECKPOINT_EVENTS_DEFAULT`).
+pub const INDEX_CHECKPOINT_PAUSE_FACTOR: u32 = 4;
+/// Positions a checkpoint copies out of the in-memory index per hold of its read lock: the writer, which takes the
+/// write lock once per group commit, waits for at most this many copies.
+pub const INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX: u64 = 16_384;
+const _: () = assert!(INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX <= INDEX_CHECKPOINT_EVENTS_DEFAULT);
 
 // --- server ----------------------------------------------------------------------------------------------------
 

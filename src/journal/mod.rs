@@ -28,9 +28,19 @@ use crate::io::{BatchIo, Extent};
 use crate::limits::{JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX};
 use format::{padded, SEGMENT_HEADER_BYTES, TRAILER_BYTES};
 
+/// `<store>/.opossumd`: the daemon's own files (the journal, the index checkpoint).
+pub const DAEMON_DIR: &str = ".opossumd";
+/// The index checkpoint's file name in [`DAEMON_DIR`] (format: `store::checkpoint`, `docs/journal.md`).
+pub const INDEX_CHECKPOINT_FILE: &str = "index.ckpt";
+
 /// `<store>/.opossumd/journal`
 pub fn journal_dir(store_root: &Path) -> PathBuf {
-    store_root.join(".opossumd").join("journal")
+    store_root.join(DAEMON_DIR).join("journal")
+}
+
+/// `<store>/.opossumd/index.ckpt`: the in-memory index as of a position, so an open reads only the journal after it.
+pub fn index_checkpoint_path(store_root: &Path) -> PathBuf {
+    store_root.join(DAEMON_DIR).join(INDEX_CHECKPOINT_FILE)
 }
 
 #[derive(Debug, thiserror::Error)]

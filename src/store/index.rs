@@ -89,6 +89,36 @@ impl Index {
         self.keys.get((position.checked_sub(1)?) as usize)?.as_ref()
     }
 
+    /// The slots of positions `from ..= to` (clipped to what the index holds): each event's exact keys, or `None`
+    /// where they are not known (events loaded from index files). Index checkpoints copy them (`store::checkpoint`).
+    pub(crate) fn keys_between(&self, from: u64, to: u64) -> &[Option<EventKeys>] {
+        let start = (from.max(1) - 1).min(self.keys.len() as u64) as usize;
+        let end = to.min(self.keys.len() as u64) as usize;
+        &self.keys[start..end.max(start)]
+    }
+
+    /// The index an index checkpoint holds (`store::checkpoint` decodes it): the position lists per type and tag
+    /// file stem, every event's keys (`keys[p - 1]`, for positions `1 ..= keys.len()`), and the interned strings
+    /// those keys share. Nothing is dirty, and the highest position is the last key's.
+    pub(crate) fn from_checkpoint(
+        by_type: HashMap<String, Vec<u64>>,
+        by_tag: HashMap<String, Vec<u64>>,
+        keys: Vec<Option<EventKeys>>,
+        types_interned: HashSet<Arc<str>>,
+        tags_interned: HashSet<Arc<Tag>>,
+    ) -> Index {
+        Index {
+            by_type,
+            by_tag,
+            max_position: keys.len() as u64,
+            keys,
+            types_interned,
+            tags_interned,
+            dirty_types: BTreeSet::new(),
+            dirty_tags: BTreeSet::new(),
+        }
+    }
+
     /// Drops every position above `head` (after a failed commit left uncommitted ones behind).
     pub fn truncate(&mut self, head: u64) {
         for (stem, list) in self.by_type.iter_mut() {

@@ -20,6 +20,7 @@ use crate::model::{
     self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
 };
 
+mod checkpoint;
 mod commit;
 mod index;
 mod mirror;
@@ -483,6 +484,8 @@ pub struct Store {
     flusher: Option<IndexFlusher>,
     /// Journal mode, mirror live: the mirror thread (`store/mirror.rs`).
     mirror: Option<JoinHandle<()>>,
+    /// Journal mode: writes index checkpoints in the background and at close (`checkpoint`).
+    checkpointer: Option<checkpoint::Checkpointer>,
     _owner_lock: Option<File>,
     /// Journal mode: `.store.lock`, held (flock) from open to close.
     _tree_lock: Option<File>,
@@ -596,6 +599,7 @@ impl Store {
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
+        let checkpointer = checkpoint::Checkpointer::spawn(&shared)?;
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
         let c = &shared.counters;
         let (quarantine_files, quarantine_bytes) =
@@ -617,6 +621,7 @@ impl Store {
             writer: Some(handle),
             flusher,
             mirror,
+            checkpointer,
             _owner_lock: owner_lock,
             _tree_lock: tree_lock,
         })
@@ -814,6 +819,9 @@ impl Store {
             tracing::info!(took_ms = started.elapsed().as_millis() as u64, "mirror: tree current at close");
         }
         if let Some(journal) = &self.shared.journal {
+            if let Some(checkpointer) = self.checkpointer.take() {
+                checkpointer.close(&self.shared);
+            }
             if let Err(e) = journal.close() {
                 self.shared.poison(format!("closing the journal failed: {e}"));
             }
