@@ -11,7 +11,9 @@ use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, Sequ
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
 mod crash;
+mod journal_faults;
 mod journal_mode;
+mod tools;
 
 /// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
 pub fn backend() -> Arc<dyn BatchIo> {
@@ -76,7 +78,7 @@ fn types(t: &[&str]) -> Query {
     Query::items(vec![QueryItem::types(t)]).unwrap()
 }
 
-fn tags(t: &[(&str, &str)]) -> Query {
+pub fn tags(t: &[(&str, &str)]) -> Query {
     Query::items(vec![QueryItem::tags(t)]).unwrap()
 }
 
@@ -84,7 +86,7 @@ pub fn cond(query: Query, after: Option<u64>) -> Option<AppendCondition> {
     Some(AppendCondition { fail_if_events_match: query, after })
 }
 
-fn positions(events: &[SequencedEvent]) -> Vec<u64> {
+pub fn positions(events: &[SequencedEvent]) -> Vec<u64> {
     events.iter().map(|e| e.position).collect()
 }
 

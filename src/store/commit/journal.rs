@@ -119,12 +119,17 @@ pub(crate) fn open(
     use crate::store::{index::Index, recovery, Durability, READ_BATCH_FILES_DEFAULT};
     let durable = options.durability == Durability::Fsync;
     recovery::create_layout(layout, durable)?;
-    let (journal, opened) = Journal::open_dir(&layout.root, JournalOptions { durable, ..JournalOptions::default() })?;
+    let journal_options = JournalOptions { durable, ..JournalOptions::default() };
+    let (journal, opened) = match &options.journal_storage {
+        Some(storage) => Journal::open(storage.clone(), journal_options)?,
+        None => Journal::open_dir(&layout.root, journal_options)?,
+    };
     let journal = journal.with_batch_io(io.clone());
     if opened.torn_bytes > 0 {
         tracing::warn!(bytes = opened.torn_bytes, head = opened.head, "journal: cut a torn tail (never acknowledged)");
     }
     let ledger = recovery::read_ledger(layout)?;
+    refuse_tree_contradicting_journal(layout, io.as_ref(), &journal, ledger)?;
     let from = journal.head() + 1;
     if ledger >= from {
         tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");
@@ -277,6 +282,58 @@ pub(crate) fn refuse_tree_behind_journal(layout: &crate::format::Layout, tree_he
                  store with --commit journal (with --mirror live it brings the tree up to date)"
             ),
         });
+    }
+    Ok(())
+}
+
+/// Journal mode at open, before anything is imported or re-derived: a tree event file at a position the journal
+/// also holds must be that event. Checked where the tree may have moved without the journal — positions the ledger
+/// covers beyond the mirror's durable mark (a .NET writer appended while the daemon was stopped, with the mirror
+/// off or behind) — and the ledger's own head (one file, the cheap witness of a tree swapped under the store).
+/// A missing or torn file is not a contradiction (the mirror had not written it, or a crash tore it: it is
+/// re-derived); a whole event file of another event stops the open, naming both the file and the record.
+fn refuse_tree_contradicting_journal(
+    layout: &crate::format::Layout,
+    io: &dyn crate::io::BatchIo,
+    journal: &Journal,
+    ledger: u64,
+) -> Result<(), StoreError> {
+    use crate::store::tools::{compare_event_file, EventFileMismatch};
+    let head = journal.head();
+    let mut positions: Vec<u64> = (journal.marks().mirror_durable + 1..=ledger.min(head)).collect();
+    if (1..=head).contains(&ledger) && positions.last() != Some(&ledger) {
+        positions.push(ledger);
+    }
+    for chunk in positions.chunks(crate::store::READ_BATCH_FILES_DEFAULT) {
+        let paths: Vec<std::path::PathBuf> = chunk.iter().map(|&p| layout.event_file(p)).collect();
+        let records = journal.read(chunk)?;
+        for ((record, path), file) in records.iter().zip(&paths).zip(io.read_files(&paths)) {
+            let bytes = match file {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            match compare_event_file(&bytes, &record) {
+                Ok(()) => {}
+                Err(EventFileMismatch::Unreadable(reason)) => {
+                    tracing::warn!(file = %path.display(), "a torn tree event file (re-derived from the journal): {reason}")
+                }
+                Err(EventFileMismatch::Differs(what)) => {
+                    let (segment, location) = journal.locate(record.position).expect("a read position is located");
+                    return Err(StoreError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "the Opossum tree contradicts the journal at position {}: {what} (journal segment {} \
+                             offset {}). Another writer appended to the tree at positions the journal already holds; \
+                             move one of the two aside",
+                            record.position,
+                            segment.display(),
+                            location.offset
+                        ),
+                    });
+                }
+            }
+        }
     }
     Ok(())
 }
