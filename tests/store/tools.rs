@@ -239,3 +239,29 @@ fn a_replaced_event_file_at_the_ledger_head_stops_the_open() {
     let err = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).err().expect("contradiction");
     assert!(err.to_string().contains(&event_file_name(4)) && err.to_string().contains("data"), "{err}");
 }
+
+/// Found by the journal crash test: a files-mode writer killed mid-commit leaves event files beyond the ledger and
+/// index files already listing their positions. Journal mode, opening next, must set those aside before its own
+/// events take the positions, or an index file names the wrong event (`opossum verify` finds it).
+#[test]
+fn journal_mode_sets_aside_what_a_crashed_files_mode_commit_left_beyond_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Store::open(root, mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    store.append(vec![fixed(1, "A", &[("k", "1")])], None).unwrap();
+    store.close().unwrap();
+    // The crashed commit of position 2: its event file and its tag file, but not the ledger.
+    std::fs::write(
+        root.join("events").join(event_file_name(2)),
+        encode_event(2, "Lost", &raw("{}"), &[Tag::new("lost", "yes")], &raw("{}")),
+    )
+    .unwrap();
+    std::fs::write(root.join("Indices/Tags/lost_yes.json"), opossum::format::encode_index(&[2])).unwrap();
+    std::fs::write(root.join("Indices/EventType/Lost.json"), opossum::format::encode_index(&[2])).unwrap();
+    let store = Store::open(root, mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    assert_eq!(store.append(vec![fixed(2, "B", &[("k", "2")])], None).unwrap().first, 2);
+    store.close().unwrap();
+    let report = verify(root, 10, &mut no_progress()).unwrap();
+    assert!(report.is_consistent(), "{report:#?}");
+    assert!(root.join(".quarantine").is_dir(), "the leftover event file is kept aside, not deleted");
+}
