@@ -22,7 +22,7 @@ fn journal_options(mirror: MirrorMode) -> StoreOptions {
     }
 }
 
-fn faulty_journal_store(dir: &std::path::Path, mirror: MirrorMode) -> (Arc<Store>, Arc<FaultyStorage>) {
+pub fn faulty_journal_store(dir: &std::path::Path, mirror: MirrorMode) -> (Arc<Store>, Arc<FaultyStorage>) {
     let disk: Arc<dyn JournalStorage> = Arc::new(DiskStorage::open(&journal_dir(dir)).unwrap());
     let storage = Arc::new(FaultyStorage::new(disk));
     let options = StoreOptions { journal_storage: Some(storage.clone()), ..journal_options(mirror) };
