@@ -51,6 +51,13 @@ fn mode_args(cycle: usize) -> (&'static str, Vec<&'static str>) {
 
 #[test]
 fn sigkill_during_conditional_appends_in_journal_mode_loses_nothing_and_verify_passes() {
+    // It chooses its commit modes itself: the suite's per-mode passes would only repeat it.
+    if std::env::var("OPOSSUM_TEST_COMMIT").is_ok_and(|m| m != "files") {
+        eprintln!(
+            "skipping the journal crash test in the per-commit-mode pass: it runs every mode in the backend passes"
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let book: Arc<Mutex<Ledger>> = Arc::default();
