@@ -203,3 +203,43 @@ fn opossum_verify(data: &std::path::Path, cycle: usize) {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("consistent"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// The operator tools through the real CLI: refused while the daemon runs (exit 2, naming the lock), then an export
+/// of a `--mirror off` store's tree, `verify` reporting that store's tree behind (exit 1), and passing once a restart
+/// with the mirror live brought the tree up.
+#[test]
+fn opossum_export_and_verify_work_on_a_stopped_store_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = ["--durability", "fsync", "--commit", "journal", "--mirror", "off"];
+    let mut daemon = Daemon::start(dir.path(), &off);
+    let mut c = daemon.client();
+    for n in 0..5 {
+        c.append(vec![event("A", &[("n", &n.to_string())])], None).unwrap();
+    }
+    let run = |args: &[&str]| Command::new(CLI).args(args).output().unwrap();
+    let data = daemon.data.to_str().unwrap().to_string();
+    let busy = run(&["verify", "--store", &data]);
+    assert_eq!(busy.status.code(), Some(2), "{busy:?}");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains(".opossumd.lock"), "{busy:?}");
+    assert!(daemon.terminate().success());
+
+    let tree = dir.path().join("tree");
+    let exported = run(&["export", "--opossum", tree.to_str().unwrap(), "--store", &data]);
+    assert!(exported.status.success(), "{exported:?}");
+    assert!(String::from_utf8_lossy(&exported.stdout).contains(r#""events":5"#), "{exported:?}");
+    assert!(tree.join("events/0000000005.json").is_file() && tree.join("Indices/Tags/n_4.json").is_file());
+    let again = run(&["export", "--opossum", tree.to_str().unwrap(), "--store", &data]);
+    assert_eq!(again.status.code(), Some(2), "a non-empty target is refused: {again:?}");
+
+    let behind = run(&["verify", "--store", &data, "--max-differences", "3"]);
+    assert_eq!(behind.status.code(), Some(1), "{behind:?}");
+    let listed = String::from_utf8_lossy(&behind.stdout);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(listed.contains(".ledger") && listed.contains("0000000001.json (position 1): missing"), "{listed}");
+
+    let mut daemon = Daemon::start(dir.path(), &["--durability", "fsync", "--commit", "journal", "--mirror", "live"]);
+    assert!(daemon.terminate().success());
+    let ok = run(&["verify", "--store", &data]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).lines().count(), 1, "a one-line summary: {ok:?}");
+}
