@@ -15,11 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+pub mod faulty;
 pub mod format;
 pub mod marks;
 pub mod recovery;
 pub mod storage;
 
+pub use faulty::{FaultyStorage, JournalFault};
 pub use format::{NewRecord, RecordView};
 pub use marks::Marks;
 pub use storage::{DiskStorage, JournalStorage, SimStorage};
@@ -412,6 +414,21 @@ impl Journal {
     /// Journal size: segments and bytes of records written.
     pub fn segments(&self) -> usize {
         self.table.read().unwrap_or_else(|e| e.into_inner()).segments.len()
+    }
+
+    /// Bytes of records (padded, as stored) in every segment: no headers, offset tables or preallocated space.
+    /// O(segments): a segment's records lie back to back from its header to the end of its last record.
+    pub fn record_bytes(&self) -> u64 {
+        let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0u64;
+        for (i, s) in t.segments.iter().enumerate() {
+            let last = t.segments.get(i + 1).map_or(t.locations.len() as u64, |next| next.first - 1);
+            if last >= s.first {
+                let l = t.locations[(last - 1) as usize];
+                total += l.offset as u64 + padded(l.size as usize) as u64 - SEGMENT_HEADER_BYTES as u64;
+            }
+        }
+        total
     }
 
     /// Reads the records of `positions` (each at most the head), in the order given, coalescing adjacent records

@@ -27,6 +27,7 @@ mod mirror;
 mod reader;
 mod recovery;
 mod subscribe;
+pub mod tools;
 mod writer;
 
 pub use reader::EventReader;
@@ -129,6 +130,9 @@ pub struct StoreOptions {
     pub sync_strategy: SyncStrategy,
     /// Use this backend instead of opening `io_backend` (tests wrap backends, e.g. in `FaultyIo`).
     pub io: Option<Arc<dyn BatchIo>>,
+    /// Journal mode: use this storage for the journal instead of `<store>/.opossumd/journal` on disk (tests wrap
+    /// it, e.g. in `journal::FaultyStorage`).
+    pub journal_storage: Option<Arc<dyn crate::journal::JournalStorage>>,
     pub index_writes: IndexWrites,
     /// Hold `.opossumd.lock` for the store's lifetime and fail if another process holds it (daemons).
     pub exclusive: bool,
@@ -147,6 +151,7 @@ impl Default for StoreOptions {
             io_backend: IoBackendKind::Auto,
             sync_strategy: SyncStrategy::default(),
             io: None,
+            journal_storage: None,
             index_writes: IndexWrites::EveryCommit,
             exclusive: false,
             read_batch_files: READ_BATCH_FILES_DEFAULT,
@@ -164,6 +169,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("io_backend", &self.io_backend)
             .field("sync_strategy", &self.sync_strategy)
             .field("io", &self.io.as_ref().map(|io| io.name()))
+            .field("journal_storage", &self.journal_storage.as_ref().map(|s| s.dir().to_path_buf()))
             .field("index_writes", &self.index_writes)
             .field("exclusive", &self.exclusive)
             .field("read_batch_files", &self.read_batch_files)
@@ -187,7 +193,7 @@ pub enum StoreError {
     Corrupt { path: PathBuf, reason: String },
     #[error("event file {path} is missing, but the ledger says events up to {ledger} exist")]
     MissingEvent { path: PathBuf, ledger: u64 },
-    #[error("the store refuses writes until recovery succeeds (retried automatically, with backoff): {0}")]
+    #[error("the store refuses writes until recovery succeeds (files mode: retried automatically, with backoff; journal mode: at the next open): {0}")]
     Poisoned(String),
     #[error("store {0} is in use by another opossumd process")]
     Locked(PathBuf),
@@ -292,6 +298,10 @@ pub struct StoreStats {
     pub mirror_waits: u64,
     /// A tree write failed: the mirror stopped until the next open (appends go on; the journal is the record).
     pub mirror_failed: bool,
+    /// Journal mode: bytes of records in the journal (padded, as stored: no segment headers, offset tables or
+    /// preallocated space) and its segment files. Both 0 in files mode.
+    pub journal_bytes: u64,
+    pub journal_segments: u64,
 }
 
 /// State shared by the store handle, the writer thread and readers.
@@ -783,6 +793,8 @@ impl Store {
             mirror_checkpoints: mirror.checkpoints,
             mirror_waits: mirror.waits,
             mirror_failed: self.shared.mirror_failed(),
+            journal_bytes: self.shared.journal.as_ref().map_or(0, |j| j.record_bytes()),
+            journal_segments: self.shared.journal.as_ref().map_or(0, |j| j.segments() as u64),
         }
     }
 

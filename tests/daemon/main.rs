@@ -25,6 +25,8 @@ mod hardening_store;
 #[cfg(unix)]
 mod hardening_wire;
 #[cfg(unix)]
+mod journal_crash;
+#[cfg(unix)]
 mod lifecycle;
 #[cfg(unix)]
 mod projection;

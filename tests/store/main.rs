@@ -7,11 +7,14 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind, SyncStrategy};
+use opossum::journal::JournalFault;
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
 mod crash;
+mod journal_faults;
 mod journal_mode;
+mod tools;
 
 /// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
 pub fn backend() -> Arc<dyn BatchIo> {
@@ -77,7 +80,7 @@ fn types(t: &[&str]) -> Query {
     Query::items(vec![QueryItem::types(t)]).unwrap()
 }
 
-fn tags(t: &[(&str, &str)]) -> Query {
+pub fn tags(t: &[(&str, &str)]) -> Query {
     Query::items(vec![QueryItem::tags(t)]).unwrap()
 }
 
@@ -85,7 +88,7 @@ pub fn cond(query: Query, after: Option<u64>) -> Option<AppendCondition> {
     Some(AppendCondition { fail_if_events_match: query, after })
 }
 
-fn positions(events: &[SequencedEvent]) -> Vec<u64> {
+pub fn positions(events: &[SequencedEvent]) -> Vec<u64> {
     events.iter().map(|e| e.position).collect()
 }
 
@@ -717,7 +720,10 @@ fn faulty_store_recovering_after(
 /// batch left beyond the head are set aside).
 #[test]
 fn a_create_refused_before_writing_fails_the_append_without_poisoning() {
-    if !files_mode("a_create_refused_before_writing_fails_the_append_without_poisoning", "FaultyIo arms faults in BatchIo::write_files/read_files, which journal appends and reads do not use (journal fault injection is not built yet)") {
+    if !files_mode(
+        "a_create_refused_before_writing_fails_the_append_without_poisoning",
+        "a journal commit creates no files (journal write faults: journal_faults.rs)",
+    ) {
         return;
     }
     let deferred = IndexWrites::Deferred { interval: Duration::from_secs(3600) };
@@ -750,7 +756,7 @@ fn a_create_refused_before_writing_fails_the_append_without_poisoning() {
 /// read; a catch-up refused with EMFILE (another process appended) fails that append; neither poisons.
 #[test]
 fn running_out_of_descriptors_on_reads_fails_only_that_request() {
-    if !files_mode("running_out_of_descriptors_on_reads_fails_only_that_request", "FaultyIo arms faults in BatchIo::write_files/read_files, which journal appends and reads do not use (journal fault injection is not built yet)") {
+    if !files_mode("running_out_of_descriptors_on_reads_fails_only_that_request", "journal reads open no files and no other process appends (a journal read error: journal_faults::a_journal_read_error_fails_that_read_and_the_store_stays_writable)") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -779,7 +785,7 @@ fn running_out_of_descriptors_on_reads_fails_only_that_request() {
 /// store takes writes again without a reopen, and the status says so.
 #[test]
 fn a_poisoned_store_recovers_in_place_and_takes_writes_again() {
-    if !files_mode("a_poisoned_store_recovers_in_place_and_takes_writes_again", "FaultyIo arms faults in BatchIo::write_files/read_files, which journal appends and reads do not use (journal fault injection is not built yet)") {
+    if !files_mode("a_poisoned_store_recovers_in_place_and_takes_writes_again", "a failed journal write or fdatasync poisons the journal until the next open, which recovers it (journal_faults.rs); in-place recovery is files mode's") {
         return;
     }
     let deferred = IndexWrites::Deferred { interval: Duration::from_secs(3600) };
@@ -816,7 +822,10 @@ fn a_poisoned_store_recovers_in_place_and_takes_writes_again() {
 /// appends go on, and close reports the failed final flush without losing anything.
 #[test]
 fn a_failed_index_flush_never_stops_writes() {
-    if !files_mode("a_failed_index_flush_never_stops_writes", "FaultyIo arms faults in BatchIo::write_files/read_files, which journal appends and reads do not use (journal fault injection is not built yet)") {
+    if !files_mode(
+        "a_failed_index_flush_never_stops_writes",
+        "journal mode has no deferred index flusher: the mirror writes index files",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -836,9 +845,9 @@ fn a_failed_index_flush_never_stops_writes() {
 
 #[test]
 fn a_failed_write_poisons_the_writer_and_shows_nothing() {
-    if !files_mode("a_failed_write_poisons_the_writer_and_shows_nothing", "journal appends do not go through BatchIo::write_files, so FaultyIo cannot reach them (journal fault injection is not built yet)") {
-        return;
-    }
+    // Journal mode: the same faults under the journal (`journal::FaultyStorage`): a write that fails before, in
+    // the middle of and after the group's bytes, and a failed fdatasync.
+    let journal = commit_mode() == CommitMode::Journal;
     // One commit is one write batch: three event files, (every-commit) the index files, then the ledger as its
     // commit record, renamed (every-commit) or overwritten in place (deferred). The flusher's interval is an hour:
     // no index flush takes the armed fault.
@@ -854,9 +863,22 @@ fn a_failed_write_poisons_the_writer_and_shows_nothing() {
     for (index_writes, fault) in cases {
         let case = format!("{index_writes:?}: {fault:?}");
         let dir = tempfile::tempdir().unwrap();
-        let (store, io) = faulty_store(dir.path(), index_writes);
+        let (store, arm): (Arc<Store>, Box<dyn Fn()>) = if journal {
+            let (store, storage) = journal_faults::faulty_journal_store(dir.path(), mirror_mode());
+            let fault = match fault {
+                Fault::Write { errno, files_written: 0 } => JournalFault::Write { errno, bytes_written: 0 },
+                Fault::Write { errno, files_written: 1 } => JournalFault::Write { errno, bytes_written: 100 },
+                Fault::Write { errno, .. } => JournalFault::Write { errno, bytes_written: usize::MAX },
+                Fault::Fsync { errno } => JournalFault::SyncData { errno },
+                other => unreachable!("{other:?}"),
+            };
+            (store, Box::new(move || storage.arm(0, fault)))
+        } else {
+            let (store, io) = faulty_store(dir.path(), index_writes);
+            (Arc::new(store), Box::new(move || io.arm(0, fault)))
+        };
         store.append(vec![ev("A", &[("k", "v")])], None).unwrap();
-        io.arm(0, fault);
+        arm();
         let batch = vec![ev("B", &[("k", "v")]), ev("B", &[("k", "v")]), ev("B", &[])];
         let err = store.append(batch, None).unwrap_err();
         assert!(matches!(err, StoreError::Io(_)), "{case}: {err:?}");

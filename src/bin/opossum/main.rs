@@ -6,6 +6,8 @@
 //! opossum append --fail-if-tag studentId=42 --fail-if-type StudentRegistered < events.ndjson
 //! opossum read --type StudentRegistered --tag studentId=42 --backwards --limit 1
 //! opossum export all.ndjson && opossum --socket other.sock import all.ndjson
+//! opossum export --opossum /backup/tree --store /var/lib/opossum      # offline: the daemon stopped
+//! opossum verify --store /var/lib/opossum                              # offline: journal <-> Opossum tree
 //! opossum projection put StudentShortInfo 42 '{"Name":"Ada"}' --tag EnrollmentTier=Basic
 //! opossum projection query StudentShortInfo --tag enrollmenttier=basic
 //! ```
@@ -13,6 +15,8 @@
 //! Exit status ([`EXIT_STATUS_HELP`]): 0 ok; 1 the append's condition failed, a version conflict, or the key was
 //! not found; 2 bad input (flags, JSON, a request the daemon refused as invalid); 3 the daemon is unreachable
 //! (no socket, busy, shutting down, connection lost); 4 the daemon failed the request (storage_error).
+//! The offline tools (`export --opossum`, `verify`) read a stopped store's journal directly: 1 the tree differs
+//! from the journal; 2 bad input (the store is in use, has no journal, the target is not empty); 4 a storage error.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
@@ -32,7 +36,11 @@ const EXIT_STATUS_HELP: &str = "Exit status:
   1  the append's condition failed, a projection version conflict, or the key was not found
   2  bad input: flags, JSON, a file, or a request the daemon refused as invalid
   3  the daemon is unreachable: no socket, busy, shutting down, or the connection was lost
-  4  the daemon failed the request (storage_error)";
+  4  the daemon failed the request (storage_error)
+
+Offline tools (export --opossum, verify) work on a stopped store (they take .opossumd.lock and .store.lock and
+fail at once if a daemon holds them): 1 the tree differs from the journal (verify); 2 bad input (the store is in
+use, has no journal, the target directory is not empty); 4 a storage error.";
 
 const EXIT_OK: i32 = 0;
 const EXIT_NO: i32 = 1;
@@ -64,8 +72,13 @@ enum Command {
     Read(ReadArgs),
     /// Append NDJSON events (as `export` or `read` write them; positions are reassigned) in batches
     Import(ImportArgs),
-    /// Write matching events as NDJSON to a file or stdout
+    /// Write matching events as NDJSON to a file or stdout; or, with --opossum DIR, a complete Opossum tree
+    /// (events/, Indices/, .ledger: what files mode writes) from the journal of a stopped store
     Export(ExportArgs),
+    /// Offline check of a stopped store: every event file of the Opossum tree equals its journal record, the ledger
+    /// names the journal's head, the index files list exactly the positions of their events. Exit status 1 with the
+    /// first differences (file, position, what differs) on stdout; 0 and a one-line summary otherwise
+    Verify(VerifyArgs),
     /// Follow the matching events as NDJSON: those after --after, then each new one as it commits (reconnects and
     /// resumes after the last event printed when the daemon restarts)
     Subscribe(SubscribeArgs),
@@ -212,6 +225,24 @@ struct ExportArgs {
     file: PathBuf,
     #[command(flatten)]
     query: QueryArgs,
+    /// Write a complete Opossum tree into DIR (absent or empty) from the journal of the stopped store --store,
+    /// instead of NDJSON from the daemon
+    #[arg(long, value_name = "DIR",
+          conflicts_with_all = ["file", "types", "tags", "query", "after", "before", "limit", "backwards"])]
+    opossum: Option<PathBuf>,
+    /// With --opossum: the store directory (opossumd's --data)
+    #[arg(long, value_name = "DIR", env = "OPOSSUM_DATA", default_value = opossum::config::DATA_DEFAULT)]
+    store: PathBuf,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The store directory (opossumd's --data); the daemon must be stopped
+    #[arg(long, value_name = "DIR", env = "OPOSSUM_DATA", default_value = opossum::config::DATA_DEFAULT)]
+    store: PathBuf,
+    /// Name at most this many differences
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    max_differences: usize,
 }
 
 #[derive(Subcommand)]
@@ -286,8 +317,17 @@ struct NotFound(String);
 /// The exit status of an error ([`EXIT_STATUS_HELP`]).
 fn exit_status(e: &anyhow::Error) -> i32 {
     use opossum::client::ClientError;
-    if e.chain().any(|c| c.is::<NotFound>()) {
+    use opossum::store::tools::ToolError;
+    if e.chain().any(|c| c.is::<NotFound>() || c.is::<Inconsistent>()) {
         return EXIT_NO;
+    }
+    if let Some(tool) = e.chain().find_map(|c| c.downcast_ref::<ToolError>()) {
+        return match tool {
+            ToolError::InUse { .. } | ToolError::NoJournal(_) | ToolError::NotEmpty(_) | ToolError::Overlaps(_) => {
+                EXIT_BAD_INPUT
+            }
+            _ => EXIT_SERVER_FAILED,
+        };
     }
     if e.chain().any(|c| c.is::<Unreachable>()) {
         return EXIT_UNREACHABLE;
@@ -336,6 +376,12 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // The offline tools never talk to a daemon.
+    match &cli.command {
+        Command::Export(ExportArgs { opossum: Some(target), store, .. }) => return export_tree(store, target),
+        Command::Verify(args) => return verify(args),
+        _ => {}
+    }
     let mut client = connect(&cli)?;
     match &cli.command {
         Command::Hello => print_json(&client.hello()?),
@@ -347,7 +393,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => import(&mut client, args),
         Command::Subscribe(args) => subscribe(&cli.socket, args),
         Command::Projection(command) => projection(&mut client, command),
+        Command::Verify(_) => unreachable!("offline"),
     }
+}
+
+/// `verify` found differences: exit status 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Inconsistent(String);
+
+/// A progress callback for the offline tools, drawing `bar` (positions as units).
+fn track(bar: &ProgressBar) -> impl FnMut(u64, u64) + '_ {
+    |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
+fn export_tree(store: &std::path::Path, target: &std::path::Path) -> anyhow::Result<()> {
+    let bar = progress(0, "{spinner} exporting [{bar:40}] position {pos}/{len} {per_sec} ({eta})");
+    let exported = opossum::store::tools::export_tree(store, target, &mut track(&bar));
+    bar.finish_and_clear();
+    let exported = exported.with_context(|| format!("exporting the Opossum tree of {}", store.display()))?;
+    print_json(&serde_json::json!({
+        "events": exported.events,
+        "index_files": exported.index_files,
+        "bytes": exported.bytes,
+        "tree": target,
+    }))
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let bar = progress(0, "{spinner} verifying [{bar:40}] position {pos}/{len} {per_sec} ({eta})");
+    let report = opossum::store::tools::verify(&args.store, args.max_differences, &mut track(&bar));
+    bar.finish_and_clear();
+    let report = report.with_context(|| format!("verifying {}", args.store.display()))?;
+    if report.is_consistent() {
+        println!(
+            "{}: consistent: journal head {}, {} event files and {} index files match the journal",
+            args.store.display(),
+            report.head,
+            report.event_files,
+            report.index_files
+        );
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    for d in &report.differences {
+        writeln!(out, "{d}")?;
+    }
+    out.flush()?;
+    Err(Inconsistent(format!(
+        "{}: the Opossum tree differs from the journal in {} places (the first {} above; journal head {})",
+        args.store.display(),
+        report.differences_total,
+        report.differences.len(),
+        report.head
+    ))
+    .into())
 }
 
 fn projection(client: &mut Client, command: &ProjectionCommand) -> anyhow::Result<()> {

@@ -123,12 +123,18 @@ pub(crate) fn open(
     let started = std::time::Instant::now();
     let durable = options.durability == Durability::Fsync;
     recovery::create_layout(layout, durable)?;
-    let (journal, opened) = Journal::open_dir(&layout.root, JournalOptions { durable, ..JournalOptions::default() })?;
+    let journal_options = JournalOptions { durable, ..JournalOptions::default() };
+    let (journal, opened) = match &options.journal_storage {
+        Some(storage) => Journal::open(storage.clone(), journal_options)?,
+        None => Journal::open_dir(&layout.root, journal_options)?,
+    };
     let journal = journal.with_batch_io(io.clone());
     if opened.torn_bytes > 0 {
         tracing::warn!(bytes = opened.torn_bytes, head = opened.head, "journal: cut a torn tail (never acknowledged)");
     }
     let ledger = recovery::read_ledger(layout)?;
+    super::tree_checks::refuse_tree_contradicting_journal(layout, io.as_ref(), &journal, ledger)?;
+    super::tree_checks::set_aside_tree_leftovers(layout, io.as_ref(), ledger.max(journal.head()), durable)?;
     let from = journal.head() + 1;
     if ledger >= from {
         tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");

@@ -2,3 +2,4 @@
 //! file with its numbered protocol; `store/writer.rs` holds the one `match` on [`CommitMode`](super::CommitMode).
 
 pub(crate) mod journal;
+mod tree_checks;
