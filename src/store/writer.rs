@@ -33,6 +33,7 @@ use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
 use crate::limits::{JOURNAL_GROUP_BYTES_MAX, RECOVERY_BACKOFF_MAX};
 use crate::model::AppendCondition;
+use super::tracking::{Replay, TrackingRefusal};
 
 /// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
 /// thousands of files per commit), is logged (`warn`) with where its time went.
@@ -297,9 +298,15 @@ impl Writer {
         let head = self.shared.head();
         let mut next = head + 1;
         let mut accepted: Vec<(Pending, u64)> = Vec::with_capacity(group.len());
+        // Retries of appends accepted earlier in this group: answered with their positions once the group commits.
+        let mut replays: Vec<(Pending, Appended)> = Vec::new();
         for p in group {
             match self.check(&p, head, &accepted) {
-                Ok(()) => {
+                Ok(Some(replayed)) if replayed.last <= head => {
+                    let _ = p.reply.send(Ok(replayed));
+                }
+                Ok(Some(replayed)) => replays.push((p, replayed)),
+                Ok(None) => {
                     let first = next;
                     next += p.events.len() as u64;
                     accepted.push((p, first));
@@ -313,6 +320,7 @@ impl Writer {
             }
         }
         if accepted.is_empty() {
+            debug_assert!(replays.is_empty(), "an in-group replay repeats an accepted append");
             return;
         }
         let new_head = next - 1;
@@ -362,6 +370,10 @@ impl Writer {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
                 self.shared.commits.publish(new_head);
+                self.shared.tracking.lock().unwrap().committed(accepted.iter().map(|(p, first)| (&p.events[..], *first)));
+                for (p, replayed) in replays.drain(..) {
+                    let _ = p.reply.send(Ok(replayed));
+                }
                 drop(lock);
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
@@ -370,7 +382,7 @@ impl Writer {
                 c.commit_latency_us_total.fetch_add(elapsed_us(started), Ordering::Relaxed);
                 for (p, first) in accepted {
                     let last = first + p.events.len() as u64 - 1;
-                    let _ = p.reply.send(Ok(Appended { first, last }));
+                    let _ = p.reply.send(Ok(Appended { first, last, replayed: false }));
                 }
             }
             Err(e) => {
@@ -381,15 +393,46 @@ impl Writer {
                     tracing::warn!("{what} before writing anything, the store stays writable: {e}");
                 }
                 self.shared.index.write().unwrap().truncate(head);
-                for (p, _) in accepted {
+                for (p, _) in accepted.into_iter().chain(replays.into_iter().map(|(p, r)| (p, r.first))) {
                     let _ = p.reply.send(Err(e.clone()));
                 }
             }
         }
     }
 
+    /// Is `p` a retry of an append already committed or accepted (`Some`: its positions), and if not, do its
+    /// tracking and its condition hold, given the committed events up to `head` and this group's accepted requests?
+    fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<Option<Appended>, StoreError> {
+        let extended = p.events.iter().any(|e| e.id.is_some()) || p.events.last().is_some_and(|e| e.tracking.is_some());
+        if extended {
+            let group: Vec<(&[PreparedEvent], u64)> = accepted.iter().map(|(q, f)| (&q.events[..], *f)).collect();
+            let table = self.shared.tracking.lock().unwrap();
+            let after = p.condition.as_ref().and_then(|c| c.after);
+            if let Replay::Of { first, last } = table.replay(&p.events, after, &group) {
+                return Ok(Some(Appended { first, last, replayed: true }));
+            }
+            if let Some(t) = p.events.last().and_then(|e| e.tracking.as_ref()) {
+                match table.check_tracking(&t.source, t.position, &group) {
+                    Ok(()) => {}
+                    Err(TrackingRefusal::NotAfter { last }) => {
+                        return Err(StoreError::TrackingConflict { source_name: t.source.clone(), position: t.position, last })
+                    }
+                    Err(TrackingRefusal::TooManySources) => {
+                        return Err(StoreError::LimitExceeded {
+                            what: "the number of tracking sources".into(),
+                            limit: "TRACKING_SOURCES_MAX",
+                            value: table.sources() + 1,
+                            max: crate::limits::TRACKING_SOURCES_MAX,
+                        })
+                    }
+                }
+            }
+        }
+        self.check_condition(p, head, accepted).map(|()| None)
+    }
+
     /// Does `p`'s condition hold, given the committed events up to `head` and this group's accepted requests?
-    fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<(), StoreError> {
+    fn check_condition(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<(), StoreError> {
         let Some(condition) = &p.condition else { return Ok(()) };
         let query = &condition.fail_if_events_match;
         let after = condition.after.unwrap_or(0);

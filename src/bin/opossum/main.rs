@@ -198,11 +198,13 @@ struct EventLine {
     tags: Vec<Tag>,
     #[serde(default)]
     metadata: Option<Box<RawValue>>,
+    #[serde(default)]
+    id: Option<opossum::model::EventId>,
 }
 
 fn parse_event_line(line: &str) -> anyhow::Result<Event> {
     let e: EventLine = serde_json::from_str(line)?;
-    Ok(Event { event_type: e.event_type, data: e.data, tags: e.tags, metadata: e.metadata })
+    Ok(Event { event_type: e.event_type, data: e.data, tags: e.tags, metadata: e.metadata, id: e.id })
 }
 
 #[derive(Args)]
@@ -422,7 +424,7 @@ fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
                 Some(m) => Some(RawValue::from_string(m.clone()).context("--metadata is not valid JSON")?),
                 None => None,
             };
-            vec![Event { event_type: event_type.clone(), data, tags: args.tags.clone(), metadata }]
+            vec![Event { event_type: event_type.clone(), data, tags: args.tags.clone(), metadata, id: None }]
         }
         None => {
             if io::stdin().is_terminal() {

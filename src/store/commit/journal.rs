@@ -23,7 +23,8 @@ use crate::store::{PreparedEvent, Shared, StoreError};
 const _: () = {
     use crate::limits::{JOURNAL_GROUP_BYTES_MAX, JOURNAL_RECORD_BYTES_MAX};
     use crate::store::{APPEND_BYTES_MAX, EVENT_BYTES_MAX};
-    assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + crate::journal::format::RECORD_HEADER_BYTES);
+    use crate::journal::format::{EXTENSION_BYTES_MAX, RECORD_HEADER_BYTES};
+    assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + RECORD_HEADER_BYTES + EXTENSION_BYTES_MAX);
     assert!(JOURNAL_GROUP_BYTES_MAX / 2 + 2 * APPEND_BYTES_MAX <= JOURNAL_GROUP_BYTES_MAX);
 };
 
@@ -57,6 +58,8 @@ pub(crate) fn write(
                 file,
                 data: e.data_range,
                 metadata: (file.len() as u32 - e.metadata_from_end, e.metadata_len),
+                event_id: e.id.map(|id| id.0),
+                tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
             });
         }
     }
@@ -114,7 +117,7 @@ pub(crate) fn open(
     layout: &crate::format::Layout,
     io: Arc<dyn crate::io::BatchIo>,
     options: &crate::store::StoreOptions,
-) -> Result<(crate::store::recovery::Recovered, Journal), StoreError> {
+) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
     use crate::store::{index::Index, recovery, Durability, READ_BATCH_FILES_DEFAULT};
     let durable = options.durability == Durability::Fsync;
@@ -150,8 +153,10 @@ pub(crate) fn open(
     }
     let head = journal.head();
     let mut index = Index::default();
+    let mut tracking = crate::store::tracking::Table::default();
     journal.scan(1, head, |v| -> Result<(), StoreError> {
         index.insert(v.position, v.event_type, &v.owned_tags());
+        tracking.observe(v.position, v.event_id, v.tracking);
         Ok(())
     })?;
     // The index files of the tree are not this mode's business: nothing is dirty.
@@ -161,7 +166,8 @@ pub(crate) fn open(
     if options.mirror == crate::store::MirrorMode::Live {
         reconcile_tree(layout, io.as_ref(), &journal, &mut index, durable)?;
     }
-    Ok((crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 }, journal))
+    let recovered = crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 };
+    Ok((recovered, journal, tracking))
 }
 
 /// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files

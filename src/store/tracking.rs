@@ -1,0 +1,274 @@
+//! What exactly-once consumers need beside the stream (docs/PROTOCOL.md, "Tracking" and "Idempotent retry"):
+//! the last position of each tracking source, and a window of recent event ids → positions.
+//!
+//! Both are derived from the journal: each append's tracking is stored on the record of its last event, each event
+//! id on its own record (`journal::format`), so they are exactly as durable as the events. [`Table::observe`]
+//! rebuilds them at open from a scan of the records (today the index's full scan; an index checkpoint can store the
+//! table's two plain maps beside the index instead, or scan only the records that carry extensions).
+//!
+//! The writer checks each append against the table in arrival order, as it checks conditions: against what is
+//! committed ([`Table`]) and against the appends already accepted into the same group ([`GroupView`]), and
+//! updates the table only once the group is committed and published ([`Table::committed`]), so `tracking.get`
+//! never reports a position whose append is not acknowledged.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::limits::{EVENT_ID_WINDOW_MAX, TRACKING_SOURCES_MAX};
+use crate::model::EventId;
+
+use super::PreparedEvent;
+
+/// The tracking sources' last positions and the recent event ids of one store.
+#[derive(Debug)]
+pub(crate) struct Table {
+    sources: HashMap<String, u64>,
+    /// id → the position of the latest event carrying it, for ids still in `window`.
+    ids: HashMap<EventId, u64>,
+    /// The remembered ids in position order (oldest first), at most `window_max`.
+    window: VecDeque<(u64, EventId)>,
+    window_max: usize,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table::with_window(EVENT_ID_WINDOW_MAX)
+    }
+}
+
+/// What the writer decides for one append, before its condition is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Not a replay: check and append it.
+    No,
+    /// A retry of the append that took `first ..= last` (every event's id, in order, at those positions).
+    Of { first: u64, last: u64 },
+}
+
+/// Why an append's tracking is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TrackingRefusal {
+    /// The position is not above the source's last one.
+    NotAfter { last: u64 },
+    /// A new source while the table holds `TRACKING_SOURCES_MAX`.
+    TooManySources,
+}
+
+/// The appends accepted into the group being committed, in order, each as its events and first position.
+pub(crate) type GroupView<'a> = &'a [(&'a [PreparedEvent], u64)];
+
+impl Table {
+    pub fn with_window(window_max: usize) -> Table {
+        assert!(window_max >= 1, "the id window holds at least one id");
+        Table { sources: HashMap::new(), ids: HashMap::new(), window: VecDeque::new(), window_max }
+    }
+
+    /// The last position recorded for `source` (0 when it has none).
+    pub fn position(&self, source: &str) -> u64 {
+        self.sources.get(source).copied().unwrap_or(0)
+    }
+
+    pub fn sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Takes in one committed record, in position order (open's scan, and [`Table::committed`]).
+    pub fn observe(&mut self, position: u64, event_id: Option<[u8; 16]>, tracking: Option<(&str, u64)>) {
+        if let Some(id) = event_id {
+            let id = EventId(id);
+            debug_assert!(self.window.back().is_none_or(|&(p, _)| p < position), "ids arrive in position order");
+            self.ids.insert(id, position);
+            self.window.push_back((position, id));
+            while self.window.len() > self.window_max {
+                let (old, old_id) = self.window.pop_front().expect("non-empty");
+                // The id may have been reused later (ids are not unique keys): keep its newest position.
+                if self.ids.get(&old_id) == Some(&old) {
+                    self.ids.remove(&old_id);
+                }
+            }
+        }
+        if let Some((source, last)) = tracking {
+            // Monotonic by construction (the writer refused anything else); `max` keeps a bad journal harmless.
+            let entry = self.sources.entry(source.to_string()).or_insert(0);
+            *entry = (*entry).max(last);
+        }
+    }
+
+    /// Takes in a group the writer has committed and published.
+    pub fn committed<'a>(&mut self, group: impl IntoIterator<Item = (&'a [PreparedEvent], u64)>) {
+        for (events, first) in group {
+            for (i, e) in events.iter().enumerate() {
+                if e.id.is_some() || e.tracking.is_some() {
+                    let tracking = e.tracking.as_ref().map(|t| (t.source.as_str(), t.position));
+                    self.observe(first + i as u64, e.id.map(|id| id.0), tracking);
+                }
+            }
+        }
+    }
+
+    /// Whether `events` repeat, in order, the events of an earlier append (committed, or accepted earlier in this
+    /// group): every event carries an id and the ids sit at consecutive positions `first ..`, with `first = after +
+    /// 1` when the append's condition names `after`. An append with any event lacking an id is never a replay.
+    pub fn replay(&self, events: &[PreparedEvent], after: Option<u64>, group: GroupView<'_>) -> Replay {
+        let Some(first_id) = events.first().and_then(|e| e.id) else { return Replay::No };
+        if events.iter().any(|e| e.id.is_none()) {
+            return Replay::No;
+        }
+        // The newest event carrying the first id: later in the group wins over committed.
+        let in_group = |id: EventId| -> Option<u64> {
+            group.iter().rev().find_map(|(es, first)| {
+                es.iter().rposition(|e| e.id == Some(id)).map(|i| first + i as u64)
+            })
+        };
+        let Some(first) = in_group(first_id).or_else(|| self.ids.get(&first_id).copied()) else {
+            return Replay::No;
+        };
+        if after.is_some_and(|a| a.checked_add(1) != Some(first)) {
+            return Replay::No;
+        }
+        let id_at = |position: u64| -> Option<EventId> {
+            match group.iter().find(|(es, f)| (*f..*f + es.len() as u64).contains(&position)) {
+                Some((es, f)) => es[(position - f) as usize].id,
+                // Committed: the window knows the position of an id, so ask it the other way round.
+                None => None,
+            }
+        };
+        for (i, e) in events.iter().enumerate().skip(1) {
+            let position = first + i as u64;
+            let id = e.id.expect("checked above");
+            let here = id_at(position) == Some(id) || self.ids.get(&id) == Some(&position);
+            if !here {
+                return Replay::No;
+            }
+        }
+        Replay::Of { first, last: first + events.len() as u64 - 1 }
+    }
+
+    /// Whether an append whose last event carries `tracking` (source, position) may commit after the committed
+    /// table and the group's accepted appends.
+    pub fn check_tracking(&self, source: &str, position: u64, group: GroupView<'_>) -> Result<(), TrackingRefusal> {
+        let in_group = |s: &str| -> Option<u64> {
+            group.iter().rev().find_map(|(es, _)| {
+                es.last().and_then(|e| e.tracking.as_ref()).filter(|t| t.source == s).map(|t| t.position)
+            })
+        };
+        let last = in_group(source).or_else(|| self.sources.get(source).copied());
+        match last {
+            Some(last) if position <= last => Err(TrackingRefusal::NotAfter { last }),
+            Some(_) => Ok(()),
+            None if position == 0 => Err(TrackingRefusal::NotAfter { last: 0 }),
+            None => {
+                // A new source: count this group's other new ones too.
+                let mut new: Vec<&str> = group
+                    .iter()
+                    .filter_map(|(es, _)| es.last().and_then(|e| e.tracking.as_ref()))
+                    .map(|t| t.source.as_str())
+                    .filter(|s| !self.sources.contains_key(*s))
+                    .collect();
+                new.sort_unstable();
+                new.dedup();
+                match self.sources.len() + new.len() < TRACKING_SOURCES_MAX {
+                    true => Ok(()),
+                    false => Err(TrackingRefusal::TooManySources),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, Tracking};
+
+    fn prepared(ids: &[Option<u128>], tracking: Option<(&str, u64)>) -> Vec<PreparedEvent> {
+        let events: Vec<Event> = ids
+            .iter()
+            .map(|id| {
+                let mut e = Event::new("T", "{}", vec![]).unwrap();
+                e.id = id.map(|n| EventId(n.to_be_bytes()));
+                e
+            })
+            .collect();
+        super::super::prepare(events, None, tracking.map(|(s, p)| Tracking::new(s, p)).as_ref()).unwrap()
+    }
+
+    fn id(n: u128) -> Option<[u8; 16]> {
+        Some(n.to_be_bytes())
+    }
+
+    #[test]
+    fn tracking_must_move_forward_against_committed_and_group() {
+        let mut t = Table::default();
+        t.observe(1, None, Some(("orders", 5)));
+        assert_eq!(t.position("orders"), 5);
+        assert_eq!(t.position("other"), 0);
+        assert_eq!(t.check_tracking("orders", 5, &[]), Err(TrackingRefusal::NotAfter { last: 5 }));
+        assert_eq!(t.check_tracking("orders", 4, &[]), Err(TrackingRefusal::NotAfter { last: 5 }));
+        assert_eq!(t.check_tracking("orders", 6, &[]), Ok(()));
+        assert_eq!(t.check_tracking("new", 0, &[]), Err(TrackingRefusal::NotAfter { last: 0 }));
+        // A group with two appends for one source: the second sees the first.
+        let a = prepared(&[None], Some(("orders", 9)));
+        let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 2)];
+        assert_eq!(t.check_tracking("orders", 9, &group), Err(TrackingRefusal::NotAfter { last: 9 }));
+        assert_eq!(t.check_tracking("orders", 7, &group), Err(TrackingRefusal::NotAfter { last: 9 }));
+        assert_eq!(t.check_tracking("orders", 10, &group), Ok(()));
+        // Only published groups change the table.
+        assert_eq!(t.position("orders"), 5);
+        t.committed(group.iter().copied());
+        assert_eq!(t.position("orders"), 9);
+    }
+
+    #[test]
+    fn sources_are_bounded_counting_the_group() {
+        let mut t = Table::default();
+        for n in 0..TRACKING_SOURCES_MAX - 1 {
+            t.observe(n as u64 + 1, None, Some((&format!("s{n}"), 1)));
+        }
+        assert_eq!(t.check_tracking("s0", 2, &[]), Ok(()));
+        assert_eq!(t.check_tracking("last", 1, &[]), Ok(()));
+        let a = prepared(&[None], Some(("last", 1)));
+        let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 1)];
+        assert_eq!(t.check_tracking("one-more", 1, &group), Err(TrackingRefusal::TooManySources));
+        assert_eq!(t.check_tracking("last", 2, &group), Ok(()));
+    }
+
+    #[test]
+    fn replays_need_every_id_in_order_right_after_after() {
+        let mut t = Table::default();
+        // Committed: positions 4, 5, 6 carry ids 1, 2, 3.
+        for (p, n) in [(4, 1), (5, 2), (6, 3)] {
+            t.observe(p, id(n), None);
+        }
+        let same = prepared(&[Some(1), Some(2), Some(3)], None);
+        assert_eq!(t.replay(&same, None, &[]), Replay::Of { first: 4, last: 6 });
+        assert_eq!(t.replay(&same, Some(3), &[]), Replay::Of { first: 4, last: 6 });
+        assert_eq!(t.replay(&same, Some(2), &[]), Replay::No, "not right after `after`");
+        assert_eq!(t.replay(&prepared(&[Some(1), Some(3)], None), None, &[]), Replay::No, "a gap");
+        assert_eq!(t.replay(&prepared(&[Some(2), Some(1)], None), None, &[]), Replay::No, "another order");
+        assert_eq!(t.replay(&prepared(&[Some(1), None], None), None, &[]), Replay::No, "an event without id");
+        assert_eq!(t.replay(&prepared(&[Some(9)], None), None, &[]), Replay::No, "unknown id");
+        assert_eq!(t.replay(&prepared(&[Some(2), Some(3)], None), Some(4), &[]), Replay::Of { first: 5, last: 6 });
+        // In the group: an accepted append at 7..=8 with ids 7, 8.
+        let a = prepared(&[Some(7), Some(8)], None);
+        let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 7)];
+        assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), Some(6), &group), Replay::Of { first: 7, last: 8 });
+        assert_eq!(t.replay(&prepared(&[Some(3), Some(7)], None), None, &group), Replay::Of { first: 6, last: 7 });
+        assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), None, &[]), Replay::No, "not committed yet");
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_ids_but_keeps_reused_ones() {
+        let mut t = Table::with_window(3);
+        t.observe(1, id(1), None);
+        t.observe(2, id(2), None);
+        t.observe(3, id(1), None); // id 1 appended again: the newest position counts
+        t.observe(4, id(4), None);
+        assert_eq!(t.window.len(), 3);
+        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, &[]), Replay::Of { first: 3, last: 3 });
+        t.observe(5, id(5), None);
+        assert_eq!(t.replay(&prepared(&[Some(2)], None), None, &[]), Replay::No, "left the window");
+        t.observe(6, id(6), None);
+        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, &[]), Replay::No);
+        assert_eq!(t.ids.len(), 3);
+    }
+}
