@@ -126,6 +126,37 @@ fn pipelined_appends_for_one_source_see_each_other() {
 }
 
 #[test]
+fn concurrent_appends_share_groups_and_still_see_each_other() {
+    // Appends from many connections at once share group commits: of those tracking one source at one position,
+    // exactly one commits; of those repeating one append's ids, all answer its positions and it commits once.
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), JOURNAL);
+    let clients = 8;
+    for round in 1..=5u64 {
+        let ids: Vec<String> = (0..3).map(|_| EventId::random().to_string()).collect();
+        let mut raws: Vec<_> = (0..2 * clients).map(|_| daemon.raw()).collect();
+        for (n, raw) in raws.iter_mut().enumerate() {
+            let line = if n % 2 == 0 {
+                json!({"id":n,"op":"append","events":[{"type":"T","data":{}}],"tracking":{"source":"s","position":round}})
+            } else {
+                let events: Vec<_> = ids.iter().map(|id| json!({"type":"Paid","data":{},"id":id})).collect();
+                json!({"id":n,"op":"append","events":events})
+            };
+            raw.send(&line.to_string());
+        }
+        let answers: Vec<_> = raws.iter_mut().map(|raw| raw.recv().unwrap()).collect();
+        let tracked: Vec<_> = answers.iter().step_by(2).collect();
+        assert_eq!(tracked.iter().filter(|a| a["ok"] == true).count(), 1, "{tracked:?}");
+        assert!(tracked.iter().filter(|a| a["ok"] == false).all(|a| a["error"]["code"] == "tracking_conflict"));
+        let repeated: Vec<_> = answers.iter().skip(1).step_by(2).collect();
+        assert!(repeated.iter().all(|a| a["ok"] == true && a["first"] == repeated[0]["first"]), "{repeated:?}");
+        assert_eq!(repeated.iter().filter(|a| a["replayed"] != true).count(), 1, "{repeated:?}");
+    }
+    let mut c = daemon.client();
+    assert_eq!((c.head().unwrap(), c.tracking_get("s").unwrap()), (5 * 4, 5));
+}
+
+#[test]
 fn files_mode_refuses_tracking_and_event_ids() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--commit", "files"]);
