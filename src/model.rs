@@ -69,7 +69,8 @@ pub struct EventId(pub [u8; 16]);
 impl EventId {
     /// Parses the canonical text form; anything else (braces, no dashes, URNs) is refused.
     pub fn parse(text: &str) -> Result<EventId, ModelError> {
-        let bad = || ModelError::InvalidEvent(format!("event id {:?} is not a UUID (8-4-4-4-12 hex digits)", short(text)));
+        let bad =
+            || ModelError::InvalidEvent(format!("event id {:?} is not a UUID (8-4-4-4-12 hex digits)", short(text)));
         let b = text.as_bytes();
         if b.len() != 36 {
             return Err(bad());
@@ -84,7 +85,7 @@ impl EventId {
                 continue;
             }
             let v = (c as char).to_digit(16).ok_or_else(bad)? as u8;
-            out[nibbles / 2] |= if nibbles % 2 == 0 { v << 4 } else { v };
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
             nibbles += 1;
         }
         debug_assert_eq!(nibbles, 32);
@@ -98,7 +99,9 @@ impl EventId {
         for half in out.chunks_mut(8) {
             // `RandomState` is seeded from the OS per process and per instance: enough for ids, not for secrets.
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
             half.copy_from_slice(&h.finish().to_le_bytes());
         }
         out[6] = (out[6] & 0x0f) | 0x40;
@@ -167,7 +170,10 @@ pub fn validate_tracking_source(source: &str) -> Result<(), ModelError> {
         return Err(ModelError::InvalidEvent("tracking source must not be empty".into()));
     }
     if source.chars().any(char::is_control) {
-        return Err(ModelError::InvalidEvent(format!("tracking source {:?} contains a control character", short(source))));
+        return Err(ModelError::InvalidEvent(format!(
+            "tracking source {:?} contains a control character",
+            short(source)
+        )));
     }
     Ok(())
 }

@@ -178,7 +178,8 @@ impl<'a> NewRecord<'a> {
     }
 
     fn flags(&self) -> u8 {
-        (if self.event_id.is_some() { FLAG_EVENT_ID } else { 0 }) | (if self.tracking.is_some() { FLAG_TRACKING } else { 0 })
+        (if self.event_id.is_some() { FLAG_EVENT_ID } else { 0 })
+            | (if self.tracking.is_some() { FLAG_TRACKING } else { 0 })
     }
 }
 

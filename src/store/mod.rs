@@ -182,7 +182,9 @@ pub enum StoreError {
     #[error("tracking conflict: source {source_name:?} is at position {last}; this append's tracking position {position} is not after it")]
     TrackingConflict { source_name: String, position: u64, last: u64 },
     /// A feature the store's commit mode cannot keep durably (`what` names it).
-    #[error("{what} needs --commit journal (this store commits in files mode, which has no journal record to keep it in)")]
+    #[error(
+        "{what} needs --commit journal (this store commits in files mode, which has no journal record to keep it in)"
+    )]
     NeedsJournal { what: &'static str },
     #[error("storage error: {0}")]
     Io(Arc<IoError>),

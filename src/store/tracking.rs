@@ -115,9 +115,10 @@ impl Table {
         }
         // The newest event carrying the first id: later in the group wins over committed.
         let in_group = |id: EventId| -> Option<u64> {
-            group.iter().rev().find_map(|(es, first)| {
-                es.iter().rposition(|e| e.id == Some(id)).map(|i| first + i as u64)
-            })
+            group
+                .iter()
+                .rev()
+                .find_map(|(es, first)| es.iter().rposition(|e| e.id == Some(id)).map(|i| first + i as u64))
         };
         let Some(first) = in_group(first_id).or_else(|| self.ids.get(&first_id).copied()) else {
             return Replay::No;

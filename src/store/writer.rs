@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
+use super::tracking::{Replay, TrackingRefusal};
 use super::{
     commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, MirrorMode, PreparedEvent,
     Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
@@ -33,7 +34,6 @@ use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
 use crate::limits::{JOURNAL_GROUP_BYTES_MAX, RECOVERY_BACKOFF_MAX};
 use crate::model::AppendCondition;
-use super::tracking::{Replay, TrackingRefusal};
 
 /// A commit taking at least this long, plus `SLOW_COMMIT_PER_EVENT` for each of its events (bulk imports create
 /// thousands of files per commit), is logged (`warn`) with where its time went.
@@ -370,7 +370,11 @@ impl Writer {
             Ok(()) => {
                 self.shared.head.store(new_head, Ordering::Release);
                 self.shared.commits.publish(new_head);
-                self.shared.tracking.lock().unwrap().committed(accepted.iter().map(|(p, first)| (&p.events[..], *first)));
+                self.shared
+                    .tracking
+                    .lock()
+                    .unwrap()
+                    .committed(accepted.iter().map(|(p, first)| (&p.events[..], *first)));
                 for (p, replayed) in replays.drain(..) {
                     let _ = p.reply.send(Ok(replayed));
                 }
@@ -415,7 +419,11 @@ impl Writer {
                 match table.check_tracking(&t.source, t.position, &group) {
                     Ok(()) => {}
                     Err(TrackingRefusal::NotAfter { last }) => {
-                        return Err(StoreError::TrackingConflict { source_name: t.source.clone(), position: t.position, last })
+                        return Err(StoreError::TrackingConflict {
+                            source_name: t.source.clone(),
+                            position: t.position,
+                            last,
+                        })
                     }
                     Err(TrackingRefusal::TooManySources) => {
                         return Err(StoreError::LimitExceeded {

@@ -174,19 +174,26 @@ fn event_ids_must_be_uuids() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), JOURNAL);
     let mut raw = daemon.raw();
-    for bad in [json!("not-a-uuid"), json!("0123456789abcdef0123456789abcdef"), json!(7), json!("{6ba7b810-9dad-11d1-80b4-00c04fd430c8}")]
-    {
+    for bad in [
+        json!("not-a-uuid"),
+        json!("0123456789abcdef0123456789abcdef"),
+        json!(7),
+        json!("{6ba7b810-9dad-11d1-80b4-00c04fd430c8}"),
+    ] {
         let line = json!({"id":1,"op":"append","events":[{"type":"X","data":{},"id":bad}]});
         let message = assert_error(&raw.call(&line.to_string()), "invalid_request");
         assert!(message.contains("UUID") || message.contains("string"), "{message}");
     }
-    let line = json!({"id":2,"op":"append","events":[{"type":"X","data":{},"id":"6BA7B810-9DAD-11D1-80B4-00C04FD430C8"}]});
+    let line =
+        json!({"id":2,"op":"append","events":[{"type":"X","data":{},"id":"6BA7B810-9DAD-11D1-80B4-00C04FD430C8"}]});
     assert_eq!(raw.call(&line.to_string())["first"], 1);
 }
 
 /// Events with fresh ids and a tag naming the attempt, so a read can count them.
 fn attempt_events(attempt: usize, n: usize) -> Vec<Event> {
-    (0..n).map(|i| event("Paid", &[("attempt", &attempt.to_string()), ("i", &i.to_string())]).with_id(EventId::random())).collect()
+    (0..n)
+        .map(|i| event("Paid", &[("attempt", &attempt.to_string()), ("i", &i.to_string())]).with_id(EventId::random()))
+        .collect()
 }
 
 fn append_line(id: u64, events: &[Event], after: u64) -> String {
@@ -231,7 +238,7 @@ fn a_retry_after_a_lost_answer_returns_the_first_attempts_positions() {
     let mut c = daemon.client();
     let retry = c.append(events.clone(), Some(condition(4))).unwrap();
     assert_eq!((retry.first, retry.last, retry.replayed), (5, 6, false));
-    assert_eq!(c.append(events, Some(condition(4))).unwrap().replayed, true, "and a second retry replays it");
+    assert!(c.append(events, Some(condition(4))).unwrap().replayed, "and a second retry replays it");
     assert_eq!(c.head().unwrap(), 6);
     let all = read_all(&mut c, &paid, ReadOptions::default());
     assert_eq!(all.len(), 5, "every attempt's events once");
@@ -369,7 +376,8 @@ fn a_worker_killed_at_random_points_applies_every_source_event_once() {
     for round in 0..6 {
         let mut c = daemon.client();
         for batch in 0..10 {
-            let events = (0..1 + rng.next(4)).map(|i| event("Src", &[("b", &format!("{round}.{batch}.{i}"))])).collect();
+            let events =
+                (0..1 + rng.next(4)).map(|i| event("Src", &[("b", &format!("{round}.{batch}.{i}"))])).collect();
             c.append(events, None).unwrap();
             std::thread::sleep(Duration::from_millis(rng.next(15)));
         }

@@ -163,7 +163,11 @@ pub(in crate::server) async fn read(
 }
 
 /// `tracking.get {source}`: the source's last tracked position (0 when none).
-pub(in crate::server) fn tracking_get(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
+pub(in crate::server) fn tracking_get(
+    ctx: &Context,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+) -> Result<(), OpError> {
     let body: TrackingGetRequest = wire::parse_body(&req.op, req.line)?;
     let position = ctx.store.tracking_position(&body.source);
     wire::encode_ok(resp.out, &req.id, &TrackingGetResponse { source: body.source, position });

@@ -21,9 +21,9 @@ use crate::store::{PreparedEvent, Shared, StoreError};
 // A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
 // its byte bound, plus one more request.
 const _: () = {
+    use crate::journal::format::{EXTENSION_BYTES_MAX, RECORD_HEADER_BYTES};
     use crate::limits::{JOURNAL_GROUP_BYTES_MAX, JOURNAL_RECORD_BYTES_MAX};
     use crate::store::{APPEND_BYTES_MAX, EVENT_BYTES_MAX};
-    use crate::journal::format::{EXTENSION_BYTES_MAX, RECORD_HEADER_BYTES};
     assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + RECORD_HEADER_BYTES + EXTENSION_BYTES_MAX);
     assert!(JOURNAL_GROUP_BYTES_MAX / 2 + 2 * APPEND_BYTES_MAX <= JOURNAL_GROUP_BYTES_MAX);
 };
