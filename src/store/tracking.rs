@@ -257,6 +257,51 @@ mod tests {
         assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), None, &[]), Replay::No, "not committed yet");
     }
 
+    fn journal_store(root: &std::path::Path) -> super::super::Store {
+        let options = super::super::StoreOptions {
+            commit: super::super::CommitMode::Journal,
+            mirror: super::super::MirrorMode::Off,
+            durability: super::super::Durability::None,
+            ..Default::default()
+        };
+        super::super::Store::open(root, options).unwrap()
+    }
+
+    #[test]
+    fn the_writer_answers_concurrent_repeats_once_and_the_table_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(journal_store(dir.path()));
+        let ids: Vec<EventId> = (0..3).map(|_| EventId::random()).collect();
+        let events =
+            || -> Vec<Event> { ids.iter().map(|id| Event::new("T", "{}", vec![]).unwrap().with_id(*id)).collect() };
+        // Many threads at once: their appends share group commits, so some repeats are of an append accepted in
+        // the same group, answered only once that group is durable.
+        let answers: Vec<super::super::Appended> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|n| {
+                    let (store, events) = (store.clone(), events());
+                    s.spawn(move || store.append_tracked(events, None, Some(Tracking::new(format!("w{}", n % 2), 1))))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        assert!(answers.iter().all(|a| (a.first, a.last) == (1, 3)), "{answers:?}");
+        assert_eq!(answers.iter().filter(|a| !a.replayed).count(), 1);
+        assert_eq!(store.head(), 3);
+        // Only the committed append's tracking counts (replays keep nothing of theirs).
+        let tracked: Vec<u64> = ["w0", "w1"].iter().map(|s| store.tracking_position(s)).collect();
+        assert_eq!(tracked.iter().sum::<u64>(), 1, "{tracked:?}");
+        store.append_tracked(vec![Event::new("T", "{}", vec![]).unwrap()], None, Some(Tracking::new("w9", 7))).unwrap();
+        drop(store);
+        let store = journal_store(dir.path());
+        assert_eq!(store.tracking_position("w9"), 7);
+        assert_eq!(store.append(events(), None).unwrap(), super::super::Appended { first: 1, last: 3, replayed: true });
+        let refused =
+            store.append_tracked(vec![Event::new("T", "{}", vec![]).unwrap()], None, Some(Tracking::new("w9", 7)));
+        assert!(matches!(refused, Err(super::super::StoreError::TrackingConflict { last: 7, .. })), "{refused:?}");
+        assert_eq!(store.head(), 4);
+    }
+
     #[test]
     fn the_window_forgets_the_oldest_ids_but_keeps_reused_ones() {
         let mut t = Table::with_window(3);

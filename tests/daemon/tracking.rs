@@ -14,7 +14,7 @@ use opossum::model::{AppendCondition, Event, EventId, ReadOptions, Tracking};
 use opossum::wire::ErrorCode;
 use serde_json::json;
 
-use crate::harness::{assert_error, event, eventually, query, read_all, Daemon};
+use crate::harness::{assert_error, event, eventually, query, read_all, Daemon, CLI};
 
 const JOURNAL: &[&str] = &["--commit", "journal"];
 
@@ -407,4 +407,24 @@ fn a_worker_killed_at_random_points_applies_every_source_event_once() {
     let deaths = deaths.load(Ordering::Relaxed);
     println!("{} source events, worker deaths {deaths}, daemon SIGKILLs {daemon_kills}", sources.len());
     assert!(deaths > 0 && daemon_kills > 0);
+}
+
+#[test]
+fn the_cli_appends_with_ids_and_tracking() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), JOURNAL);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(CLI).arg("--socket").arg(&daemon.socket).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let id = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+    let (code, out) = cli(&["append", "--type", "A", "--id", id, "--tracking", "w=2"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = cli(&["append", "--type", "A", "--id", id]);
+    assert!(code == Some(0) && out.contains("\"replayed\":true"), "{out}");
+    assert_eq!(cli(&["append", "--type", "B", "--tracking", "w=2"]).0, Some(1), "a tracking conflict exits 1");
+    let (code, out) = cli(&["tracking", "w"]);
+    assert!(code == Some(0) && out.contains("\"position\":2"), "{out}");
+    assert_eq!(cli(&["append", "--type", "A", "--id", "nope"]).0, Some(2));
+    assert_eq!(daemon.client().head().unwrap(), 1);
 }
