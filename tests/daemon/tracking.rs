@@ -428,3 +428,35 @@ fn the_cli_appends_with_ids_and_tracking() {
     assert_eq!(cli(&["append", "--type", "A", "--id", "nope"]).0, Some(2));
     assert_eq!(daemon.client().head().unwrap(), 1);
 }
+
+#[test]
+fn the_python_client_tracks_and_retries() {
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 not found: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), JOURNAL);
+    let program = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+import client
+c = client.Client(sys.argv[2])
+events = [{"type": "X", "data": {}, "id": client.new_event_id()}]
+first = c.append(events, tracking=("w", 3))
+again = c.append(events, tracking=("w", 4))
+assert (again["first"], again.get("replayed")) == (first["first"], True), again
+try:
+    c.append([{"type": "X", "data": {}}], tracking=("w", 3))
+    raise SystemExit("no tracking conflict")
+except client.OpossumError as e:
+    assert e.code == "tracking_conflict", e.code
+print(c.tracking_get("w"), c.tracking_get("other"), c.head())
+"#;
+    let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts");
+    let out =
+        std::process::Command::new("python3").arg("-c").arg(program).arg(scripts).arg(&daemon.socket).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "3 0 1");
+}
