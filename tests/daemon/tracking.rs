@@ -107,8 +107,8 @@ fn tracking_positions_only_move_forward_and_survive_sigkill() {
 
 #[test]
 fn pipelined_appends_for_one_source_see_each_other() {
-    // Appends pipelined on one connection reach the writer together and mostly share a group commit: the second
-    // of two appends with the same tracking position must fail whether or not they do.
+    // Appends pipelined on one connection run in order, each seeing the ones before it (concurrent connections,
+    // whose appends share group commits, are `concurrent_appends_share_groups_and_still_see_each_other`).
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), JOURNAL);
     let mut raw = daemon.raw();
