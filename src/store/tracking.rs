@@ -7,7 +7,7 @@
 //! table's two plain maps beside the index instead, or scan only the records that carry extensions).
 //!
 //! The writer checks each append against the table in arrival order, as it checks conditions: against what is
-//! committed ([`Table`]) and against the appends already accepted into the same group ([`GroupView`]), and
+//! committed ([`Table`]) and against the appends already accepted into the same group ([`GroupAppend`]), and
 //! updates the table only once the group is committed and published ([`Table::committed`]), so `tracking.get`
 //! never reports a position whose append is not acknowledged.
 
@@ -27,6 +27,17 @@ pub(crate) struct Table {
     /// The remembered ids in position order (oldest first), at most `window_max`.
     window: VecDeque<(u64, EventId)>,
     window_max: usize,
+    /// The ids and tracking of the appends accepted so far into the group being checked, so each check costs
+    /// O(its own events), not O(the group).
+    group: GroupSeen,
+}
+
+/// What the writer has shown [`Table`] of the current group: its first `appends` accepted appends.
+#[derive(Debug, Default)]
+struct GroupSeen {
+    appends: usize,
+    ids: HashMap<EventId, u64>,
+    sources: HashMap<String, u64>,
 }
 
 impl Default for Table {
@@ -53,13 +64,31 @@ pub(crate) enum TrackingRefusal {
     TooManySources,
 }
 
-/// The appends accepted into the group being committed, in order, each as its events and first position.
-pub(crate) type GroupView<'a> = &'a [(&'a [PreparedEvent], u64)];
+/// One append accepted into the group being committed: its events and its first position.
+pub(crate) trait GroupAppend {
+    fn events(&self) -> &[PreparedEvent];
+    fn first(&self) -> u64;
+}
+
+impl GroupAppend for (&[PreparedEvent], u64) {
+    fn events(&self) -> &[PreparedEvent] {
+        self.0
+    }
+    fn first(&self) -> u64 {
+        self.1
+    }
+}
 
 impl Table {
     pub fn with_window(window_max: usize) -> Table {
         assert!(window_max >= 1, "the id window holds at least one id");
-        Table { sources: HashMap::new(), ids: HashMap::new(), window: VecDeque::new(), window_max }
+        Table {
+            sources: HashMap::new(),
+            ids: HashMap::new(),
+            window: VecDeque::new(),
+            window_max,
+            group: GroupSeen::default(),
+        }
     }
 
     /// The last position recorded for `source` (0 when it has none).
@@ -105,39 +134,68 @@ impl Table {
         }
     }
 
+    /// Catches up with the appends accepted into the current group: `group` is the one the writer is checking,
+    /// which only grows; an empty one starts a new group.
+    fn see_group<G: GroupAppend>(&mut self, group: &[G]) {
+        let seen = &mut self.group;
+        if group.len() < seen.appends || group.is_empty() {
+            seen.appends = 0;
+            seen.ids.clear();
+            seen.sources.clear();
+        }
+        for g in &group[seen.appends..] {
+            for (i, e) in g.events().iter().enumerate() {
+                if let Some(id) = e.id {
+                    seen.ids.insert(id, g.first() + i as u64);
+                }
+            }
+            if let Some(t) = g.events().last().and_then(|e| e.tracking.as_ref()) {
+                seen.sources.insert(t.source.clone(), t.position);
+            }
+        }
+        seen.appends = group.len();
+    }
+
+    /// Starts checking a new group (the writer calls this before its first check of each group).
+    pub fn begin_group(&mut self) {
+        self.see_group::<(&[PreparedEvent], u64)>(&[]);
+    }
+
     /// Whether `events` repeat, in order, the events of an earlier append (committed, or accepted earlier in this
     /// group): every event carries an id and the ids sit at consecutive positions `first ..`, with `first = after +
     /// 1` when the append's condition names `after`. An append with any event lacking an id is never a replay.
-    pub fn replay(&self, events: &[PreparedEvent], after: Option<u64>, group: GroupView<'_>) -> Replay {
+    pub fn replay<G: GroupAppend>(&mut self, events: &[PreparedEvent], after: Option<u64>, group: &[G]) -> Replay {
         let Some(first_id) = events.first().and_then(|e| e.id) else { return Replay::No };
         if events.iter().any(|e| e.id.is_none()) {
             return Replay::No;
         }
-        // The newest event carrying the first id: later in the group wins over committed.
-        let in_group = |id: EventId| -> Option<u64> {
-            group
-                .iter()
-                .rev()
-                .find_map(|(es, first)| es.iter().rposition(|e| e.id == Some(id)).map(|i| first + i as u64))
-        };
-        let Some(first) = in_group(first_id).or_else(|| self.ids.get(&first_id).copied()) else {
-            return Replay::No;
-        };
-        if after.is_some_and(|a| a.checked_add(1) != Some(first)) {
-            return Replay::No;
-        }
-        let id_at = |position: u64| -> Option<EventId> {
-            match group.iter().find(|(es, f)| (*f..*f + es.len() as u64).contains(&position)) {
-                Some((es, f)) => es[(position - f) as usize].id,
-                // Committed: the window knows the position of an id, so ask it the other way round.
-                None => None,
+        self.see_group(group);
+        // The newest event carrying an id: the group's (later) wins over the committed ones.
+        let newest = |id: &EventId| self.group.ids.get(id).or_else(|| self.ids.get(id)).copied();
+        // Each event must be the one at its position: its id's newest position, or (an id reused since) an older
+        // one still at that position.
+        let at = |id: &EventId, position: u64| {
+            newest(id) == Some(position) || self.ids.get(id) == Some(&position) || {
+                // Reused inside the group: find the accepted append holding `position`.
+                group
+                    .iter()
+                    .find(|g| (g.first()..g.first() + g.events().len() as u64).contains(&position))
+                    .is_some_and(|g| g.events()[(position - g.first()) as usize].id == Some(*id))
             }
         };
+        // Right after `after` when the condition names it; else where the first id last occurred.
+        let first = match after {
+            Some(a) => match a.checked_add(1) {
+                Some(first) if at(&first_id, first) => first,
+                _ => return Replay::No,
+            },
+            None => match newest(&first_id) {
+                Some(first) => first,
+                None => return Replay::No,
+            },
+        };
         for (i, e) in events.iter().enumerate().skip(1) {
-            let position = first + i as u64;
-            let id = e.id.expect("checked above");
-            let here = id_at(position) == Some(id) || self.ids.get(&id) == Some(&position);
-            if !here {
+            if !at(&e.id.expect("checked above"), first + i as u64) {
                 return Replay::No;
             }
         }
@@ -146,28 +204,22 @@ impl Table {
 
     /// Whether an append whose last event carries `tracking` (source, position) may commit after the committed
     /// table and the group's accepted appends.
-    pub fn check_tracking(&self, source: &str, position: u64, group: GroupView<'_>) -> Result<(), TrackingRefusal> {
-        let in_group = |s: &str| -> Option<u64> {
-            group.iter().rev().find_map(|(es, _)| {
-                es.last().and_then(|e| e.tracking.as_ref()).filter(|t| t.source == s).map(|t| t.position)
-            })
-        };
-        let last = in_group(source).or_else(|| self.sources.get(source).copied());
+    pub fn check_tracking<G: GroupAppend>(
+        &mut self,
+        source: &str,
+        position: u64,
+        group: &[G],
+    ) -> Result<(), TrackingRefusal> {
+        self.see_group(group);
+        let last = self.group.sources.get(source).or_else(|| self.sources.get(source)).copied();
         match last {
             Some(last) if position <= last => Err(TrackingRefusal::NotAfter { last }),
             Some(_) => Ok(()),
             None if position == 0 => Err(TrackingRefusal::NotAfter { last: 0 }),
             None => {
                 // A new source: count this group's other new ones too.
-                let mut new: Vec<&str> = group
-                    .iter()
-                    .filter_map(|(es, _)| es.last().and_then(|e| e.tracking.as_ref()))
-                    .map(|t| t.source.as_str())
-                    .filter(|s| !self.sources.contains_key(*s))
-                    .collect();
-                new.sort_unstable();
-                new.dedup();
-                match self.sources.len() + new.len() < TRACKING_SOURCES_MAX {
+                let new = self.group.sources.keys().filter(|s| !self.sources.contains_key(*s)).count();
+                match self.sources.len() + new < TRACKING_SOURCES_MAX {
                     true => Ok(()),
                     false => Err(TrackingRefusal::TooManySources),
                 }
@@ -193,6 +245,8 @@ mod tests {
         super::super::prepare(events, None, tracking.map(|(s, p)| Tracking::new(s, p)).as_ref()).unwrap()
     }
 
+    const NONE: &[(&[PreparedEvent], u64)] = &[];
+
     fn id(n: u128) -> Option<[u8; 16]> {
         Some(n.to_be_bytes())
     }
@@ -203,10 +257,10 @@ mod tests {
         t.observe(1, None, Some(("orders", 5)));
         assert_eq!(t.position("orders"), 5);
         assert_eq!(t.position("other"), 0);
-        assert_eq!(t.check_tracking("orders", 5, &[]), Err(TrackingRefusal::NotAfter { last: 5 }));
-        assert_eq!(t.check_tracking("orders", 4, &[]), Err(TrackingRefusal::NotAfter { last: 5 }));
-        assert_eq!(t.check_tracking("orders", 6, &[]), Ok(()));
-        assert_eq!(t.check_tracking("new", 0, &[]), Err(TrackingRefusal::NotAfter { last: 0 }));
+        assert_eq!(t.check_tracking("orders", 5, NONE), Err(TrackingRefusal::NotAfter { last: 5 }));
+        assert_eq!(t.check_tracking("orders", 4, NONE), Err(TrackingRefusal::NotAfter { last: 5 }));
+        assert_eq!(t.check_tracking("orders", 6, NONE), Ok(()));
+        assert_eq!(t.check_tracking("new", 0, NONE), Err(TrackingRefusal::NotAfter { last: 0 }));
         // A group with two appends for one source: the second sees the first.
         let a = prepared(&[None], Some(("orders", 9)));
         let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 2)];
@@ -225,8 +279,8 @@ mod tests {
         for n in 0..TRACKING_SOURCES_MAX - 1 {
             t.observe(n as u64 + 1, None, Some((&format!("s{n}"), 1)));
         }
-        assert_eq!(t.check_tracking("s0", 2, &[]), Ok(()));
-        assert_eq!(t.check_tracking("last", 1, &[]), Ok(()));
+        assert_eq!(t.check_tracking("s0", 2, NONE), Ok(()));
+        assert_eq!(t.check_tracking("last", 1, NONE), Ok(()));
         let a = prepared(&[None], Some(("last", 1)));
         let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 1)];
         assert_eq!(t.check_tracking("one-more", 1, &group), Err(TrackingRefusal::TooManySources));
@@ -241,20 +295,26 @@ mod tests {
             t.observe(p, id(n), None);
         }
         let same = prepared(&[Some(1), Some(2), Some(3)], None);
-        assert_eq!(t.replay(&same, None, &[]), Replay::Of { first: 4, last: 6 });
-        assert_eq!(t.replay(&same, Some(3), &[]), Replay::Of { first: 4, last: 6 });
-        assert_eq!(t.replay(&same, Some(2), &[]), Replay::No, "not right after `after`");
-        assert_eq!(t.replay(&prepared(&[Some(1), Some(3)], None), None, &[]), Replay::No, "a gap");
-        assert_eq!(t.replay(&prepared(&[Some(2), Some(1)], None), None, &[]), Replay::No, "another order");
-        assert_eq!(t.replay(&prepared(&[Some(1), None], None), None, &[]), Replay::No, "an event without id");
-        assert_eq!(t.replay(&prepared(&[Some(9)], None), None, &[]), Replay::No, "unknown id");
-        assert_eq!(t.replay(&prepared(&[Some(2), Some(3)], None), Some(4), &[]), Replay::Of { first: 5, last: 6 });
+        assert_eq!(t.replay(&same, None, NONE), Replay::Of { first: 4, last: 6 });
+        assert_eq!(t.replay(&same, Some(3), NONE), Replay::Of { first: 4, last: 6 });
+        assert_eq!(t.replay(&same, Some(2), NONE), Replay::No, "not right after `after`");
+        assert_eq!(t.replay(&prepared(&[Some(1), Some(3)], None), None, NONE), Replay::No, "a gap");
+        assert_eq!(t.replay(&prepared(&[Some(2), Some(1)], None), None, NONE), Replay::No, "another order");
+        assert_eq!(t.replay(&prepared(&[Some(1), None], None), None, NONE), Replay::No, "an event without id");
+        assert_eq!(t.replay(&prepared(&[Some(9)], None), None, NONE), Replay::No, "unknown id");
+        assert_eq!(t.replay(&prepared(&[Some(2), Some(3)], None), Some(4), NONE), Replay::Of { first: 5, last: 6 });
         // In the group: an accepted append at 7..=8 with ids 7, 8.
         let a = prepared(&[Some(7), Some(8)], None);
         let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 7)];
         assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), Some(6), &group), Replay::Of { first: 7, last: 8 });
         assert_eq!(t.replay(&prepared(&[Some(3), Some(7)], None), None, &group), Replay::Of { first: 6, last: 7 });
-        assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), None, &[]), Replay::No, "not committed yet");
+        assert_eq!(t.replay(&prepared(&[Some(7), Some(8)], None), None, NONE), Replay::No, "not committed yet");
+        // An id reused since (committed at 4, again in the group at 9): with `after`, the older occurrence counts.
+        let b = prepared(&[Some(1)], None);
+        let group: Vec<(&[PreparedEvent], u64)> = vec![(&a[..], 7), (&b[..], 9)];
+        assert_eq!(t.replay(&same, Some(3), &group), Replay::Of { first: 4, last: 6 });
+        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, &group), Replay::Of { first: 9, last: 9 });
+        assert_eq!(t.replay(&prepared(&[Some(8), Some(1)], None), Some(7), &group), Replay::Of { first: 8, last: 9 });
     }
 
     fn journal_store(root: &std::path::Path) -> super::super::Store {
@@ -310,11 +370,11 @@ mod tests {
         t.observe(3, id(1), None); // id 1 appended again: the newest position counts
         t.observe(4, id(4), None);
         assert_eq!(t.window.len(), 3);
-        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, &[]), Replay::Of { first: 3, last: 3 });
+        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, NONE), Replay::Of { first: 3, last: 3 });
         t.observe(5, id(5), None);
-        assert_eq!(t.replay(&prepared(&[Some(2)], None), None, &[]), Replay::No, "left the window");
+        assert_eq!(t.replay(&prepared(&[Some(2)], None), None, NONE), Replay::No, "left the window");
         t.observe(6, id(6), None);
-        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, &[]), Replay::No);
+        assert_eq!(t.replay(&prepared(&[Some(1)], None), None, NONE), Replay::No);
         assert_eq!(t.ids.len(), 3);
     }
 }

@@ -53,6 +53,15 @@ struct Pending {
     reply: std::sync::mpsc::SyncSender<Result<Appended, StoreError>>,
 }
 
+impl super::tracking::GroupAppend for (Pending, u64) {
+    fn events(&self) -> &[PreparedEvent] {
+        &self.0.events
+    }
+    fn first(&self) -> u64 {
+        self.1
+    }
+}
+
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     lock_file: File,
@@ -300,6 +309,7 @@ impl Writer {
         let mut accepted: Vec<(Pending, u64)> = Vec::with_capacity(group.len());
         // Retries of appends accepted earlier in this group: answered with their positions once the group commits.
         let mut replays: Vec<(Pending, Appended)> = Vec::new();
+        self.shared.tracking.lock().unwrap().begin_group();
         for p in group {
             match self.check(&p, head, &accepted) {
                 Ok(Some(replayed)) if replayed.last <= head => {
@@ -409,14 +419,13 @@ impl Writer {
     fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<Option<Appended>, StoreError> {
         let extended = p.events.iter().any(|e| e.id.is_some()) || p.events.last().is_some_and(|e| e.tracking.is_some());
         if extended {
-            let group: Vec<(&[PreparedEvent], u64)> = accepted.iter().map(|(q, f)| (&q.events[..], *f)).collect();
-            let table = self.shared.tracking.lock().unwrap();
+            let mut table = self.shared.tracking.lock().unwrap();
             let after = p.condition.as_ref().and_then(|c| c.after);
-            if let Replay::Of { first, last } = table.replay(&p.events, after, &group) {
+            if let Replay::Of { first, last } = table.replay(&p.events, after, accepted) {
                 return Ok(Some(Appended { first, last, replayed: true }));
             }
             if let Some(t) = p.events.last().and_then(|e| e.tracking.as_ref()) {
-                match table.check_tracking(&t.source, t.position, &group) {
+                match table.check_tracking(&t.source, t.position, accepted) {
                     Ok(()) => {}
                     Err(TrackingRefusal::NotAfter { last }) => {
                         return Err(StoreError::TrackingConflict {
