@@ -482,6 +482,33 @@ mod tests {
     }
 
     #[test]
+    fn event_ids_are_canonical_uuids() {
+        let text = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+        let id = EventId::parse(text).unwrap();
+        assert_eq!(id.0[0..2], [0x6b, 0xa7]);
+        assert_eq!(id.to_string(), text);
+        assert_eq!(EventId::parse(&text.to_uppercase()).unwrap(), id);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+        for bad in [
+            "",
+            "6ba7b8109dad41d180b400c04fd430c8",
+            "{6ba7b810-9dad-41d1-80b4-00c04fd430c8}",
+            "6ba7b810-9dad-41d1-80b4-00c04fd430cg",
+            "6ba7b810-9dad-41d1+80b4-00c04fd430c8",
+            "6ba7b810-9dad-41d1-80b4-00c04fd430c8 ",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+        }
+        let e: Event = serde_json::from_str(&format!(r#"{{"type":"A","data":{{}},"id":"{text}"}}"#)).unwrap();
+        assert_eq!(e.id, Some(id));
+        assert!(serde_json::from_str::<Event>(r#"{"type":"A","data":{},"id":"x"}"#).is_err());
+        let (a, b) = (EventId::random(), EventId::random());
+        assert_ne!(a, b);
+        assert_eq!(EventId::parse(&a.to_string()), Ok(a));
+        assert_eq!(a.0[6] >> 4, 4, "version 4");
+    }
+
+    #[test]
     fn unknown_fields_are_refused_at_every_level() {
         assert!(serde_json::from_str::<Event>(r#"{"type":"A","data":{},"tag":[]}"#).is_err());
         assert!(serde_json::from_str::<Tag>(r#"{"key":"k","value":"v","x":1}"#).is_err());
