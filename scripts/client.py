@@ -110,13 +110,26 @@ class Client:
     def stats(self):
         return self.call("stats")
 
-    def append(self, events, fail_if_events_match=None, after=None):
+    def append(self, events, fail_if_events_match=None, after=None, tracking=None):
         """Appends events atomically. With fail_if_events_match (a query), fails with
-        OpossumError(code='append_condition_failed') if a matching event exists after `after`."""
+        OpossumError(code='append_condition_failed') if a matching event exists after `after`.
+
+        tracking=(source, position) commits a consumer checkpoint with the events (journal mode): fails with
+        OpossumError(code='tracking_conflict') unless position is above the source's last one (tracking_get).
+        Events may carry "id": a UUID string (new_event_id()); an exact retry of an append whose answer was lost
+        then returns the first attempt's positions, with "replayed": True (docs/PROTOCOL.md, "Exactly-once
+        consumers")."""
         condition = None
         if fail_if_events_match is not None:
             condition = {"fail_if_events_match": fail_if_events_match, "after": after}
-        return self.call("append", events=events, condition=condition)
+        if tracking is not None:
+            source, position = tracking
+            tracking = {"source": source, "position": position}
+        return self.call("append", events=events, condition=condition, tracking=tracking)
+
+    def tracking_get(self, source):
+        """The last position an append tracked for `source` (0 when none has)."""
+        return self.call("tracking.get", source=source)["position"]
 
     def read(self, query="all", after=None, before=None, limit=None, backwards=None):
         """Yields events in position order (newest first when backwards). Consume it to the end."""
@@ -198,6 +211,11 @@ class Client:
 
     def projection_set_checkpoint(self, projection, position):
         self.call("projection.checkpoint", projection=projection, position=position)
+
+
+def new_event_id():
+    """A fresh event id for idempotent appends (a random UUID)."""
+    return str(uuid.uuid4())
 
 
 def subscribe(path="./opossum.sock", query="all", after=0, heartbeats=False, reconnect_for=30.0):

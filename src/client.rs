@@ -22,12 +22,12 @@ use transport::Transport;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent, Tag};
+use crate::model::{AppendCondition, Event, Query, ReadOptions, SequencedEvent, Tag, Tracking};
 use crate::projection::{ProjectionItem, ProjectionSummary, Put};
 use crate::wire::{
     AppendResponse, ErrorCode, HeadResponse, HelloResponse, ProjectionCheckpointResponse, ProjectionDeleteResponse,
     ProjectionItemIn, ProjectionListResponse, ProjectionPutManyResponse, ProjectionPutResponse, ProjectionReadDone,
-    ReadDone, SubscribeDone, WireError,
+    ReadDone, SubscribeDone, TrackingGetResponse, WireError,
 };
 
 const READ_BUFFER_BYTES: usize = 256 * 1024;
@@ -121,14 +121,38 @@ impl Client {
     }
 
     /// Appends `events` atomically, if `condition` holds; fails with code `append_condition_failed` otherwise.
+    /// Events may carry ids (`Event::with_id`): a retry of an append whose answer was lost then returns the first
+    /// attempt's positions (`AppendResponse::replayed`) instead of appending again or failing its condition.
     pub fn append(&mut self, events: Vec<Event>, condition: Option<AppendCondition>) -> Result<AppendResponse> {
+        self.append_tracked(events, condition, None)
+    }
+
+    /// [`Client::append`] with a consumer checkpoint committed with the events: fails with code
+    /// `tracking_conflict` (writing nothing) unless `tracking.position` is above the source's last one.
+    pub fn append_tracked(
+        &mut self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        tracking: Option<&Tracking>,
+    ) -> Result<AppendResponse> {
         #[derive(Serialize)]
-        struct Body {
+        struct Body<'a> {
             events: Vec<Event>,
             #[serde(skip_serializing_if = "Option::is_none")]
             condition: Option<AppendCondition>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tracking: Option<&'a Tracking>,
         }
-        self.call("append", &Body { events, condition })
+        self.call("append", &Body { events, condition, tracking })
+    }
+
+    /// The last position an append tracked for `source` (`tracking.get`); 0 when none has.
+    pub fn tracking_get(&mut self, source: &str) -> Result<u64> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            source: &'a str,
+        }
+        Ok(self.call::<_, TrackingGetResponse>("tracking.get", &Body { source })?.position)
     }
 
     /// Streams the events matching `query`. Consume the stream to the end before the next request.

@@ -103,6 +103,25 @@ pub const JSON_DEPTH_MAX: usize = 64;
 const SERDE_JSON_RECURSION_LIMIT: usize = 128;
 const _: () = assert!(JSON_DEPTH_MAX < SERDE_JSON_RECURSION_LIMIT);
 
+/// Longest tracking source name (`"tracking": {"source": ..}` of an append), in bytes: it is stored in the journal
+/// record of the append's last event and held in memory for every source.
+pub const TRACKING_SOURCE_BYTES_MAX: usize = 256;
+/// Most tracking sources a store remembers (each costs its name and two numbers in memory, rebuilt at open). An
+/// append naming a new source beyond it fails with `limit_exceeded` and writes nothing.
+pub const TRACKING_SOURCES_MAX: usize = 65_536;
+/// How many of the most recent event ids (`"id"` of an event) the store remembers, id → position, to recognise a
+/// retried append whose answer was lost (an idempotent replay). Rebuilt at open from the journal's tail. A retry
+/// whose events have left the window is a new append (conditional ones then fail their condition as usual). About
+/// 60 bytes each: 16 MB; at 30,000 id-carrying events/s a retry is recognised for ~9 s of such traffic, across
+/// restarts too.
+pub const EVENT_ID_WINDOW_MAX: usize = 1 << 18;
+const _: () = {
+    // A source name is a short key, not a payload: it fits a u16 length in the journal record.
+    assert!(TRACKING_SOURCE_BYTES_MAX >= 1 && TRACKING_SOURCE_BYTES_MAX <= u16::MAX as usize);
+    // The window holds at least one whole append and one whole group, so a retry of either is recognised at once.
+    assert!(EVENT_ID_WINDOW_MAX >= APPEND_EVENTS_MAX && EVENT_ID_WINDOW_MAX >= GROUP_EVENTS_MAX);
+};
+
 /// Changes of the store's write status (poisoned, recovered) a watcher may fall behind by before it is told it
 /// lagged (`Store::write_status_changes`); it then reads the current status.
 pub const WRITE_STATUS_CHANGES_MAX: usize = 16;

@@ -41,6 +41,10 @@ pub struct Event {
     /// Opossum's metadata object (`timestamp`, `correlationId`, ...). The store fills in `timestamp` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<RawJson>,
+    /// The event's identity, chosen by the client, for idempotent retries (docs/PROTOCOL.md, "Idempotent
+    /// retry"). Kept in the journal record only: the Opossum event file has no place for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<EventId>,
 }
 
 impl Event {
@@ -48,8 +52,130 @@ impl Event {
     pub fn new(event_type: &str, data: &str, tags: Vec<Tag>) -> Result<Event, ModelError> {
         let data = RawValue::from_string(data.to_string())
             .map_err(|e| ModelError::InvalidEvent(format!("data is not valid JSON: {e}")))?;
-        Ok(Event { event_type: event_type.to_string(), data, tags, metadata: None })
+        Ok(Event { event_type: event_type.to_string(), data, tags, metadata: None, id: None })
     }
+
+    pub fn with_id(mut self, id: EventId) -> Event {
+        self.id = Some(id);
+        self
+    }
+}
+
+/// A client-chosen event identity: a UUID (any version), 16 bytes. Wire form: the canonical 36-character text
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex digits in either case; written lower case).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(pub [u8; 16]);
+
+impl EventId {
+    /// Parses the canonical text form; anything else (braces, no dashes, URNs) is refused.
+    pub fn parse(text: &str) -> Result<EventId, ModelError> {
+        let bad =
+            || ModelError::InvalidEvent(format!("event id {:?} is not a UUID (8-4-4-4-12 hex digits)", short(text)));
+        let b = text.as_bytes();
+        if b.len() != 36 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 16];
+        let mut nibbles = 0usize;
+        for (i, &c) in b.iter().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                if c != b'-' {
+                    return Err(bad());
+                }
+                continue;
+            }
+            let v = (c as char).to_digit(16).ok_or_else(bad)? as u8;
+            out[nibbles / 2] |= if nibbles.is_multiple_of(2) { v << 4 } else { v };
+            nibbles += 1;
+        }
+        debug_assert_eq!(nibbles, 32);
+        Ok(EventId(out))
+    }
+
+    /// A random (version 4) id, for clients and tests that have no id of their own.
+    pub fn random() -> EventId {
+        use std::hash::{BuildHasher, Hasher};
+        let mut out = [0u8; 16];
+        for half in out.chunks_mut(8) {
+            // `RandomState` is seeded from the OS per process and per instance: enough for ids, not for secrets.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            half.copy_from_slice(&h.finish().to_le_bytes());
+        }
+        out[6] = (out[6] & 0x0f) | 0x40;
+        out[8] = (out[8] & 0x3f) | 0x80;
+        EventId(out)
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl std::str::FromStr for EventId {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<EventId, ModelError> {
+        EventId::parse(s)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for EventId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventId, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        EventId::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An append's consumer checkpoint (docs/PROTOCOL.md, "Tracking"): the append is the effect of `source` up to
+/// `position`, committed with its events, and refused unless `position` is above the source's last one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tracking {
+    pub source: String,
+    pub position: u64,
+}
+
+impl Tracking {
+    pub fn new(source: impl Into<String>, position: u64) -> Tracking {
+        Tracking { source: source.into(), position }
+    }
+}
+
+/// A tracking source name: 1..=`TRACKING_SOURCE_BYTES_MAX` bytes, no NUL or control characters (it is a key in
+/// logs and error messages, never a file name).
+pub fn validate_tracking_source(source: &str) -> Result<(), ModelError> {
+    if source.is_empty() {
+        return Err(ModelError::InvalidEvent("tracking source must not be empty".into()));
+    }
+    if source.chars().any(char::is_control) {
+        return Err(ModelError::InvalidEvent(format!(
+            "tracking source {:?} contains a control character",
+            short(source)
+        )));
+    }
+    Ok(())
 }
 
 /// An event read back from the store.
@@ -353,6 +479,33 @@ mod tests {
         // Brackets inside strings, escaped quotes included, are not nesting.
         let text = format!(r#"{{"a":"\"{}"}}"#, "[".repeat(200));
         assert!(check_json_depth("data", &text).is_ok(), "{text}");
+    }
+
+    #[test]
+    fn event_ids_are_canonical_uuids() {
+        let text = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+        let id = EventId::parse(text).unwrap();
+        assert_eq!(id.0[0..2], [0x6b, 0xa7]);
+        assert_eq!(id.to_string(), text);
+        assert_eq!(EventId::parse(&text.to_uppercase()).unwrap(), id);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{text}\""));
+        for bad in [
+            "",
+            "6ba7b8109dad41d180b400c04fd430c8",
+            "{6ba7b810-9dad-41d1-80b4-00c04fd430c8}",
+            "6ba7b810-9dad-41d1-80b4-00c04fd430cg",
+            "6ba7b810-9dad-41d1+80b4-00c04fd430c8",
+            "6ba7b810-9dad-41d1-80b4-00c04fd430c8 ",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad:?}");
+        }
+        let e: Event = serde_json::from_str(&format!(r#"{{"type":"A","data":{{}},"id":"{text}"}}"#)).unwrap();
+        assert_eq!(e.id, Some(id));
+        assert!(serde_json::from_str::<Event>(r#"{"type":"A","data":{},"id":"x"}"#).is_err());
+        let (a, b) = (EventId::random(), EventId::random());
+        assert_ne!(a, b);
+        assert_eq!(EventId::parse(&a.to_string()), Ok(a));
+        assert_eq!(a.0[6] >> 4, 4, "version 4");
     }
 
     #[test]

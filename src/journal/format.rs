@@ -5,7 +5,7 @@
 //! ```text
 //! segment header (32 bytes, at offset 0)
 //! 0   8  magic b"OPOSSJNL"
-//! 8   4  format version = 1                              (u32 LE)
+//! 8   4  format version = 2 (1 is read too)              (u32 LE)
 //! 12  4  zero
 //! 16  8  first position: the segment's first record      (u64 LE) = the number in its file name
 //! 24  4  crc32c of bytes 0 .. 24                         (u32 LE)
@@ -21,8 +21,11 @@
 //! 32  4  data offset    36  4  data len        the `event.event` JSON inside the event file
 //! 40  4  metadata offset 44 4  metadata len    the `metadata` JSON inside the event file
 //! 48  2  type len        50  2  tag count
-//! 52  4  zero
+//! 52  1  extension flags: bit 0 event id, bit 1 tracking; other bits zero (version 1: always zero)
+//! 53  3  zero
 //! 56  …  event type (UTF-8), then per tag: key len (u16), key, value len (u16), value
+//! …   16 event id (flag bit 0): the client's UUID, its 16 bytes in text order
+//! …   …  tracking (flag bit 1; on the last record of an append): source len (u16), source (UTF-8), position (u64)
 //! …   …  the event file, byte for byte as the mirror writes `events/<position>.json`
 //!
 //! sealed segment footer (after the last record's padding, ending the file)
@@ -35,6 +38,10 @@
 //! T+8n+28 4      zero
 //! ```
 //!
+//! Version 2 added the extension flags and areas; a version 1 record is a version 2 record with no flags, so both
+//! decode alike (a build that reads only version 1 refuses version 2 segment headers, and would refuse records with
+//! extensions as "bytes between the tags and the event file").
+//!
 //! Integers are little-endian fixed widths; nothing on disk is a `usize`. A record names its group, so recovery
 //! can tell a torn last group (cut it: never acknowledged) from a damaged record that whole groups follow (corrupt:
 //! a loud error). Only the active (last) segment may end in a torn group; a sealed segment must be whole.
@@ -46,7 +53,9 @@ use crate::model::Tag;
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"OPOSSJNL";
 pub const SEAL_MAGIC: [u8; 8] = *b"OPOSSEAL";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest segment format this build reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Records start at multiples of this, so recovery can look for valid records after a damaged one cheaply.
@@ -64,8 +73,13 @@ const METADATA_OFFSET_AT: usize = DATA_LEN_AT + 4;
 const METADATA_LEN_AT: usize = METADATA_OFFSET_AT + 4;
 const TYPE_LEN_AT: usize = METADATA_LEN_AT + 4;
 const TAG_COUNT_AT: usize = TYPE_LEN_AT + 2;
-const RESERVED_AT: usize = TAG_COUNT_AT + 2;
-pub const RECORD_HEADER_BYTES: usize = RESERVED_AT + 4;
+const FLAGS_AT: usize = TAG_COUNT_AT + 2;
+pub const RECORD_HEADER_BYTES: usize = FLAGS_AT + 4;
+const FLAG_EVENT_ID: u8 = 1;
+const FLAG_TRACKING: u8 = 2;
+pub const EVENT_ID_BYTES: usize = 16;
+/// The largest extension area: an event id and a tracking entry with the longest source.
+pub const EXTENSION_BYTES_MAX: usize = EVENT_ID_BYTES + 2 + crate::limits::TRACKING_SOURCE_BYTES_MAX + 8;
 const _: () = assert!(RECORD_HEADER_BYTES == 56 && RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
 
 pub const TABLE_ENTRY_BYTES: usize = 8;
@@ -111,8 +125,10 @@ pub fn decode_segment_header(h: &[u8]) -> Result<u64, String> {
         return Err("segment header checksum mismatch".into());
     }
     let version = u32_at(h, 8);
-    if version != FORMAT_VERSION {
-        return Err(format!("segment format version {version}; this build reads {FORMAT_VERSION}"));
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+        return Err(format!(
+            "segment format version {version}; this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"
+        ));
     }
     Ok(u64_at(h, 16))
 }
@@ -126,6 +142,10 @@ pub struct NewRecord<'a> {
     pub file: &'a [u8],
     pub data: (u32, u32),
     pub metadata: (u32, u32),
+    /// The client's event id (`model::EventId`), if it gave one.
+    pub event_id: Option<[u8; EVENT_ID_BYTES]>,
+    /// The append's tracking (source, position), on the record of its last event only.
+    pub tracking: Option<(&'a str, u64)>,
 }
 
 impl<'a> NewRecord<'a> {
@@ -143,12 +163,23 @@ impl<'a> NewRecord<'a> {
             file,
             data: (data_at as u32, data.len() as u32),
             metadata: (metadata_at as u32, metadata.len() as u32),
+            event_id: None,
+            tracking: None,
         }
     }
 
     /// The record's size on disk, padding included.
     pub fn stored_bytes(&self) -> usize {
-        padded(RECORD_HEADER_BYTES + keys_bytes(self.event_type, self.tags) + self.file.len())
+        padded(RECORD_HEADER_BYTES + keys_bytes(self.event_type, self.tags) + self.extension_bytes() + self.file.len())
+    }
+
+    fn extension_bytes(&self) -> usize {
+        self.event_id.map_or(0, |_| EVENT_ID_BYTES) + self.tracking.map_or(0, |(source, _)| 2 + source.len() + 8)
+    }
+
+    fn flags(&self) -> u8 {
+        (if self.event_id.is_some() { FLAG_EVENT_ID } else { 0 })
+            | (if self.tracking.is_some() { FLAG_TRACKING } else { 0 })
     }
 }
 
@@ -182,7 +213,7 @@ pub fn encode_record(out: &mut Vec<u8>, position: u64, group_first: u64, group_e
     assert!(group_first <= position && position < group_first + group_events as u64, "record outside its group");
     assert!(out.len().is_multiple_of(RECORD_ALIGN), "records start aligned");
     let keys = keys_bytes(r.event_type, r.tags);
-    let file_offset = RECORD_HEADER_BYTES + keys;
+    let file_offset = RECORD_HEADER_BYTES + keys + r.extension_bytes();
     let size = file_offset + r.file.len();
     assert!(size <= JOURNAL_RECORD_BYTES_MAX, "record of {size} bytes over JOURNAL_RECORD_BYTES_MAX");
     assert!(r.data.0 as usize + r.data.1 as usize <= r.file.len(), "data inside the event file");
@@ -201,7 +232,7 @@ pub fn encode_record(out: &mut Vec<u8>, position: u64, group_first: u64, group_e
     out.extend_from_slice(&r.metadata.1.to_le_bytes());
     out.extend_from_slice(&u16::try_from(r.event_type.len()).expect("type within u16").to_le_bytes());
     out.extend_from_slice(&u16::try_from(r.tags.len()).expect("tag count within u16").to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[r.flags(), 0, 0, 0]);
     debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES);
     out.extend_from_slice(r.event_type.as_bytes());
     for tag in r.tags {
@@ -210,6 +241,15 @@ pub fn encode_record(out: &mut Vec<u8>, position: u64, group_first: u64, group_e
         out.extend_from_slice(&u16::try_from(tag.value.len()).expect("tag value within u16").to_le_bytes());
         out.extend_from_slice(tag.value.as_bytes());
     }
+    if let Some(id) = &r.event_id {
+        out.extend_from_slice(id);
+    }
+    if let Some((source, position)) = r.tracking {
+        out.extend_from_slice(&u16::try_from(source.len()).expect("tracking source within u16").to_le_bytes());
+        out.extend_from_slice(source.as_bytes());
+        out.extend_from_slice(&position.to_le_bytes());
+    }
+    debug_assert_eq!(out.len() - start, file_offset);
     out.extend_from_slice(r.file);
     let checksum = crc32c::crc32c(&out[start + SIZE_AT..]);
     out[start..start + SIZE_AT].copy_from_slice(&checksum.to_le_bytes());
@@ -218,6 +258,8 @@ pub fn encode_record(out: &mut Vec<u8>, position: u64, group_first: u64, group_e
     debug_assert!(decode_record(&out[start..]).is_ok_and(|v| v.position == position
         && v.event_type == r.event_type
         && v.file == r.file
+        && v.event_id == r.event_id
+        && v.tracking == r.tracking
         && v.tags().eq(r.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))));
     size as u32
 }
@@ -239,6 +281,10 @@ pub struct RecordView<'a> {
     pub data: &'a str,
     /// The event's metadata JSON (minified), a slice of `file`.
     pub metadata: &'a str,
+    /// The client's event id, if the append gave one (format version 2).
+    pub event_id: Option<[u8; EVENT_ID_BYTES]>,
+    /// The append's tracking (source, position), on the record of an append's last event (format version 2).
+    pub tracking: Option<(&'a str, u64)>,
 }
 
 impl<'a> RecordView<'a> {
@@ -317,6 +363,10 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     let file_offset = u32_at(record, FILE_OFFSET_AT) as usize;
     let type_len = u16_at(record, TYPE_LEN_AT) as usize;
     let tag_count = u16_at(record, TAG_COUNT_AT);
+    let flags = record[FLAGS_AT];
+    if flags & !(FLAG_EVENT_ID | FLAG_TRACKING) != 0 || record[FLAGS_AT + 1..RECORD_HEADER_BYTES] != [0, 0, 0] {
+        return Err(invalid("unknown extension flags"));
+    }
     if file_offset < RECORD_HEADER_BYTES + type_len || file_offset > size {
         return Err(invalid("a bad file offset"));
     }
@@ -326,6 +376,20 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     let mut rest = keys;
     for _ in 0..u32::from(tag_count) * 2 {
         rest = take_str(rest).ok_or_else(|| invalid("bad tags"))?.1;
+    }
+    let keys = &keys[..keys.len() - rest.len()];
+    let mut event_id = None;
+    if flags & FLAG_EVENT_ID != 0 {
+        let id = rest.get(..EVENT_ID_BYTES).ok_or_else(|| invalid("a cut event id"))?;
+        event_id = Some(id.try_into().expect("16 bytes"));
+        rest = &rest[EVENT_ID_BYTES..];
+    }
+    let mut tracking = None;
+    if flags & FLAG_TRACKING != 0 {
+        let (source, after) = take_str(rest).ok_or_else(|| invalid("a bad tracking source"))?;
+        let position = after.get(..8).ok_or_else(|| invalid("a cut tracking position"))?;
+        tracking = Some((source, u64_at(position, 0)));
+        rest = &after[8..];
     }
     if !rest.is_empty() {
         return Err(invalid("bytes between the tags and the event file"));
@@ -348,6 +412,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
         file: &record[file_offset..],
         data: slice(DATA_OFFSET_AT, DATA_LEN_AT, "data")?,
         metadata: slice(METADATA_OFFSET_AT, METADATA_LEN_AT, "metadata")?,
+        event_id,
+        tracking,
     })
 }
 
@@ -469,6 +535,54 @@ mod tests {
         }
         assert_eq!(decode_record(&[0; 64]).unwrap_err(), RecordError::End);
         assert_eq!(decode_record(&out[..size as usize - 1]).unwrap_err(), RecordError::Short);
+    }
+
+    #[test]
+    fn extensions_round_trip_and_are_checked() {
+        let tags = vec![Tag::new("k", "v")];
+        let (bytes, data, metadata) = file(3, "T", &tags);
+        let mut r = NewRecord::for_event_file("T", &tags, &bytes, &data, &metadata);
+        let id = [7u8; EVENT_ID_BYTES];
+        for (event_id, tracking) in
+            [(Some(id), None), (None, Some(("orders-ü", 42u64))), (Some(id), Some(("s", u64::MAX))), (None, None)]
+        {
+            r.event_id = event_id;
+            r.tracking = tracking;
+            let mut out = vec![];
+            let size = encode_record(&mut out, 3, 1, 3, &r);
+            assert_eq!(out.len(), r.stored_bytes());
+            let v = decode_record(&out).unwrap();
+            assert_eq!((v.event_id, v.tracking), (event_id, tracking));
+            assert_eq!((v.data, v.metadata, v.file), (data.as_str(), metadata.as_str(), &bytes[..]));
+            assert_eq!(v.owned_tags(), tags);
+            for at in 0..size as usize {
+                let mut bad = out.clone();
+                bad[at] ^= 0x10;
+                assert!(decode_record(&bad).is_err(), "flip at {at} went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_records_and_segments_still_decode() {
+        // A version 1 record: what version 1 wrote, byte for byte (flags zero, no extension area).
+        let tags = vec![Tag::new("k", "v")];
+        let (bytes, data, metadata) = file(1, "T", &tags);
+        let mut out = vec![];
+        encode_record(&mut out, 1, 1, 1, &NewRecord::for_event_file("T", &tags, &bytes, &data, &metadata));
+        assert_eq!(&out[FLAGS_AT..RECORD_HEADER_BYTES], &[0, 0, 0, 0]);
+        let v = decode_record(&out).unwrap();
+        assert_eq!((v.event_id, v.tracking, v.file), (None, None, &bytes[..]));
+        // A version 1 segment header.
+        let mut h = encode_segment_header(5);
+        h[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..24]);
+        h[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_segment_header(&h), Ok(5));
+        h[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let crc = crc32c::crc32c(&h[0..24]);
+        h[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode_segment_header(&h).unwrap_err().contains("version 3"));
     }
 
     #[test]

@@ -511,7 +511,11 @@ pub struct Loaded {
 /// Journal mode, at open: the index of every position up to the journal's head — from the checkpoint when it is
 /// valid and belongs to this journal, plus a scan of the journal after it; otherwise from a scan of the whole
 /// journal (a bad checkpoint is logged and ignored). Leftover temporary checkpoint files are removed.
-pub fn load_index(store_root: &Path, journal: &Journal) -> Result<(Index, Loaded), StoreError> {
+pub(crate) fn load_index(
+    store_root: &Path,
+    journal: &Journal,
+    tracking: &mut crate::store::tracking::Table,
+) -> Result<(Index, Loaded), StoreError> {
     let path = index_checkpoint_path(store_root);
     remove_temporaries(&path);
     let started = Instant::now();
@@ -529,6 +533,7 @@ pub fn load_index(store_root: &Path, journal: &Journal) -> Result<(Index, Loaded
     let from = index.max_position + 1;
     journal.scan(from, head, |v| -> Result<(), StoreError> {
         index.insert(v.position, v.event_type, &v.owned_tags());
+        tracking.observe(v.position, v.event_id, v.tracking);
         Ok(())
     })?;
     let scanned = head.saturating_sub(from - 1);
@@ -861,12 +866,12 @@ mod tests {
         let journal = journal_with(dir.path(), 300, "one");
         let index = RwLock::new(full_scan(&journal));
         assert_eq!(write_through(dir.path(), &index, 200, &journal, true).unwrap(), 200);
-        let (loaded, how) = load_index(dir.path(), &journal).unwrap();
+        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 100 });
         assert_same(&loaded, &full_scan(&journal), 300);
         // Events appended after the checkpoint, after a reopen.
         append(&journal, 301, 350, "one");
-        let (loaded, how) = load_index(dir.path(), &journal).unwrap();
+        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 150 });
         assert_same(&loaded, &full_scan(&journal), 350);
     }
@@ -881,7 +886,7 @@ mod tests {
         write_through(dir.path(), &index, 100, &journal, false).unwrap();
         let good = std::fs::read(&path).unwrap();
         let check = |case: &str| {
-            let (loaded, how) = load_index(dir.path(), &journal).unwrap();
+            let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
             assert_eq!(how, Loaded { checkpoint: None, scanned: 120 }, "{case}");
             assert_same(&loaded, &expected, 120);
         };
@@ -911,7 +916,7 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         let tmp = crate::format::tmp_path(&path);
         std::fs::write(&tmp, b"half").unwrap();
-        let (_, how) = load_index(dir.path(), &journal).unwrap();
+        let (_, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(100), scanned: 20 });
         assert!(!tmp.exists());
     }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use crate::format::{self, Layout};
 use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
 use crate::journal::Journal;
-use crate::limits::{RECOVERY_BACKOFF_MIN, WRITE_STATUS_CHANGES_MAX};
+use crate::limits::{RECOVERY_BACKOFF_MIN, TRACKING_SOURCE_BYTES_MAX, WRITE_STATUS_CHANGES_MAX};
 use crate::model::{
-    self, AppendCondition, Event, ModelError, Query, ReadOptions, SequencedEvent, Tag, EVENT_TYPE_BYTES_MAX,
+    self, AppendCondition, Event, EventId, ModelError, Query, ReadOptions, SequencedEvent, Tag, Tracking,
+    EVENT_TYPE_BYTES_MAX,
 };
 
 mod checkpoint;
@@ -28,6 +29,7 @@ mod reader;
 mod recovery;
 mod subscribe;
 pub mod tools;
+mod tracking;
 mod writer;
 
 pub use reader::EventReader;
@@ -187,6 +189,14 @@ pub enum StoreError {
     LimitExceeded { what: String, limit: &'static str, value: usize, max: usize },
     #[error("append condition failed: event {position} matches the condition's query")]
     ConditionFailed { position: u64 },
+    /// The append's tracking position is not above its source's last one: nothing was written.
+    #[error("tracking conflict: source {source_name:?} is at position {last}; this append's tracking position {position} is not after it")]
+    TrackingConflict { source_name: String, position: u64, last: u64 },
+    /// A feature the store's commit mode cannot keep durably (`what` names it).
+    #[error(
+        "{what} needs --commit journal (this store commits in files mode, which has no journal record to keep it in)"
+    )]
+    NeedsJournal { what: &'static str },
     #[error("storage error: {0}")]
     Io(Arc<IoError>),
     #[error("corrupt file {path}: {reason}")]
@@ -231,6 +241,9 @@ pub enum WriteStatus {
 pub struct Appended {
     pub first: u64,
     pub last: u64,
+    /// The append repeated one already committed (same event ids, in order): these are its positions, and
+    /// nothing was written this time (docs/PROTOCOL.md, "Idempotent retry").
+    pub replayed: bool,
 }
 
 /// Counters for `stats`.
@@ -330,6 +343,8 @@ pub(crate) struct Shared {
     pub mirror_failed: std::sync::atomic::AtomicBool,
     /// Commit notifications for subscriptions: the writer publishes each head right after it (`head`) is.
     pub commits: CommitWatch,
+    /// Tracking sources and the event id window (journal mode; empty in files mode, which refuses both).
+    pub tracking: Mutex<tracking::Table>,
 }
 
 impl Shared {
@@ -459,6 +474,10 @@ pub(crate) struct PreparedEvent {
     /// Where the metadata JSON lies, counted back from the event file's end (it sits in `file_tail`), and its length.
     pub metadata_from_end: u32,
     pub metadata_len: u32,
+    /// The client's event id, kept in the journal record.
+    pub id: Option<EventId>,
+    /// The append's tracking, on its last event only (stored in that event's journal record).
+    pub tracking: Option<Tracking>,
 }
 
 impl PreparedEvent {
@@ -559,19 +578,19 @@ impl Store {
         };
         let lock_file = open_lock_file(&layout.lock())?;
         let durable = options.durability == Durability::Fsync;
-        let (recovered, ledger_seen, journal, tree_lock) = match options.commit {
+        let (recovered, ledger_seen, journal, tree_lock, tracking) = match options.commit {
             CommitMode::Files => {
                 let _guard = StoreLock::acquire(&lock_file, &layout)?;
                 let recovered = recovery::recover(&layout, io.as_ref(), durable)?;
                 commit::journal::refuse_tree_behind_journal(&layout, recovered.head)?;
-                (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None)
+                (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None, tracking::Table::default())
             }
             CommitMode::Journal => {
                 // Held until close: the tree is behind the journal for as long as the store is open.
                 let tree_lock = open_lock_file(&layout.lock())?;
                 tree_lock.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
-                let (recovered, journal) = commit::journal::open(&layout, io.clone(), &options)?;
-                (recovered, None, Some(Arc::new(journal)), Some(tree_lock))
+                let (recovered, journal, tracking) = commit::journal::open(&layout, io.clone(), &options)?;
+                (recovered, None, Some(Arc::new(journal)), Some(tree_lock), tracking)
             }
         };
         let mirror_live = journal.is_some() && options.mirror == MirrorMode::Live;
@@ -590,6 +609,7 @@ impl Store {
             journal,
             mirror_failed: std::sync::atomic::AtomicBool::new(false),
             commits: CommitWatch::new(recovered.head),
+            tracking: Mutex::new(tracking),
         });
         shared.counters.index_write_failures.store(recovered.index_write_failures, Ordering::Relaxed);
         shared.count_quarantine();
@@ -668,10 +688,35 @@ impl Store {
     /// Appends `events` atomically at the next positions, if `condition` holds. Blocks until the events are durable
     /// (per `Durability`); concurrent callers share group commits.
     pub fn append(&self, events: Vec<Event>, condition: Option<AppendCondition>) -> Result<Appended, StoreError> {
-        let prepared = prepare(events, condition.as_ref())?;
+        self.append_tracked(events, condition, None)
+    }
+
+    /// [`Store::append`] with the consumer checkpoint `tracking`, committed with the events (journal mode only).
+    /// Fails with `TrackingConflict` unless its position is above the source's last one. Events carrying ids that
+    /// repeat a committed append are answered with its positions (`Appended::replayed`), writing nothing.
+    pub fn append_tracked(
+        &self,
+        events: Vec<Event>,
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Result<Appended, StoreError> {
+        if self.shared.journal.is_none() {
+            if tracking.is_some() {
+                return Err(StoreError::NeedsJournal { what: "tracking" });
+            }
+            if events.iter().any(|e| e.id.is_some()) {
+                return Err(StoreError::NeedsJournal { what: "an event id" });
+            }
+        }
+        let prepared = prepare(events, condition.as_ref(), tracking.as_ref())?;
         let (reply, response) = sync_channel(1);
         self.send(Request::Append { events: prepared, condition, reply })?;
         response.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The last position recorded for tracking source `source` (0 when none; always 0 in files mode).
+    pub fn tracking_position(&self, source: &str) -> u64 {
+        self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()).position(source)
     }
 
     /// Takes the store lock once: picks up events appended by other processes (the ledger moved) and, with
@@ -875,7 +920,11 @@ impl Drop for StoreLock<'_> {
 }
 
 /// Validates an append and encodes its events (everything but the positions) on the caller's thread.
-fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Vec<PreparedEvent>, StoreError> {
+fn prepare(
+    events: Vec<Event>,
+    condition: Option<&AppendCondition>,
+    tracking: Option<&Tracking>,
+) -> Result<Vec<PreparedEvent>, StoreError> {
     if events.is_empty() {
         return Err(ModelError::InvalidEvent("an append needs at least one event".into()).into());
     }
@@ -890,6 +939,18 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
     if let Some(c) = condition {
         c.fail_if_events_match.validate()?;
     }
+    if let Some(t) = tracking {
+        model::validate_tracking_source(&t.source)?;
+        if t.source.len() > TRACKING_SOURCE_BYTES_MAX {
+            return Err(StoreError::LimitExceeded {
+                what: "the tracking source, in bytes".into(),
+                limit: "TRACKING_SOURCE_BYTES_MAX",
+                value: t.source.len(),
+                max: TRACKING_SOURCE_BYTES_MAX,
+            });
+        }
+    }
+    let count = events.len();
     let now = std::time::SystemTime::now();
     let mut total_bytes = 0usize;
     let mut prepared = Vec::with_capacity(events.len());
@@ -924,6 +985,8 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
             data_range: (data_at as u32, data.get().len() as u32),
             metadata_from_end,
             metadata_len: metadata.get().len() as u32,
+            id: event.id,
+            tracking: if i + 1 == count { tracking.cloned() } else { None },
         });
     }
     if total_bytes > APPEND_BYTES_MAX {

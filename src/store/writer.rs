@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
+use super::tracking::{Replay, TrackingRefusal};
 use super::{
     commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, PreparedEvent, Request,
     Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
@@ -47,6 +48,15 @@ struct Pending {
     events: Vec<PreparedEvent>,
     condition: Option<AppendCondition>,
     reply: std::sync::mpsc::SyncSender<Result<Appended, StoreError>>,
+}
+
+impl super::tracking::GroupAppend for (Pending, u64) {
+    fn events(&self) -> &[PreparedEvent] {
+        &self.0.events
+    }
+    fn first(&self) -> u64 {
+        self.1
+    }
 }
 
 pub(crate) struct Writer {
@@ -298,9 +308,16 @@ impl Writer {
         let head = self.shared.head();
         let mut next = head + 1;
         let mut accepted: Vec<(Pending, u64)> = Vec::with_capacity(group.len());
+        // Retries of appends accepted earlier in this group: answered with their positions once the group commits.
+        let mut replays: Vec<(Pending, Appended)> = Vec::new();
+        self.shared.tracking.lock().unwrap().begin_group();
         for p in group {
             match self.check(&p, head, &accepted) {
-                Ok(()) => {
+                Ok(Some(replayed)) if replayed.last <= head => {
+                    let _ = p.reply.send(Ok(replayed));
+                }
+                Ok(Some(replayed)) => replays.push((p, replayed)),
+                Ok(None) => {
                     let first = next;
                     next += p.events.len() as u64;
                     accepted.push((p, first));
@@ -314,6 +331,7 @@ impl Writer {
             }
         }
         if accepted.is_empty() {
+            debug_assert!(replays.is_empty(), "an in-group replay repeats an accepted append");
             return;
         }
         let new_head = next - 1;
@@ -358,6 +376,14 @@ impl Writer {
                 if let Some(mirror) = &self.shared.mirror {
                     mirror.published(new_head);
                 }
+                self.shared
+                    .tracking
+                    .lock()
+                    .unwrap()
+                    .committed(accepted.iter().map(|(p, first)| (&p.events[..], *first)));
+                for (p, replayed) in replays.drain(..) {
+                    let _ = p.reply.send(Ok(replayed));
+                }
                 drop(lock);
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
@@ -366,7 +392,7 @@ impl Writer {
                 c.commit_latency_us_total.fetch_add(elapsed_us(started), Ordering::Relaxed);
                 for (p, first) in accepted {
                     let last = first + p.events.len() as u64 - 1;
-                    let _ = p.reply.send(Ok(Appended { first, last }));
+                    let _ = p.reply.send(Ok(Appended { first, last, replayed: false }));
                 }
             }
             Err(e) => {
@@ -377,15 +403,49 @@ impl Writer {
                     tracing::warn!("{what} before writing anything, the store stays writable: {e}");
                 }
                 self.shared.index.write().unwrap().truncate(head);
-                for (p, _) in accepted {
+                for (p, _) in accepted.into_iter().chain(replays.into_iter().map(|(p, r)| (p, r.first))) {
                     let _ = p.reply.send(Err(e.clone()));
                 }
             }
         }
     }
 
+    /// Is `p` a retry of an append already committed or accepted (`Some`: its positions), and if not, do its
+    /// tracking and its condition hold, given the committed events up to `head` and this group's accepted requests?
+    fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<Option<Appended>, StoreError> {
+        let extended = p.events.iter().any(|e| e.id.is_some()) || p.events.last().is_some_and(|e| e.tracking.is_some());
+        if extended {
+            let mut table = self.shared.tracking.lock().unwrap();
+            let after = p.condition.as_ref().and_then(|c| c.after);
+            if let Replay::Of { first, last } = table.replay(&p.events, after, accepted) {
+                return Ok(Some(Appended { first, last, replayed: true }));
+            }
+            if let Some(t) = p.events.last().and_then(|e| e.tracking.as_ref()) {
+                match table.check_tracking(&t.source, t.position, accepted) {
+                    Ok(()) => {}
+                    Err(TrackingRefusal::NotAfter { last }) => {
+                        return Err(StoreError::TrackingConflict {
+                            source_name: t.source.clone(),
+                            position: t.position,
+                            last,
+                        })
+                    }
+                    Err(TrackingRefusal::TooManySources) => {
+                        return Err(StoreError::LimitExceeded {
+                            what: "the number of tracking sources".into(),
+                            limit: "TRACKING_SOURCES_MAX",
+                            value: table.sources() + 1,
+                            max: crate::limits::TRACKING_SOURCES_MAX,
+                        })
+                    }
+                }
+            }
+        }
+        self.check_condition(p, head, accepted).map(|()| None)
+    }
+
     /// Does `p`'s condition hold, given the committed events up to `head` and this group's accepted requests?
-    fn check(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<(), StoreError> {
+    fn check_condition(&self, p: &Pending, head: u64, accepted: &[(Pending, u64)]) -> Result<(), StoreError> {
         let Some(condition) = &p.condition else { return Ok(()) };
         let query = &condition.fail_if_events_match;
         let after = condition.after.unwrap_or(0);

@@ -15,6 +15,8 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The append's condition matched an event: nothing was written.
     AppendConditionFailed,
+    /// The append's tracking position is not above its source's last one (`tracking.get`): nothing was written.
+    TrackingConflict,
     /// The request line is longer than `max_frame_bytes`; the connection is closed after this line.
     FrameTooLarge,
     /// `op` names no operation this server knows.
@@ -32,10 +34,11 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidRequest,
         ErrorCode::LimitExceeded,
         ErrorCode::AppendConditionFailed,
+        ErrorCode::TrackingConflict,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnknownOp,
         ErrorCode::NotFound,
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::AppendConditionFailed => "append_condition_failed",
+            ErrorCode::TrackingConflict => "tracking_conflict",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::NotFound => "not_found",
@@ -92,7 +96,8 @@ impl ProtocolError {
 impl From<StoreError> for ProtocolError {
     fn from(e: StoreError) -> Self {
         let code = match &e {
-            StoreError::Invalid(_) => ErrorCode::InvalidRequest,
+            StoreError::Invalid(_) | StoreError::NeedsJournal { .. } => ErrorCode::InvalidRequest,
+            StoreError::TrackingConflict { .. } => ErrorCode::TrackingConflict,
             StoreError::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             StoreError::ConditionFailed { .. } => ErrorCode::AppendConditionFailed,
             StoreError::Closed => ErrorCode::ShuttingDown,

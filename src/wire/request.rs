@@ -4,7 +4,7 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::model::{AppendCondition, Event, Query, RawJson, ReadOptions, Tag};
+use crate::model::{AppendCondition, Event, Query, RawJson, ReadOptions, Tag, Tracking};
 use crate::projection::Put;
 
 /// A request body: `id` and `op` are read by [`super::parse_envelope`] and skipped here, and every other field must be one
@@ -36,6 +36,16 @@ pub struct AppendRequest {
     pub events: Vec<Event>,
     #[serde(default)]
     pub condition: Option<AppendCondition>,
+    /// The consumer checkpoint committed with the events (journal mode).
+    #[serde(default)]
+    pub tracking: Option<Tracking>,
+}
+}
+
+request! {
+/// Body of `tracking.get`.
+pub struct TrackingGetRequest {
+    pub source: String,
 }
 }
 

@@ -77,6 +77,18 @@ pub struct AppendResponse {
     pub first: u64,
     pub last: u64,
     pub head: u64,
+    /// The append repeated one already committed (its events' ids, in order): `first..=last` are that append's
+    /// positions and nothing was written now. Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+/// The answer of `tracking.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackingGetResponse {
+    pub source: String,
+    /// The source's last tracked position; 0 when no append has tracked it.
+    pub position: u64,
 }
 
 /// The final line of a successful read.

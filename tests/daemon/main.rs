@@ -32,6 +32,8 @@ mod lifecycle;
 mod projection;
 #[cfg(unix)]
 mod subscribe;
+#[cfg(unix)]
+mod tracking;
 
 #[test]
 #[cfg_attr(

@@ -85,6 +85,8 @@ enum Command {
     /// Projection store: put, put-many, get, delete, get-all, query, list, checkpoint
     #[command(subcommand)]
     Projection(ProjectionCommand),
+    /// The last position an append tracked for SOURCE (0 when none)
+    Tracking { source: String },
 }
 
 #[derive(Args)]
@@ -176,6 +178,19 @@ struct AppendArgs {
     /// ... after this position (the position your decision was based on)
     #[arg(long)]
     after: Option<u64>,
+    /// The event's id, a UUID: retrying the same append returns its first positions (journal mode)
+    #[arg(long, value_name = "UUID", requires = "event_type")]
+    id: Option<opossum::model::EventId>,
+    /// Commit a consumer checkpoint with the events: fails (tracking_conflict) unless POSITION is above the
+    /// source's last one (journal mode)
+    #[arg(long, value_name = "SOURCE=POSITION", value_parser = parse_tracking)]
+    tracking: Option<opossum::model::Tracking>,
+}
+
+fn parse_tracking(text: &str) -> Result<opossum::model::Tracking, String> {
+    let (source, position) = text.rsplit_once('=').ok_or("expected SOURCE=POSITION")?;
+    let position = position.parse().map_err(|e| format!("position {position:?}: {e}"))?;
+    Ok(opossum::model::Tracking::new(source, position))
 }
 
 #[derive(Args)]
@@ -211,11 +226,13 @@ struct EventLine {
     tags: Vec<Tag>,
     #[serde(default)]
     metadata: Option<Box<RawValue>>,
+    #[serde(default)]
+    id: Option<opossum::model::EventId>,
 }
 
 fn parse_event_line(line: &str) -> anyhow::Result<Event> {
     let e: EventLine = serde_json::from_str(line)?;
-    Ok(Event { event_type: e.event_type, data: e.data, tags: e.tags, metadata: e.metadata })
+    Ok(Event { event_type: e.event_type, data: e.data, tags: e.tags, metadata: e.metadata, id: e.id })
 }
 
 #[derive(Args)]
@@ -334,7 +351,7 @@ fn exit_status(e: &anyhow::Error) -> i32 {
     }
     match e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
         Some(ClientError::Server { code, .. }) => match code.as_str() {
-            "append_condition_failed" | "not_found" | "version_conflict" => EXIT_NO,
+            "append_condition_failed" | "tracking_conflict" | "not_found" | "version_conflict" => EXIT_NO,
             "invalid_request" | "limit_exceeded" | "frame_too_large" | "unknown_op" => EXIT_BAD_INPUT,
             "busy" | "shutting_down" => EXIT_UNREACHABLE,
             _ => EXIT_SERVER_FAILED,
@@ -392,6 +409,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => export(&mut client, &args.query, &args.file, true),
         Command::Import(args) => import(&mut client, args),
         Command::Subscribe(args) => subscribe(&cli.socket, args),
+        Command::Tracking { source } => {
+            print_json(&serde_json::json!({ "source": source, "position": client.tracking_get(source)? }))
+        }
         Command::Projection(command) => projection(&mut client, command),
         Command::Verify(_) => unreachable!("offline"),
     }
@@ -525,7 +545,7 @@ fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
                 Some(m) => Some(RawValue::from_string(m.clone()).context("--metadata is not valid JSON")?),
                 None => None,
             };
-            vec![Event { event_type: event_type.clone(), data, tags: args.tags.clone(), metadata }]
+            vec![Event { event_type: event_type.clone(), data, tags: args.tags.clone(), metadata, id: args.id }]
         }
         None => {
             if io::stdin().is_terminal() {
@@ -561,7 +581,7 @@ fn append(client: &mut Client, args: &AppendArgs) -> anyhow::Result<()> {
         }
         None
     };
-    print_json(&client.append(events, condition)?)
+    print_json(&client.append_tracked(events, condition, args.tracking.as_ref())?)
 }
 
 fn progress(len: u64, template: &str) -> ProgressBar {

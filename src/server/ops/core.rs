@@ -1,4 +1,4 @@
-//! The core ops: hello, head, stats, append, read. Each handler parses its body from `req.line` and answers through
+//! The core ops: hello, head, stats, append, read, tracking.get. Each handler parses its body from `req.line` and answers through
 //! the [`Responder`]. A new op family follows the same shape in its own module.
 
 use std::sync::atomic::Ordering;
@@ -11,7 +11,7 @@ use crate::server::Context;
 use crate::store::{StoreStats, WriteStatus};
 use crate::wire::{
     self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
-    ReadRequest, PROTOCOL_VERSION, SERVER_NAME,
+    ReadRequest, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 pub(in crate::server) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
@@ -112,8 +112,13 @@ pub(in crate::server) async fn append(
     let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, ProtocolError> {
         let body: AppendRequest = wire::parse_body(&op, &line)?;
         drop(line);
-        let appended = store.append(body.events, body.condition)?;
-        Ok(AppendResponse { first: appended.first, last: appended.last, head: appended.last })
+        let appended = store.append_tracked(body.events, body.condition, body.tracking)?;
+        Ok(AppendResponse {
+            first: appended.first,
+            last: appended.last,
+            head: appended.last.max(store.head()),
+            replayed: appended.replayed,
+        })
     })
     .await
     .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
@@ -155,4 +160,16 @@ pub(in crate::server) async fn read(
         sink.finish(|buf| wire::encode_ok(buf, &id, &ReadDone { count, head: reader.head() }));
     })
     .await
+}
+
+/// `tracking.get {source}`: the source's last tracked position (0 when none).
+pub(in crate::server) fn tracking_get(
+    ctx: &Context,
+    req: &Request<'_>,
+    resp: &mut Responder<'_>,
+) -> Result<(), OpError> {
+    let body: TrackingGetRequest = wire::parse_body(&req.op, req.line)?;
+    let position = ctx.store.tracking_position(&body.source);
+    wire::encode_ok(resp.out, &req.id, &TrackingGetResponse { source: body.source, position });
+    Ok(())
 }

@@ -1,5 +1,5 @@
 //! The op table: every op the server knows, by name, and the family module that runs it ([`core`] for hello,
-//! head, stats, append and read; [`projection`] for `projection.*`). `unknown_op` answers list the table's names.
+//! head, stats, append, read and tracking.get; [`projection`] for `projection.*`). `unknown_op` answers list the table's names.
 //! To add an op: a variant of [`Op`], its row in [`OPS`], its arm in [`dispatch`], its handler in a family module.
 
 use std::sync::Arc;
@@ -29,10 +29,11 @@ pub(super) enum Op {
     ProjectionQuery,
     ProjectionList,
     ProjectionCheckpoint,
+    TrackingGet,
 }
 
 /// The op table: wire name → op.
-pub(super) const OPS: [(&str, Op); 14] = [
+pub(super) const OPS: [(&str, Op); 15] = [
     ("hello", Op::Hello),
     ("head", Op::Head),
     ("stats", Op::Stats),
@@ -47,6 +48,7 @@ pub(super) const OPS: [(&str, Op); 14] = [
     ("projection.query", Op::ProjectionQuery),
     ("projection.list", Op::ProjectionList),
     ("projection.checkpoint", Op::ProjectionCheckpoint),
+    ("tracking.get", Op::TrackingGet),
 ];
 
 /// The op named `name`.
@@ -68,6 +70,7 @@ pub(super) async fn dispatch(ctx: &Arc<Context>, req: &Request<'_>, resp: &mut R
         Op::Stats => core::stats(ctx, req, resp),
         Op::Append => core::append(ctx, req, resp).await,
         Op::Read => core::read(ctx, req, resp).await,
+        Op::TrackingGet => core::tracking_get(ctx, req, resp),
         Op::Subscribe => {
             Err(ProtocolError::new(ErrorCode::InvalidRequest, "subscribe takes over its connection").into())
         }

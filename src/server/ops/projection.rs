@@ -81,7 +81,7 @@ pub(in crate::server) async fn dispatch(
         Op::ProjectionQuery => query(ctx, req, resp).await,
         Op::ProjectionList => list(ctx, req, resp),
         Op::ProjectionCheckpoint => checkpoint(ctx, req, resp).await,
-        Op::Hello | Op::Head | Op::Stats | Op::Append | Op::Read | Op::Subscribe => {
+        Op::Hello | Op::Head | Op::Stats | Op::Append | Op::Read | Op::Subscribe | Op::TrackingGet => {
             unreachable!("{op:?} is a core op (ops::dispatch)")
         }
     };

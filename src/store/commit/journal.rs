@@ -23,9 +23,10 @@ use crate::store::{PreparedEvent, Shared, StoreError};
 // A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
 // its byte bound, plus one more request.
 const _: () = {
+    use crate::journal::format::{EXTENSION_BYTES_MAX, RECORD_HEADER_BYTES};
     use crate::limits::{JOURNAL_GROUP_BYTES_MAX, JOURNAL_RECORD_BYTES_MAX};
     use crate::store::{APPEND_BYTES_MAX, EVENT_BYTES_MAX};
-    assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + crate::journal::format::RECORD_HEADER_BYTES);
+    assert!(JOURNAL_RECORD_BYTES_MAX >= 2 * EVENT_BYTES_MAX + RECORD_HEADER_BYTES + EXTENSION_BYTES_MAX);
     assert!(JOURNAL_GROUP_BYTES_MAX / 2 + 2 * APPEND_BYTES_MAX <= JOURNAL_GROUP_BYTES_MAX);
 };
 
@@ -59,6 +60,8 @@ pub(crate) fn write(
                 file,
                 data: e.data_range,
                 metadata: (file.len() as u32 - e.metadata_from_end, e.metadata_len),
+                event_id: e.id.map(|id| id.0),
+                tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
             });
         }
     }
@@ -117,7 +120,7 @@ pub(crate) fn open(
     layout: &crate::format::Layout,
     io: Arc<dyn crate::io::BatchIo>,
     options: &crate::store::StoreOptions,
-) -> Result<(crate::store::recovery::Recovered, Journal), StoreError> {
+) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
     use crate::store::{recovery, Durability, READ_BATCH_FILES_DEFAULT};
     let started = std::time::Instant::now();
@@ -161,7 +164,8 @@ pub(crate) fn open(
     let head = journal.head();
     let journal_opened = started.elapsed();
     // From the index checkpoint plus the journal after it (or the whole journal, when the checkpoint is unusable).
-    let (mut index, _) = crate::store::checkpoint::load_index(&layout.root, &journal)?;
+    let mut tracking = crate::store::tracking::Table::default();
+    let (mut index, _) = crate::store::checkpoint::load_index(&layout.root, &journal, &mut tracking)?;
     let index_loaded = started.elapsed();
     // The index files of the tree are not this mode's business: nothing is dirty.
     index.dirty_tags.clear();
@@ -177,7 +181,8 @@ pub(crate) fn open(
         tree_ms = (started.elapsed() - index_loaded).as_millis() as u64,
         "journal mode: open done"
     );
-    Ok((crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 }, journal))
+    let recovered = crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 };
+    Ok((recovered, journal, tracking))
 }
 
 /// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
