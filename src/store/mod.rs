@@ -27,7 +27,7 @@ mod recovery;
 mod subscribe;
 mod writer;
 
-pub use reader::EventReader;
+pub use reader::{EventBatch, EventReader, EventView};
 pub use subscribe::{CommitWatch, Subscription};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
@@ -380,12 +380,13 @@ impl Shared {
         }
     }
 
-    /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
-    pub fn read_events(&self, positions: &[u64]) -> Result<Vec<SequencedEvent>, StoreError> {
+    /// Reads `positions` (each at most the head) in order: journal records as read (checksummed), or event files
+    /// decoded (`--commit files`).
+    pub fn read_batch(&self, positions: &[u64]) -> Result<reader::EventBatch, StoreError> {
         if let Some(journal) = &self.journal {
-            return commit::journal::read_events(journal, positions);
+            return Ok(reader::EventBatch::Records(journal.read(positions)?));
         }
-        read_event_files(&self.layout, self.io.as_ref(), positions, self.head())
+        read_event_files(&self.layout, self.io.as_ref(), positions, self.head()).map(reader::EventBatch::Events)
     }
 }
 
