@@ -562,8 +562,10 @@ impl RecordBatch {
     }
 
     fn view(&self, extent: u32, at: u32) -> RecordView<'_> {
-        // `Journal::read` checked every record's checksum in these very bytes; only the fields are decoded again.
-        format::decode_record_again(&self.buffers[extent as usize][at as usize..]).expect("checked by Journal::read")
+        // SAFETY: `Journal::read` made this batch and accepted the record at (extent, at) with `decode_record`;
+        // the buffers are private and never written after that.
+        unsafe { format::decode_record_again(&self.buffers[extent as usize][at as usize..]) }
+            .expect("checked by Journal::read")
     }
 
     /// Keeps the records `keep` accepts, in order (a read's post-filter), and at most `max` of them.

@@ -437,7 +437,7 @@ impl PreparedEvent {
     pub fn file_bytes(&self, position: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.file_head.len() + 20 + self.file_tail.len());
         out.extend_from_slice(&self.file_head);
-        out.extend_from_slice(position.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
         out.extend_from_slice(&self.file_tail);
         // The bytes we are about to make durable read back as this event at this position (tests and debug builds).
         debug_assert!(
@@ -826,6 +826,9 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         c.fail_if_events_match.validate()?;
     }
     let now = std::time::SystemTime::now();
+    // Most events come without metadata: one `{"timestamp":..}` for the whole append, built once.
+    let default_metadata = format::metadata_with_timestamp(None, now)
+        .map_err(|e| ModelError::InvalidEvent(format!("internal error: default metadata: {e}")))?;
     let mut total_bytes = 0usize;
     let mut prepared = Vec::with_capacity(events.len());
     for (i, event) in events.into_iter().enumerate() {
@@ -833,7 +836,10 @@ fn prepare(events: Vec<Event>, condition: Option<&AppendCondition>) -> Result<Ve
         model::validate_event(&event).map_err(|e| match e {
             ModelError::InvalidEvent(reason) | ModelError::InvalidQuery(reason) => in_event(&reason),
         })?;
-        let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now).map_err(|e| in_event(&e))?;
+        let metadata = match event.metadata.as_deref() {
+            None => default_metadata.clone(),
+            Some(given) => format::metadata_with_timestamp(Some(given), now).map_err(|e| in_event(&e))?,
+        };
         let data = format::minify_raw(&event.data);
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
         let (data_at, metadata_at) =

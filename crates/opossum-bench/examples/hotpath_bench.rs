@@ -85,4 +85,26 @@ fn main() {
             count as f64 / d.as_secs_f64()
         );
     }
+    // The client's side: item lines decoded into events, as `Client::read` does.
+    let mut lines = Vec::new();
+    let mut reader = store.read(&Query::All, ReadOptions { limit: Some(100_000), ..Default::default() }).unwrap();
+    while let Some(batch) = reader.next_views() {
+        for event in batch.unwrap().views() {
+            opossum::wire::encode_item_view(&mut lines, &id, &event);
+        }
+    }
+    for round in 0..args.reads {
+        let t = Instant::now();
+        let mut count = 0u64;
+        for line in lines.split_inclusive(|&b| b == b'\n') {
+            let event = <opossum::model::SequencedEvent as opossum::client::StreamItem>::decode(line).unwrap();
+            count += event.position.min(1);
+        }
+        let d = t.elapsed();
+        println!(
+            "client_decode[{round}]: {count} events in {:.3} s = {:.0} events/s",
+            d.as_secs_f64(),
+            count as f64 / d.as_secs_f64()
+        );
+    }
 }
