@@ -429,10 +429,29 @@ pub fn metadata_with_timestamp(
     Ok(RawValue::from_string(text).expect("valid json"))
 }
 
+/// Whether JSON text has whitespace outside its strings (spaces inside strings are common and need no minifying).
+fn has_space_outside_strings(text: &[u8]) -> bool {
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b' ' | b'\n' | b'\r' | b'\t' => return true,
+            b'"' => {
+                i += 1;
+                while i < text.len() && text[i] != b'"' {
+                    i += if text[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Re-serialises client JSON minified (payloads arrive as arbitrary, possibly indented, JSON text).
 pub fn minify_raw(raw: &RawValue) -> RawJson {
     let text = raw.get();
-    if !text.contains(['\n', '\r', '\t', ' ']) {
+    if !has_space_outside_strings(text.as_bytes()) {
         return raw.to_owned();
     }
     let bytes = minify_json(text.as_bytes());
@@ -630,5 +649,18 @@ mod tests {
     #[test]
     fn minify_leaves_strings_alone() {
         assert_eq!(minify_json(b"{ \"a b\" : [ 1 , \"\\\" x \" ] }\r\n"), br#"{"a b":[1,"\" x "]}"#);
+    }
+
+    #[test]
+    fn minify_raw_copies_text_whose_only_spaces_are_in_strings() {
+        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
+        for (text, minified) in [
+            (r#"{"a":"x y","b":["\" z"]}"#, r#"{"a":"x y","b":["\" z"]}"#),
+            (r#"{"a":"x\\", "b":1}"#, r#"{"a":"x\\","b":1}"#),
+            (r#"{"a":"q\"", "b":1}"#, r#"{"a":"q\"","b":1}"#),
+            ("[1,\n2]", "[1,2]"),
+        ] {
+            assert_eq!(minify_raw(&raw(text)).get(), minified, "{text}");
+        }
     }
 }

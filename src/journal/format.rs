@@ -339,6 +339,30 @@ impl std::fmt::Display for RecordError {
 
 /// Decodes the record at the start of `bytes` (which may run on past it), checking its checksum and every field.
 pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+    decode(bytes, true)
+}
+
+/// Decodes a record that [`decode_record`] already accepted from the same bytes (a checked read batch handing out
+/// its views): the fields are located again, the checksum and the UTF-8 of the type, data and metadata are not
+/// checked again.
+///
+/// # Safety
+/// `bytes` must start with a record [`decode_record`] returned `Ok` for, unchanged since: the type, data and
+/// metadata are taken as UTF-8 without a check.
+pub(crate) unsafe fn decode_record_again(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
+    decode(bytes, false)
+}
+
+/// `checked`: verify the checksum and the UTF-8 of the text fields (else the caller vouches for both).
+fn decode(bytes: &[u8], checked: bool) -> Result<RecordView<'_>, RecordError> {
+    let text = |b| {
+        if checked {
+            std::str::from_utf8(b).ok()
+        } else {
+            // SAFETY: `decode_record_again`'s contract: these bytes passed this very check in `decode_record`.
+            Some(unsafe { std::str::from_utf8_unchecked(b) })
+        }
+    };
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(if bytes.iter().all(|&b| b == 0) { RecordError::End } else { RecordError::Short });
     }
@@ -350,7 +374,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
         return Err(RecordError::Invalid(format!("impossible record size {size}")));
     }
     let Some(record) = bytes.get(..size) else { return Err(RecordError::Short) };
-    if crc32c::crc32c(&record[SIZE_AT..]) != u32_at(record, CHECKSUM_AT) {
+    if checked && crc32c::crc32c(&record[SIZE_AT..]) != u32_at(record, CHECKSUM_AT) {
         return Err(RecordError::Invalid("record checksum mismatch".into()));
     }
     let invalid = |what: &str| RecordError::Invalid(format!("record with a valid checksum but {what}"));
@@ -370,8 +394,8 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
     if file_offset < RECORD_HEADER_BYTES + type_len || file_offset > size {
         return Err(invalid("a bad file offset"));
     }
-    let event_type = std::str::from_utf8(&record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + type_len])
-        .map_err(|_| invalid("a type that is not UTF-8"))?;
+    let event_type = text(&record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + type_len])
+        .ok_or_else(|| invalid("a type that is not UTF-8"))?;
     let keys = &record[RECORD_HEADER_BYTES + type_len..file_offset];
     let mut rest = keys;
     for _ in 0..u32::from(tag_count) * 2 {
@@ -399,7 +423,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<RecordView<'_>, RecordError> {
         if at < file_offset || at + len > size {
             return Err(invalid(&format!("{what} outside the event file")));
         }
-        std::str::from_utf8(&record[at..at + len]).map_err(|_| invalid(&format!("{what} that is not UTF-8")))
+        text(&record[at..at + len]).ok_or_else(|| invalid(&format!("{what} that is not UTF-8")))
     };
     Ok(RecordView {
         position,

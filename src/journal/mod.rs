@@ -585,9 +585,26 @@ impl RecordBatch {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = RecordView<'_>> + '_ {
-        self.records.iter().map(|&(extent, at)| {
-            format::decode_record(&self.buffers[extent as usize][at as usize..]).expect("checked by Journal::read")
-        })
+        self.records.iter().map(|&(extent, at)| self.view(extent, at))
+    }
+
+    fn view(&self, extent: u32, at: u32) -> RecordView<'_> {
+        // SAFETY: `Journal::read` made this batch and accepted the record at (extent, at) with `decode_record`;
+        // the buffers are private and never written after that.
+        unsafe { format::decode_record_again(&self.buffers[extent as usize][at as usize..]) }
+            .expect("checked by Journal::read")
+    }
+
+    /// Keeps the records `keep` accepts, in order (a read's post-filter), and at most `max` of them.
+    pub fn retain(&mut self, max: usize, mut keep: impl FnMut(&RecordView<'_>) -> bool) {
+        let mut records = std::mem::take(&mut self.records);
+        let mut kept = 0;
+        records.retain(|&(extent, at)| {
+            let yes = kept < max && keep(&self.view(extent, at));
+            kept += yes as usize;
+            yes
+        });
+        self.records = records;
     }
 }
 

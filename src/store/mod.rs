@@ -32,7 +32,7 @@ pub mod tools;
 mod tracking;
 mod writer;
 
-pub use reader::EventReader;
+pub use reader::{EventBatch, EventReader, EventView};
 pub use subscribe::{CommitWatch, Subscription};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
@@ -424,12 +424,13 @@ impl Shared {
         }
     }
 
-    /// Reads and decodes event files `positions` through `BatchIo`, in order, checking each file's position.
-    pub fn read_events(&self, positions: &[u64]) -> Result<Vec<SequencedEvent>, StoreError> {
+    /// Reads `positions` (each at most the head) in order: journal records as read (checksummed), or event files
+    /// decoded (`--commit files`).
+    pub fn read_batch(&self, positions: &[u64]) -> Result<reader::EventBatch, StoreError> {
         if let Some(journal) = &self.journal {
-            return commit::journal::read_events(journal, positions);
+            return Ok(reader::EventBatch::Records(journal.read(positions)?));
         }
-        read_event_files(&self.layout, self.io.as_ref(), positions, self.head())
+        read_event_files(&self.layout, self.io.as_ref(), positions, self.head()).map(reader::EventBatch::Events)
     }
 }
 
@@ -484,7 +485,7 @@ impl PreparedEvent {
     pub fn file_bytes(&self, position: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.file_head.len() + 20 + self.file_tail.len());
         out.extend_from_slice(&self.file_head);
-        out.extend_from_slice(position.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
         out.extend_from_slice(&self.file_tail);
         // The bytes we are about to make durable read back as this event at this position (tests and debug builds).
         debug_assert!(
@@ -952,6 +953,9 @@ fn prepare(
     }
     let count = events.len();
     let now = std::time::SystemTime::now();
+    // Most events come without metadata: one `{"timestamp":..}` for the whole append, built once.
+    let default_metadata = format::metadata_with_timestamp(None, now)
+        .map_err(|e| ModelError::InvalidEvent(format!("internal error: default metadata: {e}")))?;
     let mut total_bytes = 0usize;
     let mut prepared = Vec::with_capacity(events.len());
     for (i, event) in events.into_iter().enumerate() {
@@ -959,7 +963,10 @@ fn prepare(
         model::validate_event(&event).map_err(|e| match e {
             ModelError::InvalidEvent(reason) | ModelError::InvalidQuery(reason) => in_event(&reason),
         })?;
-        let metadata = format::metadata_with_timestamp(event.metadata.as_deref(), now).map_err(|e| in_event(&e))?;
+        let metadata = match event.metadata.as_deref() {
+            None => default_metadata.clone(),
+            Some(given) => format::metadata_with_timestamp(Some(given), now).map_err(|e| in_event(&e))?,
+        };
         let data = format::minify_raw(&event.data);
         let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
         let (data_at, metadata_at) =

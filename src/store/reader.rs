@@ -6,7 +6,138 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{Shared, StoreError};
-use crate::model::{Query, ReadOptions, SequencedEvent};
+use crate::journal::{RecordBatch, RecordView};
+use crate::model::{Query, ReadOptions, SequencedEvent, Tag};
+
+/// One event of a read, borrowing the batch it was read into: in journal mode the record's own bytes (type, tags,
+/// and the minified data and metadata JSON as the event file holds them), so the server frames wire lines from
+/// these slices without decoding or copying the event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventView<'a> {
+    pub position: u64,
+    pub event_type: &'a str,
+    /// The event's data JSON text (minified).
+    pub data: &'a str,
+    /// The event's metadata JSON text (minified object).
+    pub metadata: &'a str,
+    tags: ViewTags<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ViewTags<'a> {
+    Record(RecordView<'a>),
+    Owned(&'a [Tag]),
+}
+
+impl<'a> EventView<'a> {
+    fn from_record(v: RecordView<'a>) -> EventView<'a> {
+        EventView {
+            position: v.position,
+            event_type: v.event_type,
+            data: v.data,
+            metadata: v.metadata,
+            tags: ViewTags::Record(v),
+        }
+    }
+
+    pub fn from_event(e: &'a SequencedEvent) -> EventView<'a> {
+        EventView {
+            position: e.position,
+            event_type: &e.event_type,
+            data: e.data.get(),
+            metadata: e.metadata.get(),
+            tags: ViewTags::Owned(&e.tags),
+        }
+    }
+
+    /// The event's tags as (key, value), in the order they were appended.
+    pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let (record, owned) = match self.tags {
+            ViewTags::Record(v) => (Some(v.tags()), None),
+            ViewTags::Owned(tags) => (None, Some(tags.iter().map(|t| (t.key.as_str(), t.value.as_str())))),
+        };
+        record.into_iter().flatten().chain(owned.into_iter().flatten())
+    }
+
+    /// Whether `query` matches this event (the same rule as [`Query::matches`], without owning the tags).
+    pub fn matches(&self, query: &Query) -> bool {
+        match query {
+            Query::All => true,
+            Query::Items(items) => items.iter().any(|item| {
+                (item.types.is_empty() || item.types.iter().any(|t| t == self.event_type))
+                    && item.tags.iter().all(|want| self.tags().any(|(k, v)| k == want.key && v == want.value))
+            }),
+        }
+    }
+
+    /// The event, owned. In journal mode its data and metadata are copied as they are (the record was checksummed
+    /// when read, its JSON checked when appended).
+    pub fn to_event(&self) -> Result<SequencedEvent, StoreError> {
+        let raw = |json: &str, what: &str| {
+            serde_json::value::RawValue::from_string(json.to_string()).map_err(|e| StoreError::Corrupt {
+                path: Default::default(),
+                reason: format!("position {}: {what} is not JSON: {e}", self.position),
+            })
+        };
+        Ok(SequencedEvent {
+            position: self.position,
+            event_type: self.event_type.to_string(),
+            data: raw(self.data, "data")?,
+            tags: self.tags().map(|(k, v)| Tag::new(k, v)).collect(),
+            metadata: raw(self.metadata, "metadata")?,
+        })
+    }
+}
+
+/// A batch of a read's events, in output order: journal records read into a few buffers (one per extent of
+/// adjacent records), or events decoded from event files (`--commit files`).
+pub enum EventBatch {
+    Records(RecordBatch),
+    Events(Vec<SequencedEvent>),
+}
+
+impl EventBatch {
+    pub fn len(&self) -> usize {
+        match self {
+            EventBatch::Records(b) => b.len(),
+            EventBatch::Events(e) => e.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The events, borrowed.
+    pub fn views(&self) -> Box<dyn Iterator<Item = EventView<'_>> + '_> {
+        match self {
+            EventBatch::Records(b) => Box::new(b.iter().map(EventView::from_record)),
+            EventBatch::Events(e) => Box::new(e.iter().map(EventView::from_event)),
+        }
+    }
+
+    /// The events, owned.
+    pub fn into_events(self) -> Result<Vec<SequencedEvent>, StoreError> {
+        match self {
+            EventBatch::Records(b) => b.iter().map(|v| EventView::from_record(v).to_event()).collect(),
+            EventBatch::Events(e) => Ok(e),
+        }
+    }
+
+    /// Keeps the events matching `query`, at most `max` of them.
+    fn retain_matching(&mut self, query: &Query, max: usize) {
+        match self {
+            EventBatch::Records(b) => match query {
+                Query::All => b.retain(max, |_| true),
+                _ => b.retain(max, |v| EventView::from_record(*v).matches(query)),
+            },
+            EventBatch::Events(e) => {
+                e.retain(|e| query.matches(&e.event_type, &e.tags));
+                e.truncate(max);
+            }
+        }
+    }
+}
 
 enum Positions {
     /// `Query::All`: every position in `[lo, hi]`, never materialised.
@@ -123,6 +254,24 @@ impl EventReader {
         if !rest.is_empty() {
             return Some(Ok(rest));
         }
+        match self.next_views()? {
+            Ok(batch) => match batch.into_events() {
+                Ok(events) => Some(Ok(events)),
+                Err(e) => {
+                    self.failed = true;
+                    Some(Err(e))
+                }
+            },
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The next batch of matching events (at most `read_batch_files`) as read, borrowed through
+    /// [`EventBatch::views`], or `None` at the end. Do not mix with [`EventReader::next`] on the same reader.
+    pub fn next_views(&mut self) -> Option<Result<EventBatch, StoreError>> {
+        if self.failed {
+            return None;
+        }
         while self.remaining > 0 {
             // With a small limit, read no more files than could be returned.
             let want = (self.batch_files as u64).min(self.remaining) as usize;
@@ -130,20 +279,19 @@ impl EventReader {
             if positions.is_empty() {
                 return None;
             }
-            let events = match self.shared.read_events(&positions) {
-                Ok(events) => events,
+            let mut batch = match self.shared.read_batch(&positions) {
+                Ok(batch) => batch,
                 Err(e) => {
                     self.failed = true;
                     return Some(Err(e));
                 }
             };
-            let mut matching: Vec<SequencedEvent> =
-                events.into_iter().filter(|e| self.query.matches(&e.event_type, &e.tags)).collect();
-            matching.truncate(self.remaining.min(usize::MAX as u64) as usize);
-            self.remaining -= matching.len() as u64;
-            self.shared.counters.events_read.fetch_add(matching.len() as u64, Ordering::Relaxed);
-            if !matching.is_empty() {
-                return Some(Ok(matching));
+            batch.retain_matching(&self.query, self.remaining.min(usize::MAX as u64) as usize);
+            let matching = batch.len();
+            self.remaining -= matching as u64;
+            self.shared.counters.events_read.fetch_add(matching as u64, Ordering::Relaxed);
+            if matching > 0 {
+                return Some(Ok(batch));
             }
         }
         None

@@ -6,6 +6,7 @@ use super::envelope::{quote_input, RequestId};
 use super::error::{ProtocolError, WireError};
 use crate::limits::ERROR_MESSAGE_BYTES_MAX;
 use crate::model::SequencedEvent;
+use crate::store::EventView;
 
 /// Appends `{"id":<id>,"ok":true,<fields of body>}\n` to `out`. `body` must serialise as a JSON object (or unit
 /// struct / empty map for no fields).
@@ -47,6 +48,44 @@ pub fn encode_item(out: &mut Vec<u8>, id: &RequestId, event: &SequencedEvent) {
     out.extend_from_slice(b",\"event\":");
     serde_json::to_writer(&mut *out, event).expect("events serialise");
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends one read item line for a borrowed event, byte for byte what [`encode_item`] writes for the same event
+/// owned: the type and tags escaped as JSON strings, the data and metadata JSON copied as they are.
+pub fn encode_item_view(out: &mut Vec<u8>, id: &RequestId, event: &EventView<'_>) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(id.as_json().as_bytes());
+    out.extend_from_slice(b",\"event\":{\"position\":");
+    out.extend_from_slice(itoa::Buffer::new().format(event.position).as_bytes());
+    out.extend_from_slice(b",\"type\":");
+    push_json_str(out, event.event_type);
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(event.data.as_bytes());
+    out.extend_from_slice(b",\"tags\":[");
+    for (i, (key, value)) in event.tags().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":");
+        push_json_str(out, key);
+        out.extend_from_slice(b",\"value\":");
+        push_json_str(out, value);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"metadata\":");
+    out.extend_from_slice(event.metadata.as_bytes());
+    out.extend_from_slice(b"}}\n");
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it (only `"`, `\` and control characters need it).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        serde_json::to_writer(&mut *out, s).expect("strings serialise");
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,4 +167,54 @@ pub struct ResponseLine {
     pub ok: Option<bool>,
     #[serde(default)]
     pub error: Option<WireError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, Query, ReadOptions, Tag};
+    use crate::store::{CommitMode, MirrorMode, Store, StoreOptions};
+
+    fn tricky_events() -> Vec<Event> {
+        let mut events = vec![
+            Event::new("Plain", r#"{"a":1}"#, vec![Tag::new("k", "v")]).unwrap(),
+            Event::new("Quote \"x\"", r#"{"s":"x\"y\\\u0001","n":[1,2.5,null]}"#, vec![]).unwrap(),
+            Event::new("Ünïcødé ✓", r#"  [ 1 , "a b" ]  "#, vec![Tag::new("kéy", "va\"l"), Tag::new("a", "b")])
+                .unwrap(),
+        ];
+        events[0].metadata = Some(serde_json::value::RawValue::from_string(r#"{"correlationId":"c"}"#.into()).unwrap());
+        events
+    }
+
+    /// The read path frames lines from journal records; a client must get the same bytes as from the owned event.
+    #[test]
+    fn item_lines_from_views_are_the_owned_encoding_byte_for_byte() {
+        for commit in [CommitMode::Journal, CommitMode::Files] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = StoreOptions { commit, mirror: MirrorMode::Off, ..StoreOptions::default() };
+            let store = Store::open(dir.path(), options).unwrap();
+            store.append(tricky_events(), None).unwrap();
+            let id = RequestId::string("r\"1");
+            let mut reader = store.read(&Query::All, ReadOptions::default()).unwrap();
+            let mut seen = 0;
+            while let Some(batch) = reader.next_views() {
+                for view in batch.unwrap().views() {
+                    let (mut framed, mut owned) = (Vec::new(), Vec::new());
+                    encode_item_view(&mut framed, &id, &view);
+                    let event = view.to_event().unwrap();
+                    encode_item(&mut owned, &id, &event);
+                    assert_eq!(String::from_utf8(framed).unwrap(), String::from_utf8(owned).unwrap(), "{commit:?}");
+                    let mut again = Vec::new();
+                    encode_item_view(&mut again, &id, &EventView::from_event(&event));
+                    assert_eq!(again, {
+                        let mut o = Vec::new();
+                        encode_item(&mut o, &id, &event);
+                        o
+                    });
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, 3, "{commit:?}");
+        }
+    }
 }

@@ -134,19 +134,20 @@ pub(in crate::server) async fn read(
     let body: ReadRequest = wire::parse_body(&req.op, req.line)?;
     let store = ctx.store.clone();
     let id = req.id.clone();
-    // The producer reads batches of event files and encodes them as item lines.
+    // The producer reads batches of journal records (or event files) and frames them as item lines.
     crate::server::stream::stream_blocking(ctx, resp, "read", move |sink| {
         let mut reader = match store.read(&body.query, body.options()) {
             Ok(reader) => reader,
             Err(e) => return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e))),
         };
         let mut count = 0u64;
-        while let Some(batch) = reader.next_batch() {
+        while let Some(batch) = reader.next_views() {
             match batch {
-                Ok(events) => {
-                    for event in &events {
+                Ok(batch) => {
+                    // Lines are framed from the records' own bytes: nothing is decoded into owned events.
+                    for event in batch.views() {
                         count += 1;
-                        if !sink.item(|buf| wire::encode_item(buf, &id, event)) {
+                        if !sink.item(|buf| wire::encode_item_view(buf, &id, &event)) {
                             return;
                         }
                     }

@@ -68,28 +68,6 @@ pub(crate) fn write(
     journal.append(head + 1, &records).map(|_| ()).map_err(StoreError::from)
 }
 
-/// Reads `positions` (each at most the head) from the journal, in the order given.
-pub(crate) fn read_events(journal: &Journal, positions: &[u64]) -> Result<Vec<SequencedEvent>, StoreError> {
-    let batch = journal.read(positions)?;
-    let mut events = Vec::with_capacity(batch.len());
-    for v in batch.iter() {
-        let raw = |json: &str, what: &str| {
-            serde_json::value::RawValue::from_string(json.to_string()).map_err(|e| StoreError::Corrupt {
-                path: journal.locate(v.position).map(|(p, _)| p).unwrap_or_default(),
-                reason: format!("position {}: {what} is not JSON: {e}", v.position),
-            })
-        };
-        events.push(SequencedEvent {
-            position: v.position,
-            event_type: v.event_type.to_string(),
-            data: raw(v.data, "data")?,
-            tags: v.owned_tags(),
-            metadata: raw(v.metadata, "metadata")?,
-        });
-    }
-    Ok(events)
-}
-
 impl From<JournalError> for StoreError {
     fn from(e: JournalError) -> StoreError {
         match e {
