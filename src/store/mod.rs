@@ -28,7 +28,7 @@ mod subscribe;
 mod writer;
 
 pub use reader::EventReader;
-pub use subscribe::{CommitWatch, Subscription};
+pub use subscribe::{CommitWatch, Live, Subscription, SubscriptionStats, TailFill};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
 pub use crate::limits::{
@@ -275,6 +275,10 @@ pub struct StoreStats {
     /// What recovery set aside under `.quarantine/` (never deleted; an operator may inspect and remove it).
     pub quarantine_files: u64,
     pub quarantine_bytes: u64,
+    /// Subscriptions open now, events handed out to them, and times a caught-up one fell behind the live tail.
+    pub subscriptions_active: u64,
+    pub subscription_events_delivered: u64,
+    pub subscription_catch_up_fallbacks: u64,
 }
 
 /// State shared by the store handle, the writer thread and readers.
@@ -712,6 +716,7 @@ impl Store {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let poison = self.shared.poison_reason();
+        let subscriptions = self.shared.commits.stats();
         StoreStats {
             head: self.head(),
             io_backend: self.shared.io.name().to_string(),
@@ -733,6 +738,9 @@ impl Store {
             index_write_failures: get(&c.index_write_failures),
             quarantine_files: get(&c.quarantine_files),
             quarantine_bytes: get(&c.quarantine_bytes),
+            subscriptions_active: subscriptions.active,
+            subscription_events_delivered: subscriptions.events_delivered,
+            subscription_catch_up_fallbacks: subscriptions.catch_up_fallbacks,
         }
     }
 
