@@ -354,10 +354,18 @@ pub const SUBSCRIPTION_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// connection is dropped without it (the client then resumes from the last event it received).
 pub const SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS: u64 = 1000;
 
+/// The live tail: the events of the last commits, read once and shared by every caught-up subscriber (one read
+/// per commit instead of one per subscriber). At most this many events...
+pub const LIVE_TAIL_EVENTS_MAX: usize = 8_192;
+/// ... and about this many bytes of them (a subscriber further behind reads its own windows, as in a catch-up).
+pub const LIVE_TAIL_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 const _: () = {
     // A window's candidate list (8 bytes a position) stays within a few buffers' worth of memory.
     assert!(SUBSCRIPTION_WINDOW_POSITIONS_MAX * 8 <= 4 * SUBSCRIPTION_BUFFER_BYTES_MAX as u64);
     assert!(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS >= 10);
+    // A fill never reads more than one window's positions.
+    assert!(LIVE_TAIL_EVENTS_MAX as u64 <= SUBSCRIPTION_WINDOW_POSITIONS_MAX);
 };
 
 // --- platform: Windows named pipes ----------------------------------------------------------------------------

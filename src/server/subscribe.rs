@@ -14,6 +14,10 @@
 //! line ends the stream, as does the daemon's shutdown. The final line is
 //! `{"id":..,"ok":true,"count":N,"last":P,"head":H}`: every match at or below `P` was written.
 //!
+//! A caught-up subscription takes a commit's events from the store's live tail (read once for all subscribers,
+//! see `store/subscribe.rs`) and encodes them on this task: no blocking step per subscriber per commit. Only the
+//! subscriber that fills the tail, and one that fell behind it, use the blocking pool.
+//!
 //! A subscription is not an in-flight request: a stopping daemon first lets in-flight appends finish (so their
 //! events can still be delivered), then ends every subscription with its final line.
 
@@ -30,7 +34,7 @@ use super::Context;
 use crate::limits::{
     SUBSCRIPTION_BUFFER_BYTES_MAX, SUBSCRIPTION_FINAL_WRITE_TIMEOUT_MS, SUBSCRIPTION_HEARTBEAT_INTERVAL_MS,
 };
-use crate::store::{StoreError, Subscription};
+use crate::store::{Live, StoreError, Subscription};
 use crate::wire::{self, ErrorCode, ProtocolError, RequestId, SubscribeDone, SubscribeRequest};
 
 /// Parses a `subscribe` request and opens its subscription; an error is answered like any other request's.
@@ -108,6 +112,9 @@ pub(super) async fn serve(
     writer.write_all(&out).await?;
     let mut close = ctx.shutdown.close.subscribe();
     let mut commits = subscription.commits();
+    let mut tail_fills = subscription.tail_fills();
+    // The next step reads its own window (after a failed fill of the live tail).
+    let mut read_next = false;
     let heartbeat_every = Duration::from_millis(SUBSCRIPTION_HEARTBEAT_INTERVAL_MS);
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -128,13 +135,63 @@ pub(super) async fn serve(
             // Commits published from here on wake the wait below; the step reads up to the head it sees.
             commits.borrow_and_update();
             let mut sub = subscription.take().expect("the subscription is back from its last step");
-            if unwritten.lines.is_empty() && !caught_up && sub.skip_unmatched() {
-                // Nothing new matches: no blocking step (every commit wakes every subscriber).
-                sent_through = sub.through();
-                subscription = Some(sub);
-                caught_up = true;
-                continue;
+            if unwritten.lines.is_empty() && !caught_up && !read_next {
+                // Live delivery from the shared tail of recent commits, without a blocking step.
+                tail_fills.borrow_and_update();
+                let mut live_lines = std::mem::take(&mut spare);
+                live_lines.clear();
+                let mut events = 0;
+                let live = sub.next_live(|event| {
+                    wire::encode_item(&mut live_lines, &id, event);
+                    events += 1;
+                    live_lines.len() < SUBSCRIPTION_BUFFER_BYTES_MAX
+                });
+                match live {
+                    Live::CaughtUp | Live::Stopped => {
+                        caught_up = live == Live::CaughtUp;
+                        if events == 0 {
+                            sent_through = sub.through();
+                            spare = live_lines;
+                        } else {
+                            unwritten = Written { lines: live_lines, events, through: sub.through() };
+                        }
+                        subscription = Some(sub);
+                        continue;
+                    }
+                    Live::NeedsFill => {
+                        spare = live_lines;
+                        let fill = sub.claim_tail_fill();
+                        subscription = Some(sub);
+                        match fill {
+                            Some(fill) => tokio::select! {
+                                biased;
+                                filled = tokio::task::spawn_blocking(move || fill.run()) => {
+                                    // A failed fill: the subscription's own step reads (and reports the error).
+                                    read_next = !matches!(filled, Ok(Ok(())));
+                                }
+                                _ = close.wait_for(|closing| *closing) => break End::Abandon,
+                            },
+                            None => tokio::select! {
+                                biased;
+                                _ = close.wait_for(|closing| *closing) => break End::Final,
+                                _ = tail_fills.changed() => {}
+                            },
+                        }
+                        continue;
+                    }
+                    Live::Behind => {
+                        spare = live_lines;
+                        if sub.skip_unmatched() {
+                            // Nothing new matches: no blocking step.
+                            sent_through = sub.through();
+                            subscription = Some(sub);
+                            caught_up = true;
+                            continue;
+                        }
+                    }
+                }
             }
+            read_next = false;
             // The next step reads (unless caught up) while the last one's lines are written.
             let read = async {
                 if caught_up {

@@ -33,7 +33,7 @@ mod tracking;
 mod writer;
 
 pub use reader::{EventBatch, EventReader, EventView};
-pub use subscribe::{CommitWatch, Subscription};
+pub use subscribe::{CommitWatch, Live, Subscription, SubscriptionStats, TailFill};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
 pub use crate::limits::{
@@ -315,6 +315,10 @@ pub struct StoreStats {
     /// preallocated space) and its segment files. Both 0 in files mode.
     pub journal_bytes: u64,
     pub journal_segments: u64,
+    /// Subscriptions open now, events handed out to them, and times a caught-up one fell behind the live tail.
+    pub subscriptions_active: u64,
+    pub subscription_events_delivered: u64,
+    pub subscription_catch_up_fallbacks: u64,
 }
 
 /// State shared by the store handle, the writer thread and readers.
@@ -809,6 +813,7 @@ impl Store {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let poison = self.shared.poison_reason();
         let mirror = self.shared.mirror.as_ref().map(mirror::Mirror::stats).unwrap_or_default();
+        let subscriptions = self.shared.commits.stats();
         StoreStats {
             head: self.head(),
             io_backend: self.shared.io.name().to_string(),
@@ -841,6 +846,9 @@ impl Store {
             mirror_failed: self.shared.mirror_failed(),
             journal_bytes: self.shared.journal.as_ref().map_or(0, |j| j.record_bytes()),
             journal_segments: self.shared.journal.as_ref().map_or(0, |j| j.segments() as u64),
+            subscriptions_active: subscriptions.active,
+            subscription_events_delivered: subscriptions.events_delivered,
+            subscription_catch_up_fallbacks: subscriptions.catch_up_fallbacks,
         }
     }
 

@@ -137,8 +137,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_consumer_that_stops_reading_costs_bounded_memory_and_then_gets_everything() {
-    const EVENTS: usize = 20_000;
-    const DATA_BYTES: usize = 4000;
+    // 100,000 events in journal mode; in files mode (a file per event, slow in a debug build under load) fewer,
+    // larger ones for the same ~80-100 MB of payload.
+    let files = std::env::var("OPOSSUM_TEST_COMMIT").map_or(true, |m| m == "files");
+    let (events, data_bytes) = if files { (20_000, 4000) } else { (100_000, 1000) };
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &["--durability", "none", "--index-writes", "deferred"]);
     let mut client = daemon.client();
@@ -155,9 +157,9 @@ fn a_consumer_that_stops_reading_costs_bounded_memory_and_then_gets_everything()
     reader.read_line(&mut line).unwrap();
     assert!(line.contains("\"position\":1"), "{line}");
     let rss_before = rss_kib(daemon.child.id());
-    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(DATA_BYTES));
+    let data = format!("{{\"pad\":\"{}\"}}", "x".repeat(data_bytes));
     let mut rss_max = rss_before;
-    for chunk in 0..EVENTS / 500 {
+    for chunk in 0..events / 500 {
         let events = (0..500).map(|_| Event::new("Slow", &data, vec![]).unwrap()).collect();
         client.append(events, None).unwrap();
         if chunk % 4 == 0 {
@@ -166,14 +168,19 @@ fn a_consumer_that_stops_reading_costs_bounded_memory_and_then_gets_everything()
     }
     let head = client.head().unwrap();
     rss_max = rss_max.max(rss_kib(daemon.child.id()));
-    let payload_kib = (EVENTS * DATA_BYTES / 1024) as u64;
+    let payload_kib = (events * data_bytes / 1024) as u64;
     println!(
-        "slow consumer: daemon VmRSS {rss_before} KiB before, at most {rss_max} KiB while {EVENTS} events \
+        "slow consumer: daemon VmRSS {rss_before} KiB before, at most {rss_max} KiB while {events} events \
          ({payload_kib} KiB of data) were appended"
     );
     // Everything queued for the stalled subscriber would be ~80 MB; its buffer is bounded far below that (the rest
     // of the growth is the appends' own request buffers, kept by the allocator).
     assert!(rss_max < rss_before + payload_kib / 2, "RSS grew from {rss_before} to {rss_max} KiB");
+    let stats = client.stats().unwrap();
+    assert_eq!(stats["store"]["subscriptions_active"], 1, "{stats}");
+    // Only what fits its socket and its buffers was handed out while it stalled.
+    let delivered = stats["store"]["subscription_events_delivered"].as_u64().unwrap();
+    assert!(delivered < head / 2, "{stats}");
     // Now it reads again: everything, in order, then a heartbeat at the head.
     let mut next = 2;
     loop {
@@ -198,6 +205,10 @@ fn a_consumer_that_stops_reading_costs_bounded_memory_and_then_gets_everything()
     let done: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(done["ok"], true, "{line}");
     assert_eq!((done["count"].as_u64(), done["last"].as_u64()), (Some(head), Some(head)), "{line}");
+    // It had caught up before it stalled, and fell back to catch-up reads after it.
+    let stats = client.stats().unwrap();
+    assert_eq!(stats["store"]["subscription_catch_up_fallbacks"], 1, "{stats}");
+    assert_eq!(stats["store"]["subscription_events_delivered"], head, "{stats}");
 }
 
 #[test]

@@ -5,7 +5,11 @@
 //! 2. live delivery under 16 concurrent single-event durable appenders (`--durability fsync`): append throughput
 //!    and append-to-delivery latency (from sending the append to the subscriber decoding the event) with 0, 1 and
 //!    100 subscribers to `"all"`, with 100 subscribers each to its own tag (1 % of the events), and with one
-//!    subscriber that stops reading (its latency then counts the stall; the appends/s are the point).
+//!    subscriber that stops reading (its latency then counts the stall; the appends/s and the daemon's peak RSS
+//!    are the point). Each level runs `--seconds`, or until `--level-events` events were appended.
+//!
+//! Every daemon gets `--daemon-arg`s (the commit mode, e.g. `--daemon-arg=--commit --daemon-arg=journal
+//! --daemon-arg=--mirror --daemon-arg=off`); the catch-up store is filled with `--durability none`.
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
@@ -33,8 +37,10 @@ struct Args {
     daemon: PathBuf,
     skip_catch_up: bool,
     skip_live: bool,
-    /// Extra daemon flags for the live levels (`--daemon-arg --sync-strategy --daemon-arg per-file`).
+    /// Extra daemon flags for every daemon (`--daemon-arg --sync-strategy --daemon-arg per-file`).
     daemon_args: Vec<String>,
+    /// End each live level once this many events were appended (and at least `seconds` passed) instead.
+    level_events: Option<u64>,
     /// The live levels, in order (`--levels none,all1,all100,tag100,stalled,none`).
     levels: Vec<Subscribers>,
 }
@@ -52,6 +58,7 @@ fn parse_args() -> anyhow::Result<Args> {
         skip_catch_up: false,
         skip_live: false,
         daemon_args: Vec::new(),
+        level_events: None,
         levels: vec![
             Subscribers::None,
             Subscribers::All(1),
@@ -74,6 +81,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--skip-catch-up" => a.skip_catch_up = true,
             "--skip-live" => a.skip_live = true,
             "--daemon-arg" => a.daemon_args.push(value()?),
+            "--level-events" => a.level_events = Some(value()?.parse()?),
             "--levels" => {
                 a.levels = value()?
                     .split(',')
@@ -90,7 +98,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 println!(
                     "subscribe_bench [--events N] [--rounds R] [--seconds S] [--appenders A] [--dir DIR] \
                      [--daemon PATH] [--skip-catch-up] [--skip-live] [--daemon-arg FLAG]... \
-                     [--levels none,all1,all100,tag100,stalled,none]"
+                     [--levels none,all1,all100,tag100,stalled,none] [--level-events N]"
                 );
                 std::process::exit(0);
             }
@@ -123,13 +131,13 @@ fn main() -> anyhow::Result<()> {
 
 fn catch_up(args: &Args, dir: &Path) -> anyhow::Result<()> {
     let n = args.events;
-    println!("\n## catch-up from 0 over {n} events against a plain read (same daemon, alternating)");
-    let daemon = Daemon::start(
-        &args.daemon,
-        &dir.join("catch-up-store"),
-        &dir.join("catch-up.sock"),
-        &["--durability", "none", "--index-writes", "deferred"],
-    )?;
+    let flags =
+        [&["--durability", "none"][..], &args.daemon_args.iter().map(String::as_str).collect::<Vec<_>>()].concat();
+    println!(
+        "\n## catch-up from 0 over {n} events against a plain read (same daemon, alternating; opossumd {})",
+        flags.join(" ")
+    );
+    let daemon = Daemon::start(&args.daemon, &dir.join("catch-up-store"), &dir.join("catch-up.sock"), &flags)?;
     let mut client = Client::connect(&daemon.socket)?;
     let mut i = 0;
     while i < n {
@@ -180,7 +188,16 @@ fn catch_up(args: &Args, dir: &Path) -> anyhow::Result<()> {
         best_read.as_secs_f64() / best_sub.as_secs_f64()
     );
     daemon.stop()?;
+    std::fs::remove_dir_all(dir.join("catch-up-store"))?;
     Ok(())
+}
+
+/// The daemon's resident memory in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 #[derive(Clone, Copy)]
@@ -215,24 +232,25 @@ impl Subscribers {
 const TAG_VALUES: u64 = 100;
 
 fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
+    let flags =
+        [&["--durability", "fsync"][..], &args.daemon_args.iter().map(String::as_str).collect::<Vec<_>>()].concat();
     println!(
-        "\n## live delivery under {} concurrent single-event appenders (durability fsync, index writes deferred, \
-         {} s per level)",
-        args.appenders, args.seconds
+        "\n## live delivery under {} concurrent single-event appenders (opossumd {}; {} s per level{})",
+        args.appenders,
+        flags.join(" "),
+        args.seconds,
+        args.level_events.map_or(String::new(), |n| format!(" and at least {n} events"))
     );
-    println!("| subscribers | appends/s | append p50 / p99 ms | delivery p50 / p99 ms | deliveries |");
-    println!("|---|---|---|---|---|");
+    println!("| subscribers | appends/s | events | append p50 / p99 ms | delivery p50 / p99 ms | deliveries | daemon RSS MiB before / peak |");
+    println!("|---|---|---|---|---|---|---|");
     for (k, &level) in args.levels.iter().enumerate() {
         let daemon = Daemon::start(
             &args.daemon,
             &dir.join(format!("live-store-{k}")),
             &dir.join(format!("live-{k}.sock")),
-            &[
-                &["--durability", "fsync", "--index-writes", "deferred"][..],
-                &args.daemon_args.iter().map(String::as_str).collect::<Vec<_>>(),
-            ]
-            .concat(),
+            &flags,
         )?;
+        let pid = daemon.pid().context("daemon not running")?;
         let epoch = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let final_head = Arc::new(AtomicU64::new(0));
@@ -284,9 +302,11 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
             })
             .collect();
         ready.wait();
+        let rss_before = rss_kib(pid);
+        let appended = Arc::new(AtomicU64::new(0));
         let appenders: Vec<_> = (0..args.appenders)
             .map(|a| {
-                let (socket, stop) = (daemon.socket.clone(), stop.clone());
+                let (socket, stop, appended) = (daemon.socket.clone(), stop.clone(), appended.clone());
                 std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
                     let mut client = Client::connect(&socket)?;
                     let mut latency = Histogram::<u64>::new(3)?;
@@ -297,6 +317,7 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
                         let tag = Tag::new("k", (n % TAG_VALUES).to_string());
                         client.append(vec![Event::new("Tick", &data, vec![tag])?], None)?;
                         latency.record(epoch.elapsed().as_micros() as u64 - sent)?;
+                        appended.fetch_add(1, Ordering::Relaxed);
                         n += 7;
                     }
                     Ok(latency)
@@ -304,7 +325,13 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
             })
             .collect();
         let started = Instant::now();
-        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        let mut rss_peak = rss_before;
+        while started.elapsed().as_secs_f64() < args.seconds
+            || args.level_events.is_some_and(|n| appended.load(Ordering::Relaxed) < n)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+            rss_peak = rss_peak.max(rss_kib(pid));
+        }
         stop.store(true, Ordering::Relaxed);
         let mut appends = Histogram::<u64>::new(3)?;
         for a in appenders {
@@ -316,6 +343,10 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
         let mut delivered = 0;
         for s in subscribers {
             let (h, n) = s.join().expect("subscriber panicked")?;
+            if matches!(level, Subscribers::All(_) | Subscribers::Stalled) {
+                let head = final_head.load(Ordering::SeqCst);
+                anyhow::ensure!(n == head, "a subscriber to all got {n} events, the head is {head}");
+            }
             deliveries.add(h)?;
             delivered += n;
         }
@@ -326,13 +357,17 @@ fn live(args: &Args, dir: &Path) -> anyhow::Result<()> {
             format!("{:.2} / {:.2}", ms(&deliveries, 0.5), ms(&deliveries, 0.99))
         };
         println!(
-            "| {} | {:.0} | {:.2} / {:.2} | {delivery} | {delivered} |",
+            "| {} | {:.0} | {} | {:.2} / {:.2} | {delivery} | {delivered} | {:.1} / {:.1} |",
             level.label(),
             rate(appends.len(), took),
+            appends.len(),
             ms(&appends, 0.5),
-            ms(&appends, 0.99)
+            ms(&appends, 0.99),
+            rss_before as f64 / 1024.0,
+            rss_peak as f64 / 1024.0
         );
         daemon.stop()?;
+        std::fs::remove_dir_all(dir.join(format!("live-store-{k}")))?;
     }
     Ok(())
 }

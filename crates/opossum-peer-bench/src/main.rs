@@ -5,8 +5,9 @@
 //! bench directory, so all of them see the same minutes of disk noise. Per system and round:
 //!
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
-//!    (N/10 tags x 10 events); opossumd fills with `--durability none --index-writes deferred` and is restarted
-//!    with its measured configuration, UmaDB (always durable) is restarted too, so both measure a reopened store;
+//!    (N/10 tags x 10 events); opossumd fills with its configuration plus `--durability none` (valid in every
+//!    commit mode) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
+//!    both measure a reopened store;
 //! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
 //! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
 //!    dropped), 1 and 4 clients, every event decoded into the client library's event type; the count must be N;
@@ -20,10 +21,20 @@
 //! number of events to each store).
 //!
 //! Any error or count mismatch on either side ends the run with the error and no numbers.
+//!
+//! The opossum configurations: `opossum` (opossumd's defaults plus OPOSSUMD_ARGS) and `opossum-mirror-off`
+//! (`--commit journal --mirror off`: the journal alone, no Opossum tree). The commit mode and mirror each one ran
+//! with are read back from the daemon (`hello`, `stats`) when it reports them, else taken from its flags and the
+//! defaults `opossumd --help` prints, and recorded in the JSON (`systems[].commit_mode`, `.mirror`, `.modes_from`).
+//!
+//! Disk: before each system's store the free space of the bench directory (statvfs) is checked against an estimate
+//! for the run, and the run stops with a clear message if it is short; each store is deleted right after its
+//! system's measurements (unless `--keep`).
 
 mod peers;
 mod plot;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -75,7 +86,7 @@ struct Args {
     /// e.g. a commit mode that lands later: --opossumd-arg=--commit-mode --opossumd-arg=journal
     #[arg(long = "opossumd-arg", allow_hyphen_values = true)]
     opossumd_args: Vec<String>,
-    /// Leave out the second opossum configuration (`--index-writes deferred`)
+    /// Leave out the second opossum configuration (`--commit journal --mirror off`)
     #[arg(long)]
     defaults_only: bool,
     /// The UmaDB server binary [default: target/peers/umadb-0.7.8/bin/umadb]
@@ -145,9 +156,9 @@ fn main() -> anyhow::Result<()> {
         System::Umadb { name: "umadb".into(), flags: args.umadb_args.clone() },
     ];
     if !args.defaults_only {
-        let mut flags: Vec<String> = ["--index-writes", "deferred"].map(String::from).to_vec();
-        flags.extend(opossumd_args.clone());
-        systems.push(System::Opossum { name: "opossum-deferred".into(), flags });
+        let mut flags: Vec<String> = MIRROR_OFF_FLAGS.map(String::from).to_vec();
+        flags.extend(opossumd_args.iter().cloned());
+        systems.push(System::Opossum { name: "opossum-mirror-off".into(), flags });
     }
     let ctx = Ctx {
         events: args.events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }).max(BATCH_EVENTS),
@@ -178,11 +189,17 @@ fn main() -> anyhow::Result<()> {
 
     let mut rows: Vec<Row> = Vec::new();
     let mut load_average = vec![sys::load_average()];
+    let mut modes: BTreeMap<String, Modes> = BTreeMap::new();
     for round in 1..=args.rounds.max(1) {
         for system in &systems {
             let store = work.join(format!("round-{round}-{}", system.name()));
-            let measured = run_system(&ctx, system, round, &store)
+            check_disk_space(&work, estimated_store_bytes(system, &ctx))?;
+            let measured = run_system(&ctx, system, round, &store, &mut modes)
                 .with_context(|| format!("{} failed in round {round}", system.name()))?;
+            if !args.keep {
+                // A full run's stores add up to tens of GB: each goes as soon as it is measured.
+                std::fs::remove_dir_all(&store).with_context(|| format!("removing {}", store.display()))?;
+            }
             for (row, m) in measured {
                 match rows.iter_mut().find(|r| r.name == row.name) {
                     Some(r) => r.measurements.push(m),
@@ -208,14 +225,20 @@ fn main() -> anyhow::Result<()> {
         systems: systems
             .iter()
             .map(|s| match s {
-                System::Opossum { name, flags } => json!({
-                    "name": name,
-                    "binary": opossumd,
-                    "version": version_of(&opossumd),
-                    "commit": sys::git_commit(),
-                    "args": flags,
-                    "fill_args": ["--durability", "none", "--index-writes", "deferred"],
-                }),
+                System::Opossum { name, flags } => {
+                    let m = modes.get(name).cloned().unwrap_or_else(|| Modes::from_flags(&opossumd, flags));
+                    json!({
+                        "name": name,
+                        "binary": opossumd,
+                        "version": version_of(&opossumd),
+                        "commit": sys::git_commit(),
+                        "args": flags,
+                        "fill_args": fill_flags(flags),
+                        "commit_mode": m.commit,
+                        "mirror": m.mirror,
+                        "modes_from": m.from,
+                    })
+                }
                 System::Umadb { name, flags } => json!({
                     "name": name,
                     "binary": umadb,
@@ -253,11 +276,19 @@ fn main() -> anyhow::Result<()> {
         sys::cores(),
         doc.load_average.iter().map(|l| format!("{:.2}", l[0])).collect::<Vec<_>>().join(" → ")
     );
-    println!(
-        "opossum = opossumd defaults{}; opossum-deferred = + --index-writes deferred; commit {}",
-        if opossumd_args.is_empty() { String::new() } else { format!(" + {}", opossumd_args.join(" ")) },
-        sys::git_commit().unwrap_or_default()
-    );
+    for system in &systems {
+        if let System::Opossum { name, flags } = system {
+            let m = modes.get(name).cloned().unwrap_or_else(|| Modes::from_flags(&opossumd, flags));
+            println!(
+                "{name} = opossumd {}: commit {}, mirror {} (as {})",
+                if flags.is_empty() { "defaults".to_string() } else { format!("defaults + {}", flags.join(" ")) },
+                m.commit,
+                m.mirror,
+                m.from
+            );
+        }
+    }
+    println!("at commit {}", sys::git_commit().unwrap_or_default());
     println!();
     print!("{}", doc.table());
     println!();
@@ -275,25 +306,113 @@ fn version_of(binary: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn start(ctx: &Ctx, system: &System, store: &Path, fill: bool) -> anyhow::Result<Server> {
-    match system {
-        System::Opossum { flags, .. } => {
-            let mut all: Vec<String> = if fill {
-                ["--durability", "none", "--index-writes", "deferred"].map(String::from).to_vec()
-            } else {
-                flags.clone()
-            };
-            if fill {
-                // The extra flags too, except what the fill overrides.
-                let mut it = flags.iter();
-                while let Some(f) = it.next() {
-                    if f == "--durability" || f == "--index-writes" {
-                        it.next();
-                    } else if !f.starts_with("--durability=") && !f.starts_with("--index-writes=") {
-                        all.push(f.clone());
+/// The configuration's flags with `--durability none` instead of any durability they name (the only fill override:
+/// valid in every commit mode).
+fn fill_flags(flags: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = ["--durability", "none"].map(String::from).to_vec();
+    let mut it = flags.iter();
+    while let Some(f) = it.next() {
+        if f == "--durability" {
+            it.next();
+        } else if !f.starts_with("--durability=") {
+            all.push(f.clone());
+        }
+    }
+    all
+}
+
+/// The commit mode and mirror an opossum configuration ran with, and where they were read.
+#[derive(Debug, Clone)]
+struct Modes {
+    commit: String,
+    mirror: String,
+    /// `daemon` (its `hello` or `stats` said) or `flags` (its flags, else the defaults `opossumd --help` prints).
+    from: &'static str,
+}
+
+impl Modes {
+    /// From the flags, else from the `[default: X]` of `opossumd --help` for `--commit` and `--mirror`.
+    fn from_flags(opossumd: &Path, flags: &[String]) -> Modes {
+        let help = std::process::Command::new(opossumd)
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let value = |flag: &str| -> String {
+            let mut found = None;
+            let mut it = flags.iter();
+            while let Some(f) = it.next() {
+                if f == flag {
+                    found = it.next().cloned();
+                } else if let Some(v) = f.strip_prefix(&format!("{flag}=")) {
+                    found = Some(v.to_string());
+                }
+            }
+            found.or_else(|| help_default(&help, flag)).unwrap_or_else(|| "unknown".into())
+        };
+        Modes { commit: value("--commit"), mirror: value("--mirror"), from: "flags" }
+    }
+
+    /// What the daemon reports in `hello` or `stats` (top level or under `store`), if it reports both.
+    fn from_daemon(hello: &serde_json::Value, stats: &serde_json::Value) -> Option<Modes> {
+        let find = |keys: &[&str]| -> Option<String> {
+            for doc in [hello, stats, &stats["store"]] {
+                for key in keys {
+                    if let Some(v) = doc.get(*key).and_then(|v| v.as_str()) {
+                        return Some(v.to_string());
                     }
                 }
             }
+            None
+        };
+        Some(Modes { commit: find(&["commit_mode", "commit"])?, mirror: find(&["mirror"])?, from: "daemon" })
+    }
+}
+
+/// `[default: X]` on the help line of `flag`.
+fn help_default(help: &str, flag: &str) -> Option<String> {
+    let line = help.lines().find(|l| l.trim_start().starts_with(&format!("{flag} ")))?;
+    let rest = &line[line.find("[default: ")? + "[default: ".len()..];
+    Some(rest[..rest.find(']')?].to_string())
+}
+
+/// The second opossum configuration: the journal alone.
+const MIRROR_OFF_FLAGS: [&str; 4] = ["--commit", "journal", "--mirror", "off"];
+
+/// Disk one system's store may take in a run: the fill, plus what the timed appends add (at most a few hundred
+/// thousand events a second for a phase per client count, generously).
+fn estimated_store_bytes(system: &System, ctx: &Ctx) -> u64 {
+    // Per event: a file in the Opossum tree takes a block (4 KiB) plus index entries; the journal (mirror off) and
+    // UmaDB take well under 1 KiB (measured: disk_per_million rows).
+    let per_event: u64 = match system {
+        System::Opossum { flags, .. } if flags.windows(2).any(|w| w[0] == "--mirror" && w[1] == "off") => 1536,
+        System::Opossum { .. } => 5 * 1024,
+        System::Umadb { .. } => 1536,
+    };
+    let phases = ctx.append_clients.len() as f64 + 2.0;
+    let appended = (phases * ctx.seconds * 100_000.0) as u64;
+    (ctx.events + appended) * per_event
+}
+
+/// Stops the run before a store is made if the bench directory's filesystem has less room than `need`.
+fn check_disk_space(dir: &Path, need: u64) -> anyhow::Result<()> {
+    let fs = nix::sys::statvfs::statvfs(dir).with_context(|| format!("statvfs {}", dir.display()))?;
+    let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+    anyhow::ensure!(
+        free >= need,
+        "not enough disk space under {}: {:.1} GB free, this system's store may take up to {:.1} GB \
+         (fewer events with --events, or another --dir)",
+        dir.display(),
+        free as f64 / 1e9,
+        need as f64 / 1e9
+    );
+    Ok(())
+}
+
+fn start(ctx: &Ctx, system: &System, store: &Path, fill: bool) -> anyhow::Result<Server> {
+    match system {
+        System::Opossum { flags, .. } => {
+            let all = if fill { fill_flags(flags) } else { flags.clone() };
             let socket = store.with_extension("sock");
             Ok(Server::Opossum(Daemon::start(&ctx.opossumd, store, &socket, &all)?))
         }
@@ -335,7 +454,13 @@ fn plain(system: &System, round: usize, value: f64, details: serde_json::Value) 
 }
 
 /// Every workload on one system, on a fresh store: (row, this system's measurement) pairs.
-fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow::Result<Vec<(Row, Measurement)>> {
+fn run_system(
+    ctx: &Ctx,
+    system: &System,
+    round: usize,
+    store: &Path,
+    modes: &mut BTreeMap<String, Modes>,
+) -> anyhow::Result<Vec<(Row, Measurement)>> {
     let mut out = Vec::new();
     let n = ctx.events;
     let tags = (n / EVENTS_PER_TAG).max(1);
@@ -350,10 +475,17 @@ fn run_system(ctx: &Ctx, system: &System, round: usize, store: &Path) -> anyhow:
     anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
     server.stop()?;
     let mut server = start(ctx, system, store, false)?;
+    if let (Server::Opossum(daemon), System::Opossum { flags, .. }) = (&server, system) {
+        let mut client = opossum::client::Client::connect(&daemon.socket)?;
+        let hello = serde_json::to_value(client.hello()?)?;
+        let stats = client.stats()?;
+        let m = Modes::from_daemon(&hello, &stats).unwrap_or_else(|| Modes::from_flags(&ctx.opossumd, flags));
+        modes.insert(system.name().to_string(), m);
+    }
     out.push((
         rate_row(
             "fill",
-            "fill, 1,000 events/request (opossum: durability none, deferred index)",
+            "fill, 1,000 events/request (opossum: durability none)",
             FILL_CLIENTS,
             "events/s",
         ),
