@@ -9,7 +9,7 @@ use std::sync::RwLock;
 
 use super::index::Index;
 use super::{StoreError, READ_BATCH_FILES_DEFAULT};
-use crate::format::{self, Layout, Ledger};
+use crate::format::{self, Layout, Ledger, NamingRules};
 use crate::io::{self, BatchIo, FileWrite, IoOp, WriteMode};
 
 /// Which of the two kinds of event index file.
@@ -43,7 +43,8 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         return Err(StoreError::MissingEvent { path: layout.event_file(missing), ledger: head });
     }
     leftovers.extend(scan.strays);
-    let mut index = Index::default();
+    let naming = store_naming_rules(layout);
+    let mut index = Index::new(naming.for_writing_on_this_platform());
     let mut rebuild_tags = false;
     let mut covered = vec![false; head as usize];
     for (stem, positions) in load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)? {
@@ -87,6 +88,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     let index = RwLock::new(index);
     let mut index_write_failures = 0;
     if unwritable.is_none() {
+        record_naming_rules(layout, naming);
         if let Err(e) = flush_index_files(layout, io, &index, durable) {
             // Index files are a derived cache (ARCHITECTURE.md, invariant 5): never a reason not to open.
             tracing::warn!("could not write index files; the next open re-derives them from the event files: {e}");
@@ -94,6 +96,47 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         }
     }
     Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures })
+}
+
+/// The file-name rules the store's index files follow (`format::NamingRules`): as recorded in
+/// `.opossumd/naming-rules`; without a record, the rules its index file names show (a name holding `:` was
+/// written under the Unix rules), or else this platform's (a new store, or one whose names cannot tell).
+pub(crate) fn store_naming_rules(layout: &Layout) -> NamingRules {
+    let record = layout.naming_rules_record();
+    match std::fs::read_to_string(&record) {
+        Ok(text) => match NamingRules::parse(&text) {
+            Some(rules) => return rules,
+            None => tracing::warn!(file = %record.display(), "unknown naming rules {text:?}, inferring them again"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %record.display(), "cannot read the naming rules, inferring them: {e}"),
+    }
+    let mut names = Vec::new();
+    for dir in [&layout.tag_index, &layout.type_index] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            names.extend(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()));
+        }
+    }
+    NamingRules::evident_in(names.iter().map(String::as_str)).unwrap_or(NamingRules::NATIVE)
+}
+
+/// Writes `.opossumd/naming-rules` when it does not say `naming` yet, so the store keeps its rules wherever it is
+/// opened next. Best effort: without the record the next open infers the rules again.
+pub(crate) fn record_naming_rules(layout: &Layout, naming: NamingRules) {
+    let record = layout.naming_rules_record();
+    if std::fs::read_to_string(&record).ok().and_then(|text| NamingRules::parse(&text)) == Some(naming) {
+        return;
+    }
+    let written = record
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&record, format!("{}\n", naming.as_str())));
+    match written {
+        Ok(()) => {
+            tracing::info!(file = %record.display(), rules = naming.as_str(), "recorded the store's naming rules")
+        }
+        Err(e) => tracing::warn!(file = %record.display(), "cannot record the store's naming rules: {e}"),
+    }
 }
 
 pub(crate) fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {

@@ -149,7 +149,9 @@ pub(crate) fn open(
         journal.set_mirror_durable(ledger)?;
     }
     let head = journal.head();
-    let mut index = Index::default();
+    let naming = crate::store::recovery::store_naming_rules(layout);
+    crate::store::recovery::record_naming_rules(layout, naming);
+    let mut index = Index::new(naming.for_writing_on_this_platform());
     journal.scan(1, head, |v| -> Result<(), StoreError> {
         index.insert(v.position, v.event_type, &v.owned_tags());
         Ok(())
@@ -243,9 +245,9 @@ pub(crate) fn reconcile_tree(
             .collect();
         io.write_files(&writes, durable)?;
         for v in batch.iter() {
-            index.dirty_types.insert(crate::format::event_type_stem(v.event_type));
+            index.dirty_types.insert(index.naming.event_type_stem(v.event_type));
             for (key, value) in v.tags() {
-                index.dirty_tags.insert(crate::format::event_tag_stem(&crate::model::Tag::new(key, value)));
+                index.dirty_tags.insert(index.naming.event_tag_stem(&crate::model::Tag::new(key, value)));
             }
         }
         next = last + 1;
