@@ -282,3 +282,44 @@ fn a_store_recorded_with_windows_rules_keeps_them_on_every_platform() {
         }
     }
 }
+
+/// Opens `.store.lock` the way .NET Opossum holds it for an append: `FileShare.None` on Windows (share mode 0),
+/// an exclusive `flock` on Unix. `Err` when another process (or store) holds it.
+fn hold_like_dotnet(root: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::share_mode(&mut options, 0);
+    let file = options.open(root.join(format::LOCK_FILE))?;
+    #[cfg(not(windows))]
+    file.try_lock().map_err(std::io::Error::from)?;
+    Ok(file)
+}
+
+/// Issue 16: the store and a .NET writer exclude each other on `.store.lock`: an append waits while .NET holds the
+/// lock and goes through once it is released; a store in journal mode holds it from open to close, so .NET cannot
+/// take it meanwhile and can once the store is closed.
+#[test]
+fn the_store_lock_excludes_a_dotnet_writer_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let store = std::sync::Arc::new(Store::open(&root, StoreOptions::default()).unwrap());
+    let dotnet = hold_like_dotnet(&root).expect("the store holds no lock between commits");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || done_tx.send(store.append(vec![event(&[("k", "v")])], None).map(|a| a.last)))
+    };
+    // Fails only if the append did not wait (a lock that does not exclude); a slow machine can only make it pass.
+    assert!(done_rx.recv_timeout(Duration::from_millis(500)).is_err(), "the append did not wait for the lock");
+    drop(dotnet);
+    assert_eq!(done_rx.recv_timeout(START_DEADLINE).unwrap().unwrap(), 1);
+    appender.join().unwrap().unwrap();
+    std::sync::Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+
+    let journal = StoreOptions { commit: CommitMode::Journal, mirror: MirrorMode::Off, ..StoreOptions::default() };
+    let store = Store::open(&root, journal).unwrap();
+    assert!(hold_like_dotnet(&root).is_err(), "a .NET writer took the lock of a store in journal mode");
+    store.close().unwrap();
+    drop(hold_like_dotnet(&root).expect("the lock is free once the store is closed"));
+}
