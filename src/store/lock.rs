@@ -81,6 +81,7 @@ impl Drop for StoreLock<'_> {
     }
 }
 
+#[cfg(not(windows))]
 fn open(path: &Path, exclusive: bool) -> Result<File, StoreError> {
     open_with_share_mode(path, exclusive).map_err(|e| StoreError::io(IoOp::Open, path, e))
 }

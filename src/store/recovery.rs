@@ -47,17 +47,21 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     let mut index = Index::new(naming.for_writing_on_this_platform());
     let mut rebuild_tags = false;
     let mut covered = vec![false; head as usize];
-    for (stem, positions) in load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)? {
+    // Type files this platform cannot open leave their events uncovered, so those are re-derived below.
+    let (types, _) = load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)?;
+    for (stem, positions) in types {
         for &p in &positions {
             covered[(p - 1) as usize] = true;
         }
         index.by_type.insert(stem, positions);
     }
-    for (stem, positions) in load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)? {
+    let (tags, foreign_tag_files) = load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)?;
+    for (stem, positions) in tags {
         index.by_tag.insert(stem, positions);
     }
-    if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) {
-        // A corrupt tag file: we cannot tell which events it listed, so re-derive every tag list.
+    if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) || foreign_tag_files > 0 {
+        // A corrupt tag file, or one this platform cannot open: we cannot tell which events it listed, so
+        // re-derive every tag list.
         rebuild_tags = true;
     }
     let uncovered: Vec<u64> = if rebuild_tags {
@@ -263,22 +267,32 @@ pub(crate) fn quarantine_usage(layout: &Layout) -> (u64, u64) {
 
 /// Loads every `<stem>.json` index file of `dir`; its temporary files go to `leftovers`. Positions beyond `head` (left by a crashed append) are dropped
 /// and the file marked dirty; a corrupt file is logged, marked dirty and left out, so its events count as
-/// uncovered and get re-indexed.
+/// uncovered and get re-indexed. Also returns how many index files were left out because this platform cannot
+/// open them: a name holding a character Windows refuses (`time_12?30.json`, written under the Unix rules) is
+/// listed under Wine or on a share of a Linux directory, but opening it fails (`ERROR_INVALID_NAME`).
 fn load_index_dir(
     dir: &Path,
     io: &dyn BatchIo,
     head: u64,
     dirty: &mut BTreeSet<String>,
     leftovers: &mut Vec<PathBuf>,
-) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
+) -> Result<(Vec<(String, Vec<u64>)>, usize), StoreError> {
     let mut stems = Vec::new();
     let mut paths = Vec::new();
+    let mut foreign = 0;
     let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(IoOp::Open, dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(IoOp::Read, dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if format::is_tmp_file_name(name) {
+        if name.chars().any(|c| NamingRules::NATIVE.is_invalid_char(c)) {
+            tracing::warn!(
+                file = %entry.path().display(),
+                "index file named under another platform's rules cannot be opened here: re-deriving what it lists \
+                 from the event files (at every open while it is there)"
+            );
+            foreign += 1;
+        } else if format::is_tmp_file_name(name) {
             // An interrupted rewrite's temporary file: derived data, but never deleted silently.
             leftovers.push(entry.path());
         } else if let Some(stem) = format::parse_index_file_name(name) {
@@ -306,7 +320,7 @@ fn load_index_dir(
             }
         }
     }
-    Ok(out)
+    Ok((out, foreign))
 }
 
 /// The lists of `stems` (tag lists or type lists) in `index`, clipped to positions up to `limit`, with the path of
