@@ -265,6 +265,9 @@ pub(crate) fn quarantine_usage(layout: &Layout) -> (u64, u64) {
     (files, bytes)
 }
 
+/// An index file's stem and the positions it lists.
+type StemList = (String, Vec<u64>);
+
 /// Loads every `<stem>.json` index file of `dir`; its temporary files go to `leftovers`. Positions beyond `head` (left by a crashed append) are dropped
 /// and the file marked dirty; a corrupt file is logged, marked dirty and left out, so its events count as
 /// uncovered and get re-indexed. Also returns how many index files were left out because this platform cannot
@@ -276,7 +279,7 @@ fn load_index_dir(
     head: u64,
     dirty: &mut BTreeSet<String>,
     leftovers: &mut Vec<PathBuf>,
-) -> Result<(Vec<(String, Vec<u64>)>, usize), StoreError> {
+) -> Result<(Vec<StemList>, usize), StoreError> {
     let mut stems = Vec::new();
     let mut paths = Vec::new();
     let mut foreign = 0;
