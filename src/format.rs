@@ -21,6 +21,11 @@ pub const INDICES_DIR: &str = "Indices";
 pub const EVENT_TYPE_INDEX_DIR: &str = "EventType";
 pub const TAG_INDEX_DIR: &str = "Tags";
 pub const PROJECTIONS_DIR: &str = "Projections";
+/// This daemon's own files inside a store (the journal, the naming-rules record); .NET Opossum ignores it.
+pub const DAEMON_DIR: &str = ".opossumd";
+/// `unix` or `windows`: the file-name rules the store's index files follow ([`NamingRules`]), written by the
+/// first open that finds none (docs/windows.md, "Index file names across platforms").
+pub const NAMING_RULES_FILE: &str = "naming-rules";
 /// Where recovery moves event files that belong to no acknowledged batch. Nothing is ever deleted.
 pub const QUARANTINE_DIR: &str = ".quarantine";
 
@@ -54,6 +59,11 @@ impl Layout {
 
     pub fn owner_lock(&self) -> PathBuf {
         self.root.join(OWNER_LOCK_FILE)
+    }
+
+    /// `.opossumd/naming-rules`
+    pub fn naming_rules_record(&self) -> PathBuf {
+        self.root.join(DAEMON_DIR).join(NAMING_RULES_FILE)
     }
 
     pub fn quarantine(&self) -> PathBuf {
@@ -147,8 +157,9 @@ pub fn contains_tmp_marker(name: &str) -> bool {
 }
 
 /// Which characters a platform's .NET (`Path.GetInvalidFileNameChars()`) refuses in a file name, and so which
-/// ones `S()` and `K()` replace. A store's index file names follow the rules of the platform that wrote them; the
-/// store itself always uses [`NamingRules::NATIVE`] (see docs/format.md, "Index file names across platforms").
+/// ones `S()` and `K()` replace. A store's index file names follow the rules it was created with (recorded in
+/// [`NAMING_RULES_FILE`]); lookups try both rules' stems, so a store copied between platforms still answers
+/// (docs/windows.md, "Index file names across platforms").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NamingRules {
     /// Linux and macOS: NUL and `/`.
@@ -164,6 +175,42 @@ impl NamingRules {
     /// The rules of the platform this build runs on.
     #[cfg(not(windows))]
     pub const NATIVE: NamingRules = NamingRules::Unix;
+
+    /// What [`NAMING_RULES_FILE`] holds for these rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NamingRules::Unix => "unix",
+            NamingRules::Windows => "windows",
+        }
+    }
+
+    /// The rules a [`NAMING_RULES_FILE`] names (surrounding whitespace ignored); `None` for anything else.
+    pub fn parse(text: &str) -> Option<NamingRules> {
+        match text.trim() {
+            "unix" => Some(NamingRules::Unix),
+            "windows" => Some(NamingRules::Windows),
+            _ => None,
+        }
+    }
+
+    /// The rules index file names show, when they show any: a name holding a character only Unix allows was
+    /// written under the Unix rules. A store whose names hold none of them could have been written under either.
+    pub fn evident_in<'a>(index_file_names: impl IntoIterator<Item = &'a str>) -> Option<NamingRules> {
+        index_file_names
+            .into_iter()
+            .any(|name| name.chars().any(|c| NamingRules::Windows.is_invalid_char(c)))
+            .then_some(NamingRules::Unix)
+    }
+
+    /// The rules a store's new index files are written under: its own, except on Windows, where a Unix stem such
+    /// as `time_12:30` would name an NTFS alternate data stream (`time_12`, stream `30.json`), not a file.
+    pub fn for_writing_on_this_platform(self) -> NamingRules {
+        if cfg!(windows) {
+            NamingRules::Windows
+        } else {
+            self
+        }
+    }
 
     /// Is `c` refused in a file name under these rules?
     pub fn is_invalid_char(self, c: char) -> bool {
@@ -189,6 +236,25 @@ impl NamingRules {
     pub fn event_type_stem(self, event_type: &str) -> String {
         self.sanitize(event_type)
     }
+}
+
+/// Every stem an event tag's index file can have, whichever platform's rules wrote the store: the Unix stem,
+/// and the Windows stem when it differs (only when the key or value holds a character only Unix allows).
+pub fn event_tag_stems(tag: &Tag) -> impl Iterator<Item = String> {
+    let differs = windows_differs(&tag.key) || windows_differs(&tag.value);
+    std::iter::once(NamingRules::Unix.event_tag_stem(tag))
+        .chain(differs.then(|| NamingRules::Windows.event_tag_stem(tag)))
+}
+
+/// Every stem an event type's index file can have (see [`event_tag_stems`]).
+pub fn event_type_stems(event_type: &str) -> impl Iterator<Item = String> {
+    std::iter::once(NamingRules::Unix.event_type_stem(event_type))
+        .chain(windows_differs(event_type).then(|| NamingRules::Windows.event_type_stem(event_type)))
+}
+
+/// Does `x` hold a character Windows refuses and Unix allows (so that the two rules' `S(x)` differ)?
+fn windows_differs(x: &str) -> bool {
+    x.chars().any(|c| NamingRules::Windows.is_invalid_char(c) && !NamingRules::Unix.is_invalid_char(c))
 }
 
 /// Opossum's `S(x)` for event index file names: split on invalid file-name characters, drop empty pieces, join
@@ -572,6 +638,30 @@ mod tests {
         assert_eq!(NamingRules::Unix.event_tag_stem(&Tag::new("time", "12:30")), "time_12:30");
         assert_eq!(NamingRules::Unix.sanitize("a/b\0c"), NamingRules::Windows.sanitize("a/b\0c"));
         assert_eq!(sanitize("x:y"), NamingRules::NATIVE.sanitize("x:y"));
+    }
+
+    #[test]
+    fn a_tag_has_both_rules_stems_only_when_they_differ() {
+        let stems = |k: &str, v: &str| event_tag_stems(&Tag::new(k, v)).collect::<Vec<_>>();
+        assert_eq!(stems("region", "eu"), ["region_eu"]);
+        assert_eq!(stems("a/b", "c"), ["a_b_c"], "both rules refuse `/`");
+        assert_eq!(stems("region", "eu:west"), ["region_eu:west", "region_eu_west"]);
+        assert_eq!(stems("why?", "x"), ["why?_x", "why_x"]);
+        assert_eq!(event_type_stems("Ns:Type").collect::<Vec<_>>(), ["Ns:Type", "Ns_Type"]);
+        assert_eq!(event_type_stems("Type").collect::<Vec<_>>(), ["Type"]);
+    }
+
+    #[test]
+    fn naming_rules_are_recorded_and_evident_in_unix_only_names() {
+        for rules in [NamingRules::Unix, NamingRules::Windows] {
+            assert_eq!(NamingRules::parse(&format!("{}\n", rules.as_str())), Some(rules));
+        }
+        assert_eq!(NamingRules::parse("ntfs"), None);
+        assert_eq!(NamingRules::evident_in(["a_b.json", "time_12_30.json"]), None);
+        assert_eq!(NamingRules::evident_in(["a_b.json", "time_12:30.json"]), Some(NamingRules::Unix));
+        assert_eq!(NamingRules::Windows.for_writing_on_this_platform(), NamingRules::Windows);
+        let unix_here = if cfg!(windows) { NamingRules::Windows } else { NamingRules::Unix };
+        assert_eq!(NamingRules::Unix.for_writing_on_this_platform(), unix_here);
     }
 
     #[test]

@@ -95,6 +95,10 @@ const _: () = assert!(
     RECOVERY_BACKOFF_MIN.as_millis() > 0 && RECOVERY_BACKOFF_MIN.as_millis() <= RECOVERY_BACKOFF_MAX.as_millis()
 );
 
+/// Windows: the longest pause between attempts to open `.store.lock` with share mode 0 while another process (a
+/// .NET writer, for one append) holds it open; the first pause is 1 ms, doubling up to this.
+pub const STORE_LOCK_RETRY_MS_MAX: u64 = 50;
+
 /// Deepest nesting of arrays and objects in an event's `data` and `metadata` (checked by a byte scan, without
 /// recursion, in `model::validate_event`). Common JSON readers stop at 128 (serde_json among them), so a deeper
 /// event could be stored but not read back by them.

@@ -39,7 +39,10 @@ pub trait JournalStorage: Send + Sync {
     }
 }
 
-/// The real directory. Segment descriptors stay open (reads and appends reuse them).
+/// The real directory. Segment descriptors stay open (reads and appends reuse them). On Windows the same code runs:
+/// positional reads and writes are `seek_read`/`seek_write` (they also move the handle's file pointer, which
+/// nothing here uses), preallocation is `set_len` (no `fallocate`), and removing a segment another handle still
+/// has open works because std opens every file with `FILE_SHARE_DELETE`.
 pub struct DiskStorage {
     dir: PathBuf,
     open: Mutex<std::collections::HashMap<String, Arc<File>>>,
@@ -140,6 +143,10 @@ impl JournalStorage for DiskStorage {
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        // Our cached handle of the old file (`marks` is read through `handle` at open) goes first: it would read the
+        // replaced bytes afterwards, and on Windows a rename over a file open elsewhere needs POSIX rename
+        // semantics (NTFS on Windows 10 1809+; not Wine 8, not FAT), failing with ERROR_ACCESS_DENIED without them.
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
         let path = self.dir.join(name);
         let tmp = crate::io::tmp_path(&path);
         let written = (|| {

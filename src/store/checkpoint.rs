@@ -515,16 +515,20 @@ pub(crate) fn load_index(
     store_root: &Path,
     journal: &Journal,
     tracking: &mut crate::store::tracking::Table,
+    naming: crate::format::NamingRules,
 ) -> Result<(Index, Loaded), StoreError> {
     let path = index_checkpoint_path(store_root);
     remove_temporaries(&path);
     let started = Instant::now();
     let mut index = match read_valid(&path, journal, true) {
-        Ok(Some((_, Some(index)))) => index,
-        Ok(_) => Index::default(),
+        Ok(Some((_, Some(mut index)))) => {
+            index.naming = naming;
+            index
+        }
+        Ok(_) => Index::new(naming),
         Err(e) => {
             tracing::warn!(file = %path.display(), "ignoring the index checkpoint, scanning the whole journal: {e}");
-            Index::default()
+            Index::new(naming)
         }
     };
     let checkpoint = (index.max_position > 0).then_some(index.max_position);
@@ -866,12 +870,12 @@ mod tests {
         let journal = journal_with(dir.path(), 300, "one");
         let index = RwLock::new(full_scan(&journal));
         assert_eq!(write_through(dir.path(), &index, 200, &journal, true).unwrap(), 200);
-        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
+        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 100 });
         assert_same(&loaded, &full_scan(&journal), 300);
         // Events appended after the checkpoint, after a reopen.
         append(&journal, 301, 350, "one");
-        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
+        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 150 });
         assert_same(&loaded, &full_scan(&journal), 350);
     }
@@ -886,7 +890,7 @@ mod tests {
         write_through(dir.path(), &index, 100, &journal, false).unwrap();
         let good = std::fs::read(&path).unwrap();
         let check = |case: &str| {
-            let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
+            let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
             assert_eq!(how, Loaded { checkpoint: None, scanned: 120 }, "{case}");
             assert_same(&loaded, &expected, 120);
         };
@@ -916,7 +920,7 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         let tmp = crate::format::tmp_path(&path);
         std::fs::write(&tmp, b"half").unwrap();
-        let (_, how) = load_index(dir.path(), &journal, &mut Default::default()).unwrap();
+        let (_, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(100), scanned: 20 });
         assert!(!tmp.exists());
     }

@@ -6,7 +6,9 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::format::{event_tag_stem as tag_stem, event_type_stem as type_stem};
+use std::borrow::Cow;
+
+use crate::format::{event_tag_stems, event_type_stems, NamingRules};
 use crate::model::{Query, QueryItem, Tag};
 
 /// An event's exact type and tags, interned.
@@ -22,7 +24,7 @@ impl EventKeys {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
     /// Positions listed by `Indices/EventType/<stem>.json`, sorted and unique.
     pub by_type: HashMap<String, Vec<u64>>,
@@ -38,18 +40,42 @@ pub struct Index {
     /// The highest position inserted so far. Positions are inserted in increasing order, so every position up to it
     /// has had its stems marked dirty (or written) already: a flush writes lists clipped to it.
     pub max_position: u64,
+    /// The rules new positions are filed under (the store's, [`NamingRules::for_writing_on_this_platform`]).
+    /// Lookups try every rules' stem: a store copied between platforms holds files named under either.
+    pub naming: NamingRules,
+}
+
+impl Default for Index {
+    fn default() -> Index {
+        Index::new(NamingRules::NATIVE)
+    }
 }
 
 impl Index {
+    /// An empty index filing new positions under `naming`.
+    pub fn new(naming: NamingRules) -> Index {
+        Index {
+            by_type: HashMap::new(),
+            by_tag: HashMap::new(),
+            keys: Vec::new(),
+            types_interned: HashSet::new(),
+            tags_interned: HashSet::new(),
+            dirty_types: BTreeSet::new(),
+            dirty_tags: BTreeSet::new(),
+            max_position: 0,
+            naming,
+        }
+    }
+
     /// Adds event `position` with its exact keys to the index (idempotent), marking the touched files dirty.
     pub fn insert(&mut self, position: u64, event_type: &str, tags: &[Tag]) {
         self.max_position = self.max_position.max(position);
-        let stem = type_stem(event_type);
+        let stem = self.naming.event_type_stem(event_type);
         if insert_sorted(self.by_type.entry(stem.clone()).or_default(), position) {
             self.dirty_types.insert(stem);
         }
         for tag in tags {
-            let stem = tag_stem(tag);
+            let stem = self.naming.event_tag_stem(tag);
             if insert_sorted(self.by_tag.entry(stem.clone()).or_default(), position) {
                 self.dirty_tags.insert(stem);
             }
@@ -157,11 +183,11 @@ impl Index {
             let end = list.partition_point(|&p| p <= hi);
             list[start..end.max(start)].to_vec()
         };
-        let type_lists: Vec<&[u64]> =
-            item.types.iter().filter_map(|t| self.by_type.get(&type_stem(t)).map(Vec::as_slice)).collect();
-        let mut tag_lists: Vec<&[u64]> = Vec::with_capacity(item.tags.len());
+        let type_lists: Vec<Cow<'_, [u64]>> =
+            item.types.iter().filter_map(|t| stem_lists(&self.by_type, event_type_stems(t))).collect();
+        let mut tag_lists: Vec<Cow<'_, [u64]>> = Vec::with_capacity(item.tags.len());
         for tag in &item.tags {
-            match self.by_tag.get(&tag_stem(tag)) {
+            match stem_lists(&self.by_tag, event_tag_stems(tag)) {
                 Some(list) => tag_lists.push(list),
                 // Tags AND: an unknown tag matches nothing.
                 None => return Vec::new(),
@@ -182,6 +208,18 @@ impl Index {
             acc.retain(|p| type_lists.iter().any(|l| l.binary_search(p).is_ok()));
         }
         acc
+    }
+}
+
+/// The positions listed under any of `stems` (a key's stems under each naming rules, see
+/// [`event_tag_stems`]): borrowed when one file lists them, merged when a store copied between platforms has files
+/// named under both rules; `None` when no file does.
+fn stem_lists<'a>(lists: &'a HashMap<String, Vec<u64>>, stems: impl Iterator<Item = String>) -> Option<Cow<'a, [u64]>> {
+    let mut found: Vec<&'a Vec<u64>> = stems.filter_map(|stem| lists.get(&stem)).collect();
+    match found.len() {
+        0 => None,
+        1 => found.pop().map(|list| Cow::Borrowed(list.as_slice())),
+        _ => Some(Cow::Owned(union_sorted(&found.into_iter().cloned().collect::<Vec<_>>()))),
     }
 }
 
@@ -269,6 +307,25 @@ mod tests {
         assert_eq!(ix.candidates(&q, 1, 2), Some(vec![1, 2]));
         assert!(ix.keys(1).unwrap().matches(&q));
         assert!(!ix.keys(2).unwrap().matches(&q));
+    }
+
+    #[test]
+    fn lookups_find_files_named_under_either_rules() {
+        // A store written on Windows (`eu_west` stems) and then on Unix (`eu:west` stems), or the reverse.
+        let mut ix = Index::new(NamingRules::Windows);
+        ix.insert(1, "Ns:Placed", &[Tag::new("region", "eu:west")]);
+        ix.insert(2, "Ns:Placed", &[Tag::new("region", "eu?west")]);
+        assert!(ix.by_tag.contains_key("region_eu_west") && ix.by_type.contains_key("Ns_Placed"));
+        ix.naming = NamingRules::Unix;
+        ix.insert(3, "Ns:Placed", &[Tag::new("region", "eu:west")]);
+        assert!(ix.by_tag.contains_key("region_eu:west") && ix.by_type.contains_key("Ns:Placed"));
+        let q = |items: Vec<QueryItem>| Query::items(items).unwrap();
+        let tag = q(vec![QueryItem::tags(&[("region", "eu:west")])]);
+        assert_eq!(ix.candidates(&tag, 1, 3), Some(vec![1, 2, 3]), "both files, post-filtered by the caller");
+        assert_eq!(ix.candidates(&q(vec![QueryItem::types(&["Ns:Placed"])]), 2, 3), Some(vec![2, 3]));
+        let both = q(vec![QueryItem::types(&["Ns:Placed"]).with_tags(&[("region", "eu:west")])]);
+        assert_eq!(ix.candidates(&both, 1, 3), Some(vec![1, 2, 3]));
+        assert!(!ix.keys(2).unwrap().matches(&tag));
     }
 
     #[test]

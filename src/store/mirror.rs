@@ -397,9 +397,9 @@ pub(crate) fn reconcile_tree(
             .collect();
         io.write_files(&writes, per_file)?;
         for v in batch.iter() {
-            index.dirty_types.insert(format::event_type_stem(v.event_type));
+            index.dirty_types.insert(index.naming.event_type_stem(v.event_type));
             for (key, value) in v.tags() {
-                index.dirty_tags.insert(format::event_tag_stem(&crate::model::Tag::new(key, value)));
+                index.dirty_tags.insert(index.naming.event_tag_stem(&crate::model::Tag::new(key, value)));
             }
         }
         next = last + 1;

@@ -24,6 +24,7 @@ use crate::model::{
 mod checkpoint;
 mod commit;
 mod index;
+mod lock;
 mod mirror;
 mod reader;
 mod recovery;
@@ -32,6 +33,7 @@ pub mod tools;
 mod tracking;
 mod writer;
 
+pub(crate) use lock::{LockFile, StoreLock};
 pub use reader::{EventBatch, EventReader, EventView};
 pub use subscribe::{CommitWatch, Live, Subscription, SubscriptionStats, TailFill};
 
@@ -581,7 +583,7 @@ impl Store {
             Some(io) => io.clone(),
             None => io::open_backend_with(options.io_backend, options.sync_strategy)?,
         };
-        let lock_file = open_lock_file(&layout.lock())?;
+        let lock_file = LockFile::open(&layout.lock())?;
         let durable = options.durability == Durability::Fsync;
         let (recovered, ledger_seen, journal, tree_lock, tracking) = match options.commit {
             CommitMode::Files => {
@@ -592,8 +594,7 @@ impl Store {
             }
             CommitMode::Journal => {
                 // Held until close: the tree is behind the journal for as long as the store is open.
-                let tree_lock = open_lock_file(&layout.lock())?;
-                tree_lock.lock().map_err(|e| StoreError::io(io::IoOp::Open, &layout.lock(), e))?;
+                let tree_lock = lock_file.hold()?;
                 let (recovered, journal, tracking) = commit::journal::open(&layout, io.clone(), &options)?;
                 (recovered, None, Some(Arc::new(journal)), Some(tree_lock), tracking)
             }
@@ -910,22 +911,6 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .truncate(false)
         .open(path)
         .map_err(|e| StoreError::io(io::IoOp::Open, path, e))
-}
-
-/// `flock(LOCK_EX)` on `.store.lock`, released on drop.
-pub(crate) struct StoreLock<'a>(&'a File);
-
-impl<'a> StoreLock<'a> {
-    pub fn acquire(file: &'a File, layout: &Layout) -> Result<StoreLock<'a>, StoreError> {
-        file.lock().map_err(|e| StoreError::io(io::IoOp::Lock, &layout.lock(), e))?;
-        Ok(StoreLock(file))
-    }
-}
-
-impl Drop for StoreLock<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
 }
 
 /// Validates an append and encodes its events (everything but the positions) on the caller's thread.

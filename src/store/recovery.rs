@@ -9,7 +9,7 @@ use std::sync::RwLock;
 
 use super::index::Index;
 use super::{StoreError, READ_BATCH_FILES_DEFAULT};
-use crate::format::{self, Layout, Ledger};
+use crate::format::{self, Layout, Ledger, NamingRules};
 use crate::io::{self, BatchIo, FileWrite, IoOp, WriteMode};
 
 /// Which of the two kinds of event index file.
@@ -43,20 +43,25 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         return Err(StoreError::MissingEvent { path: layout.event_file(missing), ledger: head });
     }
     leftovers.extend(scan.strays);
-    let mut index = Index::default();
+    let naming = store_naming_rules(layout);
+    let mut index = Index::new(naming.for_writing_on_this_platform());
     let mut rebuild_tags = false;
     let mut covered = vec![false; head as usize];
-    for (stem, positions) in load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)? {
+    // Type files this platform cannot open leave their events uncovered, so those are re-derived below.
+    let (types, _) = load_index_dir(&layout.type_index, io, head, &mut index.dirty_types, &mut leftovers)?;
+    for (stem, positions) in types {
         for &p in &positions {
             covered[(p - 1) as usize] = true;
         }
         index.by_type.insert(stem, positions);
     }
-    for (stem, positions) in load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)? {
+    let (tags, foreign_tag_files) = load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)?;
+    for (stem, positions) in tags {
         index.by_tag.insert(stem, positions);
     }
-    if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) {
-        // A corrupt tag file: we cannot tell which events it listed, so re-derive every tag list.
+    if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) || foreign_tag_files > 0 {
+        // A corrupt tag file, or one this platform cannot open: we cannot tell which events it listed, so
+        // re-derive every tag list.
         rebuild_tags = true;
     }
     let uncovered: Vec<u64> = if rebuild_tags {
@@ -87,6 +92,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     let index = RwLock::new(index);
     let mut index_write_failures = 0;
     if unwritable.is_none() {
+        record_naming_rules(layout, naming);
         if let Err(e) = flush_index_files(layout, io, &index, durable) {
             // Index files are a derived cache (ARCHITECTURE.md, invariant 5): never a reason not to open.
             tracing::warn!("could not write index files; the next open re-derives them from the event files: {e}");
@@ -94,6 +100,47 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         }
     }
     Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures })
+}
+
+/// The file-name rules the store's index files follow (`format::NamingRules`): as recorded in
+/// `.opossumd/naming-rules`; without a record, the rules its index file names show (a name holding `:` was
+/// written under the Unix rules), or else this platform's (a new store, or one whose names cannot tell).
+pub(crate) fn store_naming_rules(layout: &Layout) -> NamingRules {
+    let record = layout.naming_rules_record();
+    match std::fs::read_to_string(&record) {
+        Ok(text) => match NamingRules::parse(&text) {
+            Some(rules) => return rules,
+            None => tracing::warn!(file = %record.display(), "unknown naming rules {text:?}, inferring them again"),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %record.display(), "cannot read the naming rules, inferring them: {e}"),
+    }
+    let mut names = Vec::new();
+    for dir in [&layout.tag_index, &layout.type_index] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            names.extend(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()));
+        }
+    }
+    NamingRules::evident_in(names.iter().map(String::as_str)).unwrap_or(NamingRules::NATIVE)
+}
+
+/// Writes `.opossumd/naming-rules` when it does not say `naming` yet, so the store keeps its rules wherever it is
+/// opened next. Best effort: without the record the next open infers the rules again.
+pub(crate) fn record_naming_rules(layout: &Layout, naming: NamingRules) {
+    let record = layout.naming_rules_record();
+    if std::fs::read_to_string(&record).ok().and_then(|text| NamingRules::parse(&text)) == Some(naming) {
+        return;
+    }
+    let written = record
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&record, format!("{}\n", naming.as_str())));
+    match written {
+        Ok(()) => {
+            tracing::info!(file = %record.display(), rules = naming.as_str(), "recorded the store's naming rules")
+        }
+        Err(e) => tracing::warn!(file = %record.display(), "cannot record the store's naming rules: {e}"),
+    }
 }
 
 pub(crate) fn create_layout(layout: &Layout, durable: bool) -> Result<(), StoreError> {
@@ -218,24 +265,37 @@ pub(crate) fn quarantine_usage(layout: &Layout) -> (u64, u64) {
     (files, bytes)
 }
 
+/// An index file's stem and the positions it lists.
+type StemList = (String, Vec<u64>);
+
 /// Loads every `<stem>.json` index file of `dir`; its temporary files go to `leftovers`. Positions beyond `head` (left by a crashed append) are dropped
 /// and the file marked dirty; a corrupt file is logged, marked dirty and left out, so its events count as
-/// uncovered and get re-indexed.
+/// uncovered and get re-indexed. Also returns how many index files were left out because this platform cannot
+/// open them: a name holding a character Windows refuses (`time_12?30.json`, written under the Unix rules) is
+/// listed under Wine or on a share of a Linux directory, but opening it fails (`ERROR_INVALID_NAME`).
 fn load_index_dir(
     dir: &Path,
     io: &dyn BatchIo,
     head: u64,
     dirty: &mut BTreeSet<String>,
     leftovers: &mut Vec<PathBuf>,
-) -> Result<Vec<(String, Vec<u64>)>, StoreError> {
+) -> Result<(Vec<StemList>, usize), StoreError> {
     let mut stems = Vec::new();
     let mut paths = Vec::new();
+    let mut foreign = 0;
     let entries = std::fs::read_dir(dir).map_err(|e| StoreError::io(IoOp::Open, dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(IoOp::Read, dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if format::is_tmp_file_name(name) {
+        if name.chars().any(|c| NamingRules::NATIVE.is_invalid_char(c)) {
+            tracing::warn!(
+                file = %entry.path().display(),
+                "index file named under another platform's rules cannot be opened here: re-deriving what it lists \
+                 from the event files (at every open while it is there)"
+            );
+            foreign += 1;
+        } else if format::is_tmp_file_name(name) {
             // An interrupted rewrite's temporary file: derived data, but never deleted silently.
             leftovers.push(entry.path());
         } else if let Some(stem) = format::parse_index_file_name(name) {
@@ -263,7 +323,7 @@ fn load_index_dir(
             }
         }
     }
-    Ok(out)
+    Ok((out, foreign))
 }
 
 /// The lists of `stems` (tag lists or type lists) in `index`, clipped to positions up to `limit`, with the path of

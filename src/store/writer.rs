@@ -21,7 +21,6 @@
 //! refused: too many open files, no inodes, a name too long) only fails its appends: its leftovers (event files
 //! beyond the head) are set aside by the next commit at those positions.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -31,8 +30,8 @@ use std::time::{Duration, Instant};
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::tracking::{Replay, TrackingRefusal};
 use super::{
-    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, PreparedEvent, Request,
-    Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, LockFile, PreparedEvent,
+    Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
@@ -61,7 +60,7 @@ impl super::tracking::GroupAppend for (Pending, u64) {
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    lock_file: File,
+    lock_file: LockFile,
     requests: Receiver<Request>,
     /// While the store is poisoned: when the next in-place recovery runs, and the wait after it if it fails.
     next_recovery: Option<Instant>,
@@ -69,9 +68,12 @@ pub(crate) struct Writer {
 }
 
 /// Writers replace the ledger by rename (we do, and so does .NET Opossum), so a new inode means a new ledger.
+/// Windows: std offers no stable file id, and NTFS gives a file renamed over a name it just removed the old
+/// file's creation time (tunnelling), so a hash of the ledger's bytes (~50) stands in for the inode; reading
+/// them costs an open, as `metadata` does there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LedgerFingerprint {
-    inode: u64,
+    identity: u64,
     modified: Option<std::time::SystemTime>,
     len: u64,
 }
@@ -79,14 +81,19 @@ pub(crate) struct LedgerFingerprint {
 pub(crate) fn ledger_fingerprint(path: &std::path::Path) -> Option<LedgerFingerprint> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    let identity = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
-    let inode = 0;
-    Some(LedgerFingerprint { inode, modified: meta.modified().ok(), len: meta.len() })
+    let identity = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::fs::read(path).ok()?.hash(&mut hasher);
+        hasher.finish()
+    };
+    Some(LedgerFingerprint { identity, modified: meta.modified().ok(), len: meta.len() })
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, lock_file: File, requests: Receiver<Request>) -> Writer {
+    pub fn new(shared: Arc<Shared>, lock_file: LockFile, requests: Receiver<Request>) -> Writer {
         let recovery_backoff = shared.options.recovery_backoff_min;
         Writer { shared, lock_file, requests, next_recovery: None, recovery_backoff }
     }

@@ -141,9 +141,16 @@ pub(crate) fn open(
     }
     let head = journal.head();
     let journal_opened = started.elapsed();
+    let naming = crate::store::recovery::store_naming_rules(layout);
+    crate::store::recovery::record_naming_rules(layout, naming);
     // From the index checkpoint plus the journal after it (or the whole journal, when the checkpoint is unusable).
     let mut tracking = crate::store::tracking::Table::default();
-    let (mut index, _) = crate::store::checkpoint::load_index(&layout.root, &journal, &mut tracking)?;
+    let (mut index, _) = crate::store::checkpoint::load_index(
+        &layout.root,
+        &journal,
+        &mut tracking,
+        naming.for_writing_on_this_platform(),
+    )?;
     let index_loaded = started.elapsed();
     // The index files of the tree are not this mode's business: nothing is dirty.
     index.dirty_tags.clear();
