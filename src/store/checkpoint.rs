@@ -48,7 +48,6 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::format::{event_tag_stem, event_type_stem};
 use crate::journal::{index_checkpoint_path, Journal, JournalError};
 use crate::limits::{
     INDEX_CHECKPOINT_EVENTS_DEFAULT, INDEX_CHECKPOINT_PAUSE_FACTOR, INDEX_CHECKPOINT_POLL_MAX,
@@ -173,9 +172,11 @@ fn decode_checked_header(bytes: &[u8]) -> Result<Header, Damage> {
 
 /// The index of positions `1 ..= through` as copied out of the live index: its interned strings, and each
 /// position's type and tags as ids into them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     through: u64,
+    /// The rules the index files its stems under (the stems stored beside each type and tag).
+    naming: crate::format::NamingRules,
     types: Vec<Arc<str>>,
     tags: Vec<Arc<Tag>>,
     event_types: Vec<u32>,
@@ -214,10 +215,12 @@ pub fn snapshot(index: &RwLock<Index>, through: u64) -> Result<Snapshot, Checkpo
     let n = through as usize;
     let mut snap = Snapshot {
         through,
+        naming: index.read().unwrap_or_else(|e| e.into_inner()).naming,
+        types: Vec::new(),
+        tags: Vec::new(),
         event_types: Vec::with_capacity(n),
         tag_counts: Vec::with_capacity(n),
         tag_refs: Vec::with_capacity(n),
-        ..Snapshot::default()
     };
     let mut next = 1;
     while next <= through {
@@ -258,8 +261,8 @@ pub fn encode(snap: &Snapshot, identity: (u32, u32)) -> Vec<u8> {
         out.extend_from_slice(s.as_bytes());
     }
     // Stems are stored, not recomputed at load: sanitising a million tags costs more than reading their stems.
-    let type_stems: Vec<String> = snap.types.iter().map(|t| event_type_stem(t)).collect();
-    let tag_stems: Vec<String> = snap.tags.iter().map(|t| event_tag_stem(t)).collect();
+    let type_stems: Vec<String> = snap.types.iter().map(|t| snap.naming.event_type_stem(t)).collect();
+    let tag_stems: Vec<String> = snap.tags.iter().map(|t| snap.naming.event_tag_stem(t)).collect();
     let strings: usize = snap.types.iter().zip(&type_stems).map(|(t, s)| t.len() + s.len() + 4).sum::<usize>()
         + snap.tags.iter().zip(&tag_stems).map(|(t, s)| t.key.len() + t.value.len() + s.len() + 6).sum::<usize>();
     let columns = 8 * snap.event_types.len() + 8 + 4 * snap.tag_refs.len();

@@ -142,6 +142,8 @@ impl Index {
             tags_interned,
             dirty_types: BTreeSet::new(),
             dirty_tags: BTreeSet::new(),
+            // The store's rules are set by whoever loads the checkpoint (`checkpoint::load_index`).
+            naming: crate::format::NamingRules::NATIVE,
         }
     }
 
