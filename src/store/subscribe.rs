@@ -484,4 +484,53 @@ mod tests {
         assert_eq!((live.position, live.event_type.as_str()), (5, "A"));
         assert_eq!(sub.last_event(), Some(5));
     }
+
+    fn live_positions(sub: &mut Subscription) -> (Live, Vec<u64>) {
+        let mut got = Vec::new();
+        let live = sub.next_live(|e| {
+            got.push(e.position);
+            true
+        });
+        (live, got)
+    }
+
+    #[test]
+    fn caught_up_subscribers_share_one_fill_of_the_live_tail_and_a_slow_one_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { durability: Durability::None, ..Default::default() };
+        let store = Arc::new(Store::open(dir.path(), options).unwrap());
+        let only_a = Query::Items(vec![QueryItem { types: vec!["A".into()], tags: vec![] }]);
+        let (mut all, mut a) = (store.subscribe(Query::All, 0).unwrap(), store.subscribe(only_a, 0).unwrap());
+        assert_eq!(live_positions(&mut all), (Live::CaughtUp, vec![]));
+        assert_eq!(live_positions(&mut a), (Live::CaughtUp, vec![]));
+        store.append(vec![event("A", "1"), event("B", "1"), event("A", "2")], None).unwrap();
+        // The tail ends below the head: one subscriber fills it, the other cannot claim a fill meanwhile.
+        assert_eq!(live_positions(&mut all), (Live::NeedsFill, vec![]));
+        let fill = all.claim_tail_fill().unwrap();
+        assert!(a.claim_tail_fill().is_none());
+        fill.run().unwrap();
+        assert_eq!(live_positions(&mut all), (Live::CaughtUp, vec![1, 2, 3]));
+        assert_eq!(live_positions(&mut a), (Live::CaughtUp, vec![1, 3]));
+        assert_eq!((all.through(), a.through()), (3, 3));
+        // A callback that wants no more stops right after its event, and the next call goes on from there.
+        store.append(vec![event("A", "3"), event("A", "4")], None).unwrap();
+        all.claim_tail_fill().unwrap().run().unwrap();
+        assert_eq!(a.next_live(|_| false), Live::Stopped);
+        assert_eq!(a.through(), 4);
+        assert_eq!(live_positions(&mut a), (Live::CaughtUp, vec![5]));
+        // Further behind than the tail holds: back to its own catch-up reads, counted once, and nothing missed.
+        let many = (0..LIVE_TAIL_EVENTS_MAX + 1).map(|i| event("B", &i.to_string())).collect();
+        store.append(many, None).unwrap();
+        store.append(vec![event("A", "last")], None).unwrap();
+        assert_eq!(live_positions(&mut a), (Live::Behind, vec![]));
+        assert_eq!(store.commits().stats().catch_up_fallbacks, 1);
+        let mut rest = Vec::new();
+        while let Some(e) = a.next_event().unwrap() {
+            rest.push(e.position);
+        }
+        assert_eq!(rest, vec![store.head()]);
+        assert_eq!(store.commits().stats().active, 2);
+        drop(all);
+        assert_eq!(store.commits().stats().active, 1);
+    }
 }

@@ -5,8 +5,8 @@
 //! bench directory, so all of them see the same minutes of disk noise. Per system and round:
 //!
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
-//!    (N/10 tags x 10 events); opossumd fills with its configuration plus `--durability none` (valid in every
-//!    commit mode) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
+//!    (N/10 tags x 10 events); opossumd fills with its configuration plus `--durability none` (and, in files
+//!    commit mode only, `--index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
 //!    both measure a reopened store;
 //! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
 //! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
@@ -233,7 +233,7 @@ fn main() -> anyhow::Result<()> {
                         "version": version_of(&opossumd),
                         "commit": sys::git_commit(),
                         "args": flags,
-                        "fill_args": fill_flags(flags),
+                        "fill_args": fill_flags(&opossumd, flags),
                         "commit_mode": m.commit,
                         "mirror": m.mirror,
                         "modes_from": m.from,
@@ -306,10 +306,16 @@ fn version_of(binary: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The configuration's flags with `--durability none` instead of any durability they name (the only fill override:
-/// valid in every commit mode).
-fn fill_flags(flags: &[String]) -> Vec<String> {
+/// The configuration's flags with `--durability none` instead of any durability they name (valid in every commit
+/// mode), and in files commit mode `--index-writes deferred` too (every-commit index writes cost O(index size) per
+/// commit: a fill of 100,000 events took minutes; the option exists only in files mode).
+fn fill_flags(opossumd: &Path, flags: &[String]) -> Vec<String> {
     let mut all: Vec<String> = ["--durability", "none"].map(String::from).to_vec();
+    if Modes::from_flags(opossumd, flags).commit == "files"
+        && !flags.iter().any(|f| f == "--index-writes" || f.starts_with("--index-writes="))
+    {
+        all.extend(["--index-writes", "deferred"].map(String::from));
+    }
     let mut it = flags.iter();
     while let Some(f) = it.next() {
         if f == "--durability" {
@@ -350,7 +356,10 @@ impl Modes {
             }
             found.or_else(|| help_default(&help, flag)).unwrap_or_else(|| "unknown".into())
         };
-        Modes { commit: value("--commit"), mirror: value("--mirror"), from: "flags" }
+        let commit = value("--commit");
+        // The mirror exists only in journal mode (the Opossum tree is the record in files mode).
+        let mirror = if commit == "files" { "n/a".to_string() } else { value("--mirror") };
+        Modes { commit, mirror, from: "flags" }
     }
 
     /// What the daemon reports in `hello` or `stats` (top level or under `store`), if it reports both.
@@ -379,8 +388,8 @@ fn help_default(help: &str, flag: &str) -> Option<String> {
 /// The second opossum configuration: the journal alone.
 const MIRROR_OFF_FLAGS: [&str; 4] = ["--commit", "journal", "--mirror", "off"];
 
-/// Disk one system's store may take in a run: the fill, plus what the timed appends add (at most a few hundred
-/// thousand events a second for a phase per client count, generously).
+/// Disk one system's store may take in a run: the fill, plus what the timed appends add (generously: 20,000
+/// events/s in each conditional phase, 1 event a durable request; 150,000 events/s in each batched phase).
 fn estimated_store_bytes(system: &System, ctx: &Ctx) -> u64 {
     // Per event: a file in the Opossum tree takes a block (4 KiB) plus index entries; the journal (mirror off) and
     // UmaDB take well under 1 KiB (measured: disk_per_million rows).
@@ -389,8 +398,8 @@ fn estimated_store_bytes(system: &System, ctx: &Ctx) -> u64 {
         System::Opossum { .. } => 5 * 1024,
         System::Umadb { .. } => 1536,
     };
-    let phases = ctx.append_clients.len() as f64 + 2.0;
-    let appended = (phases * ctx.seconds * 100_000.0) as u64;
+    let per_second = ctx.append_clients.len() as f64 * 20_000.0 + 2.0 * 150_000.0;
+    let appended = (per_second * ctx.seconds) as u64;
     (ctx.events + appended) * per_event
 }
 
@@ -412,7 +421,7 @@ fn check_disk_space(dir: &Path, need: u64) -> anyhow::Result<()> {
 fn start(ctx: &Ctx, system: &System, store: &Path, fill: bool) -> anyhow::Result<Server> {
     match system {
         System::Opossum { flags, .. } => {
-            let all = if fill { fill_flags(flags) } else { flags.clone() };
+            let all = if fill { fill_flags(&ctx.opossumd, flags) } else { flags.clone() };
             let socket = store.with_extension("sock");
             Ok(Server::Opossum(Daemon::start(&ctx.opossumd, store, &socket, &all)?))
         }
@@ -483,12 +492,7 @@ fn run_system(
         modes.insert(system.name().to_string(), m);
     }
     out.push((
-        rate_row(
-            "fill",
-            "fill, 1,000 events/request (opossum: durability none)",
-            FILL_CLIENTS,
-            "events/s",
-        ),
+        rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
         plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
     ));
     out.push((
