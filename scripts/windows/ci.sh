@@ -3,7 +3,7 @@
 # warning fails CI, then the suites that make sense on Windows, built for it and run under Wine. What Wine cannot
 # run is skipped by name with the reason: whole suites below, single tests by their #[ignore = "..."] (cargo
 # prints "ignored, <reason>"). A cold run (std built from source twice, for check and for test, every dependency)
-# takes ~40 minutes on a loaded 2-core machine; warm, a few minutes (docs/windows.md, "Under Wine").
+# took ~45 minutes on a loaded 2-core machine; warm, a few minutes (docs/windows.md, "Under Wine, and in CI").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 took() { echo "   ($1 took $((SECONDS - $2)) s)"; }

@@ -242,7 +242,10 @@ fn sigkill_during_durable_puts_loses_no_acknowledged_put() {
                 expected_tags.entry(stem).or_default().insert(key.clone());
             }
         }
-        if pdir.exists() {
+        // A child killed during its first put, before any file landed, may leave the directory (and its dirty
+        // marker) without `Metadata/index.json` (seen under Wine, where a put takes longer): nothing to index yet.
+        let never_indexed = files.is_empty() && !pdir.join("Metadata/index.json").exists();
+        if pdir.exists() && !never_indexed {
             assert_eq!(tag_files(&pdir), expected_tags, "cycle {cycles}: tag index files");
             let meta =
                 format::decode_metadata_index(&std::fs::read(pdir.join("Metadata/index.json")).unwrap()).unwrap();
