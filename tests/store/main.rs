@@ -10,6 +10,7 @@ use opossum::io::{self, BatchIo, Fault, FaultyIo, IoBackendKind, SyncStrategy};
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
+mod checkpoint;
 mod crash;
 mod journal_mode;
 
