@@ -867,6 +867,44 @@ mod tests {
         assert!(matches!(decode(&longer), Err(Damage::Length { .. })));
     }
 
+    /// A body changed on purpose, sealed again with good checksums: only the decoder's own checks can refuse it.
+    fn resealed(mut bytes: Vec<u8>, change: impl FnOnce(&mut [u8])) -> Vec<u8> {
+        change(&mut bytes[CHECKPOINT_HEADER_BYTES..]);
+        let body_crc = crc32c::crc32c(&bytes[CHECKPOINT_HEADER_BYTES..]);
+        bytes[BODY_CRC_AT..BODY_CRC_AT + 4].copy_from_slice(&body_crc.to_le_bytes());
+        let header_crc = crc32c::crc32c(&bytes[..HEADER_CRC_AT]);
+        bytes[HEADER_CRC_AT..HEADER_CRC_AT + 4].copy_from_slice(&header_crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn ids_and_counts_are_checked_even_under_good_checksums() {
+        let mut index = Index::default();
+        for n in 1..=20 {
+            let (ty, tags) = keys_of(n);
+            index.insert(n, &ty, &tags);
+        }
+        let snap = snapshot(&RwLock::new(index), 20).unwrap();
+        let (p, r) = (snap.event_types.len(), snap.tag_refs.len());
+        let bytes = encode(&snap, (0, 0));
+        assert!(decode(&resealed(bytes.clone(), |_| {})).is_ok());
+        let body = bytes.len() - CHECKPOINT_HEADER_BYTES;
+        let type_ids_at = body - 4 * r - 8 - 8 * p;
+        let counts_at = body - 4 * r - 8 - 4 * p;
+        let bad_type =
+            resealed(bytes.clone(), |b| b[type_ids_at..type_ids_at + 4].copy_from_slice(&99u32.to_le_bytes()));
+        assert!(matches!(decode(&bad_type), Err(Damage::BadId { what: "type", id: 99, .. })));
+        let bad_tag = resealed(bytes.clone(), |b| b[body - 4..].copy_from_slice(&u32::MAX.to_le_bytes()));
+        assert!(matches!(decode(&bad_tag), Err(Damage::BadId { what: "tag", .. })));
+        let more_tags = resealed(bytes.clone(), |b| b[counts_at] += 1);
+        assert!(matches!(decode(&more_tags), Err(Damage::Short("tag references"))));
+        let fewer_tags = resealed(bytes.clone(), |b| {
+            let at = (0..p).map(|i| counts_at + 4 * i).find(|&at| b[at] > 0).unwrap();
+            b[at] -= 1;
+        });
+        assert!(matches!(decode(&fewer_tags), Err(Damage::Trailing(4))));
+    }
+
     #[test]
     fn open_loads_the_checkpoint_and_scans_only_after_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ use opossum::journal::JournalFault;
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
+mod checkpoint;
 mod crash;
 mod journal_faults;
 mod journal_mode;
