@@ -273,6 +273,10 @@ pub const INDEX_CHECKPOINT_PAUSE_FACTOR: u32 = 4;
 /// Positions a checkpoint copies out of the in-memory index per hold of its read lock: the writer, which takes the
 /// write lock once per group commit, waits for at most this many copies.
 pub const INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX: u64 = 16_384;
+/// How long a checkpoint's snapshot waits for the writer to take the commits up to its position into the tracking
+/// table (it does so right after publishing them, so microseconds); past it this checkpoint is skipped and the next
+/// one tries again.
+pub const INDEX_CHECKPOINT_TRACKING_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 const _: () = assert!(INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX <= INDEX_CHECKPOINT_EVENTS_DEFAULT);
 
 // --- server ----------------------------------------------------------------------------------------------------

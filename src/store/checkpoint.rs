@@ -35,6 +35,8 @@
 //! body (u32/u64 LE; strings UTF-8, each after its u16 LE length)
 //! u32 T    event types, then T × (type string, its index file stem)
 //! u32 G    tags, then G × (key string, value string, its index file stem)
+//! u32 S    tracking sources, then S × (source string, u64 last position, u64 position of the record that set it)
+//! u32 W    remembered event ids, then W × (u64 position, 16-byte id), in position order
 //! P × u32  the type id of each position 1 ..= P
 //! P × u32  the tag count of each position
 //! u64 R    tag references (the sum of the counts), then R × u32 tag ids, position by position
@@ -44,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -55,6 +57,7 @@ use crate::limits::{
 };
 use crate::model::Tag;
 use crate::store::index::{EventKeys, Index};
+use crate::store::tracking::{Table, TrackingSnapshot};
 use crate::store::{Durability, Shared, StoreError};
 
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"OPOSIDXC";
@@ -120,6 +123,8 @@ pub enum CheckpointError {
         #[source]
         source: JournalError,
     },
+    #[error("index checkpoint: the tracking table has not taken in position {through} yet")]
+    TrackingBehind { through: u64 },
     #[error("index checkpoint: the exact type and tags of position {position} are not in the index")]
     KeysUnknown { position: u64 },
 }
@@ -182,6 +187,8 @@ pub struct Snapshot {
     event_types: Vec<u32>,
     tag_counts: Vec<u32>,
     tag_refs: Vec<u32>,
+    /// The tracking table as of `through` (`store::tracking`): sources and recent event ids.
+    tracking: TrackingSnapshot,
 }
 
 /// Hashes the address of an interned string: the snapshot looks up every position's keys by identity.
@@ -209,7 +216,27 @@ type ByAddress = HashMap<usize, u32, BuildHasherDefault<AddressHasher>>;
 /// Copies the keys of positions `1 ..= through` out of `index`, holding its read lock for at most
 /// `INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX` positions at a time. Every position up to `through` must be published
 /// (its keys final): the writer changes only positions above the head.
-pub fn snapshot(index: &RwLock<Index>, through: u64) -> Result<Snapshot, CheckpointError> {
+pub fn snapshot(
+    index: &RwLock<Index>,
+    through: u64,
+    tracking: Option<&Mutex<Table>>,
+) -> Result<Snapshot, CheckpointError> {
+    // The writer takes a commit into the tracking table just after publishing its head: wait those microseconds.
+    let tracking = match tracking {
+        None => TrackingSnapshot::default(),
+        Some(table) => {
+            let deadline = Instant::now() + crate::limits::INDEX_CHECKPOINT_TRACKING_WAIT_MAX;
+            loop {
+                if let Some(taken) = table.lock().unwrap_or_else(|e| e.into_inner()).export(through) {
+                    break taken;
+                }
+                if Instant::now() >= deadline {
+                    return Err(CheckpointError::TrackingBehind { through });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    };
     let mut type_ids = ByAddress::default();
     let mut tag_ids = ByAddress::default();
     let n = through as usize;
@@ -221,6 +248,7 @@ pub fn snapshot(index: &RwLock<Index>, through: u64) -> Result<Snapshot, Checkpo
         event_types: Vec::with_capacity(n),
         tag_counts: Vec::with_capacity(n),
         tag_refs: Vec::with_capacity(n),
+        tracking,
     };
     let mut next = 1;
     while next <= through {
@@ -278,6 +306,18 @@ pub fn encode(snap: &Snapshot, identity: (u32, u32)) -> Vec<u8> {
         put_str(&mut out, &t.key);
         put_str(&mut out, &t.value);
         put_str(&mut out, stem);
+    }
+    out.extend_from_slice(&(snap.tracking.sources.len() as u32).to_le_bytes());
+    for (source, last, at) in &snap.tracking.sources {
+        // Source names are at most `TRACKING_SOURCE_BYTES_MAX` bytes.
+        put_str(&mut out, source);
+        out.extend_from_slice(&last.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+    }
+    out.extend_from_slice(&(snap.tracking.ids.len() as u32).to_le_bytes());
+    for (position, id) in &snap.tracking.ids {
+        out.extend_from_slice(&position.to_le_bytes());
+        out.extend_from_slice(id);
     }
     for column in [&snap.event_types, &snap.tag_counts] {
         for id in column {
@@ -351,7 +391,13 @@ fn id_in(id: u32, count: usize, what: &'static str) -> Result<usize, Damage> {
 }
 
 /// Decodes a checkpoint file into its header and the index it holds, checking lengths, checksums and every id.
+#[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
+    decode_with_tracking(bytes).map(|(header, index, _)| (header, index))
+}
+
+/// [`decode`], with the tracking table the checkpoint holds.
+pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnapshot), Damage> {
     let header = decode_checked_header(bytes)?;
     let mut c = Cursor { bytes: &bytes[CHECKPOINT_HEADER_BYTES..], at: 0 };
     let n = c.count("types", 4)?;
@@ -367,6 +413,20 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
         let value = c.str("tags")?;
         tags.push(Arc::new(Tag::new(key, value)));
         tag_stems.push(c.str("tags")?.to_string());
+    }
+    let mut tracking = TrackingSnapshot::default();
+    let n = c.count("tracking sources", 18)?;
+    for _ in 0..n {
+        let source = c.str("tracking sources")?.to_string();
+        let last = c.u64("tracking sources")?;
+        let at = c.u64("tracking sources")?;
+        tracking.sources.push((source, last, at));
+    }
+    let n = c.count("event ids", 24)?;
+    for _ in 0..n {
+        let position = c.u64("event ids")?;
+        let id: [u8; 16] = c.take(16, "event ids")?.try_into().expect("16 bytes");
+        tracking.ids.push((position, id));
     }
     let through = usize::try_from(header.through).map_err(|_| Damage::Short("positions"))?;
     let event_types = c.u32s(through, "type ids")?;
@@ -439,7 +499,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
             }
         }
     });
-    Ok((header, Index::from_checkpoint(by_type, by_tag, keys, types_interned, tags_interned)))
+    Ok((header, Index::from_checkpoint(by_type, by_tag, keys, types_interned, tags_interned), tracking))
 }
 
 /// The position lists per index file stem, from the lists per exact type or tag and their stems: different types
@@ -474,7 +534,7 @@ fn read_valid(
     path: &Path,
     journal: &Journal,
     decode_body: bool,
-) -> Result<Option<(Header, Option<Index>)>, CheckpointError> {
+) -> Result<Option<(Header, Option<(Index, TrackingSnapshot)>)>, CheckpointError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -498,8 +558,8 @@ fn read_valid(
         decode_checked_header(&bytes).map_err(damaged)?;
         return Ok(Some((header, None)));
     }
-    let (header, index) = decode(&bytes).map_err(damaged)?;
-    Ok(Some((header, Some(index))))
+    let (header, index, tracking) = decode_with_tracking(&bytes).map_err(damaged)?;
+    Ok(Some((header, Some((index, tracking)))))
 }
 
 /// How the index was loaded at open (logs and tests).
@@ -524,8 +584,9 @@ pub(crate) fn load_index(
     remove_temporaries(&path);
     let started = Instant::now();
     let mut index = match read_valid(&path, journal, true) {
-        Ok(Some((_, Some(mut index)))) => {
+        Ok(Some((_, Some((mut index, taken))))) => {
             index.naming = naming;
+            tracking.import(&taken);
             index
         }
         Ok(_) => Index::new(naming),
@@ -558,7 +619,7 @@ pub(crate) fn load_index(
 /// through (nothing is written for an empty store).
 pub fn write(shared: &Shared, journal: &Journal) -> Result<u64, CheckpointError> {
     let durable = shared.options.durability == Durability::Fsync;
-    write_through(&shared.layout.root, &shared.index, shared.head(), journal, durable)
+    write_through(&shared.layout.root, &shared.index, Some(&shared.tracking), shared.head(), journal, durable)
 }
 
 /// Writes the checkpoint of `index` through `through` (every position up to it published) for the store at
@@ -566,6 +627,7 @@ pub fn write(shared: &Shared, journal: &Journal) -> Result<u64, CheckpointError>
 fn write_through(
     store_root: &Path,
     index: &RwLock<Index>,
+    tracking: Option<&Mutex<Table>>,
     through: u64,
     journal: &Journal,
     durable: bool,
@@ -574,7 +636,7 @@ fn write_through(
         return Ok(0);
     }
     let path = index_checkpoint_path(store_root);
-    let snap = snapshot(index, through)?;
+    let snap = snapshot(index, through, tracking)?;
     let identity =
         identity(journal, through).map_err(|source| CheckpointError::Journal { path: path.clone(), source })?;
     let bytes = encode(&snap, identity);
@@ -814,7 +876,7 @@ mod tests {
             index.insert(n, &ty, &tags);
         }
         let lock = RwLock::new(index);
-        let snap = snapshot(&lock, 500).unwrap();
+        let snap = snapshot(&lock, 500, None).unwrap();
         let bytes = encode(&snap, (7, 9));
         let (header, decoded) = decode(&bytes).unwrap();
         assert_eq!((header.through, header.identity), (500, (7, 9)));
@@ -835,14 +897,14 @@ mod tests {
             index.insert(n, &ty, &tags);
         }
         let lock = RwLock::new(index);
-        let (_, decoded) = decode(&encode(&snapshot(&lock, 30).unwrap(), (0, 0))).unwrap();
+        let (_, decoded) = decode(&encode(&snapshot(&lock, 30, None).unwrap(), (0, 0))).unwrap();
         assert_eq!(decoded.max_position, 30);
         assert!(decoded.keys(31).is_none());
         assert_eq!(
             decoded.candidates(&Query::items(vec![QueryItem::types(&["A"])]).unwrap(), 1, 40).unwrap().last(),
             Some(&28)
         );
-        assert!(matches!(snapshot(&lock, 41), Err(CheckpointError::KeysUnknown { position: 41 })));
+        assert!(matches!(snapshot(&lock, 41, None), Err(CheckpointError::KeysUnknown { position: 41 })));
     }
 
     #[test]
@@ -852,7 +914,7 @@ mod tests {
             let (ty, tags) = keys_of(n);
             index.insert(n, &ty, &tags);
         }
-        let bytes = encode(&snapshot(&RwLock::new(index), 60).unwrap(), (1, 2));
+        let bytes = encode(&snapshot(&RwLock::new(index), 60, None).unwrap(), (1, 2));
         for at in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[at] ^= 0x10;
@@ -884,7 +946,7 @@ mod tests {
             let (ty, tags) = keys_of(n);
             index.insert(n, &ty, &tags);
         }
-        let snap = snapshot(&RwLock::new(index), 20).unwrap();
+        let snap = snapshot(&RwLock::new(index), 20, None).unwrap();
         let (p, r) = (snap.event_types.len(), snap.tag_refs.len());
         let bytes = encode(&snap, (0, 0));
         assert!(decode(&resealed(bytes.clone(), |_| {})).is_ok());
@@ -910,7 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = journal_with(dir.path(), 300, "one");
         let index = RwLock::new(full_scan(&journal));
-        assert_eq!(write_through(dir.path(), &index, 200, &journal, true).unwrap(), 200);
+        assert_eq!(write_through(dir.path(), &index, None, 200, &journal, true).unwrap(), 200);
         let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 100 });
         assert_same(&loaded, &full_scan(&journal), 300);
@@ -928,7 +990,7 @@ mod tests {
         let expected = full_scan(&journal);
         let path = index_checkpoint_path(dir.path());
         let index = RwLock::new(full_scan(&journal));
-        write_through(dir.path(), &index, 100, &journal, false).unwrap();
+        write_through(dir.path(), &index, None, 100, &journal, false).unwrap();
         let good = std::fs::read(&path).unwrap();
         let check = |case: &str| {
             let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
@@ -948,13 +1010,13 @@ mod tests {
         let other = tempfile::tempdir().unwrap();
         let their_journal = journal_with(other.path(), 120, "theirs");
         let theirs = RwLock::new(full_scan(&their_journal));
-        write_through(other.path(), &theirs, 100, &their_journal, false).unwrap();
+        write_through(other.path(), &theirs, None, 100, &their_journal, false).unwrap();
         std::fs::copy(index_checkpoint_path(other.path()), &path).unwrap();
         check("a foreign checkpoint");
         // A checkpoint beyond the journal's head.
         append(&their_journal, 121, 130, "theirs");
         let theirs = RwLock::new(full_scan(&their_journal));
-        write_through(other.path(), &theirs, 130, &their_journal, false).unwrap();
+        write_through(other.path(), &theirs, None, 130, &their_journal, false).unwrap();
         std::fs::copy(index_checkpoint_path(other.path()), &path).unwrap();
         check("a checkpoint ahead of the journal");
         // The good one is used again, and leftover temporary files are removed.

@@ -22,6 +22,11 @@ use super::PreparedEvent;
 #[derive(Debug)]
 pub(crate) struct Table {
     sources: HashMap<String, u64>,
+    /// source → the position of the record that set its last position (what an index checkpoint through P may
+    /// keep: only entries set at or below P; the scan after P brings the rest).
+    sources_at: HashMap<String, u64>,
+    /// Every committed position up to here has been taken in (`committed`, or the scan at open).
+    through: u64,
     /// id → the position of the latest event carrying it, for ids still in `window`.
     ids: HashMap<EventId, u64>,
     /// The remembered ids in position order (oldest first), at most `window_max`.
@@ -44,6 +49,14 @@ impl Default for Table {
     fn default() -> Table {
         Table::with_window(EVENT_ID_WINDOW_MAX)
     }
+}
+
+/// The part of a [`Table`] an index checkpoint stores (`store::checkpoint`): `(source, last position, position of
+/// the record that set it)` and `(position, event id)` in position order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TrackingSnapshot {
+    pub sources: Vec<(String, u64, u64)>,
+    pub ids: Vec<(u64, [u8; 16])>,
 }
 
 /// What the writer decides for one append, before its condition is checked.
@@ -84,6 +97,8 @@ impl Table {
         assert!(window_max >= 1, "the id window holds at least one id");
         Table {
             sources: HashMap::new(),
+            sources_at: HashMap::new(),
+            through: 0,
             ids: HashMap::new(),
             window: VecDeque::new(),
             window_max,
@@ -118,13 +133,53 @@ impl Table {
         if let Some((source, last)) = tracking {
             // Monotonic by construction (the writer refused anything else); `max` keeps a bad journal harmless.
             let entry = self.sources.entry(source.to_string()).or_insert(0);
-            *entry = (*entry).max(last);
+            if last >= *entry {
+                *entry = last;
+                self.sources_at.insert(source.to_string(), position);
+            }
+        }
+    }
+
+    /// Every position up to `head` has been taken in (open, after its scan).
+    pub fn mark_through(&mut self, head: u64) {
+        self.through = self.through.max(head);
+    }
+
+    /// What an index checkpoint through `through` keeps of the table: the sources whose last position was set at or
+    /// below `through`, and the remembered ids at or below it — `None` while the writer has not taken in every
+    /// commit up to `through` yet (it publishes the head first). Loaded with [`Table::import`] and followed by the
+    /// journal's records after `through`, it gives the table a scan of the whole journal gives.
+    pub fn export(&self, through: u64) -> Option<TrackingSnapshot> {
+        if self.through < through {
+            return None;
+        }
+        let mut sources: Vec<(String, u64, u64)> = self
+            .sources
+            .iter()
+            .filter_map(|(s, &last)| {
+                let at = self.sources_at.get(s).copied().unwrap_or(0);
+                (at <= through).then(|| (s.clone(), last, at))
+            })
+            .collect();
+        sources.sort_by_key(|&(_, _, at)| at);
+        let ids = self.window.iter().filter(|&&(p, _)| p <= through).map(|&(p, id)| (p, id.0)).collect();
+        Some(TrackingSnapshot { sources, ids })
+    }
+
+    /// Takes in what [`Table::export`] kept, before the records after the checkpoint are observed.
+    pub fn import(&mut self, snapshot: &TrackingSnapshot) {
+        for (source, last, at) in &snapshot.sources {
+            self.observe(*at, None, Some((source, *last)));
+        }
+        for &(position, id) in &snapshot.ids {
+            self.observe(position, Some(id), None);
         }
     }
 
     /// Takes in a group the writer has committed and published.
     pub fn committed<'a>(&mut self, group: impl IntoIterator<Item = (&'a [PreparedEvent], u64)>) {
         for (events, first) in group {
+            self.through = self.through.max(first + events.len() as u64 - 1);
             for (i, e) in events.iter().enumerate() {
                 if e.id.is_some() || e.tracking.is_some() {
                     let tracking = e.tracking.as_ref().map(|t| (t.source.as_str(), t.position));
@@ -360,6 +415,27 @@ mod tests {
             store.append_tracked(vec![Event::new("T", "{}", vec![]).unwrap()], None, Some(Tracking::new("w9", 7)));
         assert!(matches!(refused, Err(super::super::StoreError::TrackingConflict { last: 7, .. })), "{refused:?}");
         assert_eq!(store.head(), 4);
+    }
+
+    #[test]
+    fn an_index_checkpoint_keeps_what_was_set_at_or_below_its_position() {
+        let mut t = Table::with_window(8);
+        t.observe(1, id(1), Some(("a", 5)));
+        t.observe(2, id(2), Some(("b", 3)));
+        t.observe(3, id(3), Some(("a", 9)));
+        assert!(t.export(2).is_none(), "nothing taken in through 2 yet");
+        t.mark_through(3);
+        assert!(t.export(4).is_none(), "position 4 not taken in yet");
+        let kept = t.export(2).unwrap();
+        let mut u = Table::with_window(8);
+        u.import(&kept);
+        // `a` was last set at position 3: the scan after the checkpoint brings it.
+        assert_eq!((u.position("a"), u.position("b")), (0, 3));
+        assert_eq!(u.window.len(), 2);
+        u.observe(3, id(3), Some(("a", 9)));
+        assert_eq!((u.position("a"), u.position("b")), (9, 3));
+        assert_eq!(u.window, t.window);
+        assert_eq!(u.replay(&prepared(&[Some(2), Some(3)], None), Some(1), NONE), Replay::Of { first: 2, last: 3 });
     }
 
     #[test]

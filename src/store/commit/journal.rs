@@ -151,6 +151,7 @@ pub(crate) fn open(
         &mut tracking,
         naming.for_writing_on_this_platform(),
     )?;
+    tracking.mark_through(head);
     let index_loaded = started.elapsed();
     // The index files of the tree are not this mode's business: nothing is dirty.
     index.dirty_tags.clear();
