@@ -528,13 +528,16 @@ fn identity(journal: &Journal, through: u64) -> Result<(u32, u32), JournalError>
     Ok((files.next().unwrap_or(0), files.next().unwrap_or(0)))
 }
 
+/// A checkpoint's index and tracking table.
+type Decoded = (Index, TrackingSnapshot);
+
 /// The checkpoint at `path` if it is whole and belongs to `journal` (its header and body checked, its identity
 /// compared, its positions within the journal); `None` when there is none.
 fn read_valid(
     path: &Path,
     journal: &Journal,
     decode_body: bool,
-) -> Result<Option<(Header, Option<(Index, TrackingSnapshot)>)>, CheckpointError> {
+) -> Result<Option<(Header, Option<Decoded>)>, CheckpointError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -973,12 +976,14 @@ mod tests {
         let journal = journal_with(dir.path(), 300, "one");
         let index = RwLock::new(full_scan(&journal));
         assert_eq!(write_through(dir.path(), &index, None, 200, &journal, true).unwrap(), 200);
-        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
+        let (loaded, how) =
+            load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 100 });
         assert_same(&loaded, &full_scan(&journal), 300);
         // Events appended after the checkpoint, after a reopen.
         append(&journal, 301, 350, "one");
-        let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
+        let (loaded, how) =
+            load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(200), scanned: 150 });
         assert_same(&loaded, &full_scan(&journal), 350);
     }
@@ -993,7 +998,8 @@ mod tests {
         write_through(dir.path(), &index, None, 100, &journal, false).unwrap();
         let good = std::fs::read(&path).unwrap();
         let check = |case: &str| {
-            let (loaded, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
+            let (loaded, how) =
+                load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
             assert_eq!(how, Loaded { checkpoint: None, scanned: 120 }, "{case}");
             assert_same(&loaded, &expected, 120);
         };
@@ -1023,7 +1029,8 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         let tmp = crate::format::tmp_path(&path);
         std::fs::write(&tmp, b"half").unwrap();
-        let (_, how) = load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
+        let (_, how) =
+            load_index(dir.path(), &journal, &mut Default::default(), crate::format::NamingRules::NATIVE).unwrap();
         assert_eq!(how, Loaded { checkpoint: Some(100), scanned: 20 });
         assert!(!tmp.exists());
     }
