@@ -225,6 +225,12 @@ pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 20_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// The mirror starts a tree write batch at most this often (unless closing or asked to checkpoint), so under a
+/// stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds less metadata to
+/// each journal `fdatasync`'s filesystem commit.
+pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// While a checkpoint's `syncfs` runs on its own thread, the mirror looks whether it finished at least this often.
+pub const MIRROR_SYNC_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {
@@ -233,6 +239,7 @@ const _: () = {
     assert!(MIRROR_LAG_EVENTS_MAX >= GROUP_EVENTS_MAX as u64);
     assert!(MIRROR_CHECKPOINT_EVENTS_MAX >= MIRROR_BATCH_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_RECHECK_INTERVAL.as_millis() < MIRROR_LAG_MAX.as_millis());
+    assert!(MIRROR_BATCH_INTERVAL_MIN.as_millis() * 10 <= MIRROR_LAG_MAX.as_millis());
 };
 
 // --- server ----------------------------------------------------------------------------------------------------
