@@ -216,12 +216,12 @@ const _: () = {
 pub const MIRROR_BATCH_EVENTS_MAX: usize = 1024;
 /// Lag bound, in events: while the tree is this many positions behind the published head, the writer waits for the
 /// mirror before its next group commit (backpressure). A group still adds up to `GROUP_EVENTS_MAX` events on top.
-pub const MIRROR_LAG_EVENTS_MAX: u64 = 20_000;
+pub const MIRROR_LAG_EVENTS_MAX: u64 = 10_000;
 /// Lag bound, in time: while the oldest commit the tree lacks is this old, the writer waits before its next group.
 pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// A mirror checkpoint (index files written, the tree made durable with one `syncfs`, "mirror durable through P"
 /// recorded in the journal) runs once this many events were mirrored since the last one...
-pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 20_000;
+pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
