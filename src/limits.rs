@@ -240,15 +240,21 @@ const _: () = {
 pub const MIRROR_BATCH_EVENTS_MAX: usize = 1024;
 /// Lag bound, in events: while the tree is this many positions behind the published head, the writer waits for the
 /// mirror before its next group commit (backpressure). A group still adds up to `GROUP_EVENTS_MAX` events on top.
-pub const MIRROR_LAG_EVENTS_MAX: u64 = 20_000;
+pub const MIRROR_LAG_EVENTS_MAX: u64 = 10_000;
 /// Lag bound, in time: while the oldest commit the tree lacks is this old, the writer waits before its next group.
 pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 /// A mirror checkpoint (index files written, the tree made durable with one `syncfs`, "mirror durable through P"
 /// recorded in the journal) runs once this many events were mirrored since the last one...
-pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 20_000;
+pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// The mirror starts a tree write batch at most this often (unless closing or asked to checkpoint), so under a
+/// stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds less metadata to
+/// each journal `fdatasync`'s filesystem commit.
+pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// While a checkpoint's `syncfs` runs on its own thread, the mirror looks whether it finished at least this often.
+pub const MIRROR_SYNC_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {
@@ -257,6 +263,7 @@ const _: () = {
     assert!(MIRROR_LAG_EVENTS_MAX >= GROUP_EVENTS_MAX as u64);
     assert!(MIRROR_CHECKPOINT_EVENTS_MAX >= MIRROR_BATCH_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_RECHECK_INTERVAL.as_millis() < MIRROR_LAG_MAX.as_millis());
+    assert!(MIRROR_BATCH_INTERVAL_MIN.as_millis() * 10 <= MIRROR_LAG_MAX.as_millis());
 };
 
 // --- index checkpoints (store::checkpoint) ----------------------------------------------------------------------

@@ -33,8 +33,9 @@ use crate::format::{self, Layout, Ledger};
 use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
-    MIRROR_BATCH_EVENTS_MAX, MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX,
-    MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX,
+    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, MIRROR_SYNC_POLL_INTERVAL,
+    READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -188,6 +189,11 @@ struct MirrorThread {
     dirty_tags: BTreeSet<String>,
     dirty_types: BTreeSet<String>,
     last_checkpoint: Instant,
+    /// When the last tree write batch started (`MIRROR_BATCH_INTERVAL_MIN`).
+    last_batch: Instant,
+    /// A checkpoint's `syncfs`, on a thread of its own so the mirror keeps writing (a `syncfs` on a busy filesystem
+    /// can take seconds, and the writer would wait on the lag bound meanwhile): the position it makes durable.
+    syncing: Option<(u64, std::thread::JoinHandle<Result<(), StoreError>>)>,
     /// Without `syncfs` (not Linux) and with `Durability::Fsync`: every tree write fsyncs its files, at the mirror's
     /// pace, so a checkpoint has nothing left to make durable.
     per_file: bool,
@@ -199,6 +205,8 @@ impl MirrorThread {
             dirty_tags: BTreeSet::new(),
             dirty_types: BTreeSet::new(),
             last_checkpoint: Instant::now(),
+            last_batch: Instant::now(),
+            syncing: None,
             per_file: shared.options.durability == Durability::Fsync && !cfg!(target_os = "linux"),
             shared,
         }
@@ -214,6 +222,14 @@ impl MirrorThread {
 
     fn run(mut self) {
         loop {
+            if self.syncing.as_ref().is_some_and(|(_, sync)| sync.is_finished()) {
+                let (through, sync) = self.syncing.take().expect("checked");
+                let synced =
+                    sync.join().unwrap_or_else(|_| Err(StoreError::Poisoned("the syncfs thread panicked".into())));
+                if let Err(e) = synced.and_then(|()| self.finish_checkpoint(through)) {
+                    return self.mirror().fail(&self.shared, "a mirror checkpoint", &e);
+                }
+            }
             // What to do next, decided under the lock; the work happens without it.
             let (written, head, checkpoint) = {
                 let mirror = self.mirror();
@@ -222,16 +238,33 @@ impl MirrorThread {
                     if p.failed {
                         return;
                     }
+                    if self.syncing.as_ref().is_some_and(|(_, sync)| sync.is_finished()) {
+                        // Reaped at the top of the outer loop.
+                        break (p.written, p.written, false);
+                    }
                     let checkpoint = self.checkpoint_due(&p);
-                    if p.stopping && !checkpoint && p.written >= p.head {
+                    if p.stopping && !checkpoint && p.written >= p.head && self.syncing.is_none() {
                         return;
                     }
-                    if p.written < p.head || checkpoint {
+                    let pause = match p.stopping || p.checkpoint_wanted > p.checkpointed {
+                        true => std::time::Duration::ZERO,
+                        false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
+                    };
+                    if (p.written < p.head && pause.is_zero()) || checkpoint {
                         break (p.written, p.head, checkpoint);
                     }
                     let wait = match p.written > p.checkpointed {
                         true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
                         false => MIRROR_CHECKPOINT_INTERVAL_MAX,
+                    };
+                    let wait = match p.written < p.head {
+                        true => pause.min(wait),
+                        false => wait,
+                    };
+                    // A finished syncfs is noticed within this (its thread cannot wake us without a race).
+                    let wait = match self.syncing {
+                        Some(_) => wait.min(MIRROR_SYNC_POLL_INTERVAL),
+                        None => wait,
                     };
                     p = mirror.wake.wait_timeout(p, wait).unwrap_or_else(|e| e.into_inner()).0;
                 }
@@ -242,6 +275,10 @@ impl MirrorThread {
                 }
                 continue;
             }
+            if written >= head {
+                continue;
+            }
+            self.last_batch = Instant::now();
             let to = head.min(written + MIRROR_BATCH_EVENTS_MAX as u64);
             if let Err(e) = self.write_batch(written + 1, to) {
                 let what = format!("mirroring positions {}..={to} to the Opossum tree", written + 1);
@@ -262,7 +299,8 @@ impl MirrorThread {
     /// Whether a checkpoint is due now: something mirrored since the last one, and enough events or time since
     /// it, or `Store::sync` asking for what is written, or a close with the tree current.
     fn checkpoint_due(&self, p: &Progress) -> bool {
-        p.written > p.checkpointed
+        self.syncing.is_none()
+            && p.written > p.checkpointed
             && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
                 || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
                 || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
@@ -330,10 +368,22 @@ impl MirrorThread {
                 self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
             }
         }
+        tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
         // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
         if self.shared.options.durability == Durability::Fsync && !self.per_file {
-            sync_filesystem(&layout.root)?;
+            let root = layout.root.clone();
+            let sync = std::thread::Builder::new()
+                .name("opossum-mirror-sync".into())
+                .spawn(move || sync_filesystem(&root))
+                .map_err(|e| StoreError::io(IoOp::Spawn, std::path::Path::new("mirror syncfs thread"), e))?;
+            self.syncing = Some((through, sync));
+            return Ok(());
         }
+        self.finish_checkpoint(through)
+    }
+
+    /// The tree is durable through `through`: record it in the journal and tell `Store::sync` and the writer.
+    fn finish_checkpoint(&mut self, through: u64) -> Result<(), StoreError> {
         self.journal().set_mirror_durable(through)?;
         self.last_checkpoint = Instant::now();
         let mirror = self.mirror();
@@ -343,7 +393,7 @@ impl MirrorThread {
         mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
         drop(p);
         mirror.advanced.notify_all();
-        tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint");
+        tracing::debug!(through, "mirror checkpoint: durable");
         Ok(())
     }
 }

@@ -129,6 +129,8 @@ fn a_lockless_tree_reader_never_finds_a_position_at_or_below_the_ledger_missing_
     for w in writers {
         w.join().unwrap();
     }
+    // The mirror follows on its own thread: let the reader watch it catch up too.
+    store.sync().unwrap();
     done.store(true, Ordering::Relaxed);
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader saw no ledger at all");

@@ -3,8 +3,9 @@
 //! checkpoint) and the mirror's stats; then a store filled with FILL events (mirror live, durable, 1,000 events per
 //! request) and the time its close takes.
 //!
-//! `cargo run --release -p opossum-bench --example mirror_bench -- [DIR] [SECONDS] [FILL]` (DIR on the disk to
-//! measure, default /tmp; SECONDS per run, default 5; FILL default 200000).
+//! `cargo run --release -p opossum-bench --example mirror_bench -- [DIR] [SECONDS] [FILL] [CLIENTS]` (DIR on the disk
+//! to measure, default /tmp; SECONDS per run, default 5; FILL default 200000, 0 skips it; CLIENTS a comma-separated
+//! list, default 1,16,64).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,11 +90,16 @@ fn main() {
     let root = tmp.path();
     let seconds: u64 = args.get(2).map_or(5, |s| s.parse().unwrap());
     let fill: u64 = args.get(3).map_or(200_000, |s| s.parse().unwrap());
-    for threads in [1usize, 16, 64] {
+    let clients: Vec<usize> =
+        args.get(4).map_or(vec![1, 16, 64], |s| s.split(',').map(|n| n.parse().unwrap()).collect());
+    for threads in clients {
         appends(root, "journal, mirror off", options(CommitMode::Journal, MirrorMode::Off), threads, seconds);
         appends(root, "journal, mirror live", options(CommitMode::Journal, MirrorMode::Live), threads, seconds);
     }
 
+    if fill == 0 {
+        return;
+    }
     // A store of FILL events with the mirror live, then its close: the mirror's last checkpoint.
     let dir = root.join("fill");
     let store = Store::open(&dir, options(CommitMode::Journal, MirrorMode::Live)).unwrap();
