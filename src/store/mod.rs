@@ -275,6 +275,9 @@ pub(crate) struct Counters {
 pub struct StoreStats {
     pub head: u64,
     pub io_backend: String,
+    /// `journal` or `files` (`CommitMode`), and the mirror in journal mode: `live`, `off`, or `n/a` in files mode.
+    pub commit_mode: String,
+    pub mirror: String,
     pub appends: u64,
     pub events_appended: u64,
     pub condition_failures: u64,
@@ -818,6 +821,17 @@ impl Store {
         StoreStats {
             head: self.head(),
             io_backend: self.shared.io.name().to_string(),
+            commit_mode: match self.shared.options.commit {
+                CommitMode::Journal => "journal",
+                CommitMode::Files => "files",
+            }
+            .to_string(),
+            mirror: match (self.shared.options.commit, self.shared.options.mirror) {
+                (CommitMode::Files, _) => "n/a",
+                (CommitMode::Journal, MirrorMode::Live) => "live",
+                (CommitMode::Journal, MirrorMode::Off) => "off",
+            }
+            .to_string(),
             appends: get(&c.appends),
             events_appended: get(&c.events_appended),
             condition_failures: get(&c.condition_failures),

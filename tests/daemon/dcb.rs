@@ -44,6 +44,16 @@ fn hello_head_append_read_round_trip() {
     assert_eq!(stats["head"], 2);
     assert_eq!(stats["store"]["events_appended"], 2);
     assert!(stats["uptime_ms"].is_u64());
+    // The modes the daemon runs in, as this run started it (unset: the defaults, journal with the mirror live).
+    let commit = std::env::var("OPOSSUM_TEST_COMMIT").unwrap_or_else(|_| "journal".into());
+    let mirror = match commit.as_str() {
+        "files" => "n/a".to_string(),
+        _ => std::env::var("OPOSSUM_TEST_MIRROR").unwrap_or_else(|_| "live".into()),
+    };
+    assert_eq!(
+        (stats["store"]["commit_mode"].as_str(), stats["store"]["mirror"].as_str()),
+        (Some(&*commit), Some(&*mirror))
+    );
 }
 
 #[test]
