@@ -303,7 +303,9 @@ fn hold_like_dotnet(root: &Path) -> std::io::Result<std::fs::File> {
 fn the_store_lock_excludes_a_dotnet_writer_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let store = std::sync::Arc::new(Store::open(&root, StoreOptions::default()).unwrap());
+    // Files mode: the store takes the lock per commit (journal mode holds it from open to close: below).
+    let files = StoreOptions { commit: CommitMode::Files, ..StoreOptions::default() };
+    let store = std::sync::Arc::new(Store::open(&root, files).unwrap());
     let dotnet = hold_like_dotnet(&root).expect("the store holds no lock between commits");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let appender = {

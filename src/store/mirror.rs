@@ -325,10 +325,12 @@ impl MirrorThread {
             // says what these positions hold.
             io.write_files(&writes(WriteMode::Replace), self.per_file)?;
         }
+        // The store's naming rules, as the index files them (a store keeps the rules it was created with).
+        let naming = self.shared.index.read().unwrap_or_else(|e| e.into_inner()).naming;
         for v in batch.iter() {
-            self.dirty_types.insert(format::event_type_stem(v.event_type));
+            self.dirty_types.insert(naming.event_type_stem(v.event_type));
             for (key, value) in v.tags() {
-                self.dirty_tags.insert(format::event_tag_stem(&crate::model::Tag::new(key, value)));
+                self.dirty_tags.insert(naming.event_tag_stem(&crate::model::Tag::new(key, value)));
             }
         }
         // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
