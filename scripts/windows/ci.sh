@@ -23,8 +23,8 @@ echo "== skipped under Wine, by name:"
 echo "   tests/daemon/: the daemon suite needs Unix (NOTIFY_SOCKET readiness, signals, socket files, rlimits); it"
 echo "     compiles to one ignored test for Windows, and tests/portable.rs runs the daemon over the named pipe"
 echo "   crates/opossum-bench: Linux-only by design (io_uring comparisons, syncfs, page-cache drops)"
-echo "   the store suite in journal mode with the live mirror: its checkpoint needs syncfs (Linux only); on Windows"
-echo "     journal mode runs with --mirror off, tested below"
+echo "   nothing else: the store suite runs in the default mode (journal, mirror live: without syncfs the mirror"
+echo "     fsyncs each file it writes), then in files mode and in journal mode with the mirror off"
 
 # A store written by the Linux build, for a_store_written_on_linux_opens_under_wine to open under Wine. Wine maps
 # the Unix root to drive Z:.
@@ -40,6 +40,11 @@ echo "   tests/projection/ over the thread pool, tests/journal.rs, tests/daemon/
 OPOSSUM_TEST_LINUX_STORE=$windows_path bash scripts/test-windows.sh . \
   --lib --test portable --test store --test projection --test journal --test daemon
 took "the Windows build and the Wine run" "$start"
+
+start=$SECONDS
+echo "== scripts/test-windows.sh: tests/store/ again, commit mode: files"
+OPOSSUM_TEST_COMMIT=files bash scripts/test-windows.sh . --test store
+took "the files-mode store suite under Wine" "$start"
 
 start=$SECONDS
 echo "== scripts/test-windows.sh: tests/store/ again, commit mode: journal, mirror: off"
