@@ -12,7 +12,7 @@ use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreOptions};
 
 use super::{backend, cond};
 
-fn mode(commit: CommitMode, mirror: MirrorMode) -> StoreOptions {
+pub(super) fn mode(commit: CommitMode, mirror: MirrorMode) -> StoreOptions {
     StoreOptions { commit, mirror, durability: Durability::Fsync, io: Some(backend()), ..StoreOptions::default() }
 }
 
@@ -47,7 +47,7 @@ fn workload(store: &Store) {
 }
 
 /// Every file of the tree (events, index files, ledger) with its bytes, relative to the store root.
-fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+pub(super) fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = vec![(".ledger".to_string(), std::fs::read(root.join(".ledger")).unwrap())];
     for dir in ["events", "Indices/EventType", "Indices/Tags"] {
         let mut names: Vec<String> =

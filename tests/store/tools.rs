@@ -1,19 +1,13 @@
 //! The operator tools (`opossum export --opossum`, `opossum verify`) through the library, and the open-time refusal
 //! of a tree that contradicts the journal. Journal mode whatever mode the rest of the suite runs in.
 
-use std::path::Path;
-
 use opossum::format::{encode_event, event_file_name, Ledger};
 use opossum::journal::{journal_dir, Marks};
 use opossum::model::{Event, Query, ReadOptions, Tag};
 use opossum::store::tools::{export_tree, verify, ToolError};
-use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreError, StoreOptions};
+use opossum::store::{CommitMode, MirrorMode, Store, StoreError, StoreOptions};
 
-use super::backend;
-
-fn mode(commit: CommitMode, mirror: MirrorMode) -> StoreOptions {
-    StoreOptions { commit, mirror, durability: Durability::Fsync, io: Some(backend()), ..StoreOptions::default() }
-}
+use super::journal_mode::{mode, tree};
 
 /// An event with a fixed timestamp, so two stores write the same bytes.
 fn fixed(n: u64, ty: &str, tags: &[(&str, &str)]) -> Event {
@@ -36,21 +30,6 @@ fn workload(store: &Store) {
             .collect();
         store.append(events, None).unwrap();
     }
-}
-
-/// Every file of the tree (events, index files, ledger) with its bytes, relative to the store root.
-fn tree(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![(".ledger".to_string(), std::fs::read(root.join(".ledger")).unwrap())];
-    for dir in ["events", "Indices/EventType", "Indices/Tags"] {
-        let mut names: Vec<String> =
-            std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        for name in names {
-            let rel = format!("{dir}/{name}");
-            out.push((rel.clone(), std::fs::read(root.join(&rel)).unwrap()));
-        }
-    }
-    out
 }
 
 fn no_progress() -> impl FnMut(u64, u64) {
