@@ -163,14 +163,15 @@ pub(super) async fn serve(
                         let fill = sub.claim_tail_fill();
                         subscription = Some(sub);
                         match fill {
-                            Some(fill) => tokio::select! {
-                                biased;
-                                filled = tokio::task::spawn_blocking(move || fill.run()) => {
-                                    // A failed fill: the subscription's own step reads (and reports the error).
-                                    read_next = !matches!(filled, Ok(Ok(())));
-                                }
-                                _ = close.wait_for(|closing| *closing) => break End::Abandon,
-                            },
+                            Some(fill) => {
+                                // Finished even when the daemon is stopping (a fill reads at most the live tail's
+                                // bound of recent commits): the loop's top then sees the close and the stream ends
+                                // with its final line. Racing it against the close abandoned caught-up subscribers
+                                // without one (sigterm_mid_stream_ends_with_a_final_line_..., intermittently).
+                                let filled = tokio::task::spawn_blocking(move || fill.run()).await;
+                                // A failed fill: the subscription's own step reads (and reports the error).
+                                read_next = !matches!(filled, Ok(Ok(())));
+                            }
                             None => tokio::select! {
                                 biased;
                                 _ = close.wait_for(|closing| *closing) => break End::Final,
