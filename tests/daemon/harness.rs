@@ -87,7 +87,12 @@ impl Daemon {
             match notify.recv(&mut buf) {
                 Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => break,
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // EINTR: a signal reached this thread (the crash tests SIGKILL daemons from other threads): retry.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => panic!("notify socket: {e}"),
             }
             if let Some(status) = child.try_wait().unwrap() {
