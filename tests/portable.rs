@@ -12,6 +12,10 @@ use opossum::format::{self, NamingRules};
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, Tag};
 use opossum::store::{CommitMode, MirrorMode, Store, StoreError, StoreOptions};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::copy_dir;
+
 /// How long a daemon may take to start serving (Wine starts slowly).
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -160,19 +164,6 @@ fn daemon_round_trip_over_the_platform_transport() {
     );
     assert!(!other.exists(), "the refused daemon created its store directory");
     assert_eq!(second.head().unwrap(), 2);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A copy of `tests/fixtures/windows-store`: a store laid out as .NET Opossum on Windows writes it (indented JSON

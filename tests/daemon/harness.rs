@@ -80,7 +80,9 @@ impl Daemon {
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         cmd.env("NOTIFY_SOCKET", &notify_path);
-        let mut child = cmd.spawn().unwrap();
+        // Until READY=1 the child is owned by a guard: a panic below (or an early return) kills and reaps it
+        // instead of leaving a daemon serving after the test run.
+        let mut child = KillOnDrop(Some(cmd.spawn().unwrap()));
         let start = Instant::now();
         let mut buf = [0u8; 512];
         loop {
@@ -95,14 +97,14 @@ impl Daemon {
                     ) => {}
                 Err(e) => panic!("notify socket: {e}"),
             }
-            if let Some(status) = child.try_wait().unwrap() {
+            if let Some(status) = child.get().try_wait().unwrap() {
                 return Err(format!("exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
             }
             if start.elapsed() > DEADLINE {
-                let _ = child.kill();
                 return Err(format!("not ready after {DEADLINE:?}: {}", std::fs::read_to_string(&log).unwrap()));
             }
         }
+        let child = child.0.take().expect("the guard holds the child until here");
         Ok(Daemon { child, data: data.to_path_buf(), socket: socket.to_path_buf(), log, notify })
     }
 
@@ -286,4 +288,22 @@ pub fn files_mode(test: &str, why: &str) -> bool {
         eprintln!("skipping {test} in journal mode: {why}");
     }
     files
+}
+
+/// A daemon child not yet handed to a [`Daemon`]: killed and reaped when dropped (a failed or panicking `spawn`).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("taken only on success")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

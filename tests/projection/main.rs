@@ -17,6 +17,10 @@ use opossum::projection::{format, ProjectionError, ProjectionItem, ProjectionOpt
 use opossum::store::Durability;
 use serde_json::value::RawValue;
 
+#[path = "../common/mod.rs"]
+mod common;
+use common::copy_dir;
+
 mod crash;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/projections/dotnet-store");
@@ -79,19 +83,6 @@ pub fn keys(items: impl IntoIterator<Item = Result<ProjectionItem, ProjectionErr
 fn query_keys(store: &ProjectionStore, projection: &str, tags: &[(&str, &str)]) -> Vec<String> {
     let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect();
     keys(store.query(projection, &tags).unwrap())
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Tag index files of a projection as on disk: stem → keys.

@@ -11,6 +11,10 @@ use opossum::journal::JournalFault;
 use opossum::model::{AppendCondition, Event, Query, QueryItem, ReadOptions, SequencedEvent, Tag};
 use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, StoreError, StoreOptions, WriteStatus};
 
+#[path = "../common/mod.rs"]
+mod common;
+use common::copy_dir;
+
 mod checkpoint;
 mod crash;
 mod journal_faults;
@@ -289,19 +293,6 @@ fn on_disk_layout_matches_opossum() {
         assert!(names.iter().any(|n| n == expected), "{expected} missing in {names:?}");
     }
     assert!(!names.iter().any(|n| n.contains(".tmp.")), "temporary files left: {names:?}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn fixture_store() -> (tempfile::TempDir, PathBuf) {

@@ -4,7 +4,8 @@
 //! (`events/`), one index file per event type and per tag (`Indices/`), and `.ledger`. Order, so that a crash
 //! midway never leaves a ledger vouching for missing files: event files (without fsyncs), then one barrier for
 //! all of them, then index files and the ledger, durably. An empty journal writes the directories only (files
-//! mode writes no ledger before the first event).
+//! mode writes no ledger before the first event). Where there is no `syncfs` (not Linux) the event files are
+//! written durably in the first pass instead (each batch's barrier), so no file is written twice.
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,8 @@ pub fn export_tree(
     let mut lists = IndexLists::default();
     let mut exported = Exported::default();
     let mut next = 1;
+    // One `syncfs` after the pass on Linux; elsewhere each batch is made durable as it is written.
+    let durable_batches = !cfg!(target_os = "linux");
     progress(0, head);
     while next <= head {
         let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(head);
@@ -62,7 +65,7 @@ pub fn export_tree(
                 FileWrite { path, bytes: record.file, mode: WriteMode::CreateNew }
             })
             .collect();
-        store.io.write_files(&writes, false)?;
+        store.io.write_files(&writes, durable_batches)?;
         exported.events += positions.len() as u64;
         next = last + 1;
         progress(exported.events, head);
@@ -70,7 +73,7 @@ pub fn export_tree(
     if head == 0 {
         return Ok(exported);
     }
-    sync_tree(&out, &store)?;
+    sync_tree(&out)?;
     // Tag files before type files, as every flush writes them (type coverage never runs ahead of tag coverage).
     let (tags, types): (Vec<_>, Vec<_>) =
         lists.files.into_iter().partition(|(path, _)| path.starts_with(&out.tag_index));
@@ -90,33 +93,15 @@ pub fn export_tree(
 }
 
 /// Makes every event file written so far durable before any index file or the ledger names them: one `syncfs` of
-/// the target's filesystem on Linux; elsewhere each event file is synced again through a durable batch.
-fn sync_tree(out: &Layout, store: &OfflineStore) -> Result<(), ToolError> {
+/// the target's filesystem on Linux. Elsewhere the first pass already wrote them durably: nothing is left to do.
+fn sync_tree(out: &Layout) -> Result<(), ToolError> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let _ = store;
         let dir = std::fs::File::open(&out.root).map_err(io_error("open", &out.root))?;
         nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| io_error("syncfs", &out.root)(e.into()))?;
-        Ok(())
     }
     #[cfg(not(target_os = "linux"))]
-    {
-        let head = store.journal.head();
-        let mut next = 1;
-        while next <= head {
-            let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(head);
-            let positions: Vec<u64> = (next..=last).collect();
-            let batch = store.journal.read(&positions)?;
-            let paths: Vec<PathBuf> = positions.iter().map(|&p| out.event_file(p)).collect();
-            let writes: Vec<FileWrite<'_>> = batch
-                .iter()
-                .zip(&paths)
-                .map(|(record, path)| FileWrite { path, bytes: record.file, mode: WriteMode::Replace })
-                .collect();
-            store.io.write_files(&writes, true)?;
-            next = last + 1;
-        }
-        Ok(())
-    }
+    let _ = out;
+    Ok(())
 }
