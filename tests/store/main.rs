@@ -487,7 +487,19 @@ fn exclusive_opens_exclude_each_other() {
     let first = Store::open(dir.path(), exclusive()).unwrap();
     assert!(matches!(Store::open(dir.path(), exclusive()), Err(StoreError::Locked(_))));
     drop(first);
-    Store::open(dir.path(), exclusive()).unwrap();
+    // Released at drop. Retried briefly: another test of this binary may be spawning a child process right now
+    // (`crash.rs`), and between its fork and exec the child holds a copy of every descriptor, our lock's included
+    // (flock belongs to the open file description); exec closes it (O_CLOEXEC).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir.path(), exclusive()) {
+            Ok(_) => break,
+            Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("the lock was not released by drop: {e}"),
+        }
+    }
 }
 
 #[test]
