@@ -253,8 +253,6 @@ pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Durat
 /// stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds less metadata to
 /// each journal `fdatasync`'s filesystem commit.
 pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
-/// While a checkpoint's `syncfs` runs on its own thread, the mirror looks whether it finished at least this often.
-pub const MIRROR_SYNC_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {
