@@ -249,7 +249,8 @@ pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
-/// The mirror starts a tree write batch at most this often (unless closing or asked to checkpoint), so under a
+/// The mirror starts a tree write batch at most this often (unless closing, asked to checkpoint or a whole batch
+/// behind), so under a
 /// stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds less metadata to
 /// each journal `fdatasync`'s filesystem commit.
 pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);

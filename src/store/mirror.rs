@@ -240,7 +240,11 @@ impl MirrorThread {
                         drop(p);
                         return self.join_checkpointer();
                     }
-                    let pause = match p.stopping || p.checkpoint_wanted > p.checkpointed {
+                    // No pause with a whole batch waiting: it would only cap the mirror's rate.
+                    let pause = match p.stopping
+                        || p.checkpoint_wanted > p.checkpointed
+                        || p.head - p.written >= MIRROR_BATCH_EVENTS_MAX as u64
+                    {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
