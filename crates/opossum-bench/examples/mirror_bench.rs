@@ -94,7 +94,7 @@ fn appends(root: &std::path::Path, name: &str, opts: StoreOptions, threads: usiz
         stats.mirror_checkpoints,
         closing.elapsed().as_secs_f64()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    remove_tree(&dir);
     Run { rate, events: stats.head }
 }
 
@@ -132,8 +132,35 @@ fn floor(root: &std::path::Path, events: u64) -> f64 {
     }
     create(&layout.type_index_file("StudentEnrolledToCourseEvent"), &format::encode_index(&by_type));
     let took = started.elapsed();
-    std::fs::remove_dir_all(&dir).unwrap();
+    remove_tree(&dir);
     events as f64 / took.as_secs_f64()
+}
+
+/// Threads deleting a measured store's files (not timed).
+const REMOVE_THREADS: usize = 64;
+
+/// Deletes `dir` with its files from [`REMOVE_THREADS`] threads: on a filesystem mounted with `discard` each unlink
+/// waits for its blocks' discard (~560 files/s from one thread here, ~8,000/s from 64), and a run leaves up to
+/// millions of files.
+fn remove_tree(dir: &std::path::Path) {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            match entry.file_type().unwrap().is_dir() {
+                true => dirs.push(entry.path()),
+                false => files.push(entry.path()),
+            }
+        }
+    }
+    let chunk = files.len().div_ceil(REMOVE_THREADS).max(1);
+    std::thread::scope(|scope| {
+        for part in files.chunks(chunk) {
+            scope.spawn(move || part.iter().for_each(|f| std::fs::remove_file(f).unwrap()));
+        }
+    });
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn main() {
