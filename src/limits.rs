@@ -242,7 +242,9 @@ pub const MIRROR_BATCH_EVENTS_MAX: usize = 1024;
 /// mirror before its next group commit (backpressure). A group still adds up to `GROUP_EVENTS_MAX` events on top.
 pub const MIRROR_LAG_EVENTS_MAX: u64 = 10_000;
 /// Lag bound, in time: while the oldest commit the tree lacks is this old, the writer waits before its next group.
-pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// It bounds a clean stop's catch-up (with checkpoints beside the event files, a mirror that keeps up is behind by
+/// one batch, tens of ms; only a stalled one gets near this). The events bound cannot go lower: a group must fit.
+pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// A mirror checkpoint (index files written, the tree made durable with one `syncfs`, "mirror durable through P"
 /// recorded in the journal) runs once this many events were mirrored since the last one...
 pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
