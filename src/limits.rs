@@ -242,19 +242,20 @@ pub const MIRROR_BATCH_EVENTS_MAX: usize = 1024;
 /// mirror before its next group commit (backpressure). A group still adds up to `GROUP_EVENTS_MAX` events on top.
 pub const MIRROR_LAG_EVENTS_MAX: u64 = 10_000;
 /// Lag bound, in time: while the oldest commit the tree lacks is this old, the writer waits before its next group.
-pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// It bounds a clean stop's catch-up (with checkpoints beside the event files, a mirror that keeps up is behind by
+/// one batch, tens of ms; only a stalled one gets near this). The events bound cannot go lower: a group must fit.
+pub const MIRROR_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// A mirror checkpoint (index files written, the tree made durable with one `syncfs`, "mirror durable through P"
 /// recorded in the journal) runs once this many events were mirrored since the last one...
 pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
-/// The mirror starts a tree write batch at most this often (unless closing or asked to checkpoint), so under a
+/// The mirror starts a tree write batch at most this often (unless closing, asked to checkpoint or a whole batch
+/// behind), so under a
 /// stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds less metadata to
 /// each journal `fdatasync`'s filesystem commit.
 pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
-/// While a checkpoint's `syncfs` runs on its own thread, the mirror looks whether it finished at least this often.
-pub const MIRROR_SYNC_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {

@@ -6,10 +6,14 @@
 //! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (two `BatchIo`
 //! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
 //! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
-//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint writes the index files the mirrored events touched (tag files,
-//! then type files), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
-//! every file as it writes it instead), and records "mirror durable through P" in the
-//! journal's marks. A reopen after a crash re-derives the tree after P (`reconcile_tree`).
+//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
+//! files the mirrored events touched (tag files, then type files), makes the whole tree durable with one `syncfs`
+//! (without `syncfs`, not on Linux, the mirror fsyncs every file as it writes it instead), and only then records
+//! "mirror durable through P" in the journal's marks. A reopen after a crash re-derives the tree after P
+//! (`reconcile_tree`). A checkpoint runs on a thread of its own, at most one at a time, while the mirror thread goes
+//! on writing event files and ledgers past P (index files live in `Indices/`, another directory; its index files
+//! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
+//! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
 //!
 //! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events or
 //! [`MIRROR_LAG_MAX`] behind ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and a reopen's work stay
@@ -34,8 +38,7 @@ use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
     MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX,
-    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, MIRROR_SYNC_POLL_INTERVAL,
-    READ_BATCH_FILES_DEFAULT,
+    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -65,6 +68,8 @@ struct Progress {
     unwritten: VecDeque<(u64, Instant)>,
     /// `Store::sync` asks for a checkpoint through this position.
     checkpoint_wanted: u64,
+    /// A checkpoint runs on its own thread (at most one at a time).
+    checkpoint_running: bool,
     stopping: bool,
     /// A tree write failed: the mirror does nothing more until the next open, and the writer never waits for it.
     failed: bool,
@@ -89,6 +94,7 @@ impl Mirror {
                 head,
                 unwritten: VecDeque::new(),
                 checkpoint_wanted: 0,
+                checkpoint_running: false,
                 stopping: false,
                 failed: false,
             }),
@@ -191,9 +197,11 @@ struct MirrorThread {
     last_checkpoint: Instant,
     /// When the last tree write batch started (`MIRROR_BATCH_INTERVAL_MIN`).
     last_batch: Instant,
-    /// A checkpoint's `syncfs`, on a thread of its own so the mirror keeps writing (a `syncfs` on a busy filesystem
-    /// can take seconds, and the writer would wait on the lag bound meanwhile): the position it makes durable.
-    syncing: Option<(u64, std::thread::JoinHandle<Result<(), StoreError>>)>,
+    /// The thread of the last checkpoint started. A checkpoint (index files, then `syncfs`) runs beside the event
+    /// files so the mirror keeps writing them: its index files take hundreds of ms under load and a `syncfs` on a
+    /// busy filesystem seconds, and the writer would wait on the lag bound meanwhile. `Progress::checkpoint_running`
+    /// says whether it still runs.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
     /// Without `syncfs` (not Linux) and with `Durability::Fsync`: every tree write fsyncs its files, at the mirror's
     /// pace, so a checkpoint has nothing left to make durable.
     per_file: bool,
@@ -206,7 +214,7 @@ impl MirrorThread {
             dirty_types: BTreeSet::new(),
             last_checkpoint: Instant::now(),
             last_batch: Instant::now(),
-            syncing: None,
+            checkpointer: None,
             per_file: shared.options.durability == Durability::Fsync && !cfg!(target_os = "linux"),
             shared,
         }
@@ -222,31 +230,25 @@ impl MirrorThread {
 
     fn run(mut self) {
         loop {
-            if self.syncing.as_ref().is_some_and(|(_, sync)| sync.is_finished()) {
-                let (through, sync) = self.syncing.take().expect("checked");
-                let synced =
-                    sync.join().unwrap_or_else(|_| Err(StoreError::Poisoned("the syncfs thread panicked".into())));
-                if let Err(e) = synced.and_then(|()| self.finish_checkpoint(through)) {
-                    return self.mirror().fail(&self.shared, "a mirror checkpoint", &e);
-                }
-            }
             // What to do next, decided under the lock; the work happens without it.
             let (written, head, checkpoint) = {
                 let mirror = self.mirror();
                 let mut p = mirror.lock();
                 loop {
                     if p.failed {
-                        return;
-                    }
-                    if self.syncing.as_ref().is_some_and(|(_, sync)| sync.is_finished()) {
-                        // Reaped at the top of the outer loop.
-                        break (p.written, p.written, false);
+                        drop(p);
+                        return self.join_checkpointer();
                     }
                     let checkpoint = self.checkpoint_due(&p);
-                    if p.stopping && !checkpoint && p.written >= p.head && self.syncing.is_none() {
-                        return;
+                    if p.stopping && !checkpoint && p.written >= p.head && !p.checkpoint_running {
+                        drop(p);
+                        return self.join_checkpointer();
                     }
-                    let pause = match p.stopping || p.checkpoint_wanted > p.checkpointed {
+                    // No pause with a whole batch waiting: it would only cap the mirror's rate.
+                    let pause = match p.stopping
+                        || p.checkpoint_wanted > p.checkpointed
+                        || p.head - p.written >= MIRROR_BATCH_EVENTS_MAX as u64
+                    {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
@@ -261,17 +263,14 @@ impl MirrorThread {
                         true => pause.min(wait),
                         false => wait,
                     };
-                    // A finished syncfs is noticed within this (its thread cannot wake us without a race).
-                    let wait = match self.syncing {
-                        Some(_) => wait.min(MIRROR_SYNC_POLL_INTERVAL),
-                        None => wait,
-                    };
+                    // A checkpoint thread that finishes wakes us (under the lock, so never lost).
                     p = mirror.wake.wait_timeout(p, wait).unwrap_or_else(|e| e.into_inner()).0;
                 }
             };
             if checkpoint {
-                if let Err(e) = self.checkpoint(written) {
-                    return self.mirror().fail(&self.shared, "a mirror checkpoint", &e);
+                if let Err(e) = self.start_checkpoint(written) {
+                    self.mirror().fail(&self.shared, "a mirror checkpoint", &e);
+                    return self.join_checkpointer();
                 }
                 continue;
             }
@@ -282,7 +281,8 @@ impl MirrorThread {
             let to = head.min(written + MIRROR_BATCH_EVENTS_MAX as u64);
             if let Err(e) = self.write_batch(written + 1, to) {
                 let what = format!("mirroring positions {}..={to} to the Opossum tree", written + 1);
-                return self.mirror().fail(&self.shared, &what, &e);
+                self.mirror().fail(&self.shared, &what, &e);
+                return self.join_checkpointer();
             }
             let mirror = self.mirror();
             let mut p = mirror.lock();
@@ -296,10 +296,19 @@ impl MirrorThread {
         }
     }
 
-    /// Whether a checkpoint is due now: something mirrored since the last one, and enough events or time since
-    /// it, or `Store::sync` asking for what is written, or a close with the tree current.
+    /// Waits for the last checkpoint's thread (the mirror stops or failed: it has finished or is finishing).
+    fn join_checkpointer(&mut self) {
+        if let Some(thread) = self.checkpointer.take() {
+            if thread.join().is_err() {
+                tracing::error!("the mirror's checkpoint thread panicked");
+            }
+        }
+    }
+
+    /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events or
+    /// time since it, or `Store::sync` asking for what is written, or a close with the tree current.
     fn checkpoint_due(&self, p: &Progress) -> bool {
-        self.syncing.is_none()
+        !p.checkpoint_running
             && p.written > p.checkpointed
             && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
                 || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
@@ -341,63 +350,96 @@ impl MirrorThread {
         Ok(())
     }
 
-    /// Index files of the events mirrored since the last checkpoint (clipped to `through`), the tree made durable,
-    /// and "mirror durable through `through`" recorded in the journal.
-    fn checkpoint(&mut self, through: u64) -> Result<(), StoreError> {
-        let started = Instant::now();
-        let layout = &self.shared.layout;
-        let (tags, types) = (std::mem::take(&mut self.dirty_tags), std::mem::take(&mut self.dirty_types));
-        // Copy the lists under the index lock, encode and write without it (appends go on meanwhile).
-        let (tag_lists, type_lists) = {
+    /// Starts a checkpoint through `through` (every position the tree holds) on a thread of its own: the index files
+    /// of the events mirrored since the last one, the tree made durable, and "mirror durable through `through`"
+    /// recorded in the journal ([`checkpoint`]). The mirror goes on writing event files meanwhile.
+    fn start_checkpoint(&mut self, through: u64) -> Result<(), StoreError> {
+        self.join_checkpointer();
+        let stems = (std::mem::take(&mut self.dirty_tags), std::mem::take(&mut self.dirty_types));
+        // Journal mode never uses the index's own dirty marks (the writer's inserts set them): keep them from
+        // growing, taking them under the write lock (a swap) and dropping them after it.
+        let unused_marks = {
             let mut index = self.shared.index.write().unwrap_or_else(|e| e.into_inner());
-            // Journal mode never uses the index's own dirty marks (the writer's inserts set them): keep them empty.
-            index.dirty_tags.clear();
-            index.dirty_types.clear();
-            let copy = |stems, kind| -> Vec<(PathBuf, Vec<u64>)> {
-                recovery::clipped_lists(layout, &index, stems, kind, through)
-                    .map(|(path, list)| (path, list.to_vec()))
-                    .collect()
-            };
-            (copy(&tags, IndexKind::Tag), copy(&types, IndexKind::Type))
+            (std::mem::take(&mut index.dirty_tags), std::mem::take(&mut index.dirty_types))
         };
-        let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
-            lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
-        };
-        // Tag files before type files: type files are the coverage record a files-mode open trusts.
-        for files in [encode(tag_lists), encode(type_lists)] {
-            if !files.is_empty() {
-                self.shared.io.write_files(&recovery::replace_all(&files), self.per_file)?;
-                self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        drop(unused_marks);
+        self.last_checkpoint = Instant::now();
+        self.mirror().lock().checkpoint_running = true;
+        let shared = self.shared.clone();
+        let per_file = self.per_file;
+        let started = std::thread::Builder::new().name("opossum-mirror-checkpoint".into()).spawn(move || {
+            let mirror = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror");
+            match checkpoint(&shared, &stems.0, &stems.1, through, per_file) {
+                Ok(()) => {
+                    let mut p = mirror.lock();
+                    p.checkpoint_running = false;
+                    p.checkpointed = through;
+                    mirror.durable.store(through, Ordering::Relaxed);
+                    mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
+                    drop(p);
+                    tracing::debug!(through, "mirror checkpoint: durable");
+                }
+                Err(e) => {
+                    mirror.lock().checkpoint_running = false;
+                    mirror.fail(&shared, "a mirror checkpoint", &e);
+                }
+            }
+            mirror.wake.notify_all();
+            mirror.advanced.notify_all();
+        });
+        match started {
+            Ok(thread) => {
+                self.checkpointer = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                self.mirror().lock().checkpoint_running = false;
+                Err(StoreError::io(IoOp::Spawn, std::path::Path::new("mirror checkpoint thread"), e))
             }
         }
-        tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
-        // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
-        if self.shared.options.durability == Durability::Fsync && !self.per_file {
-            let root = layout.root.clone();
-            let sync = std::thread::Builder::new()
-                .name("opossum-mirror-sync".into())
-                .spawn(move || sync_filesystem(&root))
-                .map_err(|e| StoreError::io(IoOp::Spawn, std::path::Path::new("mirror syncfs thread"), e))?;
-            self.syncing = Some((through, sync));
-            return Ok(());
-        }
-        self.finish_checkpoint(through)
     }
+}
 
-    /// The tree is durable through `through`: record it in the journal and tell `Store::sync` and the writer.
-    fn finish_checkpoint(&mut self, through: u64) -> Result<(), StoreError> {
-        self.journal().set_mirror_durable(through)?;
-        self.last_checkpoint = Instant::now();
-        let mirror = self.mirror();
-        let mut p = mirror.lock();
-        p.checkpointed = through;
-        mirror.durable.store(through, Ordering::Relaxed);
-        mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
-        drop(p);
-        mirror.advanced.notify_all();
-        tracing::debug!(through, "mirror checkpoint: durable");
-        Ok(())
+/// A mirror checkpoint through `through`, on its own thread: the index files of `tags` and `types` (the stems of
+/// the events mirrored since the last checkpoint, lists clipped to `through`), tag files before type files (type
+/// files are the coverage record a files-mode open trusts); then the tree made durable (one `syncfs`: the event
+/// files and ledgers through `through` were written before this started) and "mirror durable through `through`"
+/// recorded in the journal.
+fn checkpoint(
+    shared: &Shared,
+    tags: &BTreeSet<String>,
+    types: &BTreeSet<String>,
+    through: u64,
+    per_file: bool,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let layout = &shared.layout;
+    // Copy the lists under the index's read lock (a memcpy), encode and write without it.
+    let (tag_lists, type_lists) = {
+        let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let copy = |stems, kind| -> Vec<(PathBuf, Vec<u64>)> {
+            recovery::clipped_lists(layout, &index, stems, kind, through)
+                .map(|(path, list)| (path, list.to_vec()))
+                .collect()
+        };
+        (copy(tags, IndexKind::Tag), copy(types, IndexKind::Type))
+    };
+    let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
+        lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
+    };
+    for files in [encode(tag_lists), encode(type_lists)] {
+        if !files.is_empty() {
+            shared.io.write_files(&recovery::replace_all(&files), per_file)?;
+            shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        }
     }
+    tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
+    // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
+    if shared.options.durability == Durability::Fsync && !per_file {
+        sync_filesystem(&layout.root)?;
+    }
+    shared.journal.as_deref().expect("the mirror runs in journal mode").set_mirror_durable(through)?;
+    Ok(())
 }
 
 /// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere the mirror

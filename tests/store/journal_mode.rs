@@ -292,11 +292,15 @@ fn once_the_mirror_failed_appends_no_longer_wait_for_it_past_the_lag_bound() {
     store.close().unwrap();
 }
 
-/// A backend whose event file writes wait while the gate is shut (a mirror that cannot keep up).
+/// A backend whose writes of files in one directory (`gated_dir`: the event files, or the tag files) wait while the
+/// gate is shut (a mirror that cannot keep up, a checkpoint that takes long).
 struct GatedEventWrites {
     inner: Arc<dyn opossum::io::BatchIo>,
+    gated_dir: &'static str,
     shut: std::sync::Mutex<bool>,
     opened: std::sync::Condvar,
+    /// A write waits at the gate (or did).
+    waiting: AtomicBool,
 }
 
 impl GatedEventWrites {
@@ -326,8 +330,9 @@ impl opossum::io::BatchIo for GatedEventWrites {
         self.inner.read_extents(extents)
     }
     fn write_files(&self, files: &[opossum::io::FileWrite<'_>], durable: bool) -> Result<(), opossum::io::IoError> {
-        if files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with("events"))) {
+        if files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with(self.gated_dir))) {
             let mut shut = self.shut.lock().unwrap();
+            self.waiting.store(*shut, Ordering::SeqCst);
             while *shut {
                 shut = self.opened.wait(shut).unwrap();
             }
@@ -340,8 +345,13 @@ impl opossum::io::BatchIo for GatedEventWrites {
 fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     use opossum::limits::MIRROR_LAG_MAX;
     let dir = tempfile::tempdir().unwrap();
-    let gated =
-        Arc::new(GatedEventWrites { inner: backend(), shut: std::sync::Mutex::new(true), opened: Default::default() });
+    let gated = Arc::new(GatedEventWrites {
+        inner: backend(),
+        gated_dir: opossum::format::EVENTS_DIR,
+        shut: std::sync::Mutex::new(true),
+        opened: Default::default(),
+        waiting: Default::default(),
+    });
     let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
     let store = Arc::new(Store::open(dir.path(), options).unwrap());
     let _gate = OpenOnDrop(gated.clone());
@@ -362,4 +372,52 @@ fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     assert_eq!(store.sync().unwrap(), 2);
     let stats = store.stats();
     assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (2, 2, 0), "{stats:?}");
+}
+
+#[test]
+fn a_checkpoint_writing_index_files_does_not_stop_the_mirror_writing_event_files_and_ledgers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(GatedEventWrites {
+        inner: backend(),
+        gated_dir: opossum::format::TAG_INDEX_DIR,
+        shut: std::sync::Mutex::new(true),
+        opened: Default::default(),
+        waiting: Default::default(),
+    });
+    let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
+    let store = Arc::new(Store::open(dir.path(), options).unwrap());
+    let _gate = OpenOnDrop(gated.clone());
+    store.append(vec![fixed(1, "A", &[("k", "1")])], None).unwrap();
+    // A checkpoint through 1 starts and waits at its tag files.
+    let syncer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.sync().unwrap())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !gated.waiting.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint reached its tag files");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Meanwhile the mirror writes the event files and ledgers of later appends.
+    for n in 2..=20 {
+        store.append(vec![fixed(n, "A", &[("k", &n.to_string())])], None).unwrap();
+    }
+    while store.stats().mirror_head < 20 {
+        assert!(std::time::Instant::now() < deadline, "the mirror stopped during a checkpoint: {:?}", store.stats());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
+    assert_eq!(ledger.map(|l| l.last_sequence_position), Some(20));
+    assert!(dir.path().join("events").join(opossum::format::event_file_name(20)).exists());
+    // Nothing is durable until the checkpoint has written its index files (and synced).
+    let stats = store.stats();
+    assert_eq!((stats.mirror_durable, stats.mirror_checkpoints), (0, 0), "{stats:?}");
+    assert!(!syncer.is_finished(), "sync returned before its checkpoint wrote the index files");
+    gated.open_gate();
+    assert_eq!(syncer.join().unwrap(), 1);
+    assert_eq!(store.sync().unwrap(), 20);
+    let stats = store.stats();
+    assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (20, 20, 0), "{stats:?}");
+    let tag_20 = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/Tags/k_20.json")).unwrap());
+    assert_eq!(tag_20.unwrap(), vec![20]);
 }
