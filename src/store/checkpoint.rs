@@ -517,7 +517,7 @@ pub(crate) fn load_index(
     let head = journal.head();
     let from = index.max_position + 1;
     journal.scan(from, head, |v| -> Result<(), StoreError> {
-        index.insert(v.position, v.event_type, &v.owned_tags());
+        index.insert_parts(v.position, v.event_type, v.tags());
         tracking.observe(v.position, v.event_id, v.tracking);
         Ok(())
     })?;

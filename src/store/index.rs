@@ -97,6 +97,11 @@ fn tag_parts(bytes: &[u8]) -> (&str, &str) {
     (std::str::from_utf8(key).unwrap_or_default(), std::str::from_utf8(value).unwrap_or_default())
 }
 
+/// The stem of a tag's index file under `naming` ([`NamingRules::event_tag_stem`], from the key and value).
+fn tag_stem(naming: NamingRules, key: &str, value: &str) -> String {
+    format!("{}_{}", naming.sanitize(key), naming.sanitize(value))
+}
+
 fn as_str(bytes: &[u8]) -> &str {
     // Only whole `&str`s are interned as types and stems.
     std::str::from_utf8(bytes).unwrap_or_default()
@@ -319,6 +324,16 @@ impl Index {
 
     /// Adds event `position` with its exact keys to the index (idempotent), marking the touched files dirty.
     pub fn insert(&mut self, position: u64, event_type: &str, tags: &[Tag]) {
+        self.insert_parts(position, event_type, tags.iter().map(|t| (t.key.as_str(), t.value.as_str())));
+    }
+
+    /// [`Index::insert`] with the tags as `(key, value)` (a journal record's view: no `Tag` built per event).
+    pub fn insert_parts<'t>(
+        &mut self,
+        position: u64,
+        event_type: &str,
+        tags: impl Iterator<Item = (&'t str, &'t str)>,
+    ) {
         self.max_position = self.max_position.max(position);
         let type_id = self.intern_type(event_type);
         let list = match self.naming == self.stems_naming {
@@ -329,18 +344,19 @@ impl Index {
             self.dirty_types.insert(self.by_type.name(list).to_string());
         }
         let tag_start = self.tag_refs.len() as u64;
-        for tag in tags {
-            let tag_id = self.intern_tag(tag);
+        for (key, value) in tags {
+            let tag_id = self.intern_tag(key, value);
             self.tag_refs.push(tag_id);
             let list = match self.naming == self.stems_naming {
                 true => self.tag_lists[tag_id as usize],
-                false => self.by_tag.id(&self.naming.event_tag_stem(tag)),
+                false => self.by_tag.id(&tag_stem(self.naming, key, value)),
             };
             if self.by_tag.insert_at(list, position) && self.marks_dirty {
                 self.dirty_tags.insert(self.by_tag.name(list).to_string());
             }
         }
-        self.set_slot(position, Slot { type_id, tag_count: tags.len() as u32, tag_start });
+        let tag_count = (self.tag_refs.len() as u64 - tag_start) as u32;
+        self.set_slot(position, Slot { type_id, tag_count, tag_start });
     }
 
     /// Records the exact keys of an event already in the position lists.
@@ -348,7 +364,7 @@ impl Index {
         let type_id = self.intern_type(event_type);
         let tag_start = self.tag_refs.len() as u64;
         for tag in tags {
-            let tag_id = self.intern_tag(tag);
+            let tag_id = self.intern_tag(&tag.key, &tag.value);
             self.tag_refs.push(tag_id);
         }
         self.set_slot(position, Slot { type_id, tag_count: tags.len() as u32, tag_start });
@@ -380,11 +396,11 @@ impl Index {
         id
     }
 
-    fn intern_tag(&mut self, tag: &Tag) -> u32 {
-        tag_bytes(&mut self.scratch, &tag.key, &tag.value);
+    fn intern_tag(&mut self, key: &str, value: &str) -> u32 {
+        tag_bytes(&mut self.scratch, key, value);
         let (id, new) = self.tags.intern(&self.scratch);
         if new {
-            let list = self.by_tag.id(&self.stems_naming.event_tag_stem(tag));
+            let list = self.by_tag.id(&tag_stem(self.stems_naming, key, value));
             self.tag_lists.push(list);
         }
         id
@@ -719,6 +735,16 @@ mod tests {
         let both = q(vec![QueryItem::types(&["Ns:Placed"]).with_tags(&[("region", "eu:west")])]);
         assert_eq!(ix.candidates(&both, 1, 3), Some(vec![1, 2, 3]));
         assert!(!ix.keys(2).unwrap().matches(&tag));
+    }
+
+    #[test]
+    fn tag_stems_are_the_naming_rules_own() {
+        for naming in [NamingRules::Unix, NamingRules::Windows] {
+            for (key, value) in [("a", "b"), ("k:1", "v?w"), ("a_b", "c"), ("", "x"), ("ключ", "значение/1")]
+            {
+                assert_eq!(tag_stem(naming, key, value), naming.event_tag_stem(&Tag::new(key, value)));
+            }
+        }
     }
 
     #[test]
