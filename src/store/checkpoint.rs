@@ -91,8 +91,6 @@ pub enum Damage {
     BadId { what: &'static str, id: u32, count: usize },
     #[error("{0} bytes after the body's end")]
     Trailing(usize),
-    #[error("a {0} listed twice")]
-    Duplicate(&'static str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -426,8 +424,7 @@ pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnap
         id_in(tag_id, tags.len(), "tag")?;
     }
     let index =
-        Index::from_checkpoint(crate::format::NamingRules::NATIVE, &types, &tags, &event_types, &tag_counts, tag_refs)
-            .map_err(Damage::Duplicate)?;
+        Index::from_checkpoint(crate::format::NamingRules::NATIVE, &types, &tags, &event_types, &tag_counts, tag_refs);
     Ok((header, index, tracking))
 }
 

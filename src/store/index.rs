@@ -55,17 +55,34 @@ impl Strings {
         self.lookup.find(hash, |&id| self.get(id) == s).copied()
     }
 
-    /// The id of `s`, interning it when new (then `true`).
+    /// The id of `s`, interning it when new (then `true`). One hash, one probe.
     pub fn intern(&mut self, s: &[u8]) -> (u32, bool) {
-        if let Some(id) = self.find(s) {
-            return (id, false);
+        let Strings { bytes, ends, lookup, hasher } = self;
+        let hash = hasher.hash_one(s);
+        let entry = lookup.entry(
+            hash,
+            |&id| string_in(bytes, ends, id) == s,
+            |&id| hasher.hash_one(string_in(bytes, ends, id)),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => (*found.get(), false),
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let id = u32::try_from(ends.len()).expect("fewer than 2^32 distinct strings in one index");
+                bytes.extend_from_slice(s);
+                ends.push(bytes.len() as u64);
+                vacant.insert(id);
+                (id, true)
+            }
         }
+    }
+
+    /// Appends `s`, known to be new (a checkpoint's strings, each listed once): no comparison with the others.
+    fn push_new(&mut self, s: &[u8]) {
         let id = u32::try_from(self.ends.len()).expect("fewer than 2^32 distinct strings in one index");
         self.bytes.extend_from_slice(s);
         self.ends.push(self.bytes.len() as u64);
         let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
         self.lookup.insert_unique(hasher.hash_one(s), id, |&id| hasher.hash_one(string_in(bytes, ends, id)));
-        (id, true)
     }
 
     fn clear(&mut self) {
@@ -454,7 +471,7 @@ impl Index {
     /// stems they are filed under (ids in order, each distinct), and every event's keys as ids (`type_ids[p - 1]`,
     /// `tag_counts[p - 1]` tag ids in `tag_refs`, position after position; every id checked by the caller). The
     /// position lists are derived from them. Nothing is dirty, and the highest position is the last event's.
-    /// Builds the strings on a second thread when one can be had. `Err(what)` when a type or tag is listed twice.
+    /// Builds the strings on a second thread when one can be had.
     pub(crate) fn from_checkpoint(
         naming: NamingRules,
         types: &[(&str, &str)],
@@ -462,24 +479,22 @@ impl Index {
         type_ids: &[u32],
         tag_counts: &[u32],
         tag_refs: Vec<u32>,
-    ) -> Result<Index, &'static str> {
+    ) -> Index {
         // Two independent halves: the interned exact strings (with each event's slot), and the stems with the
         // position lists.
-        let strings = || -> Result<(Strings, Strings, Vec<Slot>), &'static str> {
+        let strings = || -> (Strings, Strings, Vec<Slot>) {
+            // Each listed once by the checkpoint's writer (a damaged file that listed one twice would only give it
+            // two ids, both filed under its stem): appended without looking for equals.
             let mut type_strings = Strings::with_capacity(types.len(), types.iter().map(|t| t.0.len()).sum());
             for (t, _) in types {
-                if !type_strings.intern(t.as_bytes()).1 {
-                    return Err("type");
-                }
+                type_strings.push_new(t.as_bytes());
             }
             let bytes = tags.iter().map(|(k, v, _)| 4 + k.len() + v.len()).sum();
             let mut tag_strings = Strings::with_capacity(tags.len(), bytes);
             let mut scratch = Vec::new();
             for (key, value, _) in tags {
                 tag_bytes(&mut scratch, key, value);
-                if !tag_strings.intern(&scratch).1 {
-                    return Err("tag");
-                }
+                tag_strings.push_new(&scratch);
             }
             let mut slots = Vec::with_capacity(type_ids.len());
             let mut tag_start = 0u64;
@@ -487,7 +502,7 @@ impl Index {
                 slots.push(Slot { type_id, tag_count, tag_start });
                 tag_start += tag_count as u64;
             }
-            Ok((type_strings, tag_strings, slots))
+            (type_strings, tag_strings, slots)
         };
         let lists = || {
             let mut by_type = StemLists::with_capacity(types.len(), types.iter().map(|t| t.1.len()).sum());
@@ -517,8 +532,8 @@ impl Index {
                 }
             }
         });
-        let (types, tags, slots) = strings?;
-        Ok(Index {
+        let (types, tags, slots) = strings;
+        Index {
             by_type,
             by_tag,
             types,
@@ -534,7 +549,7 @@ impl Index {
             dirty_tags: BTreeSet::new(),
             marks_dirty: true,
             naming,
-        })
+        }
     }
 
     /// Forgets every tag list and every event's keys (their tag ids point into what is cleared): the tag lists are
