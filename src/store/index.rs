@@ -124,63 +124,28 @@ fn as_str(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
-/// The positions one index file lists, sorted and unique: inline while it is one (a tag of its own).
-#[derive(Debug, Clone)]
-enum Positions {
-    One(u64),
-    Many(Vec<u64>),
-}
+/// `StemLists::lists` entries: a list of one position is that position itself; `EMPTY` is no position; `MANY | i`
+/// is `StemLists::many[i]`. (Positions stay far below 2^63.)
+const EMPTY: u64 = u64::MAX;
+const MANY: u64 = 1 << 63;
 
-impl Positions {
-    fn as_slice(&self) -> &[u64] {
-        match self {
-            Positions::One(p) => std::slice::from_ref(p),
-            Positions::Many(list) => list,
-        }
-    }
-
-    fn from_vec(mut list: Vec<u64>) -> Positions {
-        match list.len() {
-            1 => Positions::One(list[0]),
-            _ => {
-                list.shrink_to_fit();
-                Positions::Many(list)
-            }
-        }
-    }
-
-    /// Inserts `p` keeping the list sorted and unique; returns whether it was new.
-    fn insert(&mut self, p: u64) -> bool {
-        match self {
-            Positions::One(q) if *q == p => false,
-            Positions::One(q) => {
-                *self = Positions::Many(if *q < p { vec![*q, p] } else { vec![p, *q] });
-                true
-            }
-            Positions::Many(list) if list.is_empty() => {
-                *self = Positions::One(p);
-                true
-            }
-            Positions::Many(list) => insert_sorted(list, p),
-        }
-    }
-}
-
-/// Position lists by index file stem (types or tags): a stem's list id is its id in `names`.
+/// Position lists by index file stem (types or tags), each sorted and unique: a stem's list id is its id in
+/// `names`. 8 bytes per stem while it lists one event (most stems of a big store: a tag of its own).
 #[derive(Debug, Default)]
 pub struct StemLists {
     names: Strings,
-    lists: Vec<Positions>,
+    lists: Vec<u64>,
+    many: Vec<Vec<u64>>,
 }
 
 impl StemLists {
     fn with_capacity(stems: usize, bytes: usize) -> StemLists {
-        StemLists { names: Strings::with_capacity(stems, bytes), lists: Vec::with_capacity(stems) }
+        StemLists { names: Strings::with_capacity(stems, bytes), lists: Vec::with_capacity(stems), many: Vec::new() }
     }
 
     /// The positions listed under `stem`, if it has a list.
     pub fn get(&self, stem: &str) -> Option<&[u64]> {
-        self.names.find(stem.as_bytes()).map(|id| self.lists[id as usize].as_slice())
+        self.names.find(stem.as_bytes()).map(|id| self.list(id))
     }
 
     pub fn contains_key(&self, stem: &str) -> bool {
@@ -190,25 +155,26 @@ impl StemLists {
     /// Replaces the list of `stem` with `positions` (sorted and unique).
     pub fn set(&mut self, stem: &str, positions: Vec<u64>) {
         let id = self.id(stem);
-        self.lists[id as usize] = Positions::from_vec(positions);
+        self.set_list(id, positions);
     }
 
     fn clear(&mut self) {
         self.names.clear();
         self.lists.clear();
+        self.many.clear();
     }
 
     /// Every stem with its list (empty lists included), in no particular order.
     #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u64])> + '_ {
-        self.lists.iter().enumerate().map(|(id, list)| (as_str(self.names.get(id as u32)), list.as_slice()))
+        (0..self.lists.len() as u32).map(|id| (as_str(self.names.get(id)), self.list(id)))
     }
 
     /// The list id of `stem`, with an empty list when new.
     fn id(&mut self, stem: &str) -> u32 {
         let (id, new) = self.names.intern(stem.as_bytes());
         if new {
-            self.lists.push(Positions::Many(Vec::new()));
+            self.lists.push(EMPTY);
         }
         id
     }
@@ -217,9 +183,68 @@ impl StemLists {
         as_str(self.names.get(id))
     }
 
-    /// Inserts `p` into list `id`; returns whether it was new.
+    fn list(&self, id: u32) -> &[u64] {
+        let entry = &self.lists[id as usize];
+        match *entry {
+            EMPTY => &[],
+            e if e & MANY != 0 => &self.many[(e & !MANY) as usize],
+            _ => std::slice::from_ref(entry),
+        }
+    }
+
+    fn set_list(&mut self, id: u32, positions: Vec<u64>) {
+        let entry = self.lists[id as usize];
+        let slot = (entry != EMPTY && entry & MANY != 0).then_some((entry & !MANY) as usize);
+        if let Some(at) = slot {
+            // Reused below, or left empty (no allocation).
+            self.many[at] = Vec::new();
+        }
+        self.lists[id as usize] = match positions[..] {
+            [] => EMPTY,
+            [one] if one < MANY => one,
+            _ => {
+                let at = slot.unwrap_or_else(|| {
+                    self.many.push(Vec::new());
+                    self.many.len() - 1
+                });
+                self.many[at] = positions;
+                MANY | at as u64
+            }
+        };
+    }
+
+    /// Inserts `p` into list `id`, keeping it sorted and unique; returns whether it was new.
     fn insert_at(&mut self, id: u32, p: u64) -> bool {
-        self.lists[id as usize].insert(p)
+        match self.lists[id as usize] {
+            EMPTY if p < MANY => {
+                self.lists[id as usize] = p;
+                true
+            }
+            EMPTY => {
+                self.set_list(id, vec![p]);
+                true
+            }
+            e if e & MANY != 0 => insert_sorted(&mut self.many[(e & !MANY) as usize], p),
+            one if one == p => false,
+            one => {
+                self.set_list(id, if one < p { vec![one, p] } else { vec![p, one] });
+                true
+            }
+        }
+    }
+
+    /// Drops positions above `head`; returns the stems whose lists changed.
+    fn truncate(&mut self, head: u64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for id in 0..self.lists.len() as u32 {
+            let list = self.list(id);
+            if list.last().is_some_and(|&p| p > head) {
+                let kept = list.iter().copied().filter(|&p| p <= head).collect();
+                self.set_list(id, kept);
+                changed.push(self.name(id).to_string());
+            }
+        }
+        changed
     }
 }
 
@@ -564,21 +589,10 @@ impl Index {
 
     /// Drops every position above `head` (after a failed commit left uncommitted ones behind).
     pub fn truncate(&mut self, head: u64) {
-        for (id, list) in self.by_type.lists.iter_mut().enumerate() {
-            if list.as_slice().last().is_some_and(|&p| p > head) {
-                *list = Positions::from_vec(list.as_slice().iter().copied().filter(|&p| p <= head).collect());
-                if self.marks_dirty {
-                    self.dirty_types.insert(as_str(self.by_type.names.get(id as u32)).to_string());
-                }
-            }
-        }
-        for (id, list) in self.by_tag.lists.iter_mut().enumerate() {
-            if list.as_slice().last().is_some_and(|&p| p > head) {
-                *list = Positions::from_vec(list.as_slice().iter().copied().filter(|&p| p <= head).collect());
-                if self.marks_dirty {
-                    self.dirty_tags.insert(as_str(self.by_tag.names.get(id as u32)).to_string());
-                }
-            }
+        let (types, tags) = (self.by_type.truncate(head), self.by_tag.truncate(head));
+        if self.marks_dirty {
+            self.dirty_types.extend(types);
+            self.dirty_tags.extend(tags);
         }
         self.slots.truncate(head as usize);
         let refs_end = self.slots.iter().map(|s| s.tag_start + s.tag_count as u64).max().unwrap_or(0);
@@ -750,6 +764,30 @@ mod tests {
         let both = q(vec![QueryItem::types(&["Ns:Placed"]).with_tags(&[("region", "eu:west")])]);
         assert_eq!(ix.candidates(&both, 1, 3), Some(vec![1, 2, 3]));
         assert!(!ix.keys(2).unwrap().matches(&tag));
+    }
+
+    #[test]
+    fn stem_lists_stay_sorted_and_unique_through_every_shape() {
+        let mut lists = StemLists::default();
+        let a = lists.id("a");
+        assert_eq!(lists.get("a"), Some(&[][..]));
+        assert!(lists.insert_at(a, 5) && !lists.insert_at(a, 5));
+        assert_eq!(lists.get("a"), Some(&[5][..]));
+        assert!(lists.insert_at(a, 3) && lists.insert_at(a, 9) && lists.insert_at(a, 4) && !lists.insert_at(a, 9));
+        assert_eq!(lists.get("a"), Some(&[3, 4, 5, 9][..]));
+        lists.set("b", vec![7]);
+        lists.set("c", vec![1, 2]);
+        assert_eq!(lists.truncate(4), vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            (lists.get("a"), lists.get("b"), lists.get("c")),
+            (Some(&[3, 4][..]), Some(&[][..]), Some(&[1, 2][..]))
+        );
+        lists.set("a", vec![2]);
+        assert_eq!(lists.get("a"), Some(&[2][..]));
+        assert!(lists.insert_at(a, 1));
+        assert_eq!(lists.get("a"), Some(&[1, 2][..]));
+        assert_eq!(lists.get("z"), None);
+        assert!(lists.many.len() <= 3, "list slots are reused: {:?}", lists.many);
     }
 
     #[test]
