@@ -519,6 +519,7 @@ pub(crate) fn load_index(
         Ok(())
     })?;
     let scanned = head.saturating_sub(from - 1);
+    release_freed_memory();
     tracing::info!(
         checkpoint = checkpoint.unwrap_or(0),
         checkpoint_ms = loaded_ms,
@@ -527,6 +528,17 @@ pub(crate) fn load_index(
         "index loaded"
     );
     Ok((index, Loaded { checkpoint, scanned }))
+}
+
+/// Gives the heap memory freed since the start back to the system: loading a big index leaves ~100 MB of freed
+/// temporaries (the checkpoint's bytes, its decoded tables) that glibc would otherwise keep in the daemon's RSS for
+/// good. Elsewhere a no-op.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel; it touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Writes a checkpoint of the index through the published head, atomically; returns the position it holds
