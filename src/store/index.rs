@@ -850,6 +850,13 @@ mod tests {
             ix.insert(n, &ty, &tags);
             events.push((ty, tags));
         }
+        // The same index after a round trip through an index checkpoint must answer the same.
+        let lock = std::sync::RwLock::new(ix);
+        let snap = crate::store::checkpoint::snapshot(&lock, 2_000, None).unwrap();
+        let (_, mut loaded) =
+            crate::store::checkpoint::decode(&crate::store::checkpoint::encode(&snap, (0, 0))).unwrap();
+        loaded.set_stems_naming(NamingRules::Windows);
+        let ix = lock.into_inner().unwrap();
         let pick_tag = |rng: &mut Rng| -> (String, String) {
             let n = rng.below(2_100) + 1;
             let t = tag_of(rng, n);
@@ -873,14 +880,27 @@ mod tests {
             let (lo, hi) = (lo.min(hi), lo.max(hi));
             let expected: Vec<u64> =
                 (lo..=hi).filter(|&p| query.matches(&events[p as usize - 1].0, &events[p as usize - 1].1)).collect();
-            let candidates = ix.candidates(&query, lo, hi).unwrap();
-            assert!(candidates.windows(2).all(|w| w[0] < w[1]), "{query:?}: candidates not ascending");
-            let found: Vec<u64> = candidates.into_iter().filter(|&p| ix.keys(p).unwrap().matches(&query)).collect();
-            assert_eq!(found, expected, "{query:?} in {lo}..={hi}");
+            for (what, ix) in [("built", &ix), ("loaded from a checkpoint", &loaded)] {
+                let candidates = ix.candidates(&query, lo, hi).unwrap();
+                assert!(candidates.windows(2).all(|w| w[0] < w[1]), "{what}: {query:?}: candidates not ascending");
+                let found: Vec<u64> = candidates.into_iter().filter(|&p| ix.keys(p).unwrap().matches(&query)).collect();
+                assert_eq!(found, expected, "{what}: {query:?} in {lo}..={hi}");
+            }
         }
-        for (i, (ty, tags)) in events.iter().enumerate() {
-            let keys = ix.keys(i as u64 + 1).unwrap();
-            assert_eq!((keys.event_type(), &keys.owned_tags()), (ty.as_str(), tags));
+        for ix in [&ix, &loaded] {
+            for (i, (ty, tags)) in events.iter().enumerate() {
+                let keys = ix.keys(i as u64 + 1).unwrap();
+                assert_eq!((keys.event_type(), &keys.owned_tags()), (ty.as_str(), tags));
+            }
+        }
+        // Inserts after the load file new tags and known ones under the same stems as before.
+        let (mut ix, mut loaded) = (ix, loaded);
+        for (n, tag) in [(2_001, Tag::new("own", "2001")), (2_002, Tag::new("a_b", "c")), (2_003, Tag::new("k:1", "v"))]
+        {
+            ix.insert(n, "A", std::slice::from_ref(&tag));
+            loaded.insert(n, "A", std::slice::from_ref(&tag));
+            let q = Query::items(vec![QueryItem::tags(&[(tag.key.as_str(), tag.value.as_str())])]).unwrap();
+            assert_eq!(ix.candidates(&q, 1, n), loaded.candidates(&q, 1, n), "{q:?}");
         }
     }
 }
