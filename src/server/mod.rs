@@ -215,7 +215,21 @@ pub async fn run(
     drop(ctx);
     let closed = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
-        if let Err(e) = store.sync() {
+        // No appends come any more: the index checkpoint the close would write after the mirror's last checkpoint
+        // (~0.7 s of CPU at 1M events) is written now, beside it (the mirror mostly waits for the disk). A failed
+        // checkpoint is logged and costs only a longer scan at the next open.
+        let synced = std::thread::scope(|scope| {
+            let checkpoint = std::thread::Builder::new()
+                .name("opossum-stop-checkpoint".into())
+                .spawn_scoped(scope, || store.checkpoint_index());
+            let synced = store.sync();
+            if checkpoint.is_err() {
+                // No second thread: the close writes it.
+                tracing::debug!("index checkpoint at stop left to the close (no thread for it)");
+            }
+            synced
+        });
+        if let Err(e) = synced {
             tracing::error!("flushing the store at shutdown failed: {e}");
             failures.push(format!("flushing the store: {e}"));
         }

@@ -42,8 +42,6 @@
 //! u64 R    tag references (the sum of the counts), then R × u32 tag ids, position by position
 //! ```
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,8 +53,7 @@ use crate::limits::{
     INDEX_CHECKPOINT_EVENTS_DEFAULT, INDEX_CHECKPOINT_PAUSE_FACTOR, INDEX_CHECKPOINT_POLL_MAX,
     INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX,
 };
-use crate::model::Tag;
-use crate::store::index::{EventKeys, Index};
+use crate::store::index::Index;
 use crate::store::tracking::{Table, TrackingSnapshot};
 use crate::store::{Durability, Shared, StoreError};
 
@@ -175,15 +172,18 @@ fn decode_checked_header(bytes: &[u8]) -> Result<Header, Damage> {
     Ok(header)
 }
 
-/// The index of positions `1 ..= through` as copied out of the live index: its interned strings, and each
-/// position's type and tags as ids into them.
+/// The index of positions `1 ..= through` as copied out of the live index: its exact types and tags (with their
+/// stems) already in the checkpoint's encoding, and each position's type and tags as ids into them (the live
+/// index's own ids: interned strings never change).
 #[derive(Debug)]
 pub struct Snapshot {
     through: u64,
-    /// The rules the index files its stems under (the stems stored beside each type and tag).
-    naming: crate::format::NamingRules,
-    types: Vec<Arc<str>>,
-    tags: Vec<Arc<Tag>>,
+    type_count: u32,
+    /// `type_count` × (type string, its index file stem), encoded as the body holds them.
+    types: Vec<u8>,
+    tag_count: u32,
+    /// `tag_count` × (key string, value string, its index file stem), encoded as the body holds them.
+    tags: Vec<u8>,
     event_types: Vec<u32>,
     tag_counts: Vec<u32>,
     tag_refs: Vec<u32>,
@@ -191,31 +191,15 @@ pub struct Snapshot {
     tracking: TrackingSnapshot,
 }
 
-/// Hashes the address of an interned string: the snapshot looks up every position's keys by identity.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        // Addresses are aligned (low bits zero): multiply, then fold the well-mixed high half down.
-        let x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 29);
-    }
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Types, tag keys and values are far below 64 KiB (`EVENT_TYPE_BYTES_MAX`, `TAG_BYTES_MAX`).
+    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
-type ByAddress = HashMap<usize, u32, BuildHasherDefault<AddressHasher>>;
-
 /// Copies the keys of positions `1 ..= through` out of `index`, holding its read lock for at most
-/// `INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX` positions at a time. Every position up to `through` must be published
-/// (its keys final): the writer changes only positions above the head.
+/// `INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX` positions (or strings) at a time. Every position up to `through` must be
+/// published (its keys final): the writer changes only positions above the head.
 pub fn snapshot(
     index: &RwLock<Index>,
     through: u64,
@@ -237,45 +221,52 @@ pub fn snapshot(
             }
         }
     };
-    let mut type_ids = ByAddress::default();
-    let mut tag_ids = ByAddress::default();
     let n = through as usize;
     let mut snap = Snapshot {
         through,
-        naming: index.read().unwrap_or_else(|e| e.into_inner()).naming,
+        type_count: 0,
         types: Vec::new(),
+        tag_count: 0,
         tags: Vec::new(),
         event_types: Vec::with_capacity(n),
         tag_counts: Vec::with_capacity(n),
         tag_refs: Vec::with_capacity(n),
         tracking,
     };
+    let read = || index.read().unwrap_or_else(|e| e.into_inner());
     let mut next = 1;
     while next <= through {
         let last = (next + INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX - 1).min(through);
-        let index = index.read().unwrap_or_else(|e| e.into_inner());
-        let slots = index.keys_between(next, last);
-        for (i, slot) in slots.iter().enumerate() {
-            let Some(keys) = slot else { return Err(CheckpointError::KeysUnknown { position: next + i as u64 }) };
-            let id = *type_ids.entry(Arc::as_ptr(&keys.event_type) as *const u8 as usize).or_insert_with(|| {
-                snap.types.push(keys.event_type.clone());
-                snap.types.len() as u32 - 1
-            });
-            snap.event_types.push(id);
-            snap.tag_counts.push(keys.tags.len() as u32);
-            for tag in keys.tags.iter() {
-                let id = *tag_ids.entry(Arc::as_ptr(tag) as usize).or_insert_with(|| {
-                    snap.tags.push(tag.clone());
-                    snap.tags.len() as u32 - 1
-                });
-                snap.tag_refs.push(id);
-            }
-        }
-        if (slots.len() as u64) < last + 1 - next {
-            return Err(CheckpointError::KeysUnknown { position: next + slots.len() as u64 });
-        }
-        drop(index);
+        let (types, tags) = read()
+            .export_keys(next, last, &mut snap.event_types, &mut snap.tag_counts, &mut snap.tag_refs)
+            .map_err(|position| CheckpointError::KeysUnknown { position })?;
+        snap.type_count = snap.type_count.max(types);
+        snap.tag_count = snap.tag_count.max(tags);
         next = last + 1;
+    }
+    // Every type and tag up to the highest id referenced (ids count up as they are first seen, so nearly all of
+    // them are; one no position references loads as an empty list).
+    let step = INDEX_CHECKPOINT_SNAPSHOT_EVENTS_MAX as u32;
+    let mut id = 0;
+    while id < snap.type_count {
+        let index = read();
+        for id in id..(id.saturating_add(step)).min(snap.type_count) {
+            let (name, stem) = index.type_entry(id);
+            put_str(&mut snap.types, name);
+            put_str(&mut snap.types, stem);
+        }
+        id = id.saturating_add(step);
+    }
+    let mut id = 0;
+    while id < snap.tag_count {
+        let index = read();
+        for id in id..(id.saturating_add(step)).min(snap.tag_count) {
+            let (key, value, stem) = index.tag_entry(id);
+            put_str(&mut snap.tags, key);
+            put_str(&mut snap.tags, value);
+            put_str(&mut snap.tags, stem);
+        }
+        id = id.saturating_add(step);
     }
     Ok(snap)
 }
@@ -283,30 +274,13 @@ pub fn snapshot(
 /// Encodes a snapshot as a checkpoint file belonging to the journal whose event files at positions 1 and
 /// `snapshot.through` have the crc32c checksums `identity`.
 pub fn encode(snap: &Snapshot, identity: (u32, u32)) -> Vec<u8> {
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        // Types, tag keys and values are far below 64 KiB (`EVENT_TYPE_BYTES_MAX`, `TAG_BYTES_MAX`).
-        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-        out.extend_from_slice(s.as_bytes());
-    }
-    // Stems are stored, not recomputed at load: sanitising a million tags costs more than reading their stems.
-    let type_stems: Vec<String> = snap.types.iter().map(|t| snap.naming.event_type_stem(t)).collect();
-    let tag_stems: Vec<String> = snap.tags.iter().map(|t| snap.naming.event_tag_stem(t)).collect();
-    let strings: usize = snap.types.iter().zip(&type_stems).map(|(t, s)| t.len() + s.len() + 4).sum::<usize>()
-        + snap.tags.iter().zip(&tag_stems).map(|(t, s)| t.key.len() + t.value.len() + s.len() + 6).sum::<usize>();
     let columns = 8 * snap.event_types.len() + 8 + 4 * snap.tag_refs.len();
-    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + 8 + strings + columns);
+    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + 8 + snap.types.len() + snap.tags.len() + columns);
     out.resize(CHECKPOINT_HEADER_BYTES, 0);
-    out.extend_from_slice(&(snap.types.len() as u32).to_le_bytes());
-    for (t, stem) in snap.types.iter().zip(&type_stems) {
-        put_str(&mut out, t);
-        put_str(&mut out, stem);
-    }
-    out.extend_from_slice(&(snap.tags.len() as u32).to_le_bytes());
-    for (t, stem) in snap.tags.iter().zip(&tag_stems) {
-        put_str(&mut out, &t.key);
-        put_str(&mut out, &t.value);
-        put_str(&mut out, stem);
-    }
+    out.extend_from_slice(&snap.type_count.to_le_bytes());
+    out.extend_from_slice(&snap.types);
+    out.extend_from_slice(&snap.tag_count.to_le_bytes());
+    out.extend_from_slice(&snap.tags);
     out.extend_from_slice(&(snap.tracking.sources.len() as u32).to_le_bytes());
     for (source, last, at) in &snap.tracking.sources {
         // Source names are at most `TRACKING_SOURCE_BYTES_MAX` bytes.
@@ -396,23 +370,20 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Index), Damage> {
     decode_with_tracking(bytes).map(|(header, index, _)| (header, index))
 }
 
-/// [`decode`], with the tracking table the checkpoint holds.
+/// [`decode`], with the tracking table the checkpoint holds. The index's stems are the ones stored (their naming
+/// rules are the store's: [`load_index`] sets them).
 pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnapshot), Damage> {
     let header = decode_checked_header(bytes)?;
     let mut c = Cursor { bytes: &bytes[CHECKPOINT_HEADER_BYTES..], at: 0 };
     let n = c.count("types", 4)?;
-    let (mut types, mut type_stems) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut types = Vec::with_capacity(n);
     for _ in 0..n {
-        types.push(Arc::<str>::from(c.str("types")?));
-        type_stems.push(c.str("types")?.to_string());
+        types.push((c.str("types")?, c.str("types")?));
     }
     let n = c.count("tags", 6)?;
-    let (mut tags, mut tag_stems) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut tags = Vec::with_capacity(n);
     for _ in 0..n {
-        let key = c.str("tags")?;
-        let value = c.str("tags")?;
-        tags.push(Arc::new(Tag::new(key, value)));
-        tag_stems.push(c.str("tags")?.to_string());
+        tags.push((c.str("tags")?, c.str("tags")?, c.str("tags")?));
     }
     let mut tracking = TrackingSnapshot::default();
     let n = c.count("tracking sources", 18)?;
@@ -436,7 +407,7 @@ pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnap
     if c.at != c.bytes.len() {
         return Err(Damage::Trailing(c.bytes.len() - c.at));
     }
-    // Every id is checked first, so the two halves below cannot fail.
+    // Every id is checked first, so building the index cannot fail on them.
     let mut refs_needed = 0usize;
     for (&type_id, &count) in event_types.iter().zip(&tag_counts) {
         id_in(type_id, types.len(), "type")?;
@@ -452,72 +423,9 @@ pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnap
     for &tag_id in &tag_refs {
         id_in(tag_id, tags.len(), "tag")?;
     }
-    // Two independent halves, on two threads when one can be had: the position lists per index file stem (integers
-    // and the stem maps), and each event's keys with the interned strings (allocation and reference counts).
-    // Taken by whichever thread builds the lists (the closure only borrows, so it can run on either).
-    let stems = std::sync::Mutex::new(Some((type_stems, tag_stems)));
-    let lists = || {
-        let (type_stems, tag_stems) =
-            stems.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the lists are built once");
-        let mut type_lists: Vec<Vec<u64>> = vec![Vec::new(); type_stems.len()];
-        let mut tag_lists: Vec<Vec<u64>> = vec![Vec::new(); tag_stems.len()];
-        let mut refs = tag_refs.iter();
-        for (i, (&type_id, &count)) in event_types.iter().zip(&tag_counts).enumerate() {
-            let position = i as u64 + 1;
-            type_lists[type_id as usize].push(position);
-            for &tag_id in refs.by_ref().take(count as usize) {
-                // An event carrying one tag twice is listed once.
-                let list = &mut tag_lists[tag_id as usize];
-                if list.last() != Some(&position) {
-                    list.push(position);
-                }
-            }
-        }
-        (by_stem(type_stems, type_lists), by_stem(tag_stems, tag_lists))
-    };
-    let keys = || {
-        let mut keys = Vec::with_capacity(through);
-        let mut refs = tag_refs.iter();
-        for (&type_id, &count) in event_types.iter().zip(&tag_counts) {
-            let event_tags: Box<[Arc<Tag>]> =
-                refs.by_ref().take(count as usize).map(|&tag_id| tags[tag_id as usize].clone()).collect();
-            keys.push(Some(EventKeys { event_type: types[type_id as usize].clone(), tags: event_tags }));
-        }
-        let types_interned: HashSet<Arc<str>> = types.iter().cloned().collect();
-        let tags_interned: HashSet<Arc<Tag>> = tags.iter().cloned().collect();
-        (keys, types_interned, tags_interned)
-    };
-    let ((by_type, by_tag), (keys, types_interned, tags_interned)) = std::thread::scope(|scope| {
-        match std::thread::Builder::new().name("opossum-checkpoint-load".into()).spawn_scoped(scope, lists) {
-            Ok(lists) => {
-                let keys = keys();
-                (lists.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), keys)
-            }
-            Err(e) => {
-                tracing::debug!("loading the index checkpoint on one thread (no second thread: {e})");
-                (lists(), keys())
-            }
-        }
-    });
-    Ok((header, Index::from_checkpoint(by_type, by_tag, keys, types_interned, tags_interned), tracking))
-}
-
-/// The position lists per index file stem, from the lists per exact type or tag and their stems: different types
-/// or tags whose names sanitise to one stem share one file, and so one list.
-fn by_stem(stems: Vec<String>, lists: Vec<Vec<u64>>) -> HashMap<String, Vec<u64>> {
-    let mut map: HashMap<String, Vec<u64>> = HashMap::with_capacity(lists.len());
-    for (stem, list) in stems.into_iter().zip(lists) {
-        match map.entry(stem) {
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(list);
-            }
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                let merged = crate::store::index::union_sorted(&[std::mem::take(e.get_mut()), list]);
-                *e.get_mut() = merged;
-            }
-        }
-    }
-    map
+    let index =
+        Index::from_checkpoint(crate::format::NamingRules::NATIVE, &types, &tags, &event_types, &tag_counts, tag_refs);
+    Ok((header, index, tracking))
 }
 
 /// The journal a checkpoint through `through` belongs to: the crc32c checksums of the event files at positions 1
@@ -588,7 +496,8 @@ pub(crate) fn load_index(
     let started = Instant::now();
     let mut index = match read_valid(&path, journal, true) {
         Ok(Some((_, Some((mut index, taken))))) => {
-            index.naming = naming;
+            // Written by this store, so its stems follow the store's rules.
+            index.set_stems_naming(naming);
             tracking.import(&taken);
             index
         }
@@ -598,16 +507,19 @@ pub(crate) fn load_index(
             Index::new(naming)
         }
     };
+    // Journal mode keeps no dirty marks in the index (the mirror keeps its own).
+    index.marks_dirty = false;
     let checkpoint = (index.max_position > 0).then_some(index.max_position);
     let loaded_ms = started.elapsed().as_millis() as u64;
     let head = journal.head();
     let from = index.max_position + 1;
     journal.scan(from, head, |v| -> Result<(), StoreError> {
-        index.insert(v.position, v.event_type, &v.owned_tags());
+        index.insert_parts(v.position, v.event_type, v.tags());
         tracking.observe(v.position, v.event_id, v.tracking);
         Ok(())
     })?;
     let scanned = head.saturating_sub(from - 1);
+    release_freed_memory();
     tracing::info!(
         checkpoint = checkpoint.unwrap_or(0),
         checkpoint_ms = loaded_ms,
@@ -616,6 +528,17 @@ pub(crate) fn load_index(
         "index loaded"
     );
     Ok((index, Loaded { checkpoint, scanned }))
+}
+
+/// Gives the heap memory freed since the start back to the system: loading a big index leaves ~100 MB of freed
+/// temporaries (the checkpoint's bytes, its decoded tables) that glibc would otherwise keep in the daemon's RSS for
+/// good. Elsewhere a no-op.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only returns free heap pages to the kernel; it touches no memory in use.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Writes a checkpoint of the index through the published head, atomically; returns the position it holds
@@ -695,69 +618,86 @@ fn remove_temporaries(path: &Path) {
 
 /// The checkpointer thread (journal mode): writes a checkpoint whenever the head is
 /// `INDEX_CHECKPOINT_EVENTS_DEFAULT` past the last one, pausing at least `INDEX_CHECKPOINT_PAUSE_FACTOR` times as
-/// long as the last write took; [`Checkpointer::close`] writes the last one.
+/// long as the last write took; [`Checkpointer::close`] writes the last one. [`Checkpointer::write_now`] writes one
+/// from any thread (the daemon's stop runs it beside the mirror's last checkpoint); writes never overlap.
 pub struct Checkpointer {
     stop: SyncSender<()>,
-    /// Returns the position of the last checkpoint on disk.
-    thread: JoinHandle<u64>,
+    thread: JoinHandle<()>,
+    marks: Arc<Marks>,
+}
+
+/// What the checkpointer threads share: the position the checkpoint on disk holds through, and a lock that keeps
+/// two writes from overlapping (the second would only write the same again).
+#[derive(Default)]
+struct Marks {
+    written: Mutex<u64>,
+}
+
+impl Marks {
+    /// Writes a checkpoint through the head unless the one on disk already holds it; returns what the checkpoint on
+    /// disk holds through afterwards. Waits for a write in progress.
+    fn write_if_behind(&self, shared: &Shared, journal: &Journal, why: &str) -> Result<u64, CheckpointError> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.head() <= *written {
+            return Ok(*written);
+        }
+        let started = Instant::now();
+        let through = write(shared, journal)?;
+        tracing::info!(through, took_ms = started.elapsed().as_millis() as u64, why, "index checkpoint written");
+        *written = through;
+        Ok(through)
+    }
 }
 
 impl Checkpointer {
     /// Starts the thread for a journal-mode store (`None` in files mode).
     pub fn spawn(shared: &Arc<Shared>) -> Result<Option<Checkpointer>, StoreError> {
         let Some(journal) = shared.journal.clone() else { return Ok(None) };
-        let shared = shared.clone();
+        let marks = Arc::new(Marks::default());
+        let (thread_shared, thread_marks) = (shared.clone(), marks.clone());
         let (stop, stopped) = sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("opossum-checkpoint".into())
             .spawn(move || {
+                let (shared, marks) = (thread_shared, thread_marks);
                 // What the open loaded, if anything (checked again here, off the open path).
                 let path = index_checkpoint_path(&shared.layout.root);
-                let mut last = match read_valid(&path, &journal, false) {
-                    Ok(Some((header, _))) => header.through,
-                    _ => 0,
-                };
+                if let Ok(Some((header, _))) = read_valid(&path, &journal, false) {
+                    let mut written = marks.written.lock().unwrap_or_else(|e| e.into_inner());
+                    *written = (*written).max(header.through);
+                }
                 let mut not_before = Instant::now();
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INDEX_CHECKPOINT_POLL_MAX) {
+                    let last = *marks.written.lock().unwrap_or_else(|e| e.into_inner());
                     if shared.head() < last + INDEX_CHECKPOINT_EVENTS_DEFAULT || Instant::now() < not_before {
                         continue;
                     }
                     let started = Instant::now();
-                    match write(&shared, &journal) {
-                        Ok(through) => {
-                            last = through;
-                            tracing::debug!(
-                                through,
-                                took_ms = started.elapsed().as_millis() as u64,
-                                "index checkpoint written"
-                            );
-                        }
-                        Err(e) => tracing::warn!("writing the index checkpoint failed (retried later): {e}"),
+                    if let Err(e) = marks.write_if_behind(&shared, &journal, "interval") {
+                        tracing::warn!("writing the index checkpoint failed (retried later): {e}");
                     }
                     not_before = Instant::now() + started.elapsed() * INDEX_CHECKPOINT_PAUSE_FACTOR;
                 }
-                last
             })
             .map_err(|e| StoreError::io(crate::io::IoOp::Spawn, Path::new("checkpoint thread"), e))?;
-        Ok(Some(Checkpointer { stop, thread }))
+        Ok(Some(Checkpointer { stop, thread, marks }))
+    }
+
+    /// Writes a checkpoint through the head now unless the one on disk holds it already (waiting for a write in
+    /// progress); returns the position the checkpoint on disk holds through.
+    pub fn write_now(&self, shared: &Shared) -> Result<u64, CheckpointError> {
+        let Some(journal) = &shared.journal else { return Ok(0) };
+        self.marks.write_if_behind(shared, journal, "requested")
     }
 
     /// Stops the thread and, when the head moved past the last checkpoint, writes one through it (a clean close:
     /// call after the writer stopped). A failure is logged: the next open scans more of the journal.
     pub fn close(self, shared: &Shared) {
         let _ = self.stop.send(());
-        let last = self.thread.join().unwrap_or(0);
+        let _ = self.thread.join();
         let Some(journal) = &shared.journal else { return };
-        if shared.head() > last {
-            let started = Instant::now();
-            match write(shared, journal) {
-                Ok(through) => {
-                    tracing::info!(through, took_ms = started.elapsed().as_millis() as u64, "index checkpoint written")
-                }
-                Err(e) => tracing::warn!(
-                    "writing the index checkpoint at close failed (the next open scans the journal): {e}"
-                ),
-            }
+        if let Err(e) = self.marks.write_if_behind(shared, journal, "close") {
+            tracing::warn!("writing the index checkpoint at close failed (the next open scans the journal): {e}");
         }
     }
 }
@@ -774,7 +714,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
     use crate::journal::{JournalOptions, NewRecord};
-    use crate::model::{Query, QueryItem};
+    use crate::model::{Query, QueryItem, Tag};
     use serde_json::value::RawValue;
 
     /// Event `n` of a varied workload: a few types (two with colliding stems), tags shared by many events, tags of
@@ -848,8 +788,9 @@ mod tests {
     /// same post-filtered answers) for every position.
     fn assert_same(a: &Index, b: &Index, head: u64) {
         assert_eq!(a.max_position, b.max_position);
-        let lists = |x: &HashMap<String, Vec<u64>>| {
-            let mut v: Vec<_> = x.iter().filter(|(_, l)| !l.is_empty()).map(|(k, l)| (k.clone(), l.clone())).collect();
+        let lists = |x: &crate::store::index::StemLists| {
+            let mut v: Vec<_> =
+                x.iter().filter(|(_, l)| !l.is_empty()).map(|(k, l)| (k.to_string(), l.to_vec())).collect();
             v.sort();
             v
         };
@@ -866,7 +807,7 @@ mod tests {
         }
         for p in 1..=head {
             let (ka, kb) = (a.keys(p).unwrap(), b.keys(p).unwrap());
-            assert_eq!((&*ka.event_type, &ka.tags), (&*kb.event_type, &kb.tags), "keys of {p}");
+            assert_eq!((ka.event_type(), ka.owned_tags()), (kb.event_type(), kb.owned_tags()), "keys of {p}");
         }
         assert!(a.keys(head + 1).is_none() && b.keys(head + 1).is_none());
     }
@@ -885,11 +826,6 @@ mod tests {
         assert_eq!((header.through, header.identity), (500, (7, 9)));
         assert!(decoded.dirty_tags.is_empty() && decoded.dirty_types.is_empty());
         assert_same(&lock.into_inner().unwrap(), &decoded, 500);
-        // Interned: equal tags of different events share one allocation after the load too.
-        let (a, b) = (decoded.keys(1).unwrap(), decoded.keys(8).unwrap());
-        assert!(
-            Arc::ptr_eq(&a.tags[0], &b.tags[0]) && Arc::ptr_eq(&a.event_type, &decoded.keys(5).unwrap().event_type)
-        );
     }
 
     #[test]

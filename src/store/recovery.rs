@@ -53,11 +53,11 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         for &p in &positions {
             covered[(p - 1) as usize] = true;
         }
-        index.by_type.insert(stem, positions);
+        index.by_type.set(&stem, positions);
     }
     let (tags, foreign_tag_files) = load_index_dir(&layout.tag_index, io, head, &mut index.dirty_tags, &mut leftovers)?;
     for (stem, positions) in tags {
-        index.by_tag.insert(stem, positions);
+        index.by_tag.set(&stem, positions);
     }
     if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) || foreign_tag_files > 0 {
         // A corrupt tag file, or one this platform cannot open: we cannot tell which events it listed, so
@@ -65,7 +65,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         rebuild_tags = true;
     }
     let uncovered: Vec<u64> = if rebuild_tags {
-        index.by_tag.clear();
+        index.clear_tag_lists();
         (1..=head).collect()
     } else {
         covered.iter().enumerate().filter(|(_, c)| !**c).map(|(i, _)| i as u64 + 1).collect()
@@ -340,7 +340,7 @@ pub(crate) fn clipped_lists<'a>(
         IndexKind::Type => (&layout.type_index, &index.by_type),
     };
     stems.iter().map(move |stem| {
-        let positions = lists.get(stem).map_or(&[][..], Vec::as_slice);
+        let positions = lists.get(stem).unwrap_or(&[]);
         (dir.join(format::index_file_name(stem)), &positions[..positions.partition_point(|&p| p <= limit)])
     })
 }
@@ -442,8 +442,8 @@ mod tests {
         let mut index = Index::default();
         index.insert(1, "A", &[Tag::new("k", "1")]);
         // Position 2 arrives after the flush took its marks: its type list is being written, its tag's is not.
-        index.by_type.get_mut("A").unwrap().push(2);
-        index.by_tag.insert("k_2".into(), vec![2]);
+        index.by_type.set("A", vec![1, 2]);
+        index.by_tag.set("k_2", vec![2]);
         let index = RwLock::new(index);
         flush_index_files(&layout, &ThreadPoolIo::new(2), &index, false).unwrap();
         let read = |p: PathBuf| format::decode_index(&std::fs::read(p).unwrap()).unwrap();
