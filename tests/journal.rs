@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opossum::format::encode_event;
 use opossum::io::sim::{SimDisk, SimRng};
 use opossum::journal::format::{self, padded, segment_name};
-use opossum::journal::{DiskStorage, Journal, JournalError, JournalOptions, NewRecord, SimStorage};
+use opossum::journal::{DiskStorage, Journal, JournalError, JournalOptions, NewRecord, SimStorage, ZeroFill};
 use opossum::model::Tag;
 use serde_json::value::RawValue;
 
@@ -66,13 +66,19 @@ fn sim_open(disk: &SimDisk, options: JournalOptions) -> Result<Journal, JournalE
     Journal::open(Arc::new(SimStorage::new(disk.clone())), options).map(|(j, _)| j)
 }
 
+/// Durable, zero-filled by the appending thread in steps of 1 KiB (so crash points land inside zero-fills too,
+/// and every run replays).
+fn sim_options(segment_bytes: u64) -> JournalOptions {
+    JournalOptions { durable: true, segment_bytes, zero_chunk_bytes: 1024, zero_fill: ZeroFill::Inline }
+}
+
 /// Big enough for every test's records in one segment, small enough to copy quickly.
 fn one_segment() -> JournalOptions {
-    JournalOptions { durable: true, segment_bytes: 64 << 10 }
+    sim_options(64 << 10)
 }
 
 fn small_segments() -> JournalOptions {
-    JournalOptions { durable: true, segment_bytes: 4096 }
+    sim_options(4096)
 }
 
 /// Appends random groups until the disk crashes (or `groups` are done); returns the acknowledged head and every
@@ -280,9 +286,10 @@ fn reads_coalesce_and_return_records_in_the_order_asked() {
 }
 
 #[test]
-fn the_journal_on_real_files_survives_reopen_and_preallocates() {
+fn the_journal_on_real_files_zero_fills_ahead_in_the_background_and_trims_at_close() {
     let dir = tempfile::tempdir().unwrap();
-    let options = JournalOptions { durable: true, segment_bytes: 64 << 10 };
+    let options = JournalOptions { segment_bytes: 64 << 10, zero_chunk_bytes: 4096, ..JournalOptions::default() };
+    assert_eq!(options.zero_fill, ZeroFill::Background);
     let (j, opened) = Journal::open_dir(dir.path(), options).unwrap();
     assert_eq!(opened.head, 0);
     for g in 0..200 {
@@ -290,13 +297,24 @@ fn the_journal_on_real_files_survives_reopen_and_preallocates() {
     }
     let segments = j.segments();
     assert!(segments > 2);
+    let journal = opossum::journal::journal_dir(dir.path());
+    let active = journal.join(segment_name(j_last_first(&journal)));
+    let (_, last) = j.locate(800).unwrap();
+    let end = last.offset as u64 + padded(last.size as usize) as u64;
+    let len = std::fs::metadata(&active).unwrap().len();
+    assert!(len >= end + 4096.min((64 << 10) - end), "zeros ahead of the records: {len} bytes, records end at {end}");
+    let tail = &std::fs::read(&active).unwrap()[end as usize..];
+    assert!(tail.iter().all(|&b| b == 0), "only zeros after the records");
     j.close().unwrap();
     drop(j);
-    let journal = opossum::journal::journal_dir(dir.path());
-    let active = std::fs::metadata(journal.join(segment_name(j_last_first(&journal)))).unwrap();
-    assert!(active.len() >= 64 << 10, "the active segment is preallocated");
+    assert_eq!(std::fs::metadata(&active).unwrap().len(), end, "a clean close trims the zeros");
     let (j, opened) = Journal::open(Arc::new(DiskStorage::open(&journal).unwrap()), options).unwrap();
     assert_eq!((opened.head, opened.segments), (800, segments));
+    check_contents(&j);
+    // Appends go on after the trim: the segment is zero-filled again ahead of them.
+    for g in 200..220 {
+        append_group(&j, g * 4 + 1, 4).unwrap();
+    }
     check_contents(&j);
 }
 
@@ -306,4 +324,120 @@ fn j_last_first(dir: &std::path::Path) -> u64 {
         .filter_map(|e| format::parse_segment_name(e.unwrap().file_name().to_str()?))
         .max()
         .unwrap()
+}
+
+/// A group commit's `fdatasync` must make data durable and nothing else: no length change, no blocks initialised
+/// for the first time (unwritten extents of `fallocate`, or holes). On ext4 either turns the `fdatasync` into a
+/// journal commit that also carries every file the mirror created since the last one.
+#[test]
+fn group_commits_sync_data_only_while_zeros_are_written_ahead_of_them() {
+    let disk = SimDisk::new(11);
+    // Zero-fill steps of 64 KiB, each of which syncs a length change of its own.
+    let options = JournalOptions { zero_chunk_bytes: 64 << 10, ..sim_options(1 << 20) };
+    let j = sim_open(&disk, options).unwrap();
+    append_group(&j, 1, 1).unwrap();
+    let before = disk.metadata_syncs();
+    let groups = 400;
+    for p in 2..2 + groups {
+        append_group(&j, p, 1).unwrap();
+    }
+    let metadata_syncs = disk.metadata_syncs() - before;
+    // ~160 KiB of records: the zero-fill steps sync a length change each (a handful), the commits none.
+    assert!(metadata_syncs <= 8, "{metadata_syncs} of {groups} commits made metadata durable");
+    check_contents(&j);
+}
+
+/// Crashes the simulated disk inside the `nth` zero-fill (at its write or at its sync): the storage under a journal
+/// whose crash lands in the middle of zero-filling ahead of the head, or a new segment's first zeros.
+struct CrashInZeroFill {
+    inner: SimStorage,
+    nth: std::sync::atomic::AtomicU64,
+    at_sync: bool,
+    /// The crash landed in a new segment's first zeros (written right after its header).
+    in_new_segment: std::sync::atomic::AtomicBool,
+}
+
+impl opossum::journal::JournalStorage for CrashInZeroFill {
+    fn dir(&self) -> &std::path::Path {
+        self.inner.dir()
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn create(&self, name: &str) -> std::io::Result<()> {
+        self.inner.create(name)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        self.inner.len(name)
+    }
+    fn read_at(&self, name: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(name, buf, offset)
+    }
+    fn write_at(&self, name: &str, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(name, bytes, offset)
+    }
+    fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        if self.nth.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            // The write lands in the page cache (or not), the sync never happens; or the write is the crash.
+            self.inner.disk.crash_after(if self.at_sync { 2 } else { 1 });
+            self.in_new_segment
+                .store(offset == format::SEGMENT_HEADER_BYTES as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.zero_fill(name, offset, len)
+    }
+    fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(name, len)
+    }
+    fn sync_data(&self, name: &str) -> std::io::Result<()> {
+        self.inner.sync_data(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.inner.sync_dir()
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.replace(name, bytes)
+    }
+    fn file(&self, _name: &str) -> Option<Arc<std::fs::File>> {
+        None
+    }
+}
+
+#[test]
+fn a_crash_in_the_middle_of_a_zero_fill_loses_no_acknowledged_group() {
+    let mut crashed_in_new_segment = 0;
+    for nth in 1..40u64 {
+        for at_sync in [false, true] {
+            let seed = nth * 2 + u64::from(at_sync);
+            let disk = SimDisk::new(seed);
+            let storage = CrashInZeroFill {
+                inner: SimStorage::new(disk.clone()),
+                nth: std::sync::atomic::AtomicU64::new(nth),
+                at_sync,
+                in_new_segment: Default::default(),
+            };
+            // Segments of 4 KiB zero-filled 512 bytes at a time: crashes inside new segments' first zeros and
+            // inside zero-fills ahead of the head.
+            let options = JournalOptions { zero_chunk_bytes: 512, ..sim_options(4096) };
+            let storage = Arc::new(storage);
+            let j = Journal::open(storage.clone(), options).unwrap().0;
+            let mut rng = SimRng::new(seed);
+            let (acked, ends) = run_until_crash(&j, &mut rng, 200);
+            assert!(disk.crashed(), "nth {nth}: no crash");
+            crashed_in_new_segment += u64::from(storage.in_new_segment.load(std::sync::atomic::Ordering::SeqCst));
+            drop(j);
+            for tear in [false, true] {
+                let after = disk.reboot(seed, tear);
+                let j = sim_open(&after, options).unwrap_or_else(|e| panic!("nth {nth} sync {at_sync}: {e}"));
+                let head = j.head();
+                assert!(head >= acked && ends.contains(&head), "nth {nth}: acked {acked}, head {head}");
+                check_contents(&j);
+                append_group(&j, head + 1, 5).unwrap();
+                check_contents(&j);
+            }
+        }
+    }
+    assert!(crashed_in_new_segment > 0, "no crash landed in a new segment's creation");
 }

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 pub mod faulty;
 pub mod format;
@@ -27,7 +27,10 @@ pub use marks::Marks;
 pub use storage::{DiskStorage, JournalStorage, SimStorage};
 
 use crate::io::{BatchIo, Extent};
-use crate::limits::{JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX};
+use crate::limits::{
+    JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX, JOURNAL_ZERO_AHEAD_BYTES_MAX,
+    JOURNAL_ZERO_CHUNK_BYTES_DEFAULT,
+};
 use format::{padded, SEGMENT_HEADER_BYTES, TRAILER_BYTES};
 
 /// `<store>/.opossumd`: the daemon's own files (the journal, the index checkpoint).
@@ -72,12 +75,31 @@ pub struct JournalOptions {
     pub durable: bool,
     /// Seal a segment once the next group would take it past this many bytes.
     pub segment_bytes: u64,
+    /// Zeros written and synced per step ahead of the write head (durable journals only).
+    pub zero_chunk_bytes: u64,
+    /// Who writes those zeros.
+    pub zero_fill: ZeroFill,
 }
 
 impl Default for JournalOptions {
     fn default() -> Self {
-        JournalOptions { durable: true, segment_bytes: JOURNAL_SEGMENT_BYTES_MAX }
+        JournalOptions {
+            durable: true,
+            segment_bytes: JOURNAL_SEGMENT_BYTES_MAX,
+            zero_chunk_bytes: JOURNAL_ZERO_CHUNK_BYTES_DEFAULT,
+            zero_fill: ZeroFill::Background,
+        }
     }
+}
+
+/// Who zero-fills the active segment ahead of its write head (durable journals; see [`Journal::append`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroFill {
+    /// A thread of the journal's own, off the commit path (the default).
+    Background,
+    /// The appending thread, inside `append`, just before the group is written: deterministic, for the
+    /// simulated-crash tests, where every write and sync is a numbered crash point.
+    Inline,
 }
 
 /// Where one record lies: `segment` indexes [`Journal::segment_name`]s in position order.
@@ -107,8 +129,87 @@ struct Active {
     segment: Option<u32>,
     /// Where the next group goes.
     end: u64,
-    /// The segment's preallocated length.
+    /// The bytes the segment may take before it is sealed (`segment_bytes`, or more for one bigger group).
     capacity: u64,
+}
+
+/// The zero-fill of the active segment ahead of its write head, shared by `append` and the zero-fill thread.
+///
+/// Why: a group commit's `fdatasync` must flush data alone. Writing into a hole or into `fallocate`'s unwritten
+/// extents changes block metadata, so every such `fdatasync` was a filesystem journal commit, carrying with it every
+/// file the live mirror had created since the last one (measured: 6.2k against 9.1k `fdatasync`/s beside a file
+/// creator). So groups are written only over zeros already written and synced.
+#[derive(Default)]
+struct Zeroing {
+    state: Mutex<ZeroState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ZeroState {
+    /// The segment being zero-filled (none between a seal and the next segment's first group).
+    segment: Option<Arc<str>>,
+    /// Its bytes below this are records or durable zeros: a group may be written there.
+    zeroed: u64,
+    /// Where the thread should take `zeroed` (at most the segment's capacity).
+    want: u64,
+    /// The thread is writing zeros to `segment` right now (a seal waits for it before cutting the file).
+    busy: bool,
+    /// A zero-fill that failed: reported to the append that needs the space, which poisons the journal.
+    failed: Option<(std::io::ErrorKind, String)>,
+    stop: bool,
+}
+
+impl Zeroing {
+    fn lock(&self) -> MutexGuard<'_, ZeroState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, guard: MutexGuard<'a, ZeroState>) -> MutexGuard<'a, ZeroState> {
+        self.changed.wait(guard).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops zero-filling the current segment, waiting out a step in flight (before a seal or a trim cuts it).
+    fn detach(&self) {
+        let mut s = self.lock();
+        while s.busy {
+            s = self.wait(s);
+        }
+        s.segment = None;
+        s.zeroed = 0;
+        s.want = 0;
+    }
+}
+
+/// The zero-fill thread: takes `zeroed` towards `want` one chunk (one write + one `fdatasync`) at a time.
+fn zero_fill_thread(storage: Arc<dyn JournalStorage>, zeroing: Arc<Zeroing>, chunk: u64) {
+    let mut s = zeroing.lock();
+    loop {
+        if s.stop {
+            return;
+        }
+        let step = match &s.segment {
+            Some(name) if s.failed.is_none() && s.zeroed < s.want => Some((name.clone(), s.zeroed)),
+            _ => None,
+        };
+        let Some((name, from)) = step else {
+            s = zeroing.wait(s);
+            continue;
+        };
+        let to = s.want.min(from + chunk);
+        s.busy = true;
+        drop(s);
+        let filled = storage.zero_fill(&name, from, to - from);
+        s = zeroing.lock();
+        s.busy = false;
+        if s.segment.as_ref() == Some(&name) {
+            match filled {
+                Ok(()) => s.zeroed = s.zeroed.max(to),
+                Err(e) => s.failed = Some((e.kind(), e.to_string())),
+            }
+        }
+        zeroing.changed.notify_all();
+    }
 }
 
 pub struct Journal {
@@ -121,6 +222,19 @@ pub struct Journal {
     marks: Mutex<Marks>,
     /// Reads go through this backend's `read_extents` when set (and the storage has real files).
     io: Option<Arc<dyn BatchIo>>,
+    zeroing: Arc<Zeroing>,
+    /// The zero-fill thread, started by the first durable append (`ZeroFill::Background`).
+    zero_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.zeroing.lock().stop = true;
+        self.zeroing.changed.notify_all();
+        if let Some(thread) = self.zero_thread.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// What `open` found, for logs.
@@ -234,7 +348,9 @@ impl Journal {
                 size,
             }));
             if is_last {
-                active = Active { segment: Some(segment_index), end: scanned.end, capacity: len };
+                // A clean close cut the zeros after the records; the segment may still take `segment_bytes`.
+                let capacity = len.max(options.segment_bytes);
+                active = Active { segment: Some(segment_index), end: scanned.end, capacity };
             }
         }
         let head = table.locations.len() as u64;
@@ -259,6 +375,8 @@ impl Journal {
             poisoned: Mutex::new(None),
             marks: Mutex::new(marks),
             io: None,
+            zeroing: Arc::default(),
+            zero_thread: Mutex::new(None),
         };
         Ok((journal, opened))
     }
@@ -315,6 +433,9 @@ impl Journal {
         let segment = active.segment.expect("an active segment");
         let name = self.table.read().unwrap_or_else(|e| e.into_inner()).segments[segment as usize].name.clone();
         let path = || self.storage.path(&name);
+        if self.options.durable {
+            self.zeroed_through(&active, &name, active.end + buf.len() as u64).map_err(|e| self.poison(e))?;
+        }
         self.storage
             .write_at(&name, &buf, active.end)
             .map_err(|e| self.poison(JournalError::io("write", path())(e)))?;
@@ -342,6 +463,7 @@ impl Journal {
             (s.name.clone(), s.first, table)
         };
         let path = || self.storage.path(&name);
+        self.zeroing.detach();
         let footer = format::encode_footer(first, active.end as u32, &table);
         self.storage.write_at(&name, &footer, active.end).map_err(JournalError::io("write", path()))?;
         self.storage.set_len(&name, active.end + footer.len() as u64).map_err(JournalError::io("truncate", path()))?;
@@ -353,23 +475,102 @@ impl Journal {
         Ok(())
     }
 
+    /// Creates the segment starting at `first`, on the commit path: its header and, when durable, zeros for the
+    /// first group and one chunk more, synced with the directory entry before the group is written.
     fn start_segment(&self, active: &mut Active, first: u64, group_bytes: u64) -> Result<(), JournalError> {
         let name = format::segment_name(first);
         let path = || self.storage.path(&name);
         let capacity = self.options.segment_bytes.max(SEGMENT_HEADER_BYTES as u64 + group_bytes);
         self.storage.create(&name).map_err(JournalError::io("create", path()))?;
-        self.storage.preallocate(&name, capacity).map_err(JournalError::io("fallocate", path()))?;
         self.storage
             .write_at(&name, &format::encode_segment_header(first), 0)
             .map_err(JournalError::io("write", path()))?;
         if self.options.durable {
-            self.storage.sync_data(&name).map_err(JournalError::io("fdatasync", path()))?;
+            let zeroed = (SEGMENT_HEADER_BYTES as u64 + group_bytes + self.zero_chunk()).min(capacity);
+            // Zeros after the header, synced with it: the header is durable before the first group is written.
+            self.storage
+                .zero_fill(&name, SEGMENT_HEADER_BYTES as u64, zeroed - SEGMENT_HEADER_BYTES as u64)
+                .map_err(JournalError::io("zero-fill", path()))?;
             self.storage.sync_dir().map_err(JournalError::io("fsync", self.storage.dir().to_path_buf()))?;
+            let mut z = self.zeroing.lock();
+            *z = ZeroState { segment: Some(name.as_str().into()), zeroed, ..ZeroState::default() };
         }
         let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
         t.segments.push(Segment { first, name: name.into() });
         *active = Active { segment: Some(t.segments.len() as u32 - 1), end: SEGMENT_HEADER_BYTES as u64, capacity };
         Ok(())
+    }
+
+    fn zero_chunk(&self) -> u64 {
+        self.options.zero_chunk_bytes.max(format::RECORD_ALIGN as u64)
+    }
+
+    /// Returns once the active segment `name` holds records or durable zeros below `need` (the end of the group
+    /// about to be written), and keeps zeros ahead of the head: up to the bytes already in the segment, between one
+    /// chunk and `JOURNAL_ZERO_AHEAD_BYTES_MAX`, never past the capacity. `ZeroFill::Background` asks the thread
+    /// once less than half of that is left and waits only when the group itself lies beyond the zeros;
+    /// `ZeroFill::Inline` writes them here.
+    fn zeroed_through(&self, active: &Active, name: &Arc<str>, need: u64) -> Result<(), JournalError> {
+        let chunk = self.zero_chunk();
+        let ahead = (active.end - SEGMENT_HEADER_BYTES as u64).clamp(chunk, JOURNAL_ZERO_AHEAD_BYTES_MAX.max(chunk));
+        let target = (need + ahead).min(active.capacity);
+        let path = || self.storage.path(name);
+        let mut z = self.zeroing.lock();
+        if z.segment.as_ref() != Some(name) {
+            // A segment found at open: what it holds past its records is zeros (a crash cut no zero-fill in half
+            // that matters: the records never go past synced zeros). A clean close trimmed them off.
+            while z.busy {
+                z = self.zeroing.wait(z);
+            }
+            let len = self.storage.len(name).map_err(JournalError::io("stat", path()))?;
+            *z = ZeroState { segment: Some(name.clone()), zeroed: len.max(active.end), ..ZeroState::default() };
+        }
+        if z.zeroed >= need + ahead / 2 || z.zeroed >= active.capacity {
+            return Ok(());
+        }
+        match self.options.zero_fill {
+            ZeroFill::Inline => {
+                while z.zeroed < target {
+                    let (from, to) = (z.zeroed, target.min(z.zeroed + chunk));
+                    self.storage.zero_fill(name, from, to - from).map_err(JournalError::io("zero-fill", path()))?;
+                    z.zeroed = to;
+                }
+                Ok(())
+            }
+            ZeroFill::Background => {
+                if z.want < target {
+                    z.want = target;
+                    self.zeroing.changed.notify_all();
+                    self.start_zero_thread();
+                }
+                while z.zeroed < need {
+                    if let Some((kind, message)) = &z.failed {
+                        return Err(JournalError::Io {
+                            op: "zero-fill",
+                            path: path(),
+                            source: std::io::Error::new(*kind, message.clone()),
+                        });
+                    }
+                    z = self.zeroing.wait(z);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn start_zero_thread(&self) {
+        let mut thread = self.zero_thread.lock().unwrap_or_else(|e| e.into_inner());
+        if thread.is_none() {
+            let (storage, zeroing, chunk) = (self.storage.clone(), self.zeroing.clone(), self.zero_chunk());
+            let spawned = std::thread::Builder::new()
+                .name("opossum-journal-zero".into())
+                .spawn(move || zero_fill_thread(storage, zeroing, chunk));
+            match spawned {
+                Ok(handle) => *thread = Some(handle),
+                // No thread: the append waiting for zeros reports it (and the journal is poisoned).
+                Err(e) => self.zeroing.lock().failed = Some((e.kind(), format!("starting the zero-fill thread: {e}"))),
+            }
+        }
     }
 
     fn write_marks(&self, change: impl FnOnce(&mut Marks)) -> Result<(), JournalError> {
@@ -396,9 +597,26 @@ impl Journal {
     }
 
     /// A clean close: notes the head as durable, so a later open treats losing any of it as corruption.
+    /// Also cuts the zeros after the active segment's records (the next append writes new ones), so a stopped
+    /// store takes the bytes of its records only.
     pub fn close(&self) -> Result<(), JournalError> {
-        let _active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        if self.options.durable && self.poison_reason().is_none() {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if self.poison_reason().is_some() {
+            return Ok(());
+        }
+        self.zeroing.detach();
+        if let Some(segment) = active.segment {
+            let name = self.table.read().unwrap_or_else(|e| e.into_inner()).segments[segment as usize].name.clone();
+            let path = || self.storage.path(&name);
+            let len = self.storage.len(&name).map_err(JournalError::io("stat", path()))?;
+            if len > active.end {
+                self.storage.set_len(&name, active.end).map_err(JournalError::io("truncate", path()))?;
+                if self.options.durable {
+                    self.storage.sync_data(&name).map_err(JournalError::io("fdatasync", path()))?;
+                }
+            }
+        }
+        if self.options.durable {
             self.write_marks(|m| m.durable_head = m.durable_head.max(self.head()))?;
         }
         Ok(())

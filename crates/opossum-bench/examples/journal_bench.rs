@@ -3,6 +3,13 @@
 //!
 //! `cargo run --release --example journal_bench -- [DIR] [READ_EVENTS]` (DIR on the disk to measure; default a temp
 //! dir under /tmp; READ_EVENTS default 200000).
+//!
+//! `cargo run --release --example journal_bench -- zero-fill DIR [SECONDS]`: durable appends (mirror off, one
+//! ~400-byte event per request, as the peer benchmark's) from 1, 16 and 64 threads, each for SECONDS (default 3):
+//! the journal zero-filling ahead of its head (today) against the same journal whose zero-fill is `fallocate`
+//! (unwritten extents, as before: every group's `fdatasync` converts extents, a filesystem journal commit), each
+//! alone and beside a thread creating 600-byte files in the same filesystem as fast as it can (what the live
+//! mirror does). Prints events/s, p50/p99 latency and the creator's files/s.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,8 +62,144 @@ fn appends(root: &std::path::Path, name: &str, opts: StoreOptions, threads: usiz
     Arc::try_unwrap(store).ok().unwrap().close().unwrap();
 }
 
+/// The journal's storage with `zero_fill` done the old way: `fallocate` (mode 0), which leaves unwritten extents.
+struct FallocateStorage(opossum::journal::DiskStorage);
+
+impl opossum::journal::JournalStorage for FallocateStorage {
+    fn dir(&self) -> &std::path::Path {
+        self.0.dir()
+    }
+    fn list(&self) -> std::io::Result<Vec<String>> {
+        self.0.list()
+    }
+    fn create(&self, name: &str) -> std::io::Result<()> {
+        self.0.create(name)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.0.remove(name)
+    }
+    fn len(&self, name: &str) -> std::io::Result<u64> {
+        self.0.len(name)
+    }
+    fn read_at(&self, name: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_at(name, buf, offset)
+    }
+    fn write_at(&self, name: &str, bytes: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_at(name, bytes, offset)
+    }
+    fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let file = self.0.file(name).ok_or_else(|| std::io::Error::other("no descriptor"))?;
+        // SAFETY: a valid open descriptor; fallocate reads no memory of ours.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, offset as i64, len as i64) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        file.sync_data()
+    }
+    fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
+        self.0.set_len(name, len)
+    }
+    fn sync_data(&self, name: &str) -> std::io::Result<()> {
+        self.0.sync_data(name)
+    }
+    fn sync_dir(&self) -> std::io::Result<()> {
+        self.0.sync_dir()
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.replace(name, bytes)
+    }
+    fn file(&self, name: &str) -> Option<Arc<std::fs::File>> {
+        self.0.file(name)
+    }
+}
+
+/// Creates 600-byte files in `dir` until `stop`, without fsyncs (as the live mirror does); returns the count.
+fn create_files(dir: &std::path::Path, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let body = vec![b'x'; 600];
+    let mut n = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::fs::write(dir.join(format!("{n}.json")), &body).unwrap();
+        n += 1;
+    }
+    n
+}
+
+fn zero_fill_run(root: &std::path::Path, fallocate: bool, creator: bool, threads: usize, seconds: f64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = root.join(format!("zf-{fallocate}-{creator}-{threads}"));
+    let journal_dir = opossum::journal::journal_dir(&dir);
+    let disk = opossum::journal::DiskStorage::open(&journal_dir).unwrap();
+    let storage: Arc<dyn opossum::journal::JournalStorage> =
+        if fallocate { Arc::new(FallocateStorage(disk)) } else { Arc::new(disk) };
+    let opts = StoreOptions {
+        journal_storage: Some(storage),
+        ..options(CommitMode::Journal, MirrorMode::Off, Durability::Fsync)
+    };
+    let store = Arc::new(Store::open(&dir, opts).unwrap());
+    let stop = AtomicBool::new(false);
+    let (latencies, files, took) = std::thread::scope(|s| {
+        let creating =
+            creator.then(|| s.spawn(|| create_files(&root.join(format!("creator-{fallocate}-{threads}")), &stop)));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut i = 0u64;
+                    while started.elapsed().as_secs_f64() < seconds {
+                        let e = Event::new(
+                            "StudentEnrolled",
+                            &opossum_bench::data::sized_data(t as u64 * 1_000_000 + i),
+                            vec![Tag::new("item", format!("{:07}", (t as u64 * 1_000_000 + i) % 100_000))],
+                        )
+                        .unwrap();
+                        let one = Instant::now();
+                        store.append(vec![e], None).unwrap();
+                        latencies.push(one.elapsed().as_micros() as u64);
+                        i += 1;
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        let took = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let files = creating.map_or(0, |c| c.join().unwrap());
+        all.sort_unstable();
+        (all, files, took)
+    });
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)] as f64 / 1000.0;
+    println!(
+        "{:<9} {:<8} {threads:>2} threads: {:>7.0} events/s  p50 {:>6.2} ms  p99 {:>6.2} ms  creator {:>6.0} files/s",
+        if fallocate { "fallocate" } else { "zeros" },
+        if creator { "+creator" } else { "alone" },
+        latencies.len() as f64 / took,
+        at(0.5),
+        at(0.99),
+        files as f64 / took
+    );
+    Arc::try_unwrap(store).ok().unwrap().close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(root.join(format!("creator-{fallocate}-{threads}")));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).is_some_and(|a| a == "zero-fill") {
+        let tmp = tempfile::tempdir_in(args.get(2).map_or("/tmp", |s| s.as_str())).unwrap();
+        let seconds: f64 = args.get(3).map_or(3.0, |s| s.parse().unwrap());
+        for threads in [1usize, 16, 64] {
+            for creator in [false, true] {
+                for fallocate in [true, false] {
+                    zero_fill_run(tmp.path(), fallocate, creator, threads, seconds);
+                }
+            }
+        }
+        return;
+    }
     let tmp = tempfile::tempdir_in(args.get(1).map_or("/tmp", |s| s.as_str())).unwrap();
     let root = tmp.path();
     let read_events: u64 = args.get(2).map_or(200_000, |s| s.parse().unwrap());

@@ -74,7 +74,7 @@ impl From<JournalError> for StoreError {
             JournalError::Io { op, path, source } => {
                 let op = match op {
                     "read" | "stat" | "list" => IoOp::Read,
-                    "write" | "truncate" | "fallocate" | "remove" => IoOp::Write,
+                    "write" | "zero-fill" | "truncate" | "remove" => IoOp::Write,
                     "fdatasync" => IoOp::Fsync,
                     "fsync" => IoOp::FsyncDir,
                     "replace" => IoOp::Rename,
