@@ -227,6 +227,8 @@ pub const JOURNAL_SCAN_BYTES_MAX: usize = 16 << 20;
 /// Most bytes one group commit hands the journal. The writer stops adding requests to a group once it holds half of
 /// this, so one more request (at most the store's append byte limit, 64 MiB) still fits with the records' headers.
 pub const JOURNAL_GROUP_BYTES_MAX: usize = 256 << 20;
+/// The journal keeps its group write buffer between groups up to this capacity (a bigger group's is freed after it).
+pub const JOURNAL_GROUP_BUFFER_KEPT_BYTES_MAX: usize = 8 << 20;
 /// Zeros written (and `fdatasync`ed) in one step ahead of the active segment's write head, by the journal's
 /// zero-fill thread; also what a new segment gets beyond its first group, on the commit path.
 pub const JOURNAL_ZERO_CHUNK_BYTES_DEFAULT: u64 = 1 << 20;

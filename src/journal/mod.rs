@@ -28,8 +28,8 @@ pub use storage::{DiskStorage, JournalStorage, SimStorage};
 
 use crate::io::{BatchIo, Extent};
 use crate::limits::{
-    JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX, JOURNAL_SEGMENT_BYTES_MAX, JOURNAL_ZERO_AHEAD_BYTES_MAX,
-    JOURNAL_ZERO_CHUNK_BYTES_DEFAULT,
+    JOURNAL_GROUP_BUFFER_KEPT_BYTES_MAX, JOURNAL_READ_EXTENT_BYTES_MAX, JOURNAL_SCAN_BYTES_MAX,
+    JOURNAL_SEGMENT_BYTES_MAX, JOURNAL_ZERO_AHEAD_BYTES_MAX, JOURNAL_ZERO_CHUNK_BYTES_DEFAULT,
 };
 use format::{padded, SEGMENT_HEADER_BYTES, TRAILER_BYTES};
 
@@ -114,6 +114,8 @@ pub struct Location {
 struct Segment {
     first: u64,
     name: Arc<str>,
+    /// Its format version (`format::decode_segment_header`): how its records are laid out.
+    version: u32,
 }
 
 #[derive(Debug, Default)]
@@ -131,6 +133,8 @@ struct Active {
     end: u64,
     /// The bytes the segment may take before it is sealed (`segment_bytes`, or more for one bigger group).
     capacity: u64,
+    /// The group write buffer, kept between groups.
+    buf: Vec<u8>,
 }
 
 /// The zero-fill of the active segment ahead of its write head, shared by `append` and the zero-fill thread.
@@ -267,7 +271,7 @@ impl Journal {
             .collect();
         names.sort();
         let mut table = Table::default();
-        let mut active = Active { segment: None, end: 0, capacity: 0 };
+        let mut active = Active { segment: None, end: 0, capacity: 0, buf: Vec::new() };
         let mut opened = Opened::default();
         let count = names.len();
         for (i, (first, name)) in names.into_iter().enumerate() {
@@ -286,8 +290,8 @@ impl Journal {
             }
             let len = storage.len(&name).map_err(JournalError::io("stat", path.clone()))?;
             let segment_index = table.segments.len() as u32;
-            if let Some(records) = read_sealed(storage.as_ref(), &name, first, len)? {
-                table.segments.push(Segment { first, name: name.into() });
+            if let Some((version, records)) = read_sealed(storage.as_ref(), &name, first, len)? {
+                table.segments.push(Segment { first, name: name.into(), version });
                 table.locations.extend(records.into_iter().map(|(offset, size)| Location {
                     segment: segment_index,
                     offset,
@@ -301,7 +305,8 @@ impl Journal {
                 // A segment whose creation did not finish holds no acknowledged record: its header and name were
                 // durable before its first group was written.
                 let nothing = bytes.len() <= SEGMENT_HEADER_BYTES
-                    || recovery::scan(&bytes, first, &path).is_ok_and(|s| s.records.is_empty());
+                    || (format::FORMAT_VERSION_MIN..=format::FORMAT_VERSION)
+                        .all(|v| recovery::scan(&bytes, first, v, &path).is_ok_and(|s| s.records.is_empty()));
                 if is_last && nothing {
                     tracing::warn!(segment = %path.display(), "removing a journal segment whose creation never finished");
                     storage.remove(&name).map_err(JournalError::io("remove", path.clone()))?;
@@ -310,7 +315,7 @@ impl Journal {
                 }
                 return Err(JournalError::Corrupt { segment: path, offset: 0, reason });
             }
-            let header_first = format::decode_segment_header(&bytes).unwrap_or(0);
+            let (header_first, version) = format::decode_segment_header(&bytes).unwrap_or((0, 0));
             if header_first != first {
                 return Err(JournalError::Corrupt {
                     segment: path,
@@ -318,7 +323,7 @@ impl Journal {
                     reason: format!("header says first position {header_first}, the name says {first}"),
                 });
             }
-            let scanned = recovery::scan(&bytes, first, &path)?;
+            let scanned = recovery::scan(&bytes, first, version, &path)?;
             if let Some(tail_end) = scanned.tail_end {
                 let cut_at = first + scanned.records.len() as u64;
                 if !is_last || cut_at <= marks.durable_head {
@@ -341,7 +346,7 @@ impl Journal {
                 storage.sync_data(&name).map_err(JournalError::io("fdatasync", path.clone()))?;
                 opened.torn_bytes += torn;
             }
-            table.segments.push(Segment { first, name: name.into() });
+            table.segments.push(Segment { first, name: name.into(), version });
             table.locations.extend(scanned.records.iter().map(|&(offset, size)| Location {
                 segment: segment_index,
                 offset,
@@ -350,7 +355,7 @@ impl Journal {
             if is_last {
                 // A clean close cut the zeros after the records; the segment may still take `segment_bytes`.
                 let capacity = len.max(options.segment_bytes);
-                active = Active { segment: Some(segment_index), end: scanned.end, capacity };
+                active = Active { segment: Some(segment_index), end: scanned.end, capacity, buf: Vec::new() };
             }
         }
         let head = table.locations.len() as u64;
@@ -419,26 +424,45 @@ impl Journal {
         }
         assert_eq!(first, self.head() + 1, "groups take the next positions");
         let events = u32::try_from(records.len()).expect("group within u32 events");
-        let mut buf = Vec::with_capacity(records.iter().map(NewRecord::stored_bytes).sum());
+        // Records are encoded straight into the group's write buffer, kept between groups (no allocation, no page
+        // faults of a fresh buffer per group) unless a big group grew it past `JOURNAL_GROUP_BUFFER_KEPT_BYTES_MAX`.
+        let mut buf = std::mem::take(&mut active.buf);
+        buf.clear();
+        buf.reserve(records.iter().map(NewRecord::stored_bytes).sum());
         let mut placed = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             let at = buf.len();
             let size = format::encode_record(&mut buf, first + i as u64, first, events, r);
             placed.push((at as u64, size));
         }
+        let result = self.write_group(&mut active, first, events, &buf, placed);
+        if buf.capacity() <= JOURNAL_GROUP_BUFFER_KEPT_BYTES_MAX {
+            active.buf = buf;
+        }
+        result
+    }
+
+    /// `append` once the group is encoded in `buf` (`placed`: each record's offset in it and size).
+    fn write_group(
+        &self,
+        active: &mut Active,
+        first: u64,
+        events: u32,
+        buf: &[u8],
+        placed: Vec<(u64, u32)>,
+    ) -> Result<Vec<Location>, JournalError> {
+        self.retire_older_format(active).map_err(|e| self.poison(e))?;
         if active.segment.is_none() || active.end + buf.len() as u64 > active.capacity {
-            self.seal(&mut active).map_err(|e| self.poison(e))?;
-            self.start_segment(&mut active, first, buf.len() as u64).map_err(|e| self.poison(e))?;
+            self.seal(active).map_err(|e| self.poison(e))?;
+            self.start_segment(active, first, buf.len() as u64).map_err(|e| self.poison(e))?;
         }
         let segment = active.segment.expect("an active segment");
         let name = self.table.read().unwrap_or_else(|e| e.into_inner()).segments[segment as usize].name.clone();
         let path = || self.storage.path(&name);
         if self.options.durable {
-            self.zeroed_through(&active, &name, active.end + buf.len() as u64).map_err(|e| self.poison(e))?;
+            self.zeroed_through(active, &name, active.end + buf.len() as u64).map_err(|e| self.poison(e))?;
         }
-        self.storage
-            .write_at(&name, &buf, active.end)
-            .map_err(|e| self.poison(JournalError::io("write", path())(e)))?;
+        self.storage.write_at(&name, buf, active.end).map_err(|e| self.poison(JournalError::io("write", path())(e)))?;
         if self.options.durable {
             self.storage.sync_data(&name).map_err(|e| self.poison(JournalError::io("fdatasync", path())(e)))?;
         }
@@ -447,8 +471,34 @@ impl Journal {
             placed.into_iter().map(|(at, size)| Location { segment, offset: (base + at) as u32, size }).collect();
         active.end += buf.len() as u64;
         self.table.write().unwrap_or_else(|e| e.into_inner()).locations.extend_from_slice(&locations);
-        self.head.store(first + records.len() as u64 - 1, Ordering::Release);
+        self.head.store(first + events as u64 - 1, Ordering::Release);
         Ok(locations)
+    }
+
+    /// This build appends only to segments of its own format version: an older active segment (found at open) is
+    /// sealed before the first group, or removed when it holds no record (its header was all it had).
+    fn retire_older_format(&self, active: &mut Active) -> Result<(), JournalError> {
+        let Some(segment) = active.segment else { return Ok(()) };
+        let (name, version) = {
+            let t = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let s = &t.segments[segment as usize];
+            (s.name.clone(), s.version)
+        };
+        if version == format::FORMAT_VERSION {
+            return Ok(());
+        }
+        if active.end > SEGMENT_HEADER_BYTES as u64 {
+            tracing::info!(segment = %self.storage.path(&name).display(), version, "journal: sealing a segment of an older format version before appending");
+            return self.seal(active);
+        }
+        self.zeroing.detach();
+        self.storage.remove(&name).map_err(JournalError::io("remove", self.storage.path(&name)))?;
+        if self.options.durable {
+            self.storage.sync_dir().map_err(JournalError::io("fsync", self.storage.dir().to_path_buf()))?;
+        }
+        self.table.write().unwrap_or_else(|e| e.into_inner()).segments.pop();
+        active.segment = None;
+        Ok(())
     }
 
     /// Seals the active segment, if any: offset table + trailer after its records, synced, the file cut to its
@@ -496,8 +546,10 @@ impl Journal {
             *z = ZeroState { segment: Some(name.as_str().into()), zeroed, ..ZeroState::default() };
         }
         let mut t = self.table.write().unwrap_or_else(|e| e.into_inner());
-        t.segments.push(Segment { first, name: name.into() });
-        *active = Active { segment: Some(t.segments.len() as u32 - 1), end: SEGMENT_HEADER_BYTES as u64, capacity };
+        t.segments.push(Segment { first, name: name.into(), version: format::FORMAT_VERSION });
+        active.segment = Some(t.segments.len() as u32 - 1);
+        active.end = SEGMENT_HEADER_BYTES as u64;
+        active.capacity = capacity;
         Ok(())
     }
 
@@ -653,7 +705,7 @@ impl Journal {
     /// into extents of at most `JOURNAL_READ_EXTENT_BYTES_MAX`. Every record's checksum is checked; a mismatch is
     /// `Corrupt` naming the segment and offset.
     pub fn read(&self, positions: &[u64]) -> Result<RecordBatch, JournalError> {
-        let (names, located): (Vec<Arc<str>>, Vec<Location>) = {
+        let (names, versions, located): (Vec<Arc<str>>, Vec<u32>, Vec<Location>) = {
             let t = self.table.read().unwrap_or_else(|e| e.into_inner());
             let head = t.locations.len() as u64;
             let located = positions
@@ -663,7 +715,11 @@ impl Journal {
                     t.locations[(p - 1) as usize]
                 })
                 .collect();
-            (t.segments.iter().map(|s| s.name.clone()).collect(), located)
+            (
+                t.segments.iter().map(|s| s.name.clone()).collect(),
+                t.segments.iter().map(|s| s.version).collect(),
+                located,
+            )
         };
         // Extents over the records sorted by where they lie; each record then points into one of them.
         let mut order: Vec<usize> = (0..positions.len()).collect();
@@ -691,11 +747,12 @@ impl Journal {
             }
         }
         let buffers = self.read_extents(&names, &extents)?;
+        let extent_versions: Vec<u32> = extents.iter().map(|&(segment, _, _)| versions[segment as usize]).collect();
         let mut records = Vec::with_capacity(positions.len());
         for (i, &(extent, at)) in slots.iter().enumerate() {
             let bytes = &buffers[extent as usize][at as usize..];
             let l = located[i];
-            match format::decode_record(bytes) {
+            match format::decode_record(bytes, versions[l.segment as usize]) {
                 Ok(v) if v.position == positions[i] && v.size == l.size => {}
                 other => {
                     let reason = match other {
@@ -711,7 +768,7 @@ impl Journal {
             }
             records.push((extent, at));
         }
-        Ok(RecordBatch { buffers, records })
+        Ok(RecordBatch { buffers, versions: extent_versions, records })
     }
 
     /// Fetches `(segment, start, end)` byte ranges: through `BatchIo::read_extents` on the segments' held
@@ -790,6 +847,8 @@ impl Journal {
 /// Records read by [`Journal::read`], checked; [`RecordBatch::iter`] yields them in the order asked.
 pub struct RecordBatch {
     buffers: Vec<Vec<u8>>,
+    /// The format version of each buffer's segment.
+    versions: Vec<u32>,
     records: Vec<(u32, u32)>,
 }
 
@@ -809,8 +868,22 @@ impl RecordBatch {
     fn view(&self, extent: u32, at: u32) -> RecordView<'_> {
         // SAFETY: `Journal::read` made this batch and accepted the record at (extent, at) with `decode_record`;
         // the buffers are private and never written after that.
-        unsafe { format::decode_record_again(&self.buffers[extent as usize][at as usize..]) }
-            .expect("checked by Journal::read")
+        unsafe {
+            format::decode_record_again(&self.buffers[extent as usize][at as usize..], self.versions[extent as usize])
+        }
+        .expect("checked by Journal::read")
+    }
+
+    /// The event files of the batch's records, in order, built into one buffer (the mirror's and `export`'s
+    /// writes borrow them from it).
+    pub fn event_files(&self) -> EventFiles {
+        let mut files = EventFiles { bytes: Vec::new(), ends: Vec::with_capacity(self.records.len()) };
+        files.bytes.reserve(self.iter().map(|v| v.event_file_bytes_hint()).sum());
+        for v in self.iter() {
+            v.write_event_file(&mut files.bytes);
+            files.ends.push(files.bytes.len());
+        }
+        files
     }
 
     /// Keeps the records `keep` accepts, in order (a read's post-filter), and at most `max` of them.
@@ -826,13 +899,39 @@ impl RecordBatch {
     }
 }
 
-/// The records of a sealed segment from its offset table, or `None` when it carries no valid seal.
+/// Event files built by [`RecordBatch::event_files`].
+pub struct EventFiles {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl EventFiles {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+}
+
+/// The format version and records of a sealed segment from its header and offset table, or `None` when it carries
+/// no valid seal.
 fn read_sealed(
     storage: &dyn JournalStorage,
     name: &str,
     first: u64,
     len: u64,
-) -> Result<Option<Vec<(u32, u32)>>, JournalError> {
+) -> Result<Option<(u32, Vec<(u32, u32)>)>, JournalError> {
     let path = || storage.path(name);
     if len < (SEGMENT_HEADER_BYTES + TRAILER_BYTES) as u64 {
         return Ok(None);
@@ -866,7 +965,20 @@ fn read_sealed(
             reason: "offset table does not reach its own offset".into(),
         });
     }
-    Ok(Some(table))
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    storage.read_at(name, &mut header, 0).map_err(JournalError::io("read", path()))?;
+    let version = match format::decode_segment_header(&header) {
+        Ok((header_first, version)) if header_first == first => version,
+        Ok((header_first, _)) => {
+            return Err(JournalError::Corrupt {
+                segment: path(),
+                offset: 16,
+                reason: format!("header says first position {header_first}, the name says {first}"),
+            })
+        }
+        Err(reason) => return Err(JournalError::Corrupt { segment: path(), offset: 0, reason }),
+    };
+    Ok(Some((version, table)))
 }
 
 fn read_small(storage: &dyn JournalStorage, name: &str) -> Result<Option<Vec<u8>>, JournalError> {

@@ -53,13 +53,15 @@ pub fn export_tree(
         let positions: Vec<u64> = (next..=last).collect();
         let batch = store.journal.read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| out.event_file(p)).collect();
+        let files = batch.event_files();
         let writes: Vec<FileWrite<'_>> = batch
             .iter()
+            .zip(files.iter())
             .zip(&paths)
-            .map(|(record, path)| {
+            .map(|((record, bytes), path)| {
                 lists.add(&out, &record);
-                exported.bytes += record.file.len() as u64;
-                FileWrite { path, bytes: record.file, mode: WriteMode::CreateNew }
+                exported.bytes += bytes.len() as u64;
+                FileWrite { path, bytes, mode: WriteMode::CreateNew }
             })
             .collect();
         store.io.write_files(&writes, false)?;
@@ -109,10 +111,11 @@ fn sync_tree(out: &Layout, store: &OfflineStore) -> Result<(), ToolError> {
             let positions: Vec<u64> = (next..=last).collect();
             let batch = store.journal.read(&positions)?;
             let paths: Vec<PathBuf> = positions.iter().map(|&p| out.event_file(p)).collect();
-            let writes: Vec<FileWrite<'_>> = batch
+            let files = batch.event_files();
+            let writes: Vec<FileWrite<'_>> = files
                 .iter()
                 .zip(&paths)
-                .map(|(record, path)| FileWrite { path, bytes: record.file, mode: WriteMode::Replace })
+                .map(|(bytes, path)| FileWrite { path, bytes, mode: WriteMode::Replace })
                 .collect();
             store.io.write_files(&writes, true)?;
             next = last + 1;
