@@ -677,7 +677,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_with_their_keys_and_json_and_derive_the_event_file_byte_for_byte() {
-        let tags = vec![Tag::new("course", "c-1"), Tag::new("ünï \"q\" \\ \u{1}", ""), Tag::new("k", "</>")];
+        let tags = [Tag::new("course", "c-1"), Tag::new("ünï \"q\" \\ \u{1}", ""), Tag::new("k", "</>")];
         for (ty, tags) in [("Enrolled \"x\"", &tags[..]), ("T", &[][..]), ("ü\n\t", &tags[1..2])] {
             let (bytes, data, metadata) = file(7, ty, tags);
             let r = NewRecord::for_event_file(ty, tags, &bytes, &data, &metadata);
@@ -764,9 +764,9 @@ mod tests {
         }
         // Read with the wrong version's layout, a record is refused, not misread.
         assert!(decode_record(&out, 3).is_err());
-        for version in [1, 2] {
+        for version in [1u32, 2] {
             let mut h = encode_segment_header(5);
-            h[8..12].copy_from_slice(&(version as u32).to_le_bytes());
+            h[8..12].copy_from_slice(&version.to_le_bytes());
             let crc = crc32c::crc32c(&h[0..24]);
             h[24..28].copy_from_slice(&crc.to_le_bytes());
             assert_eq!(decode_segment_header(&h), Ok((5, version)));

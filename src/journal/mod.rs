@@ -924,14 +924,12 @@ impl EventFiles {
     }
 }
 
+/// A sealed segment's format version and its records' (offset, size).
+type Sealed = (u32, Vec<(u32, u32)>);
+
 /// The format version and records of a sealed segment from its header and offset table, or `None` when it carries
 /// no valid seal.
-fn read_sealed(
-    storage: &dyn JournalStorage,
-    name: &str,
-    first: u64,
-    len: u64,
-) -> Result<Option<(u32, Vec<(u32, u32)>)>, JournalError> {
+fn read_sealed(storage: &dyn JournalStorage, name: &str, first: u64, len: u64) -> Result<Option<Sealed>, JournalError> {
     let path = || storage.path(name);
     if len < (SEGMENT_HEADER_BYTES + TRAILER_BYTES) as u64 {
         return Ok(None);
