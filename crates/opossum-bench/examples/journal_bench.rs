@@ -8,8 +8,8 @@
 //! ~400-byte event per request, as the peer benchmark's) from 1, 16 and 64 threads, each for SECONDS (default 3):
 //! the journal zero-filling ahead of its head (today) against the same journal whose zero-fill is `fallocate`
 //! (unwritten extents, as before: every group's `fdatasync` converts extents, a filesystem journal commit), each
-//! alone and beside a thread creating 600-byte files in the same filesystem as fast as it can (what the live
-//! mirror does). Prints events/s, p50/p99 latency and the creator's files/s.
+//! alone and beside a thread creating 600-byte files in the same filesystem at a fixed pace (what the live mirror
+//! does). Prints events/s, p50/p99 latency and the creator's files/s.
 //!
 //! `cargo run --release --example journal_bench -- bytes DIR [EVENTS]`: fills a store with the mirror off the way
 //! the peer benchmark's fill does (1,000 events per append, 4 clients, `sized_data`, type `StudentEnrolled`, tag
@@ -120,12 +120,23 @@ impl opossum::journal::JournalStorage for FallocateStorage {
     }
 }
 
-/// Creates 600-byte files in `dir` until `stop`, without fsyncs (as the live mirror does); returns the count.
+/// The file creator's pace: about what the live mirror creates (4-6k event files/s measured on this machine), fixed
+/// so both journals compete with the same load.
+const CREATOR_FILES_PER_SECOND: u64 = 3000;
+
+/// Creates 600-byte files in `dir` at `CREATOR_FILES_PER_SECOND` until `stop`, without fsyncs (as the live mirror
+/// does); returns the count.
 fn create_files(dir: &std::path::Path, stop: &std::sync::atomic::AtomicBool) -> u64 {
     std::fs::create_dir_all(dir).unwrap();
     let body = vec![b'x'; 600];
+    let started = Instant::now();
     let mut n = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let due = started.elapsed().as_secs_f64() * CREATOR_FILES_PER_SECOND as f64;
+        if (n as f64) >= due {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
         std::fs::write(dir.join(format!("{n}.json")), &body).unwrap();
         n += 1;
     }
