@@ -593,7 +593,10 @@ impl Journal {
                 if z.want < target {
                     z.want = target;
                     self.zeroing.changed.notify_all();
-                    self.start_zero_thread();
+                    if let Err(e) = self.start_zero_thread() {
+                        // No thread: this append (if it needs the zeros) or a later one reports it, poisoning.
+                        z.failed = Some((e.kind(), format!("starting the zero-fill thread: {e}")));
+                    }
                 }
                 while z.zeroed < need {
                     if let Some((kind, message)) = &z.failed {
@@ -610,19 +613,17 @@ impl Journal {
         }
     }
 
-    fn start_zero_thread(&self) {
+    /// Starts the zero-fill thread unless it runs (called with the zeroing state locked: it must not lock it).
+    fn start_zero_thread(&self) -> std::io::Result<()> {
         let mut thread = self.zero_thread.lock().unwrap_or_else(|e| e.into_inner());
         if thread.is_none() {
             let (storage, zeroing, chunk) = (self.storage.clone(), self.zeroing.clone(), self.zero_chunk());
-            let spawned = std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name("opossum-journal-zero".into())
-                .spawn(move || zero_fill_thread(storage, zeroing, chunk));
-            match spawned {
-                Ok(handle) => *thread = Some(handle),
-                // No thread: the append waiting for zeros reports it (and the journal is poisoned).
-                Err(e) => self.zeroing.lock().failed = Some((e.kind(), format!("starting the zero-fill thread: {e}"))),
-            }
+                .spawn(move || zero_fill_thread(storage, zeroing, chunk))?;
+            *thread = Some(handle);
         }
+        Ok(())
     }
 
     fn write_marks(&self, change: impl FnOnce(&mut Marks)) -> Result<(), JournalError> {
