@@ -227,7 +227,17 @@ pub const JOURNAL_SCAN_BYTES_MAX: usize = 16 << 20;
 /// Most bytes one group commit hands the journal. The writer stops adding requests to a group once it holds half of
 /// this, so one more request (at most the store's append byte limit, 64 MiB) still fits with the records' headers.
 pub const JOURNAL_GROUP_BYTES_MAX: usize = 256 << 20;
+/// The journal keeps its group write buffer between groups up to this capacity (a bigger group's is freed after it).
+pub const JOURNAL_GROUP_BUFFER_KEPT_BYTES_MAX: usize = 8 << 20;
+/// Zeros written (and `fdatasync`ed) in one step ahead of the active segment's write head, by the journal's
+/// zero-fill thread; also what a new segment gets beyond its first group, on the commit path.
+pub const JOURNAL_ZERO_CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
+/// How far ahead of the write head the active segment is kept zero-filled, at most: the bytes already in the
+/// segment, clamped between one chunk and this (so a small store stays small, a busy one never waits for zeros).
+pub const JOURNAL_ZERO_AHEAD_BYTES_MAX: u64 = 8 << 20;
 const _: () = {
+    assert!(JOURNAL_ZERO_CHUNK_BYTES_DEFAULT <= JOURNAL_ZERO_AHEAD_BYTES_MAX);
+    assert!(JOURNAL_ZERO_AHEAD_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
     assert!(JOURNAL_RECORD_BYTES_MAX <= JOURNAL_READ_EXTENT_BYTES_MAX * 16);
     assert!(JOURNAL_SCAN_BYTES_MAX >= JOURNAL_RECORD_BYTES_MAX);
     assert!((JOURNAL_GROUP_BYTES_MAX as u64) < u32::MAX as u64 / 2);

@@ -48,6 +48,35 @@ struct SimFile {
     durable: Vec<u8>,
     /// Pieces written since the last `sync_data`, in order: (offset, bytes). A length change is a piece too.
     pending: Vec<Pending>,
+    /// Byte ranges `write_at` has written (sorted, disjoint): what a filesystem has real, initialised blocks for.
+    /// The rest of the length (grown by `set_len`, as `ftruncate` or `fallocate` grow a file) is a hole or an
+    /// unwritten extent, and the first write there changes block metadata.
+    initialised: Vec<(u64, u64)>,
+    /// Whether the next `sync_data` must also make metadata durable (a length change, or blocks newly initialised):
+    /// on a real filesystem, a journal commit rather than a data flush alone.
+    metadata_dirty: bool,
+}
+
+impl SimFile {
+    /// Notes a write of `[from, to)`: a metadata change when it grows the file or initialises blocks.
+    fn note_write(&mut self, from: u64, to: u64) {
+        if to > self.written.len() as u64 {
+            self.metadata_dirty = true;
+        }
+        if !self.initialised.iter().any(|&(a, b)| a <= from && to <= b) {
+            self.metadata_dirty = true;
+            self.initialised.push((from, to));
+            self.initialised.sort_unstable();
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.initialised.len());
+            for &(a, b) in &self.initialised {
+                match merged.last_mut() {
+                    Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                    _ => merged.push((a, b)),
+                }
+            }
+            self.initialised = merged;
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +97,8 @@ struct SimState {
     crash_at: Option<u64>,
     crashed: bool,
     rng: SimRng,
+    /// `sync_data` calls that had metadata to make durable (see `SimFile::metadata_dirty`).
+    metadata_syncs: u64,
 }
 
 /// A simulated disk holding one flat directory. Clones share the disk.
@@ -91,6 +122,7 @@ impl SimDisk {
                 crash_at: None,
                 crashed: false,
                 rng: SimRng::new(seed),
+                metadata_syncs: 0,
             })),
         }
     }
@@ -103,6 +135,13 @@ impl SimDisk {
     pub fn crash_after(&self, op: u64) {
         let mut s = self.lock();
         s.crash_at = Some(s.ops + op);
+    }
+
+    /// `sync_data` calls so far that had metadata to make durable besides data: a length change, or blocks written
+    /// for the first time (into a hole or a preallocated, unwritten range). On ext4 each is a journal commit, which
+    /// also carries every other file's pending metadata (the mirror's creations).
+    pub fn metadata_syncs(&self) -> u64 {
+        self.lock().metadata_syncs
     }
 
     /// Mutating calls made so far (to size a crash-point sweep).
@@ -160,7 +199,18 @@ impl SimDisk {
                     }
                 }
             }
-            files.insert(name.clone(), SimFile { written: bytes.clone(), durable: bytes, pending: Vec::new() });
+            // What a restarted machine finds is taken as written blocks throughout.
+            let initialised = vec![(0, bytes.len() as u64)];
+            files.insert(
+                name.clone(),
+                SimFile {
+                    written: bytes.clone(),
+                    durable: bytes,
+                    pending: Vec::new(),
+                    initialised,
+                    metadata_dirty: false,
+                },
+            );
         }
         SimDisk {
             state: Arc::new(Mutex::new(SimState {
@@ -171,6 +221,7 @@ impl SimDisk {
                 crash_at: None,
                 crashed: false,
                 rng,
+                metadata_syncs: 0,
             })),
         }
     }
@@ -228,6 +279,7 @@ impl SimDisk {
         Self::step(&mut s)?;
         let f = s.files.get_mut(name).ok_or_else(|| Error::from(ErrorKind::NotFound))?;
         let end = offset as usize + bytes.len();
+        f.note_write(offset, end as u64);
         if f.written.len() < end {
             f.written.resize(end, 0);
         }
@@ -249,8 +301,15 @@ impl SimDisk {
         let mut s = self.lock();
         Self::step(&mut s)?;
         let f = s.files.get_mut(name).ok_or_else(|| Error::from(ErrorKind::NotFound))?;
+        if len != f.written.len() as u64 {
+            f.metadata_dirty = true;
+        }
         f.written.resize(len as usize, 0);
         f.pending.push(Pending::SetLen(len));
+        for range in &mut f.initialised {
+            range.1 = range.1.min(len);
+        }
+        f.initialised.retain(|&(a, b)| a < b);
         Ok(())
     }
 
@@ -261,6 +320,8 @@ impl SimDisk {
         let f = s.files.get_mut(name).ok_or_else(|| Error::from(ErrorKind::NotFound))?;
         f.durable = f.written.clone();
         f.pending.clear();
+        let metadata = std::mem::take(&mut f.metadata_dirty);
+        s.metadata_syncs += u64::from(metadata);
         Ok(())
     }
 
@@ -277,9 +338,16 @@ impl SimDisk {
     pub fn replace(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let mut s = self.lock();
         Self::step(&mut s)?;
+        let initialised = vec![(0, bytes.len() as u64)];
         s.files.insert(
             name.to_string(),
-            SimFile { written: bytes.to_vec(), durable: bytes.to_vec(), pending: Vec::new() },
+            SimFile {
+                written: bytes.to_vec(),
+                durable: bytes.to_vec(),
+                pending: Vec::new(),
+                initialised,
+                metadata_dirty: false,
+            },
         );
         s.durable_names.insert(name.to_string());
         Ok(())
@@ -338,6 +406,23 @@ mod tests {
             assert!(torn.len() == 5 || torn.len() <= 11, "{torn:?}");
             assert!(torn.starts_with(b"hello") || torn.starts_with(b"HELLO") || torn.starts_with(b"H"));
         }
+    }
+
+    #[test]
+    fn a_sync_carries_metadata_after_a_length_change_or_a_first_write_into_unwritten_space() {
+        let disk = SimDisk::new(3);
+        disk.create("a").unwrap();
+        disk.write_at("a", &[0; 1024], 0).unwrap();
+        disk.sync_data("a").unwrap();
+        assert_eq!(disk.metadata_syncs(), 1, "the file grew");
+        disk.write_at("a", b"records", 100).unwrap();
+        disk.sync_data("a").unwrap();
+        assert_eq!(disk.metadata_syncs(), 1, "over written zeros: data alone");
+        disk.set_len("a", 4096).unwrap();
+        disk.sync_data("a").unwrap();
+        disk.write_at("a", b"records", 2000).unwrap();
+        disk.sync_data("a").unwrap();
+        assert_eq!(disk.metadata_syncs(), 3, "set_len, then a first write into the space it added");
     }
 
     #[test]

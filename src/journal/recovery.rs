@@ -28,8 +28,9 @@ pub struct Scanned {
     pub tail_end: Option<u64>,
 }
 
-/// Scans `bytes` (a whole segment whose first position is `first`) as rules 1–3 say.
-pub fn scan(bytes: &[u8], first: u64, path: &Path) -> Result<Scanned, JournalError> {
+/// Scans `bytes` (a whole segment whose first position is `first`, records laid out as format `version`) as rules
+/// 1–3 say.
+pub fn scan(bytes: &[u8], first: u64, version: u32, path: &Path) -> Result<Scanned, JournalError> {
     let mut records = Vec::new();
     let mut group: Vec<(u32, u32)> = Vec::new();
     let mut group_first = first;
@@ -38,7 +39,7 @@ pub fn scan(bytes: &[u8], first: u64, path: &Path) -> Result<Scanned, JournalErr
     let mut end = SEGMENT_HEADER_BYTES;
     let mut stop: Option<String> = None;
     while at < bytes.len() {
-        match decode_record(&bytes[at..]) {
+        match decode_record(&bytes[at..], version) {
             Ok(v)
                 if v.position == expected
                     && v.group_first == (if group.is_empty() { expected } else { group_first }) =>
@@ -78,7 +79,7 @@ pub fn scan(bytes: &[u8], first: u64, path: &Path) -> Result<Scanned, JournalErr
     probe -= probe % RECORD_ALIGN;
     while probe < last_nonzero {
         if plausible(&bytes[probe..], first) {
-            if let Ok(v) = decode_record(&bytes[probe..]) {
+            if let Ok(v) = decode_record(&bytes[probe..], version) {
                 if v.group_first != torn_first {
                     let bad_at = if stop.is_some() { at } else { end };
                     return Err(JournalError::Corrupt {
@@ -100,12 +101,12 @@ pub fn scan(bytes: &[u8], first: u64, path: &Path) -> Result<Scanned, JournalErr
 
 /// A cheap filter before a checksum: could a record start here (size and position in range)?
 fn plausible(b: &[u8], first: u64) -> bool {
-    if b.len() < format::RECORD_HEADER_BYTES {
+    if b.len() < format::RECORD_BYTES_MIN {
         return false;
     }
     let size = format::u32_at(b, 4) as usize;
     let position = format::u64_at(b, 8);
-    (format::RECORD_HEADER_BYTES..=JOURNAL_RECORD_BYTES_MAX).contains(&size)
+    (format::RECORD_BYTES_MIN..=JOURNAL_RECORD_BYTES_MAX).contains(&size)
         && size <= b.len()
         && position >= first
         && position - first < u32::MAX as u64

@@ -23,8 +23,10 @@ pub trait JournalStorage: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset`; `UnexpectedEof` when the file is shorter.
     fn read_at(&self, name: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
     fn write_at(&self, name: &str, bytes: &[u8], offset: u64) -> std::io::Result<()>;
-    /// Reserves `len` bytes (reading as zeros), so later writes inside them change no size metadata.
-    fn preallocate(&self, name: &str, len: u64) -> std::io::Result<()>;
+    /// Writes `len` zeros at `offset` and `fdatasync`s them: real, initialised blocks, so later writes inside change
+    /// no metadata (neither the length nor unwritten extents, as `fallocate` would leave) and their `fdatasync`
+    /// flushes data alone. One call, so a fault-injecting wrapper can tell it from a group's write and sync.
+    fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()>;
     /// Cuts or extends the file to `len` bytes.
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()>;
     fn sync_data(&self, name: &str) -> std::io::Result<()>;
@@ -41,7 +43,7 @@ pub trait JournalStorage: Send + Sync {
 
 /// The real directory. Segment descriptors stay open (reads and appends reuse them). On Windows the same code runs:
 /// positional reads and writes are `seek_read`/`seek_write` (they also move the handle's file pointer, which
-/// nothing here uses), preallocation is `set_len` (no `fallocate`), and removing a segment another handle still
+/// nothing here uses), zero-filling is writing zeros as everywhere, and removing a segment another handle still
 /// has open works because std opens every file with `FILE_SHARE_DELETE`.
 pub struct DiskStorage {
     dir: PathBuf,
@@ -111,23 +113,10 @@ impl JournalStorage for DiskStorage {
         write_all_at(&*self.handle(name)?, bytes, offset)
     }
 
-    fn preallocate(&self, name: &str, len: u64) -> std::io::Result<()> {
+    fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
         let file = self.handle(name)?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // Mode 0: allocate and extend the size, so later writes inside change neither blocks nor size.
-            match nix::fcntl::fallocate(file.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len as i64) {
-                Ok(()) => return Ok(()),
-                // Filesystems without fallocate (tmpfs before 2.6.x, some FUSE): fall back to a sparse length.
-                Err(nix::errno::Errno::EOPNOTSUPP) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if file.metadata()?.len() < len {
-            file.set_len(len)?;
-        }
-        Ok(())
+        write_zeros(&file, offset, len)?;
+        file.sync_data()
     }
 
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
@@ -186,6 +175,20 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Resul
     }
 }
 
+/// Zeros written in pieces of this size (one buffer, allocated zeroed by the allocator: no copy to make it).
+const ZERO_WRITE_BYTES: usize = 1 << 20;
+
+fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; (len as usize).min(ZERO_WRITE_BYTES)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        write_all_at(file, &zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     #[cfg(unix)]
     {
@@ -235,11 +238,9 @@ impl JournalStorage for SimStorage {
     fn write_at(&self, name: &str, bytes: &[u8], offset: u64) -> std::io::Result<()> {
         self.disk.write_at(name, bytes, offset)
     }
-    fn preallocate(&self, name: &str, len: u64) -> std::io::Result<()> {
-        if self.disk.len(name)? < len {
-            self.disk.set_len(name, len)?;
-        }
-        Ok(())
+    fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        self.disk.write_at(name, &vec![0u8; len as usize], offset)?;
+        self.disk.sync_data(name)
     }
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.disk.set_len(name, len)

@@ -432,7 +432,7 @@ pub fn decode_with_tracking(bytes: &[u8]) -> Result<(Header, Index, TrackingSnap
 /// and `through` (every record's own checksum is checked by the read).
 fn identity(journal: &Journal, through: u64) -> Result<(u32, u32), JournalError> {
     let batch = journal.read(&[1, through])?;
-    let mut files = batch.iter().map(|v| crc32c::crc32c(v.file));
+    let mut files = batch.iter().map(|v| crc32c::crc32c(&v.event_file()));
     Ok((files.next().unwrap_or(0), files.next().unwrap_or(0)))
 }
 

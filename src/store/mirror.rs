@@ -323,8 +323,9 @@ impl MirrorThread {
         let positions: Vec<u64> = (from..=to).collect();
         let batch = self.journal().read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
+        let files = batch.event_files();
         let writes = |mode| -> Vec<FileWrite<'_>> {
-            batch.iter().zip(&paths).map(|(v, path)| FileWrite { path, bytes: v.file, mode }).collect()
+            files.iter().zip(&paths).map(|(bytes, path)| FileWrite { path, bytes, mode }).collect()
         };
         if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), self.per_file) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
@@ -484,11 +485,9 @@ pub(crate) fn reconcile_tree(
         let positions: Vec<u64> = (next..=last).collect();
         let batch = journal.read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
-        let writes: Vec<FileWrite<'_>> = batch
-            .iter()
-            .zip(&paths)
-            .map(|(v, path)| FileWrite { path, bytes: v.file, mode: WriteMode::Replace })
-            .collect();
+        let files = batch.event_files();
+        let writes: Vec<FileWrite<'_>> =
+            files.iter().zip(&paths).map(|(bytes, path)| FileWrite { path, bytes, mode: WriteMode::Replace }).collect();
         io.write_files(&writes, per_file)?;
         for v in batch.iter() {
             index.dirty_types.insert(index.naming.event_type_stem(v.event_type));

@@ -491,6 +491,19 @@ pub(crate) struct PreparedEvent {
 }
 
 impl PreparedEvent {
+    /// The event's data JSON (minified), as its event file holds it.
+    pub fn data(&self) -> &str {
+        let (at, len) = (self.data_range.0 as usize, self.data_range.1 as usize);
+        std::str::from_utf8(&self.file_head[at..at + len]).expect("prepare put the data JSON text here")
+    }
+
+    /// The event's metadata JSON (minified), as its event file holds it.
+    pub fn metadata(&self) -> &str {
+        let at = self.file_tail.len() - self.metadata_from_end as usize;
+        std::str::from_utf8(&self.file_tail[at..at + self.metadata_len as usize])
+            .expect("prepare put the metadata here")
+    }
+
     pub fn file_bytes(&self, position: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.file_head.len() + 20 + self.file_tail.len());
         out.extend_from_slice(&self.file_head);

@@ -49,10 +49,10 @@ fn export_writes_exactly_the_tree_files_mode_writes_and_verify_passes_on_it() {
     let head = store.head();
     let stats = store.stats();
     assert_eq!(stats.journal_segments, 1, "{stats:?}");
-    // Each record holds its event file (plus type, tags and a header), padded to 8 bytes.
+    // Each record holds its event's parts once (the event file is derived from them): less than the event files.
     let files_bytes: u64 =
         tree(files.path()).iter().filter(|f| f.0.starts_with("events/")).map(|f| f.1.len() as u64).sum();
-    assert!(stats.journal_bytes > files_bytes && stats.journal_bytes < 4 * files_bytes, "{stats:?} vs {files_bytes}");
+    assert!(stats.journal_bytes > files_bytes / 2 && stats.journal_bytes < files_bytes, "{stats:?} vs {files_bytes}");
     store.close().unwrap();
     assert!(!journal.path().join("events").join(event_file_name(1)).exists(), "--mirror off wrote a tree");
 

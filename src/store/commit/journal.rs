@@ -37,34 +37,25 @@ pub(crate) fn write(
     accepted: &[(&[PreparedEvent], u64)],
     head: u64,
 ) -> Result<(), StoreError> {
-    let mut files: Vec<Vec<u8>> = Vec::new();
     {
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
         for &(events, first) in accepted {
             for (i, e) in events.iter().enumerate() {
-                let position = first + i as u64;
-                files.push(e.file_bytes(position));
-                index.insert(position, &e.event_type, &e.tags);
+                index.insert(first + i as u64, &e.event_type, &e.tags);
             }
         }
     }
-    let mut records = Vec::with_capacity(files.len());
-    let mut at = 0;
-    for &(events, _) in accepted {
-        for e in events {
-            let file = &files[at];
-            at += 1;
-            records.push(NewRecord {
-                event_type: &e.event_type,
-                tags: &e.tags,
-                file,
-                data: e.data_range,
-                metadata: (file.len() as u32 - e.metadata_from_end, e.metadata_len),
-                event_id: e.id.map(|id| id.0),
-                tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
-            });
-        }
-    }
+    // The records borrow the prepared parts; the journal encodes them straight into its group buffer (no event file
+    // is built: the record stores the parts, and the mirror derives the file).
+    let records: Vec<NewRecord<'_>> = accepted
+        .iter()
+        .flat_map(|&(events, _)| events)
+        .map(|e| NewRecord {
+            event_id: e.id.map(|id| id.0),
+            tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
+            ..NewRecord::new(&e.event_type, &e.tags, e.data(), e.metadata())
+        })
+        .collect();
     journal.append(head + 1, &records).map(|_| ()).map_err(StoreError::from)
 }
 
@@ -74,7 +65,7 @@ impl From<JournalError> for StoreError {
             JournalError::Io { op, path, source } => {
                 let op = match op {
                     "read" | "stat" | "list" => IoOp::Read,
-                    "write" | "truncate" | "fallocate" | "remove" => IoOp::Write,
+                    "write" | "zero-fill" | "truncate" | "remove" => IoOp::Write,
                     "fdatasync" => IoOp::Fsync,
                     "fsync" => IoOp::FsyncDir,
                     "replace" => IoOp::Rename,
@@ -174,15 +165,8 @@ pub(crate) fn open(
 /// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
 /// (minified), so the record's data and metadata are wire-ready.
 fn import(journal: &Journal, events: &[SequencedEvent]) -> Result<(), StoreError> {
-    let files: Vec<Vec<u8>> = events
-        .iter()
-        .map(|e| crate::format::encode_event(e.position, &e.event_type, &e.data, &e.tags, &e.metadata))
-        .collect();
-    let records: Vec<NewRecord<'_>> = events
-        .iter()
-        .zip(&files)
-        .map(|(e, file)| NewRecord::for_event_file(&e.event_type, &e.tags, file, e.data.get(), e.metadata.get()))
-        .collect();
+    let records: Vec<NewRecord<'_>> =
+        events.iter().map(|e| NewRecord::new(&e.event_type, &e.tags, e.data.get(), e.metadata.get())).collect();
     journal.append(events[0].position, &records)?;
     Ok(())
 }

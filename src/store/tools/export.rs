@@ -56,13 +56,15 @@ pub fn export_tree(
         let positions: Vec<u64> = (next..=last).collect();
         let batch = store.journal.read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| out.event_file(p)).collect();
+        let files = batch.event_files();
         let writes: Vec<FileWrite<'_>> = batch
             .iter()
+            .zip(files.iter())
             .zip(&paths)
-            .map(|(record, path)| {
+            .map(|((record, bytes), path)| {
                 lists.add(&out, &record);
-                exported.bytes += record.file.len() as u64;
-                FileWrite { path, bytes: record.file, mode: WriteMode::CreateNew }
+                exported.bytes += bytes.len() as u64;
+                FileWrite { path, bytes, mode: WriteMode::CreateNew }
             })
             .collect();
         store.io.write_files(&writes, durable_batches)?;

@@ -125,7 +125,7 @@ impl std::fmt::Display for EventFileMismatch {
 
 /// Whether `file` (an event file of the tree) is the event `record` holds: see the module docs.
 pub fn compare_event_file(file: &[u8], record: &RecordView<'_>) -> Result<(), EventFileMismatch> {
-    if file == record.file {
+    if file == &record.event_file()[..] {
         return Ok(());
     }
     let e = format::decode_event(file).map_err(|e| EventFileMismatch::Unreadable(e.to_string()))?;
