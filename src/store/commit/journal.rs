@@ -100,7 +100,7 @@ pub(crate) fn open(
     options: &crate::store::StoreOptions,
 ) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
-    use crate::store::{recovery, Durability, READ_BATCH_FILES_DEFAULT};
+    use crate::store::{recovery, Durability};
     let started = std::time::Instant::now();
     let durable = options.durability == Durability::Fsync;
     recovery::create_layout(layout, durable)?;
@@ -120,14 +120,7 @@ pub(crate) fn open(
     if ledger >= from {
         tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");
         let started = std::time::Instant::now();
-        let positions: Vec<u64> = (from..=ledger).collect();
-        for (n, chunk) in positions.chunks(READ_BATCH_FILES_DEFAULT).enumerate() {
-            let events = crate::store::read_event_files(layout, io.as_ref(), chunk, ledger)?;
-            import(&journal, &events)?;
-            if n % 100 == 99 {
-                tracing::info!(done = chunk[chunk.len() - 1], of = ledger, "journal: import progress");
-            }
-        }
+        import_tree(layout, io.as_ref(), &journal, from, ledger)?;
         tracing::info!(
             events = ledger + 1 - from,
             took_ms = started.elapsed().as_millis() as u64,
@@ -171,16 +164,71 @@ pub(crate) fn open(
     Ok((recovered, journal, tracking))
 }
 
-/// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
-/// (minified), so the record's data and metadata are wire-ready.
-fn import(journal: &Journal, events: &[SequencedEvent]) -> Result<(), StoreError> {
-    let files: Vec<Vec<u8>> = events
-        .iter()
-        .map(|e| crate::format::encode_event(e.position, &e.event_type, &e.data, &e.tags, &e.metadata))
-        .collect();
+/// Imports the tree's events `from..=ledger` into the journal. A reader thread reads (through `BatchIo`, batches of
+/// `READ_BATCH_FILES_DEFAULT`) and decodes the next event files while this thread re-encodes and appends the ones
+/// before, so the disk's reads and the CPU's work overlap; groups of about `IMPORT_GROUP_BYTES_MAX` of event files
+/// keep the `fdatasync`s few (one per group, not one per read batch).
+fn import_tree(
+    layout: &crate::format::Layout,
+    io: &dyn crate::io::BatchIo,
+    journal: &Journal,
+    from: u64,
+    ledger: u64,
+) -> Result<(), StoreError> {
+    use crate::limits::{IMPORT_GROUP_BYTES_MAX, IMPORT_READ_AHEAD_BATCHES_MAX};
+    use crate::store::READ_BATCH_FILES_DEFAULT;
+    let (batches, read) = std::sync::mpsc::sync_channel(IMPORT_READ_AHEAD_BATCHES_MAX);
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("opossum-import".into())
+            .spawn_scoped(scope, move || {
+                let mut next = from;
+                while next <= ledger {
+                    let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(ledger);
+                    let positions: Vec<u64> = (next..=last).collect();
+                    let batch = crate::store::read_event_files(layout, io, &positions, ledger);
+                    let failed = batch.is_err();
+                    // A closed channel: the importer stopped at an error of its own.
+                    if batches.send(batch).is_err() || failed {
+                        return;
+                    }
+                    next = last + 1;
+                }
+            })
+            .map_err(|e| StoreError::Io(Arc::new(IoError::new(IoOp::Open, layout.events.clone(), e))))?;
+        let (mut events, mut files, mut bytes) = (Vec::new(), Vec::new(), 0);
+        let mut groups = 0u64;
+        for batch in read {
+            for e in batch? {
+                let file = crate::format::encode_event(e.position, &e.event_type, &e.data, &e.tags, &e.metadata);
+                bytes += file.len();
+                files.push(file);
+                events.push(e);
+                if bytes >= IMPORT_GROUP_BYTES_MAX {
+                    import(journal, &events, &files)?;
+                    groups += 1;
+                    if groups % 10 == 0 {
+                        tracing::info!(done = journal.head(), of = ledger, "journal: import progress");
+                    }
+                    events.clear();
+                    files.clear();
+                    bytes = 0;
+                }
+            }
+        }
+        if !events.is_empty() {
+            import(journal, &events, &files)?;
+        }
+        Ok(())
+    })
+}
+
+/// Appends events read from the tree to the journal as one group, with their event files re-encoded as this
+/// library writes them (minified), so the record's data and metadata are wire-ready.
+fn import(journal: &Journal, events: &[SequencedEvent], files: &[Vec<u8>]) -> Result<(), StoreError> {
     let records: Vec<NewRecord<'_>> = events
         .iter()
-        .zip(&files)
+        .zip(files)
         .map(|(e, file)| NewRecord::for_event_file(&e.event_type, &e.tags, file, e.data.get(), e.metadata.get()))
         .collect();
     journal.append(events[0].position, &records)?;
