@@ -221,7 +221,7 @@ mod tests {
             good.replace(r#""tags":[{"key":"k","value":"v"}]"#, r#""tags":[{"key":"k","value":"v"},]"#).into_bytes(),
             good.replace(r#""type":"T""#, r#""type":"T"#).into_bytes(),
             good.replace(r#""type":"T""#, "\"type\":\"T\u{1}\"").into_bytes(),
-            good[..good.len() - 3].as_bytes().to_vec(),
+            good.as_bytes()[..good.len() - 3].to_vec(),
             format!("{}x\n", good.trim_end()).into_bytes(),
             [&good.as_bytes()[..20], &[0xff, 0xfe], &good.as_bytes()[20..]].concat(),
         ];

@@ -374,7 +374,7 @@ fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
     let pad = "x".repeat(IMPORT_GROUP_BYTES_MAX / events as usize * 2);
     let event = |n: u64| {
         Event::new(
-            if n % 3 == 0 { "A" } else { "B" },
+            if n.is_multiple_of(3) { "A" } else { "B" },
             &format!(r#"{{"n":{n},"pad":"{pad}"}}"#),
             vec![Tag::new("k", format!("{}", n % 11))],
         )

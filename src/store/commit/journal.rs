@@ -207,7 +207,7 @@ fn import_tree(
                 if bytes >= IMPORT_GROUP_BYTES_MAX {
                     import(journal, &events, &files)?;
                     groups += 1;
-                    if groups % 10 == 0 {
+                    if groups.is_multiple_of(10) {
                         tracing::info!(done = journal.head(), of = ledger, "journal: import progress");
                     }
                     events.clear();
