@@ -6,6 +6,16 @@
 #   scripts/bench-peers.sh --help       # every parameter of the driver (rounds, clients, directories, ...)
 #   OPOSSUMD_ARGS="--sync-strategy syncfs" scripts/bench-peers.sh --quick   # extra opossumd flags for every
 #                                       # opossum configuration (or --opossumd-arg=FLAG, repeatable)
+#   scripts/bench-peers.sh --phases conditional --systems opossum,umadb --rounds 1
+#                                       # one part of a run: --phases fill,tags,read,conditional,batched (default
+#                                       # all; tags and read imply fill; without them the appends start on an empty
+#                                       # store), --systems opossum,umadb,opossum-mirror-off (default all),
+#                                       # --conditional-seconds (full: 30 s sustained), --seconds (other phases),
+#                                       # --append-clients 1,16,64, --batch-clients 1,4, --events N
+#
+# To run the driver without this script (another opossumd, say), call it directly with absolute paths:
+#   target/peer-bench/release/opossum-peer-bench --opossumd /path/to/opossumd \
+#     --umadb target/peers/umadb-0.7.8/bin/umadb --dir /big/disk/dir --out /results/dir --phases batched ...
 #
 # What it needs it installs: protoc (apt-get install protobuf-compiler, as root) when missing, then UmaDB's server
 # from crates.io into target/peers/umadb-<version>/ (reused when present; the first build takes ~12 minutes on 2

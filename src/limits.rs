@@ -244,6 +244,16 @@ const _: () = {
     assert!(JOURNAL_SEGMENT_BYTES_MAX >= JOURNAL_RECORD_BYTES_MAX as u64 * 2);
 };
 
+/// Importing a tree into a new journal (a store .NET wrote): event files are appended in groups of about this
+/// many bytes (one `fdatasync` each), and a reader thread runs at most this many read batches ahead.
+pub const IMPORT_GROUP_BYTES_MAX: usize = 8 << 20;
+pub const IMPORT_READ_AHEAD_BATCHES_MAX: usize = 2;
+const _: () = {
+    // A group is cut after the event that reaches the bound: one more record still fits a journal group.
+    assert!(IMPORT_GROUP_BYTES_MAX + JOURNAL_RECORD_BYTES_MAX <= JOURNAL_GROUP_BYTES_MAX);
+    assert!(IMPORT_READ_AHEAD_BATCHES_MAX >= 1);
+};
+
 // --- journal: the live mirror ----------------------------------------------------------------------------------
 
 /// The mirror thread (`--commit journal --mirror live`) reads at most this many journal records per tree write batch.

@@ -421,3 +421,59 @@ fn a_checkpoint_writing_index_files_does_not_stop_the_mirror_writing_event_files
     let tag_20 = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/Tags/k_20.json")).unwrap());
     assert_eq!(tag_20.unwrap(), vec![20]);
 }
+
+/// Files mode writes a tree of several read batches and import groups (as .NET would); journal mode imports it
+/// with every event in order, and a missing event file in a later batch stops the import naming that file.
+#[test]
+fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
+    use opossum::limits::{IMPORT_GROUP_BYTES_MAX, READ_BATCH_FILES_DEFAULT};
+    let events = READ_BATCH_FILES_DEFAULT as u64 * 2 + 300;
+    // Data big enough that the events make more than one import group.
+    let pad = "x".repeat(IMPORT_GROUP_BYTES_MAX / events as usize * 2);
+    let event = |n: u64| {
+        Event::new(
+            if n.is_multiple_of(3) { "A" } else { "B" },
+            &format!(r#"{{"n":{n},"pad":"{pad}"}}"#),
+            vec![Tag::new("k", format!("{}", n % 11))],
+        )
+        .unwrap()
+    };
+    let files = StoreOptions { durability: Durability::None, ..mode(CommitMode::Files, MirrorMode::Live) };
+    let write_tree = |root: &Path| {
+        let store = Store::open(root, files.clone()).unwrap();
+        for chunk in (1..=events).collect::<Vec<_>>().chunks(500) {
+            store.append(chunk.iter().map(|&n| event(n)).collect(), None).unwrap();
+        }
+        store.close().unwrap();
+        assert!(!journal_dir(root).exists());
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path());
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    assert_eq!(store.head(), events);
+    let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+    assert_eq!(all.len() as u64, events);
+    for (e, n) in all.iter().zip(1..) {
+        let want = event(n);
+        assert_eq!(
+            (e.position, &e.event_type, e.data.get(), &e.tags),
+            (n, &want.event_type, want.data.get(), &want.tags)
+        );
+    }
+    let k3 = Query::items(vec![QueryItem::tags(&[("k", "3")])]).unwrap();
+    assert_eq!(
+        store.read_to_vec(&k3, ReadOptions::default()).unwrap().len() as u64,
+        (1..=events).filter(|n| n % 11 == 3).count() as u64
+    );
+    assert_eq!(store.append(vec![event(events + 1)], None).unwrap().last, events + 1);
+    store.close().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(dir.path());
+    let missing = READ_BATCH_FILES_DEFAULT as u64 + 7;
+    let name = opossum::format::event_file_name(missing);
+    std::fs::remove_file(dir.path().join("events").join(&name)).unwrap();
+    let err = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).err().expect("a missing event file");
+    assert!(err.to_string().contains(&name), "{err}");
+}

@@ -22,6 +22,12 @@
 //!
 //! Any error or count mismatch on either side ends the run with the error and no numbers.
 //!
+//! Parts of a run: `--phases fill,tags,read,conditional,batched` (default: all) picks the phases (tags and read
+//! need the filled store and imply the fill; without all three the store starts empty and only the appends run),
+//! `--systems opossum,umadb,opossum-mirror-off` (default: all three) the systems, `--opossumd PATH` the daemon. The
+//! conditional appends run `--conditional-seconds` each (full: 30 s sustained, so that the mirror's cost counts;
+//! quick: `--seconds`), every other timed phase `--seconds`.
+//!
 //! The opossum configurations: `opossum` (opossumd's defaults plus OPOSSUMD_ARGS) and `opossum-mirror-off`
 //! (`--commit journal --mirror off`: the journal alone, no Opossum tree). The commit mode and mirror each one ran
 //! with are read back from the daemon (`hello`, `stats`) when it reports them, else taken from its flags and the
@@ -76,9 +82,24 @@ struct Args {
     /// Seconds per timed phase (appends, tag queries) [default: 5; quick: 1.5]
     #[arg(long)]
     seconds: Option<f64>,
+    /// Seconds per conditional-append phase (sustained, so the mirror's lag counts) [default: 30; quick: --seconds]
+    #[arg(long)]
+    conditional_seconds: Option<f64>,
     /// Client counts of the conditional appends
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     append_clients: Vec<usize>,
+    /// Client counts of the unconditional appends of 1,000 events
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    batch_clients: Vec<usize>,
+    /// Phases to run, comma-separated (they always run in this order): fill, tags (tag queries), read (read-all
+    /// warm and cold), conditional (1-event conditional appends), batched (1,000-event appends). tags and read need
+    /// the filled store and imply fill; with none of the three the appends run on an empty store
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "fill,tags,read,conditional,batched")]
+    phases: Vec<Phase>,
+    /// Systems to run, comma-separated: opossum (opossumd's defaults + --opossumd-arg), umadb, opossum-mirror-off
+    /// (`--commit journal --mirror off` + --opossumd-arg)
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "opossum,umadb,opossum-mirror-off")]
+    systems: Vec<SystemName>,
     /// The opossumd binary [default: target/release/opossumd]
     #[arg(long)]
     opossumd: Option<PathBuf>,
@@ -86,7 +107,8 @@ struct Args {
     /// e.g. a commit mode that lands later: --opossumd-arg=--commit-mode --opossumd-arg=journal
     #[arg(long = "opossumd-arg", allow_hyphen_values = true)]
     opossumd_args: Vec<String>,
-    /// Leave out the second opossum configuration (`--commit journal --mirror off`)
+    /// Leave out the second opossum configuration (`--commit journal --mirror off`); same as leaving it out of
+    /// --systems
     #[arg(long)]
     defaults_only: bool,
     /// The UmaDB server binary [default: target/peers/umadb-0.7.8/bin/umadb]
@@ -104,6 +126,24 @@ struct Args {
     /// Keep the stores
     #[arg(long)]
     keep: bool,
+}
+
+/// A phase of a system's run (`--phases`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+enum Phase {
+    Fill,
+    Tags,
+    Read,
+    Conditional,
+    Batched,
+}
+
+/// The systems `--systems` can pick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SystemName {
+    Opossum,
+    Umadb,
+    OpossumMirrorOff,
 }
 
 /// One system under test: a name (the table's column) and how to start it.
@@ -124,11 +164,25 @@ impl System {
 struct Ctx {
     events: u64,
     seconds: f64,
+    conditional_seconds: f64,
     append_clients: Vec<usize>,
+    batch_clients: Vec<usize>,
+    phases: Vec<Phase>,
     opossumd: PathBuf,
     umadb: PathBuf,
     evict: Evict,
     rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    fn runs(&self, phase: Phase) -> bool {
+        self.phases.contains(&phase)
+    }
+
+    /// Whether the store is filled first: asked for, or needed by the tag queries or the reads.
+    fn fills(&self) -> bool {
+        self.runs(Phase::Fill) || self.runs(Phase::Tags) || self.runs(Phase::Read)
+    }
 }
 
 fn step(what: &str) {
@@ -151,19 +205,31 @@ fn main() -> anyhow::Result<()> {
     if let Ok(extra) = std::env::var("OPOSSUMD_ARGS") {
         opossumd_args.extend(extra.split_whitespace().map(String::from));
     }
-    let mut systems = vec![
-        System::Opossum { name: "opossum".into(), flags: opossumd_args.clone() },
-        System::Umadb { name: "umadb".into(), flags: args.umadb_args.clone() },
-    ];
-    if !args.defaults_only {
+    let mut systems = Vec::new();
+    // The table's column order: opossum, umadb, opossum-mirror-off, whatever order --systems names them in.
+    if args.systems.contains(&SystemName::Opossum) {
+        systems.push(System::Opossum { name: "opossum".into(), flags: opossumd_args.clone() });
+    }
+    if args.systems.contains(&SystemName::Umadb) {
+        systems.push(System::Umadb { name: "umadb".into(), flags: args.umadb_args.clone() });
+    }
+    if args.systems.contains(&SystemName::OpossumMirrorOff) && !args.defaults_only {
         let mut flags: Vec<String> = MIRROR_OFF_FLAGS.map(String::from).to_vec();
         flags.extend(opossumd_args.iter().cloned());
         systems.push(System::Opossum { name: "opossum-mirror-off".into(), flags });
     }
+    anyhow::ensure!(!systems.is_empty(), "--systems (and --defaults-only) left no system to run");
+    let mut phases = args.phases.clone();
+    phases.sort();
+    phases.dedup();
+    let seconds = args.seconds.unwrap_or(if args.quick { 1.5 } else { 5.0 });
     let ctx = Ctx {
         events: args.events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }).max(BATCH_EVENTS),
-        seconds: args.seconds.unwrap_or(if args.quick { 1.5 } else { 5.0 }),
+        seconds,
+        conditional_seconds: args.conditional_seconds.unwrap_or(if args.quick { seconds } else { 30.0 }),
         append_clients: args.append_clients.iter().copied().filter(|&c| c > 0).collect(),
+        batch_clients: args.batch_clients.iter().copied().filter(|&c| c > 0).collect(),
+        phases,
         opossumd: opossumd.clone(),
         umadb: umadb.clone(),
         evict: Evict::detect(),
@@ -177,12 +243,15 @@ fn main() -> anyhow::Result<()> {
     let work = std::fs::canonicalize(&work)?;
     let _cleanup = suite::Cleanup { dir: work.clone(), keep: args.keep };
     eprintln!(
-        "opossum-peer-bench ({}): {} events, {} rounds of {}, {} s phases, stores under {}, cold cache: {}",
+        "opossum-peer-bench ({}): {} events, {} rounds of {}, phases {:?}, {} s phases ({} s conditional), stores \
+         under {}, cold cache: {}",
         if args.quick { "quick" } else { "full" },
         ctx.events,
         args.rounds,
         systems.iter().map(System::name).collect::<Vec<_>>().join(", "),
+        ctx.phases,
         ctx.seconds,
+        ctx.conditional_seconds,
         work.display(),
         ctx.evict.describe()
     );
@@ -252,7 +321,10 @@ fn main() -> anyhow::Result<()> {
         params: json!({
             "events": ctx.events,
             "seconds_per_phase": ctx.seconds,
+            "conditional_seconds": ctx.conditional_seconds,
+            "phases": ctx.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "append_clients": ctx.append_clients,
+            "batch_clients": ctx.batch_clients,
             "batch_events": BATCH_EVENTS,
             "events_per_tag": EVENTS_PER_TAG,
             "fill_clients": FILL_CLIENTS,
@@ -264,14 +336,20 @@ fn main() -> anyhow::Result<()> {
     let stem = format!("peers-{}-{}", doc.started_at.replace([':', '-'], ""), doc.mode);
     let json_path = out.join(format!("{stem}.json"));
     std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?)?;
+    // The plot is of the conditional appends: none without them.
     let png_path = out.join(format!("{stem}.png"));
-    plot::draw(&doc, &png_path).context("drawing the plot")?;
+    let plotted = if ctx.runs(Phase::Conditional) && !ctx.append_clients.is_empty() {
+        plot::draw(&doc, &png_path).context("drawing the plot")?;
+        png_path.display().to_string()
+    } else {
+        "none (no conditional appends)".to_string()
+    };
 
     println!();
     println!(
-        "opossum-peer-bench, {} mode: {} events, {} rounds (medians), {} cores, load average {}",
+        "opossum-peer-bench, {} mode: {} events filled, {} rounds (medians), {} cores, load average {}",
         doc.mode,
-        num(ctx.events as f64),
+        if ctx.fills() { num(ctx.events as f64) } else { "no".to_string() },
         doc.rounds,
         sys::cores(),
         doc.load_average.iter().map(|l| format!("{:.2}", l[0])).collect::<Vec<_>>().join(" → ")
@@ -292,7 +370,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     print!("{}", doc.table());
     println!();
-    println!("total {:.0} s; results: {}; plot: {}", doc.duration_seconds, json_path.display(), png_path.display());
+    println!("total {:.0} s; results: {}; plot: {plotted}", doc.duration_seconds, json_path.display());
     Ok(())
 }
 
@@ -398,9 +476,14 @@ fn estimated_store_bytes(system: &System, ctx: &Ctx) -> u64 {
         System::Opossum { .. } => 5 * 1024,
         System::Umadb { .. } => 1536,
     };
-    let per_second = ctx.append_clients.len() as f64 * 20_000.0 + 2.0 * 150_000.0;
-    let appended = (per_second * ctx.seconds) as u64;
-    (ctx.events + appended) * per_event
+    let conditional = if ctx.runs(Phase::Conditional) {
+        ctx.append_clients.len() as f64 * 20_000.0 * ctx.conditional_seconds
+    } else {
+        0.0
+    };
+    let batched = if ctx.runs(Phase::Batched) { ctx.batch_clients.len() as f64 * 150_000.0 * ctx.seconds } else { 0.0 };
+    let filled = if ctx.fills() { ctx.events } else { 0 };
+    (filled + (conditional + batched) as u64) * per_event
 }
 
 /// Stops the run before a store is made if the bench directory's filesystem has less room than `need`.
@@ -474,16 +557,29 @@ fn run_system(
     let n = ctx.events;
     let tags = (n / EVENTS_PER_TAG).max(1);
 
-    step(&format!("round {round}, {}: fill {n} events", system.name()));
-    let server = start(ctx, system, store, true)?;
-    let t = Instant::now();
-    fill(ctx, &server, n, tags)?;
-    let fill_seconds = t.elapsed().as_secs_f64();
-    let rss_fill = sys::rss_bytes(server.pid().context("server not running")?)?;
-    let head = server.connect(&ctx.rt)?.head()?;
-    anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
-    server.stop()?;
-    let mut server = start(ctx, system, store, false)?;
+    let mut server = if ctx.fills() {
+        step(&format!("round {round}, {}: fill {n} events", system.name()));
+        let server = start(ctx, system, store, true)?;
+        let t = Instant::now();
+        fill(ctx, &server, n, tags)?;
+        let fill_seconds = t.elapsed().as_secs_f64();
+        let rss_fill = sys::rss_bytes(server.pid().context("server not running")?)?;
+        let head = server.connect(&ctx.rt)?.head()?;
+        anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
+        server.stop()?;
+        out.push((
+            rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
+            plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
+        ));
+        out.push((
+            Row::new("rss_after_fill", "server RSS after the fill", 0, "MiB", Better::Lower),
+            plain(system, round, rss_fill as f64 / 1048576.0, json!({"bytes": rss_fill})),
+        ));
+        start(ctx, system, store, false)?
+    } else {
+        step(&format!("round {round}, {}: no fill (an empty store)", system.name()));
+        start(ctx, system, store, false)?
+    };
     if let (Server::Opossum(daemon), System::Opossum { flags, .. }) = (&server, system) {
         let mut client = opossum::client::Client::connect(&daemon.socket)?;
         let hello = serde_json::to_value(client.hello()?)?;
@@ -491,17 +587,10 @@ fn run_system(
         let m = Modes::from_daemon(&hello, &stats).unwrap_or_else(|| Modes::from_flags(&ctx.opossumd, flags));
         modes.insert(system.name().to_string(), m);
     }
-    out.push((
-        rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
-        plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
-    ));
-    out.push((
-        Row::new("rss_after_fill", "server RSS after the fill", 0, "MiB", Better::Lower),
-        plain(system, round, rss_fill as f64 / 1048576.0, json!({"bytes": rss_fill})),
-    ));
 
     let phase = Duration::from_secs_f64(ctx.seconds);
-    for clients in [1, 16] {
+    let tag_clients: &[usize] = if ctx.runs(Phase::Tags) { &[1, 16] } else { &[] };
+    for &clients in tag_clients {
         step(&format!("round {round}, {}: tag queries, {clients} clients", system.name()));
         let load = closed_loop(
             clients,
@@ -530,8 +619,10 @@ fn run_system(
     }
 
     let head = server.connect(&ctx.rt)?.head()?;
-    anyhow::ensure!(head == n, "{}: head {head} after reopening a store of {n} events", system.name());
-    for cold in [false, true] {
+    let filled = if ctx.fills() { n } else { 0 };
+    anyhow::ensure!(head == filled, "{}: head {head} after reopening a store of {filled} events", system.name());
+    let read_modes: &[bool] = if ctx.runs(Phase::Read) { &[false, true] } else { &[] };
+    for &cold in read_modes {
         for clients in [1, 4] {
             let label = if cold { "cold" } else { "warm" };
             step(&format!("round {round}, {}: read-all {label}, {clients} clients", system.name()));
@@ -553,16 +644,20 @@ fn run_system(
             ));
         }
     }
-    let rss_reads = sys::rss_bytes(server.pid().context("server not running")?)?;
-    out.push((
-        Row::new("rss_after_reads", "server RSS after the reads", 0, "MiB", Better::Lower),
-        plain(system, round, rss_reads as f64 / 1048576.0, json!({"bytes": rss_reads})),
-    ));
-    for &clients in &ctx.append_clients {
+    if ctx.runs(Phase::Read) {
+        let rss_reads = sys::rss_bytes(server.pid().context("server not running")?)?;
+        out.push((
+            Row::new("rss_after_reads", "server RSS after the reads", 0, "MiB", Better::Lower),
+            plain(system, round, rss_reads as f64 / 1048576.0, json!({"bytes": rss_reads})),
+        ));
+    }
+    let conditional_clients: &[usize] = if ctx.runs(Phase::Conditional) { &ctx.append_clients } else { &[] };
+    let conditional_phase = Duration::from_secs_f64(ctx.conditional_seconds);
+    for &clients in conditional_clients {
         step(&format!("round {round}, {}: conditional appends, {clients} clients", system.name()));
         let load = closed_loop(
             clients,
-            phase,
+            conditional_phase,
             |c| {
                 let tag = ("client".to_string(), format!("{}-{round}-{clients}-{c}", system.name()));
                 Ok((server.connect(&ctx.rt)?, tag, None::<u64>, c as u64 * 1_000_000_000))
@@ -582,7 +677,7 @@ fn run_system(
         out.push((
             rate_row(
                 &format!("append_conditional_{clients}"),
-                "durable conditional append, 1 event/request",
+                &format!("durable conditional append, 1 event/request, {} s sustained", ctx.conditional_seconds),
                 clients,
                 "events/s",
             ),
@@ -590,7 +685,8 @@ fn run_system(
         ));
     }
 
-    for clients in [1, 4] {
+    let batch_clients: &[usize] = if ctx.runs(Phase::Batched) { &ctx.batch_clients } else { &[] };
+    for &clients in batch_clients {
         step(&format!("round {round}, {}: unconditional appends of {BATCH_EVENTS}, {clients} clients", system.name()));
         let load = closed_loop(
             clients,
@@ -620,6 +716,7 @@ fn run_system(
     let head = server.connect(&ctx.rt)?.head()?;
     server.stop()?;
     let bytes = sys::allocated_bytes(store)?;
+    anyhow::ensure!(head > 0, "{}: no phase wrote an event (--phases)", system.name());
     out.push((
         Row::new("disk_per_million", "bytes on disk per 1,000,000 events", 0, "MB", Better::Lower),
         plain(system, round, bytes as f64 / head as f64 * 1e6 / 1e6, json!({"allocated_bytes": bytes, "events": head})),

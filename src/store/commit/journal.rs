@@ -91,7 +91,7 @@ pub(crate) fn open(
     options: &crate::store::StoreOptions,
 ) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
-    use crate::store::{recovery, Durability, READ_BATCH_FILES_DEFAULT};
+    use crate::store::{recovery, Durability};
     let started = std::time::Instant::now();
     let durable = options.durability == Durability::Fsync;
     recovery::create_layout(layout, durable)?;
@@ -111,14 +111,7 @@ pub(crate) fn open(
     if ledger >= from {
         tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");
         let started = std::time::Instant::now();
-        let positions: Vec<u64> = (from..=ledger).collect();
-        for (n, chunk) in positions.chunks(READ_BATCH_FILES_DEFAULT).enumerate() {
-            let events = crate::store::read_event_files(layout, io.as_ref(), chunk, ledger)?;
-            import(&journal, &events)?;
-            if n % 100 == 99 {
-                tracing::info!(done = chunk[chunk.len() - 1], of = ledger, "journal: import progress");
-            }
-        }
+        import_tree(layout, io.as_ref(), &journal, from, ledger)?;
         tracing::info!(
             events = ledger + 1 - from,
             took_ms = started.elapsed().as_millis() as u64,
@@ -160,6 +153,62 @@ pub(crate) fn open(
     );
     let recovered = crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 };
     Ok((recovered, journal, tracking))
+}
+
+/// Imports the tree's events `from..=ledger` into the journal. A reader thread reads (through `BatchIo`, batches of
+/// `READ_BATCH_FILES_DEFAULT`) and decodes the next event files while this thread re-encodes and appends the ones
+/// before, so the disk's reads and the CPU's work overlap; groups of about `IMPORT_GROUP_BYTES_MAX` of event files
+/// keep the `fdatasync`s few (one per group, not one per read batch).
+fn import_tree(
+    layout: &crate::format::Layout,
+    io: &dyn crate::io::BatchIo,
+    journal: &Journal,
+    from: u64,
+    ledger: u64,
+) -> Result<(), StoreError> {
+    use crate::limits::{IMPORT_GROUP_BYTES_MAX, IMPORT_READ_AHEAD_BATCHES_MAX};
+    use crate::store::READ_BATCH_FILES_DEFAULT;
+    let (batches, read) = std::sync::mpsc::sync_channel(IMPORT_READ_AHEAD_BATCHES_MAX);
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("opossum-import".into())
+            .spawn_scoped(scope, move || {
+                let mut next = from;
+                while next <= ledger {
+                    let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(ledger);
+                    let positions: Vec<u64> = (next..=last).collect();
+                    let batch = crate::store::read_event_files(layout, io, &positions, ledger);
+                    let failed = batch.is_err();
+                    // A closed channel: the importer stopped at an error of its own.
+                    if batches.send(batch).is_err() || failed {
+                        return;
+                    }
+                    next = last + 1;
+                }
+            })
+            .map_err(|e| StoreError::Io(Arc::new(IoError::new(IoOp::Open, layout.events.clone(), e))))?;
+        let (mut events, mut bytes) = (Vec::new(), 0);
+        let mut groups = 0u64;
+        for batch in read {
+            for e in batch? {
+                bytes += e.data.get().len() + e.metadata.get().len();
+                events.push(e);
+                if bytes >= IMPORT_GROUP_BYTES_MAX {
+                    import(journal, &events)?;
+                    groups += 1;
+                    if groups.is_multiple_of(10) {
+                        tracing::info!(done = journal.head(), of = ledger, "journal: import progress");
+                    }
+                    events.clear();
+                    bytes = 0;
+                }
+            }
+        }
+        if !events.is_empty() {
+            import(journal, &events)?;
+        }
+        Ok(())
+    })
 }
 
 /// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
