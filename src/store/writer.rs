@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::tracking::{Replay, TrackingRefusal};
 use super::{
-    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, LockFile, PreparedEvent,
-    Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, LockFile, PreparedBatch,
+    PreparedEvent, Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
@@ -44,7 +44,7 @@ const SLOW_COMMIT: Duration = Duration::from_millis(200);
 const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
 
 struct Pending {
-    events: Vec<PreparedEvent>,
+    events: PreparedBatch,
     condition: Option<AppendCondition>,
     reply: std::sync::mpsc::SyncSender<Result<Appended, StoreError>>,
 }
@@ -133,15 +133,12 @@ impl Writer {
                     let mut group = vec![Pending { events, condition, reply }];
                     let mut group_events = group[0].events.len();
                     // Bytes bound too: a journal group is one write of its records (`JOURNAL_GROUP_BYTES_MAX`).
-                    let bytes = |events: &[PreparedEvent]| -> usize {
-                        events.iter().map(|e| e.file_head.len() + e.file_tail.len()).sum()
-                    };
-                    let mut group_bytes = bytes(&group[0].events);
+                    let mut group_bytes = group[0].events.encoded_bytes();
                     while group_events < GROUP_EVENTS_MAX && group_bytes < JOURNAL_GROUP_BYTES_MAX / 2 {
                         match self.requests.try_recv() {
                             Ok(Request::Append { events, condition, reply }) => {
                                 group_events += events.len();
-                                group_bytes += bytes(&events);
+                                group_bytes += events.encoded_bytes();
                                 group.push(Pending { events, condition, reply });
                             }
                             Ok(Request::Sync { flush_index, reply }) => syncs.push((flush_index, reply)),
@@ -291,6 +288,7 @@ impl Writer {
             // Backpressure: the tree may lag the journal only so far (`limits::MIRROR_LAG_*`).
             mirror.wait_for_room();
         }
+        let waited = Instant::now();
         let lock = match journal_mode {
             true => None,
             false => match StoreLock::acquire(&self.lock_file, &self.shared.layout) {
@@ -357,8 +355,8 @@ impl Writer {
         let written = match (self.shared.options.commit, &self.shared.journal) {
             (CommitMode::Journal, Some(journal)) => {
                 // The tree is not written here: the mirror thread (store/mirror.rs) follows the published head.
-                let groups: Vec<(&[PreparedEvent], u64)> =
-                    accepted.iter().map(|(p, first)| (&p.events[..], *first)).collect();
+                let groups: Vec<(&PreparedBatch, u64)> =
+                    accepted.iter().map(|(p, first)| (&p.events, *first)).collect();
                 commit::journal::write(&self.shared, journal, &groups, head)
             }
             (CommitMode::Journal, None) => unreachable!("journal mode opens its journal"),
@@ -366,15 +364,28 @@ impl Writer {
         };
         let took = started.elapsed();
         if took >= SLOW_COMMIT + SLOW_COMMIT_PER_EVENT.saturating_mul((new_head - head).min(u32::MAX as u64) as u32) {
-            // Where the time went, for operators chasing latency spikes.
-            tracing::warn!(
-                events = new_head - head,
-                took_ms = took.as_millis() as u64,
-                lock_and_catch_up_ms = (locked - started).as_millis() as u64,
-                check_ms = (checked - locked).as_millis() as u64,
-                write_ms = checked.elapsed().as_millis() as u64,
-                "slow commit"
-            );
+            // Where the time went, for operators chasing latency spikes; each field names what it measured in
+            // this commit mode.
+            let ms = |d: Duration| d.as_millis() as u64;
+            if journal_mode {
+                tracing::warn!(
+                    events = new_head - head,
+                    took_ms = ms(took),
+                    mirror_lag_wait_ms = ms(waited - started),
+                    check_ms = ms(checked - locked),
+                    journal_write_ms = ms(checked.elapsed()),
+                    "slow commit"
+                );
+            } else {
+                tracing::warn!(
+                    events = new_head - head,
+                    took_ms = ms(took),
+                    lock_and_catch_up_ms = ms(locked - started),
+                    check_ms = ms(checked - locked),
+                    write_ms = ms(checked.elapsed()),
+                    "slow commit"
+                );
+            }
         }
         match written {
             Ok(()) => {
@@ -505,7 +516,7 @@ impl Writer {
             for (p, first) in accepted {
                 for (i, e) in p.events.iter().enumerate() {
                     let position = first + i as u64;
-                    event_files.push((layout.event_file(position), e.file_bytes(position)));
+                    event_files.push((layout.event_file(position), p.events.file_bytes(e, position)));
                     index.insert(position, &e.event_type, &e.tags);
                 }
             }

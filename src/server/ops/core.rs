@@ -10,8 +10,8 @@ use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
 use crate::store::{StoreStats, WriteStatus};
 use crate::wire::{
-    self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
-    ReadRequest, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
+    self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
+    RequestId, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 pub(in crate::server) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
@@ -109,10 +109,19 @@ pub(in crate::server) async fn append(
     let line = req.line.to_vec();
     let op = req.op.clone();
     let store = ctx.store.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, ProtocolError> {
-        let body: AppendRequest = wire::parse_body(&op, &line)?;
-        drop(line);
-        let appended = store.append_tracked(body.events, body.condition, body.tracking)?;
+    // `Err((Some(id), e))`: the line fails its envelope, which `parse_envelope` read from its prefix only.
+    let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, (Option<RequestId>, ProtocolError)> {
+        // The events are encoded straight from the line (`Store::append_refs`), which lives until the answer.
+        let body = match wire::parse_append(&op, &line) {
+            Ok(body) => body,
+            Err(e) => {
+                return Err(match wire::parse_envelope_whole(&line) {
+                    Err((id, envelope)) => (Some(id), envelope),
+                    Ok(_) => (None, e),
+                })
+            }
+        };
+        let appended = store.append_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))?;
         Ok(AppendResponse {
             first: appended.first,
             last: appended.last,
@@ -122,7 +131,15 @@ pub(in crate::server) async fn append(
     })
     .await
     .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
-    wire::encode_ok(resp.out, &req.id, &result?);
+    match result {
+        Ok(answer) => wire::encode_ok(resp.out, &req.id, &answer),
+        Err((None, e)) => return Err(e.into()),
+        Err((Some(id), e)) => {
+            // As the connection answers a line whose envelope it could not read: with the id it could (or null).
+            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+            wire::encode_error(resp.out, &id, &e);
+        }
+    }
     Ok(())
 }
 

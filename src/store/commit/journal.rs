@@ -18,7 +18,7 @@ use crate::io::{IoError, IoOp};
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::model::SequencedEvent;
 use crate::store::mirror::reconcile_tree;
-use crate::store::{PreparedEvent, Shared, StoreError};
+use crate::store::{FileRanges, PreparedBatch, Shared, StoreError};
 
 // A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
 // its byte bound, plus one more request.
@@ -34,35 +34,41 @@ const _: () = {
 pub(crate) fn write(
     shared: &Shared,
     journal: &Journal,
-    accepted: &[(&[PreparedEvent], u64)],
+    accepted: &[(&PreparedBatch, u64)],
     head: u64,
 ) -> Result<(), StoreError> {
-    let mut files: Vec<Vec<u8>> = Vec::new();
+    // Every event file of the group in one buffer (one allocation per group, not per event).
+    let events: usize = accepted.iter().map(|(batch, _)| batch.len()).sum();
+    let bytes: usize = accepted.iter().map(|(batch, _)| batch.encoded_bytes() + 20 * batch.len()).sum();
+    let mut files: Vec<u8> = Vec::with_capacity(bytes);
+    let mut placed: Vec<(usize, FileRanges)> = Vec::with_capacity(events);
     {
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
-        for &(events, first) in accepted {
-            for (i, e) in events.iter().enumerate() {
+        for &(batch, first) in accepted {
+            for (i, e) in batch.iter().enumerate() {
                 let position = first + i as u64;
-                files.push(e.file_bytes(position));
+                let ranges = batch.push_file(e, position, &mut files);
+                placed.push((files.len(), ranges));
                 index.insert(position, &e.event_type, &e.tags);
             }
         }
     }
-    let mut records = Vec::with_capacity(files.len());
-    let mut at = 0;
-    for &(events, _) in accepted {
-        for e in events {
-            let file = &files[at];
-            at += 1;
+    let mut records = Vec::with_capacity(events);
+    let mut start = 0;
+    let mut placed = placed.into_iter();
+    for &(batch, _) in accepted {
+        for e in batch.iter() {
+            let (end, (data, metadata)) = placed.next().expect("a file per event");
             records.push(NewRecord {
                 event_type: &e.event_type,
                 tags: &e.tags,
-                file,
-                data: e.data_range,
-                metadata: (file.len() as u32 - e.metadata_from_end, e.metadata_len),
+                file: &files[start..end],
+                data,
+                metadata,
                 event_id: e.id.map(|id| id.0),
                 tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
             });
+            start = end;
         }
     }
     journal.append(head + 1, &records).map(|_| ()).map_err(StoreError::from)
