@@ -83,7 +83,7 @@ mod tests {
         assert_eq!(e.id.as_json(), r#""é a""#);
         // Ids other than plain digits or strings, and other ops, are read with the whole line as before.
         for line in
-            [r#"{"id":012,"op":"append","events":[]}"#, r#"{"id":"a"b","op":"append","#, r#"{"id":1,"op":"head","#]
+            [r#"{"id":012,"op":"append","events":[]}"#, r#"{"id":"a\"b","op":"append","#, r#"{"id":1,"op":"head","#]
         {
             assert!(parse_envelope(line.as_bytes()).is_err(), "{line}");
         }

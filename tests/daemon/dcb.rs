@@ -65,8 +65,8 @@ fn appended_payloads_and_names_round_trip_byte_for_byte() {
     let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
     let mut raw = daemon.raw();
     let line = r#"{"id":1,"op":"append","events":[
-        {"type":"Tést "q"","data":{ "a" : "x  y	", "b":"é "q" é\", "c":[ 1 , 2.5e3 ] },"tags":[{"key":"kA","value":"v w"}]},
-        {"type":"Tést "q"","data":"  spaced  ","tags":[{"key":"kA","value":"v w"}]},
+        {"type":"T\u00e9st \"q\"","data":{ "a" : "x  y\t", "b":"\u00e9 \"q\" é\\", "c":[ 1 , 2.5e3 ] },"tags":[{"key":"k\u0041","value":"v w"}]},
+        {"type":"Tést \"q\"","data":"  spaced  ","tags":[{"key":"kA","value":"v w"}]},
         {"type":"B","data":[],"tags":[],"metadata":{ "timestamp" : "t 1" }},
         {"type":"B","data":{"n":null},"tags":[{"key":"kA","value":"v w"},{"key":"z","value":"1"}]}]}"#
         .replace('\n', "");
