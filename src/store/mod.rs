@@ -558,15 +558,48 @@ impl PreparedBatch {
     }
 }
 
+/// Where the writer answers an append: a thread blocked on it, or a task awaiting it ([`Store::submit_refs`]).
+pub(crate) enum AppendReply {
+    Blocking(SyncSender<Result<Appended, StoreError>>),
+    Task(tokio::sync::oneshot::Sender<Result<Appended, StoreError>>),
+}
+
+impl AppendReply {
+    /// Answers; an appender that went away (a closed connection) is no error.
+    pub fn send(self, result: Result<Appended, StoreError>) {
+        match self {
+            AppendReply::Blocking(reply) => {
+                let _ = reply.send(result);
+            }
+            AppendReply::Task(reply) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// An append queued for the writer by [`Store::submit_refs`]: await it for the answer.
+pub struct PendingAppend(tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended, StoreError>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
 pub(crate) enum Request {
     Append {
         events: PreparedBatch,
         condition: Option<AppendCondition>,
-        reply: SyncSender<Result<Appended, StoreError>>,
+        reply: AppendReply,
     },
     /// Take the store lock, pick up events other processes appended, and (deferred mode, `flush_index`) flush
     /// index files.
-    Sync { flush_index: bool, reply: SyncSender<Result<u64, StoreError>> },
+    Sync {
+        flush_index: bool,
+        reply: SyncSender<Result<u64, StoreError>>,
+    },
 }
 
 pub struct Store {
@@ -782,6 +815,28 @@ impl Store {
         condition: Option<AppendCondition>,
         tracking: Option<Tracking>,
     ) -> Result<Appended, StoreError> {
+        self.refuse_without_journal(events, tracking.as_ref())?;
+        let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
+        self.append_prepared(prepared, condition)
+    }
+
+    /// [`Store::append_refs`] that returns once the events are validated, encoded and queued for the writer
+    /// (blocking only while the queue is full): the answer is awaited, so no thread waits through the commit.
+    pub fn submit_refs(
+        &self,
+        events: &[EventRef<'_>],
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Result<PendingAppend, StoreError> {
+        self.refuse_without_journal(events, tracking.as_ref())?;
+        let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Request::Append { events: prepared, condition, reply: AppendReply::Task(reply) })?;
+        Ok(PendingAppend(answer))
+    }
+
+    /// Files mode keeps no tracking and no event ids (there is no journal record to keep them in).
+    fn refuse_without_journal(&self, events: &[EventRef<'_>], tracking: Option<&Tracking>) -> Result<(), StoreError> {
         if self.shared.journal.is_none() {
             if tracking.is_some() {
                 return Err(StoreError::NeedsJournal { what: "tracking" });
@@ -790,8 +845,7 @@ impl Store {
                 return Err(StoreError::NeedsJournal { what: "an event id" });
             }
         }
-        let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
-        self.append_prepared(prepared, condition)
+        Ok(())
     }
 
     fn append_prepared(
@@ -800,7 +854,7 @@ impl Store {
         condition: Option<AppendCondition>,
     ) -> Result<Appended, StoreError> {
         let (reply, response) = sync_channel(1);
-        self.send(Request::Append { events: prepared, condition, reply })?;
+        self.send(Request::Append { events: prepared, condition, reply: AppendReply::Blocking(reply) })?;
         response.recv().map_err(|_| StoreError::Closed)?
     }
 

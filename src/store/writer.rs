@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use super::recovery::{self, encode_index_files, replace_all, IndexKind};
 use super::tracking::{Replay, TrackingRefusal};
 use super::{
-    commit, elapsed_us, read_event_files, Appended, CommitMode, Durability, IndexWrites, LockFile, PreparedBatch,
-    PreparedEvent, Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
+    commit, elapsed_us, read_event_files, AppendReply, Appended, CommitMode, Durability, IndexWrites, LockFile,
+    PreparedBatch, PreparedEvent, Request, Shared, StoreError, StoreLock, GROUP_EVENTS_MAX, READ_BATCH_FILES_DEFAULT,
 };
 use crate::format::Ledger;
 use crate::io::{FileWrite, IoOp, WriteMode};
@@ -46,7 +46,7 @@ const SLOW_COMMIT_PER_EVENT: Duration = Duration::from_micros(500);
 struct Pending {
     events: PreparedBatch,
     condition: Option<AppendCondition>,
-    reply: std::sync::mpsc::SyncSender<Result<Appended, StoreError>>,
+    reply: AppendReply,
 }
 
 impl super::tracking::GroupAppend for (Pending, u64) {
@@ -278,7 +278,7 @@ impl Writer {
         let started = Instant::now();
         if let Some(reason) = self.shared.poison_reason() {
             for p in group {
-                let _ = p.reply.send(Err(StoreError::Poisoned(reason.clone())));
+                p.reply.send(Err(StoreError::Poisoned(reason.clone())));
             }
             return;
         }
@@ -295,7 +295,7 @@ impl Writer {
                 Ok(lock) => Some(lock),
                 Err(e) => {
                     for p in group {
-                        let _ = p.reply.send(Err(e.clone()));
+                        p.reply.send(Err(e.clone()));
                     }
                     return;
                 }
@@ -305,7 +305,7 @@ impl Writer {
             // Nothing was written: fail these appends, stay writable.
             tracing::warn!("could not pick up other writers' events: {e}");
             for p in group {
-                let _ = p.reply.send(Err(e.clone()));
+                p.reply.send(Err(e.clone()));
             }
             return;
         }
@@ -319,7 +319,7 @@ impl Writer {
         for p in group {
             match self.check(&p, head, &accepted) {
                 Ok(Some(replayed)) if replayed.last <= head => {
-                    let _ = p.reply.send(Ok(replayed));
+                    p.reply.send(Ok(replayed));
                 }
                 Ok(Some(replayed)) => replays.push((p, replayed)),
                 Ok(None) => {
@@ -331,7 +331,7 @@ impl Writer {
                     if matches!(e, StoreError::ConditionFailed { .. }) {
                         self.shared.counters.condition_failures.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = p.reply.send(Err(e));
+                    p.reply.send(Err(e));
                 }
             }
         }
@@ -400,7 +400,7 @@ impl Writer {
                     .unwrap()
                     .committed(accepted.iter().map(|(p, first)| (&p.events[..], *first)));
                 for (p, replayed) in replays.drain(..) {
-                    let _ = p.reply.send(Ok(replayed));
+                    p.reply.send(Ok(replayed));
                 }
                 drop(lock);
                 let c = &self.shared.counters;
@@ -410,7 +410,7 @@ impl Writer {
                 c.commit_latency_us_total.fetch_add(elapsed_us(started), Ordering::Relaxed);
                 for (p, first) in accepted {
                     let last = first + p.events.len() as u64 - 1;
-                    let _ = p.reply.send(Ok(Appended { first, last, replayed: false }));
+                    p.reply.send(Ok(Appended { first, last, replayed: false }));
                 }
             }
             Err(e) => {
@@ -422,7 +422,7 @@ impl Writer {
                 }
                 self.shared.index.write().unwrap().truncate(head);
                 for (p, _) in accepted.into_iter().chain(replays.into_iter().map(|(p, r)| (p, r.first))) {
-                    let _ = p.reply.send(Err(e.clone()));
+                    p.reply.send(Err(e.clone()));
                 }
             }
         }

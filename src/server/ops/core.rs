@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
-use crate::store::{StoreStats, WriteStatus};
+use crate::store::{PendingAppend, StoreStats, WriteStatus};
 use crate::wire::{
     self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
     RequestId, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
@@ -110,7 +110,7 @@ pub(in crate::server) async fn append(
     let op = req.op.clone();
     let store = ctx.store.clone();
     // `Err((Some(id), e))`: the line fails its envelope, which `parse_envelope` read from its prefix only.
-    let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, (Option<RequestId>, ProtocolError)> {
+    let result = tokio::task::spawn_blocking(move || -> Result<PendingAppend, (Option<RequestId>, ProtocolError)> {
         // The events are encoded straight from the line (`Store::append_refs`), which lives until the answer.
         let body = match wire::parse_append(&op, &line) {
             Ok(body) => body,
@@ -121,18 +121,22 @@ pub(in crate::server) async fn append(
                 })
             }
         };
-        let appended = store.append_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))?;
-        Ok(AppendResponse {
-            first: appended.first,
-            last: appended.last,
-            head: appended.last.max(store.head()),
-            replayed: appended.replayed,
-        })
+        // Queued for the writer; the answer is awaited below, so no blocking thread waits through the commit.
+        store.submit_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))
     })
     .await
     .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
+    let result = match result {
+        Ok(pending) => pending.await.map_err(|e| (None, e.into())),
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(answer) => wire::encode_ok(resp.out, &req.id, &answer),
+        Ok(appended) => {
+            let head = appended.last.max(ctx.store.head());
+            let answer =
+                AppendResponse { first: appended.first, last: appended.last, head, replayed: appended.replayed };
+            wire::encode_ok(resp.out, &req.id, &answer)
+        }
         Err((None, e)) => return Err(e.into()),
         Err((Some(id), e)) => {
             // As the connection answers a line whose envelope it could not read: with the id it could (or null).
