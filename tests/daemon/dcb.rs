@@ -73,7 +73,8 @@ fn appended_payloads_and_names_round_trip_byte_for_byte() {
     assert_eq!(raw.call(&line)["last"], 4, "{line}");
     let mut c = daemon.client();
     let events = read_all(&mut c, &Query::All, ReadOptions::default());
-    let got: Vec<(&str, &str, Vec<(&str, &str)>)> = events
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+    let got: Vec<(&str, &str, Pairs<'_>)> = events
         .iter()
         .map(|e| {
             let tags = e.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
