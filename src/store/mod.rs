@@ -493,6 +493,10 @@ impl std::fmt::Debug for PreparedBatch {
 #[derive(Debug, Clone, Copy)]
 struct Piece(u32, u32);
 
+// A batch that `prepare` accepts holds at most `APPEND_BYTES_MAX` bytes of pieces (plus one default metadata):
+// its offsets fit a `u32`.
+const _: () = assert!(APPEND_BYTES_MAX < u32::MAX as usize / 2);
+
 /// One event of a [`PreparedBatch`].
 pub(crate) struct PreparedEvent {
     /// Shared with the previous event of the append when equal (batches mostly repeat one type and tags).
