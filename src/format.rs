@@ -399,6 +399,90 @@ pub fn encode_event(position: u64, event_type: &str, data: &RawValue, tags: &[Ta
     bytes
 }
 
+/// What one scan of (valid) JSON text finds: how deep its arrays and objects nest, and whether it has whitespace
+/// outside its strings (so needs [`minify_json`]). One pass instead of a depth check and a whitespace check; string
+/// contents are skipped with `memchr`, so payloads that are mostly text cost little.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonShape {
+    pub depth: usize,
+    pub spaced: bool,
+}
+
+/// Scans JSON text once (see [`JsonShape`]); without recursion, so no depth can exhaust the stack.
+pub fn json_shape(text: &[u8]) -> JsonShape {
+    let (mut depth, mut deepest, mut spaced) = (0usize, 0usize, false);
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                // Past the closing quote: the first `"` not escaped by a `\`.
+                i += 1;
+                while i < text.len() {
+                    match memchr::memchr2(b'"', b'\\', &text[i..]) {
+                        Some(k) if text[i + k] == b'\\' => i += k + 2,
+                        Some(k) => {
+                            i += k;
+                            break;
+                        }
+                        None => i = text.len(),
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b' ' | b'\n' | b'\r' | b'\t' => spaced = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    JsonShape { depth: deepest, spaced }
+}
+
+/// `text` as a JSON string, appended to `out` (serde_json's escaping, as the event file's serialiser writes it).
+pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    // Plain text (the usual type or tag) needs no escaping: `"` + text + `"`.
+    if !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, text).expect("a string serialises");
+    }
+}
+
+/// The event file's bytes before its data: `{"event":{"eventType":<type>,"event":` (see [`encode_event_parts`]).
+pub fn push_event_file_before_data(out: &mut Vec<u8>, event_type: &str) {
+    out.extend_from_slice(b"{\"event\":{\"eventType\":");
+    push_json_string(out, event_type);
+    out.extend_from_slice(b",\"event\":");
+}
+
+/// The event file's bytes between its data and its position: `,"tags":[{"key":..,"value":..},..]},"position":`.
+pub fn push_event_file_after_data<'a>(out: &mut Vec<u8>, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    out.extend_from_slice(b",\"tags\":[");
+    for (i, (key, value)) in tags.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":");
+        push_json_string(out, key);
+        out.extend_from_slice(b",\"value\":");
+        push_json_string(out, value);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]},\"position\":");
+}
+
+/// The event file's bytes after its position: `,"metadata":<metadata>}`.
+pub fn push_event_file_after_position(out: &mut Vec<u8>, metadata: &str) {
+    out.extend_from_slice(b",\"metadata\":");
+    out.extend_from_slice(metadata.as_bytes());
+    out.push(b'}');
+}
+
 /// An event file split around its position number: `{"event":{..},"position":` and `,"metadata":{..}}`, so the
 /// expensive part is encoded before the position is known.
 pub fn encode_event_parts(event_type: &str, data: &RawValue, tags: &[Tag], metadata: &RawValue) -> (Vec<u8>, Vec<u8>) {
@@ -734,6 +818,67 @@ mod tests {
         assert_eq!(out.get(), r#"{"correlationId":"c1","timestamp":"1970-01-01T00:00:00.0000000+00:00"}"#);
         let m = RawValue::from_string(r#"{"timestamp":"keep"}"#.into()).unwrap();
         assert_eq!(metadata_with_timestamp(Some(&m), std::time::UNIX_EPOCH).unwrap().get(), r#"{"timestamp":"keep"}"#);
+    }
+
+    #[test]
+    fn one_scan_finds_the_depth_and_whitespace_the_separate_checks_find() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for text in [
+            r#"{"a":"x y","b":["\" z"]}"#.to_string(),
+            r#"{"a":"x\\", "b":1}"#.to_string(),
+            r#"{"a":"q\"", "b":[[1]]}"#.to_string(),
+            r#"{"a":"[[[{{{\"]]]","b":{"c":{}}}"#.to_string(),
+            "[1,\n2]".to_string(),
+            "\"é ü \\u00e9\"".to_string(),
+            "\"unterminated \\".to_string(),
+            "{\r\n\t\"k\": [ ] }".to_string(),
+            nested(200),
+            "5".to_string(),
+        ] {
+            let shape = json_shape(text.as_bytes());
+            assert_eq!(shape.spaced, has_space_outside_strings(text.as_bytes()), "{text}");
+            assert_eq!(shape.spaced, minify_json(text.as_bytes()) != text.as_bytes(), "{text}");
+            // The depth `model::check_json_depth` measures, by its loop.
+            let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+            for &b in text.as_bytes() {
+                if in_string {
+                    match b {
+                        _ if escaped => escaped = false,
+                        b'\\' => escaped = true,
+                        b'"' => in_string = false,
+                        _ => {}
+                    }
+                    continue;
+                }
+                match b {
+                    b'"' => in_string = true,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        deepest = deepest.max(depth);
+                    }
+                    b'}' | b']' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            assert_eq!(shape.depth, deepest, "{text}");
+        }
+    }
+
+    #[test]
+    fn event_file_pieces_are_what_the_serialiser_writes() {
+        let data = RawValue::from_string(r#"{"a":"x  y"}"#.into()).unwrap();
+        let meta = RawValue::from_string(r#"{"timestamp":"t"}"#.into()).unwrap();
+        for (event_type, tags) in
+            [("A", vec![]), ("Tést \"q\" \\ /", vec![Tag::new("k\"", "é"), Tag::new("a b", "\u{1}\u{7f}\u{85}")])]
+        {
+            let mut file = Vec::new();
+            push_event_file_before_data(&mut file, event_type);
+            file.extend_from_slice(data.get().as_bytes());
+            push_event_file_after_data(&mut file, tags.iter().map(|t| (t.key.as_str(), t.value.as_str())));
+            file.extend_from_slice(b"42");
+            push_event_file_after_position(&mut file, meta.get());
+            assert_eq!(file, encode_event(42, event_type, &data, &tags, &meta), "{event_type}");
+        }
     }
 
     #[test]

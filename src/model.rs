@@ -61,6 +61,54 @@ impl Event {
     }
 }
 
+/// An event borrowed from the bytes it was parsed from (a request line): what the store's append takes, so a
+/// request's events are validated and encoded without being copied into owned strings first. Parses exactly as
+/// [`Event`] does (same fields, same refusals); [`Event::as_ref`] lends an owned event as one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventRef<'a> {
+    #[serde(rename = "type", borrow)]
+    pub event_type: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+    #[serde(default, borrow)]
+    pub tags: Vec<TagRef<'a>>,
+    #[serde(default, borrow)]
+    pub metadata: Option<&'a RawValue>,
+    #[serde(default)]
+    pub id: Option<EventId>,
+}
+
+/// A [`Tag`] borrowed from the bytes it was parsed from (see [`EventRef`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRef<'a> {
+    #[serde(borrow)]
+    pub key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub value: std::borrow::Cow<'a, str>,
+}
+
+impl Event {
+    /// This event as an [`EventRef`] borrowing its strings.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            event_type: std::borrow::Cow::Borrowed(&self.event_type),
+            data: &self.data,
+            tags: self
+                .tags
+                .iter()
+                .map(|t| TagRef {
+                    key: std::borrow::Cow::Borrowed(&t.key),
+                    value: std::borrow::Cow::Borrowed(&t.value),
+                })
+                .collect(),
+            metadata: self.metadata.as_deref(),
+            id: self.id,
+        }
+    }
+}
+
 /// A client-chosen event identity: a UUID (any version), 16 bytes. Wire form: the canonical 36-character text
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex digits in either case; written lower case).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -395,7 +443,12 @@ pub fn validate_event_type(t: &str) -> Result<(), ModelError> {
 /// Tags become file names (`Indices/Tags/<key>_<value>.json`), so path separators, NUL, control characters
 /// and dot-only names are refused rather than sanitised into surprises.
 pub fn validate_tag(tag: &Tag) -> Result<(), ModelError> {
-    for (what, s) in [("key", &tag.key), ("value", &tag.value)] {
+    validate_tag_parts(&tag.key, &tag.value)
+}
+
+/// [`validate_tag`] of a tag given as its key and value.
+pub fn validate_tag_parts(key: &str, value: &str) -> Result<(), ModelError> {
+    for (what, s) in [("key", key), ("value", value)] {
         if s.is_empty() {
             return Err(ModelError::InvalidEvent(format!("tag {what} must not be empty")));
         }
@@ -408,11 +461,8 @@ pub fn validate_tag(tag: &Tag) -> Result<(), ModelError> {
             return Err(ModelError::InvalidEvent(format!("tag {what} {s:?} is not a usable name")));
         }
     }
-    if tag.key.len() + tag.value.len() > TAG_BYTES_MAX {
-        return Err(ModelError::InvalidEvent(format!(
-            "tag {}={} is longer than {TAG_BYTES_MAX} bytes",
-            tag.key, tag.value
-        )));
+    if key.len() + value.len() > TAG_BYTES_MAX {
+        return Err(ModelError::InvalidEvent(format!("tag {key}={value} is longer than {TAG_BYTES_MAX} bytes")));
     }
     Ok(())
 }
@@ -430,6 +480,11 @@ pub fn validate_event(e: &Event) -> Result<(), ModelError> {
         }
     }
     Ok(())
+}
+
+/// The error [`check_json_depth`] gives for text nested deeper than [`JSON_DEPTH_MAX`].
+pub fn json_too_deep(what: &str) -> ModelError {
+    ModelError::InvalidEvent(format!("{what} is nested deeper than {JSON_DEPTH_MAX} levels of arrays and objects"))
 }
 
 /// Refuses JSON text nested deeper than [`JSON_DEPTH_MAX`]: a byte scan counting open arrays and objects outside
@@ -453,9 +508,7 @@ pub fn check_json_depth(what: &str, text: &str) -> Result<(), ModelError> {
             b'{' | b'[' => {
                 depth += 1;
                 if depth > JSON_DEPTH_MAX {
-                    return Err(ModelError::InvalidEvent(format!(
-                        "{what} is nested deeper than {JSON_DEPTH_MAX} levels of arrays and objects"
-                    )));
+                    return Err(json_too_deep(what));
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),

@@ -86,7 +86,7 @@ impl LineReader {
     pub(super) async fn next_line(&mut self) -> Result<Option<(usize, usize)>, LineError> {
         self.line_started = (self.start < self.end).then(tokio::time::Instant::now);
         loop {
-            if let Some(i) = self.buf[self.scanned..self.end].iter().position(|&b| b == b'\n') {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
                 let newline = self.scanned + i;
                 let range = (self.start, newline);
                 self.start = newline + 1;

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use crate::format::{self, Layout};
 use crate::io::{self, BatchIo, IoBackendKind, IoError, SyncStrategy};
 use crate::journal::Journal;
+use crate::limits::JSON_DEPTH_MAX;
 use crate::limits::{RECOVERY_BACKOFF_MIN, TRACKING_SOURCE_BYTES_MAX, WRITE_STATUS_CHANGES_MAX};
 use crate::model::{
-    self, AppendCondition, Event, EventId, ModelError, Query, ReadOptions, SequencedEvent, Tag, Tracking,
+    self, AppendCondition, Event, EventId, EventRef, ModelError, Query, ReadOptions, SequencedEvent, Tag, Tracking,
     EVENT_TYPE_BYTES_MAX,
 };
 
@@ -472,61 +473,151 @@ pub(crate) fn read_event_files(
     Ok(events)
 }
 
-/// An event validated and half-encoded by the appending thread, so the writer only splices in positions.
+/// An append validated and encoded by the appending thread (`prepare`), so the writer only splices in positions.
+/// One buffer holds the pieces of every event's file; a piece several events share (the part before the data of
+/// one type, the part after the data of one tag list, the default metadata) is in it once. Derefs to its events.
+pub(crate) struct PreparedBatch {
+    bytes: Vec<u8>,
+    events: Vec<PreparedEvent>,
+    /// The pieces' bytes per event, added up (each event's file is this plus its position's digits).
+    encoded_bytes: usize,
+}
+
+impl std::fmt::Debug for PreparedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedBatch({} events, {} bytes)", self.events.len(), self.bytes.len())
+    }
+}
+
+/// What precedes the metadata JSON in an event file's last piece (`format::encode_event` writes metadata last).
+const METADATA_PREFIX: &str = r#","metadata":"#;
+
+/// Where a piece of an event file lies in [`PreparedBatch`]'s buffer: (offset, length).
+#[derive(Debug, Clone, Copy)]
+struct Piece(u32, u32);
+
+// A batch that `prepare` accepts holds at most `APPEND_BYTES_MAX` bytes of pieces (plus one default metadata):
+// its offsets fit a `u32`.
+const _: () = assert!(APPEND_BYTES_MAX < u32::MAX as usize / 2);
+
+/// One event of a [`PreparedBatch`].
 pub(crate) struct PreparedEvent {
-    pub event_type: String,
-    pub tags: Vec<Tag>,
-    /// The event file's bytes before and after the position number.
-    pub file_head: Vec<u8>,
-    pub file_tail: Vec<u8>,
-    /// Where the data JSON lies in the event file (offset, length): inside `file_head`, so whatever the position.
-    pub data_range: (u32, u32),
-    /// Where the metadata JSON lies, counted back from the event file's end (it sits in `file_tail`), and its length.
-    pub metadata_from_end: u32,
-    pub metadata_len: u32,
+    /// Shared with the previous event of the append when equal (batches mostly repeat one type and tags).
+    pub event_type: Arc<str>,
+    pub tags: Arc<[Tag]>,
+    /// The event file, around its position: before the data (`{"event":{"eventType":..,"event":`), the data,
+    /// after the data (`,"tags":[..]},"position":`), after the position (`,"metadata":<metadata>}`).
+    pieces: [Piece; 4],
     /// The client's event id, kept in the journal record.
     pub id: Option<EventId>,
     /// The append's tracking, on its last event only (stored in that event's journal record).
     pub tracking: Option<Tracking>,
 }
 
-impl PreparedEvent {
-    /// The event's data JSON (minified), as its event file holds it.
-    pub fn data(&self) -> &str {
-        let (at, len) = (self.data_range.0 as usize, self.data_range.1 as usize);
-        std::str::from_utf8(&self.file_head[at..at + len]).expect("prepare put the data JSON text here")
+impl std::ops::Deref for PreparedBatch {
+    type Target = [PreparedEvent];
+    fn deref(&self) -> &[PreparedEvent] {
+        &self.events
+    }
+}
+
+/// Where an event's data and metadata JSON lie in its file: ((offset, length), (offset, length)).
+pub(crate) type FileRanges = ((u32, u32), (u32, u32));
+
+impl PreparedBatch {
+    /// The bytes of every event's file but its position, added up.
+    pub fn encoded_bytes(&self) -> usize {
+        self.encoded_bytes
     }
 
-    /// The event's metadata JSON (minified), as its event file holds it.
-    pub fn metadata(&self) -> &str {
-        let at = self.file_tail.len() - self.metadata_from_end as usize;
-        std::str::from_utf8(&self.file_tail[at..at + self.metadata_len as usize])
-            .expect("prepare put the metadata here")
+    fn piece(&self, p: Piece) -> &[u8] {
+        &self.bytes[p.0 as usize..(p.0 + p.1) as usize]
     }
 
-    pub fn file_bytes(&self, position: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.file_head.len() + 20 + self.file_tail.len());
-        out.extend_from_slice(&self.file_head);
+    /// Appends event `e`'s file, at `position`, to `out`; returns where its data and metadata lie in it.
+    pub fn push_file(&self, e: &PreparedEvent, position: u64, out: &mut Vec<u8>) -> FileRanges {
+        let start = out.len();
+        let [before, data, after, tail] = e.pieces;
+        out.extend_from_slice(self.piece(before));
+        out.extend_from_slice(self.piece(data));
+        out.extend_from_slice(self.piece(after));
         out.extend_from_slice(itoa::Buffer::new().format(position).as_bytes());
-        out.extend_from_slice(&self.file_tail);
+        out.extend_from_slice(self.piece(tail));
+        let len = out.len() - start;
+        // `,"metadata":` + metadata + `}`
+        let metadata_len = tail.1 - METADATA_PREFIX.len() as u32 - 1;
+        let ranges = ((before.1, data.1), ((len - 1) as u32 - metadata_len, metadata_len));
         // The bytes we are about to make durable read back as this event at this position (tests and debug builds).
         debug_assert!(
-            format::decode_event(&out).is_ok_and(|e| e.position == position && e.event_type == self.event_type),
+            format::decode_event(&out[start..]).is_ok_and(|d| d.position == position
+                && d.event_type == *e.event_type
+                && d.data.get().as_bytes() == self.piece(data)),
             "event file bytes for position {position} do not decode to themselves"
         );
+        ranges
+    }
+
+    /// Event `e`'s data JSON (minified), as its event file and its journal record hold it.
+    pub fn data(&self, e: &PreparedEvent) -> &str {
+        std::str::from_utf8(self.piece(e.pieces[1])).expect("prepare put the data JSON text here")
+    }
+
+    /// Event `e`'s metadata JSON (minified): its file's last piece is `,"metadata":` + metadata + `}`.
+    pub fn metadata(&self, e: &PreparedEvent) -> &str {
+        let tail = self.piece(e.pieces[3]);
+        std::str::from_utf8(&tail[METADATA_PREFIX.len()..tail.len() - 1]).expect("prepare put the metadata here")
+    }
+
+    /// Event `e`'s file at `position`.
+    pub fn file_bytes(&self, e: &PreparedEvent, position: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(e.pieces.iter().map(|p| p.1 as usize).sum::<usize>() + 20);
+        self.push_file(e, position, &mut out);
         out
+    }
+}
+
+/// Where the writer answers an append: a thread blocked on it, or a task awaiting it ([`Store::submit_refs`]).
+pub(crate) enum AppendReply {
+    Blocking(SyncSender<Result<Appended, StoreError>>),
+    Task(tokio::sync::oneshot::Sender<Result<Appended, StoreError>>),
+}
+
+impl AppendReply {
+    /// Answers; an appender that went away (a closed connection) is no error.
+    pub fn send(self, result: Result<Appended, StoreError>) {
+        match self {
+            AppendReply::Blocking(reply) => {
+                let _ = reply.send(result);
+            }
+            AppendReply::Task(reply) => {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+/// An append queued for the writer by [`Store::submit_refs`]: await it for the answer.
+pub struct PendingAppend(tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>);
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<Appended, StoreError>;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answer| answer.unwrap_or(Err(StoreError::Closed)))
     }
 }
 
 pub(crate) enum Request {
     Append {
-        events: Vec<PreparedEvent>,
+        events: PreparedBatch,
         condition: Option<AppendCondition>,
-        reply: SyncSender<Result<Appended, StoreError>>,
+        reply: AppendReply,
     },
     /// Take the store lock, pick up events other processes appended, and (deferred mode, `flush_index`) flush
     /// index files.
-    Sync { flush_index: bool, reply: SyncSender<Result<u64, StoreError>> },
+    Sync {
+        flush_index: bool,
+        reply: SyncSender<Result<u64, StoreError>>,
+    },
 }
 
 pub struct Store {
@@ -731,8 +822,57 @@ impl Store {
             }
         }
         let prepared = prepare(events, condition.as_ref(), tracking.as_ref())?;
+        self.append_prepared(prepared, condition)
+    }
+
+    /// [`Store::append_tracked`] of events borrowed from the bytes they were parsed from (the server's request line):
+    /// each is validated and encoded from there, without owned copies of its fields.
+    pub fn append_refs(
+        &self,
+        events: &[EventRef<'_>],
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Result<Appended, StoreError> {
+        self.refuse_without_journal(events, tracking.as_ref())?;
+        let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
+        self.append_prepared(prepared, condition)
+    }
+
+    /// [`Store::append_refs`] that returns once the events are validated, encoded and queued for the writer
+    /// (blocking only while the queue is full): the answer is awaited, so no thread waits through the commit.
+    pub fn submit_refs(
+        &self,
+        events: &[EventRef<'_>],
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Result<PendingAppend, StoreError> {
+        self.refuse_without_journal(events, tracking.as_ref())?;
+        let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.send(Request::Append { events: prepared, condition, reply: AppendReply::Task(reply) })?;
+        Ok(PendingAppend(answer))
+    }
+
+    /// Files mode keeps no tracking and no event ids (there is no journal record to keep them in).
+    fn refuse_without_journal(&self, events: &[EventRef<'_>], tracking: Option<&Tracking>) -> Result<(), StoreError> {
+        if self.shared.journal.is_none() {
+            if tracking.is_some() {
+                return Err(StoreError::NeedsJournal { what: "tracking" });
+            }
+            if events.iter().any(|e| e.id.is_some()) {
+                return Err(StoreError::NeedsJournal { what: "an event id" });
+            }
+        }
+        Ok(())
+    }
+
+    fn append_prepared(
+        &self,
+        prepared: PreparedBatch,
+        condition: Option<AppendCondition>,
+    ) -> Result<Appended, StoreError> {
         let (reply, response) = sync_channel(1);
-        self.send(Request::Append { events: prepared, condition, reply })?;
+        self.send(Request::Append { events: prepared, condition, reply: AppendReply::Blocking(reply) })?;
         response.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -979,7 +1119,19 @@ fn prepare(
     events: Vec<Event>,
     condition: Option<&AppendCondition>,
     tracking: Option<&Tracking>,
-) -> Result<Vec<PreparedEvent>, StoreError> {
+) -> Result<PreparedBatch, StoreError> {
+    let refs: Vec<EventRef<'_>> = events.iter().map(Event::as_ref).collect();
+    prepare_refs(&refs, condition, tracking)
+}
+
+/// [`prepare`] of borrowed events: one pass per event — names validated (once per run of equal types and tag
+/// lists), the data scanned once for depth and whitespace (minified only when it has some), and every piece of its
+/// file appended to the batch's one buffer.
+fn prepare_refs(
+    events: &[EventRef<'_>],
+    condition: Option<&AppendCondition>,
+    tracking: Option<&Tracking>,
+) -> Result<PreparedBatch, StoreError> {
     if events.is_empty() {
         return Err(ModelError::InvalidEvent("an append needs at least one event".into()).into());
     }
@@ -1007,45 +1159,96 @@ fn prepare(
     }
     let count = events.len();
     let now = std::time::SystemTime::now();
-    // Most events come without metadata: one `{"timestamp":..}` for the whole append, built once.
+    let data_bytes: usize = events.iter().map(|e| e.data.get().len()).sum();
+    let mut bytes: Vec<u8> = Vec::with_capacity(data_bytes + 256);
+    let piece = |bytes: &Vec<u8>, from: usize| Piece(from as u32, (bytes.len() - from) as u32);
+    // Most events come without metadata: one `,"metadata":{"timestamp":..}}` for the whole append, built once.
     let default_metadata = format::metadata_with_timestamp(None, now)
         .map_err(|e| ModelError::InvalidEvent(format!("internal error: default metadata: {e}")))?;
+    let from = bytes.len();
+    format::push_event_file_after_position(&mut bytes, default_metadata.get());
+    let default_tail = piece(&bytes, from);
+    // The type and tags of the previous event, with their pieces: reused while the next events repeat them.
+    let mut last_type: Option<(Arc<str>, Piece)> = None;
+    let mut last_tags: Option<(Arc<[Tag]>, Piece)> = None;
     let mut total_bytes = 0usize;
-    let mut prepared = Vec::with_capacity(events.len());
-    for (i, event) in events.into_iter().enumerate() {
+    let mut prepared = Vec::with_capacity(count);
+    for (i, event) in events.iter().enumerate() {
         let in_event = |reason: &dyn std::fmt::Display| ModelError::InvalidEvent(format!("event {i}: {reason}"));
-        model::validate_event(&event).map_err(|e| match e {
+        let invalid = |e: ModelError| match e {
             ModelError::InvalidEvent(reason) | ModelError::InvalidQuery(reason) => in_event(&reason),
-        })?;
-        let metadata = match event.metadata.as_deref() {
-            None => default_metadata.clone(),
-            Some(given) => format::metadata_with_timestamp(Some(given), now).map_err(|e| in_event(&e))?,
         };
-        let data = format::minify_raw(&event.data);
-        let (file_head, file_tail) = format::encode_event_parts(&event.event_type, &data, &event.tags, &metadata);
-        let (data_at, metadata_at) =
-            crate::journal::format::event_file_ranges(&event.event_type, &file_head, data.get(), "")
-                .ok_or_else(|| in_event(&"internal error: the event file does not hold its data where expected"))?;
-        debug_assert_eq!(metadata_at, file_head.len() - 1);
-        let metadata_from_end = (metadata.get().len() + 1) as u32;
-        let bytes = file_head.len() + file_tail.len();
-        if bytes > EVENT_BYTES_MAX {
+        // The checks of `model::validate_event`, in its order (the first failure is the one reported).
+        let (event_type, before) = match &last_type {
+            Some((t, before)) if **t == *event.event_type => (t.clone(), *before),
+            _ => {
+                model::validate_event_type(&event.event_type).map_err(invalid)?;
+                let from = bytes.len();
+                format::push_event_file_before_data(&mut bytes, &event.event_type);
+                let made = (Arc::<str>::from(&*event.event_type), piece(&bytes, from));
+                last_type = Some(made.clone());
+                made
+            }
+        };
+        let same_tags = |tags: &[Tag]| {
+            tags.len() == event.tags.len()
+                && tags.iter().zip(&event.tags).all(|(a, b)| a.key == *b.key && a.value == *b.value)
+        };
+        let (tags, after) = match &last_tags {
+            Some((tags, after)) if same_tags(tags) => (tags.clone(), *after),
+            _ => {
+                for t in &event.tags {
+                    model::validate_tag_parts(&t.key, &t.value).map_err(invalid)?;
+                }
+                let from = bytes.len();
+                format::push_event_file_after_data(&mut bytes, event.tags.iter().map(|t| (&*t.key, &*t.value)));
+                let tags: Arc<[Tag]> = event.tags.iter().map(|t| Tag::new(&*t.key, &*t.value)).collect();
+                let made = (tags, piece(&bytes, from));
+                last_tags = Some(made.clone());
+                made
+            }
+        };
+        let data = event.data.get();
+        let shape = format::json_shape(data.as_bytes());
+        if shape.depth > JSON_DEPTH_MAX {
+            return Err(invalid(model::json_too_deep("data")).into());
+        }
+        let tail = match event.metadata {
+            None => default_tail,
+            Some(given) => {
+                model::check_json_depth("metadata", given.get()).map_err(invalid)?;
+                if !given.get().trim_start().starts_with('{') {
+                    return Err(in_event(&"metadata must be a JSON object").into());
+                }
+                let metadata = format::metadata_with_timestamp(Some(given), now).map_err(|e| in_event(&e))?;
+                let from = bytes.len();
+                format::push_event_file_after_position(&mut bytes, metadata.get());
+                piece(&bytes, from)
+            }
+        };
+        let from = bytes.len();
+        match shape.spaced {
+            // Payloads arrive as arbitrary, possibly indented, JSON text: stored minified.
+            true => bytes.extend_from_slice(&format::minify_json(data.as_bytes())),
+            false => bytes.extend_from_slice(data.as_bytes()),
+        }
+        let data_piece = piece(&bytes, from);
+        let pieces = [before, data_piece, after, tail];
+        // The file's size without its position's digits.
+        let file_bytes = pieces.iter().map(|p| p.1 as usize).sum::<usize>();
+        if file_bytes > EVENT_BYTES_MAX {
             return Err(StoreError::LimitExceeded {
                 what: format!("event {i}, encoded, in bytes"),
                 limit: "EVENT_BYTES_MAX",
-                value: bytes,
+                value: file_bytes,
                 max: EVENT_BYTES_MAX,
             });
         }
-        total_bytes += bytes;
+        total_bytes += file_bytes;
         prepared.push(PreparedEvent {
-            event_type: event.event_type,
-            tags: event.tags,
-            file_head,
-            file_tail,
-            data_range: (data_at as u32, data.get().len() as u32),
-            metadata_from_end,
-            metadata_len: metadata.get().len() as u32,
+            event_type,
+            tags,
+            pieces,
             id: event.id,
             tracking: if i + 1 == count { tracking.cloned() } else { None },
         });
@@ -1059,10 +1262,113 @@ fn prepare(
         });
     }
     debug_assert!(prepared.iter().all(|e| e.event_type.len() <= EVENT_TYPE_BYTES_MAX));
-    Ok(prepared)
+    Ok(PreparedBatch { bytes, events: prepared, encoded_bytes: total_bytes })
 }
 
 /// Microseconds since `start`, saturating.
 pub(crate) fn elapsed_us(start: Instant) -> u64 {
     start.elapsed().as_micros().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+    use crate::model::TagRef;
+    use serde_json::value::RawValue;
+    use std::borrow::Cow;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_string()).unwrap()
+    }
+
+    fn event(event_type: &str, data: &str, tags: &[(&str, &str)], metadata: Option<&str>) -> Event {
+        let mut e = Event::new(event_type, data, tags.iter().map(|(k, v)| Tag::new(*k, *v)).collect()).unwrap();
+        e.metadata = metadata.map(raw);
+        e
+    }
+
+    /// The batch's files are what `format::encode_event` (serde's serialiser) writes for the minified event: types,
+    /// tags and payloads with quotes, escapes, spaces in strings and non-ASCII text, shared pieces and not.
+    #[test]
+    fn prepared_files_are_what_the_event_file_encoder_writes() {
+        let stamp = r#"{"timestamp":"2026-03-11T10:30:00.1234567+00:00"}"#;
+        let events = vec![
+            event(
+                "Tést \"q\"",
+                r#"{ "a" : "x  y\t", "b":"\u00e9 \"q\" é\\", "c":[ 1 , 2.5e3 ] }"#,
+                &[("k", "v w")],
+                Some(stamp),
+            ),
+            event("Tést \"q\"", r#""plain text""#, &[("k", "v w")], Some(stamp)),
+            event("Tést \"q\"", "[]", &[("k", "é \"x\""), ("z", "1")], Some(r#"{"timestamp":"keep","c":null}"#)),
+            event("B", "null", &[], Some(stamp)),
+            event("Tést \"q\"", "{\"n\":\"a\\\\\"}", &[("k", "v w")], Some(stamp)),
+        ];
+        let batch = prepare(events.clone(), None, None).unwrap();
+        assert_eq!(batch.len(), events.len());
+        let now = std::time::SystemTime::now();
+        for (i, (e, p)) in events.iter().zip(batch.iter()).enumerate() {
+            let position = 1_000 + i as u64;
+            let data = format::minify_raw(&e.data);
+            let metadata = format::metadata_with_timestamp(e.metadata.as_deref(), now).unwrap();
+            let expected = format::encode_event(position, &e.event_type, &data, &e.tags, &metadata);
+            let mut file = vec![b'x'];
+            let ((data_at, data_len), (meta_at, meta_len)) = batch.push_file(p, position, &mut file);
+            assert_eq!(&file[1..], &expected[..], "event {i}: {}", String::from_utf8_lossy(&file));
+            assert_eq!(batch.file_bytes(p, position), expected);
+            let slice = |at: u32, len: u32| &expected[at as usize..(at + len) as usize];
+            assert_eq!(slice(data_at, data_len), data.get().as_bytes());
+            assert_eq!(slice(meta_at, meta_len), metadata.get().as_bytes());
+            assert_eq!((&*p.event_type, &p.tags[..]), (e.event_type.as_str(), &e.tags[..]));
+        }
+        // Runs of equal types and tag lists share one copy.
+        assert!(Arc::ptr_eq(&batch[0].event_type, &batch[1].event_type));
+        assert!(Arc::ptr_eq(&batch[0].tags, &batch[1].tags));
+        assert!(!Arc::ptr_eq(&batch[1].tags, &batch[2].tags));
+        let pieces: usize = batch.iter().map(|p| p.pieces.iter().map(|x| x.1 as usize).sum::<usize>()).sum();
+        assert_eq!(batch.encoded_bytes(), pieces);
+    }
+
+    /// Events without metadata share one default metadata, a timestamp of the append.
+    #[test]
+    fn events_without_metadata_get_the_appends_timestamp() {
+        let batch = prepare(vec![event("A", "{}", &[], None), event("A", "1", &[], None)], None, None).unwrap();
+        let files: Vec<SequencedEvent> =
+            batch.iter().map(|p| format::decode_event(&batch.file_bytes(p, 1)).unwrap()).collect();
+        assert!(files[0].metadata.get().starts_with(r#"{"timestamp":""#), "{}", files[0].metadata.get());
+        assert_eq!(files[0].metadata.get(), files[1].metadata.get());
+    }
+
+    /// A name repeated from the event before is not checked again, but a different one always is: a bad type or tag
+    /// after a run of good ones is refused with its event's index.
+    #[test]
+    fn every_distinct_type_and_tag_list_is_validated() {
+        let good = || event("A", "{}", &[("k", "v")], None);
+        let err = prepare(vec![good(), good(), event("A", "{}", &[("k", "a/b")], None)], None, None).unwrap_err();
+        assert!(err.to_string().contains("event 2: tag value \"a/b\""), "{err}");
+        let err = prepare(vec![good(), event("A/B", "{}", &[("k", "v")], None)], None, None).unwrap_err();
+        assert!(err.to_string().contains("event 1: event type \"A/B\""), "{err}");
+        let deep = format!("{}{}", "[".repeat(JSON_DEPTH_MAX + 1), "]".repeat(JSON_DEPTH_MAX + 1));
+        let err = prepare(vec![good(), event("A", &deep, &[("k", "v")], None)], None, None).unwrap_err();
+        assert!(err.to_string().contains("event 1: data is nested deeper"), "{err}");
+        let err = prepare(vec![good(), event("A", "{}", &[("k", "v")], Some("[1]"))], None, None).unwrap_err();
+        assert!(err.to_string().contains("event 1: metadata must be a JSON object"), "{err}");
+    }
+
+    /// Borrowed events (the server's path) prepare exactly as owned ones, escaped names decoded either way.
+    #[test]
+    fn borrowed_events_prepare_as_owned_ones() {
+        let line = r#"[{"type":"A\u0042","data":{ "x" : "y  z" },"tags":[{"key":"k\"","value":"\u00e9"}]},{"type":"AB","data":1,"tags":[{"key":"k\"","value":"é"}],"metadata":{"timestamp":"t"}}]"#;
+        let refs: Vec<EventRef<'_>> = serde_json::from_str(line).unwrap();
+        assert!(matches!(refs[1].event_type, Cow::Borrowed(_)) && matches!(refs[0].event_type, Cow::Owned(_)));
+        let owned: Vec<Event> = serde_json::from_str(line).unwrap();
+        assert_eq!(refs[0].tags[0], TagRef { key: Cow::Borrowed("k\""), value: Cow::Borrowed("é") });
+        let (a, b) = (prepare_refs(&refs, None, None).unwrap(), prepare(owned, None, None).unwrap());
+        for (x, y) in a.iter().zip(b.iter()) {
+            let strip = |bytes: Vec<u8>| format::decode_event(&bytes).unwrap();
+            let (x, y) = (strip(a.file_bytes(x, 7)), strip(b.file_bytes(y, 7)));
+            assert_eq!((x.event_type, x.data.get(), x.tags), (y.event_type, y.data.get(), y.tags));
+        }
+        assert!(Arc::ptr_eq(&a[0].tags, &a[1].tags), "equal after decoding: shared");
+    }
 }

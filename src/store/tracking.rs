@@ -288,7 +288,7 @@ mod tests {
     use super::*;
     use crate::model::{Event, Tracking};
 
-    fn prepared(ids: &[Option<u128>], tracking: Option<(&str, u64)>) -> Vec<PreparedEvent> {
+    fn prepared(ids: &[Option<u128>], tracking: Option<(&str, u64)>) -> crate::store::PreparedBatch {
         let events: Vec<Event> = ids
             .iter()
             .map(|id| {

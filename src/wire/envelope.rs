@@ -72,7 +72,40 @@ pub struct Envelope {
 
 /// Parses a request line's `id` and `op`. On failure also returns the id when it could be read, so the error line
 /// can echo it.
+///
+/// An `append` line that starts `{"id":<digits or plain string>,"op":"append",` is read from that prefix alone: the
+/// rest (a batch's megabyte of events) is checked once, by the body's parse (`parse_append`), and when that refuses
+/// the line the append handler runs [`parse_envelope_whole`] first, so the error is the one this function would
+/// have given for the whole line (`ops::core::append`).
 pub fn parse_envelope(line: &[u8]) -> Result<Envelope, (RequestId, ProtocolError)> {
+    match append_envelope(line) {
+        Some(envelope) => Ok(envelope),
+        None => parse_envelope_whole(line),
+    }
+}
+
+/// The envelope of an append line from its prefix `{"id":<id>,"op":"append",` (see [`parse_envelope`]); `None`
+/// for any other line, and for ids other than plain digits or a string without escapes or control characters.
+fn append_envelope(line: &[u8]) -> Option<Envelope> {
+    let rest = line.strip_prefix(b"{\"id\":")?;
+    let id_len = match rest.first()? {
+        b'"' => {
+            2 + rest[1..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20).filter(|&n| rest[1 + n] == b'"')?
+        }
+        b'1'..=b'9' => rest.iter().position(|b| !b.is_ascii_digit())?,
+        _ => return None,
+    };
+    if id_len > REQUEST_ID_BYTES_MAX {
+        return None;
+    }
+    let (id, rest) = rest.split_at(id_len);
+    rest.strip_prefix(b",\"op\":\"append\",")?;
+    let id = RawValue::from_string(std::str::from_utf8(id).ok()?.to_string()).ok()?;
+    Some(Envelope { id: RequestId(id), op: "append".to_string() })
+}
+
+/// [`parse_envelope`] with the whole line checked as JSON, whatever its op.
+pub fn parse_envelope_whole(line: &[u8]) -> Result<Envelope, (RequestId, ProtocolError)> {
     #[derive(Deserialize)]
     struct Wire<'a> {
         #[serde(borrow, default)]

@@ -20,7 +20,7 @@ pub mod projection;
 pub mod request;
 pub mod response;
 
-pub use envelope::{parse_body, parse_envelope, quote_input, Envelope, RequestId};
+pub use envelope::{parse_body, parse_envelope, parse_envelope_whole, quote_input, Envelope, RequestId};
 pub use error::{ErrorCode, ProtocolError, WireError};
 pub use projection::*;
 pub use request::*;
@@ -73,6 +73,39 @@ mod tests {
         assert!(err.message.contains("a JSON object"), "{err}");
         let (_, err) = parse_envelope(b"[1,2").unwrap_err();
         assert!(err.message.contains("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn append_envelopes_read_from_their_prefix_still_get_the_whole_lines_errors() {
+        let e = parse_envelope(br#"{"id":12,"op":"append","events":[}"#).unwrap();
+        assert_eq!((e.id.as_json(), e.op.as_str()), ("12", "append"));
+        let e = parse_envelope(r#"{"id":"é a","op":"append","x"#.as_bytes()).unwrap();
+        assert_eq!(e.id.as_json(), r#""é a""#);
+        // Ids other than plain digits or strings, and other ops, are read with the whole line as before.
+        for line in
+            [r#"{"id":012,"op":"append","events":[]}"#, r#"{"id":"a\"b","op":"append","#, r#"{"id":1,"op":"head","#]
+        {
+            assert!(parse_envelope(line.as_bytes()).is_err(), "{line}");
+        }
+        // What the append handler answers for a line `parse_envelope` read from its prefix: `parse_append`'s
+        // refusal, then the whole line's envelope error when it has one (malformed JSON: id null; a second id).
+        for (line, id, needle) in [
+            (r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}"#, "null", "malformed JSON"),
+            (r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}],"id":6}"#, "null", "duplicate field"),
+            (r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}]} x"#, "null", "malformed JSON"),
+            (r#"{"id":5,"op":"append","events":[{"type":"A","data":{},"tag":[]}]}"#, "5", "events[0].tag"),
+            (r#"{"id":5,"op":"append","events":[{"type":"A","data":{"x":1,}}]}"#, "null", "malformed JSON"),
+        ] {
+            let refusal = parse_append("append", line.as_bytes()).unwrap_err();
+            let (got_id, message) = match parse_envelope_whole(line.as_bytes()) {
+                Err((id, e)) => (id.as_json().to_string(), e.message),
+                Ok(e) => (e.id.as_json().to_string(), refusal.message),
+            };
+            assert_eq!(got_id, id, "{line}");
+            assert!(message.contains(needle), "{line}\n-> {message}");
+        }
+        let body = parse_append("append", br#"{"id":5,"op":"append","events":[{"type":"A","data":{"x": "y  z"}}]}"#);
+        assert_eq!(body.unwrap().events[0].data.get(), r#"{"x": "y  z"}"#);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::model::{AppendCondition, Event, Query, RawJson, ReadOptions, Tag, Tracking};
+use super::error::ProtocolError;
+use crate::model::{AppendCondition, Event, EventRef, Query, RawJson, ReadOptions, Tag, Tracking};
 use crate::projection::Put;
 
 /// A request body: `id` and `op` are read by [`super::parse_envelope`] and skipped here, and every other field must be one
@@ -40,6 +41,36 @@ pub struct AppendRequest {
     #[serde(default)]
     pub tracking: Option<Tracking>,
 }
+}
+
+/// `append`'s body borrowed from the request line ([`AppendRequest`] with [`EventRef`]s): the store validates and
+/// encodes each event from the line itself. Read by [`parse_append`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequestRef<'a> {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    #[serde(rename = "op")]
+    _op: IgnoredAny,
+    #[serde(borrow)]
+    pub events: Vec<EventRef<'a>>,
+    #[serde(default)]
+    pub condition: Option<AppendCondition>,
+    #[serde(default)]
+    pub tracking: Option<Tracking>,
+}
+
+/// Parses an `append` line as an [`AppendRequestRef`]. A line it refuses is parsed again as an [`AppendRequest`],
+/// whose error message (naming the field's JSON path) is the one returned, so errors read as for every other op.
+pub fn parse_append<'a>(op: &str, line: &'a [u8]) -> Result<AppendRequestRef<'a>, ProtocolError> {
+    match serde_json::from_slice::<AppendRequestRef<'a>>(line) {
+        Ok(request) => Ok(request),
+        Err(borrowed) => match super::parse_body::<AppendRequest>(op, line) {
+            Err(e) => Err(e),
+            // Both parse the same grammar: a line only one of them takes is a bug, reported as the refusal it got.
+            Ok(_) => Err(ProtocolError::invalid(format!("bad {op} request: {borrowed}"))),
+        },
+    }
 }
 
 request! {

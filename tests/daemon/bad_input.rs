@@ -68,6 +68,21 @@ fn malformed_and_invalid_requests_get_clear_errors() {
     refused(&mut raw, neg_after, "invalid_request", "-3", 1);
     let frac_after = r#"{"id":7,"op":"append","events":[{"type":"A","data":{}}],"condition":{"fail_if_events_match":"all","after":1.5}}"#;
     refused(&mut raw, frac_after, "invalid_request", "1.5", 1);
+    // Append lines are read from their `{"id":..,"op":"append",` prefix first: the rest still gets the whole
+    // line's errors (malformed JSON answered with id null, a second id refused), and nothing is written.
+    raw.send(r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}"#);
+    let answer = raw.recv().unwrap();
+    assert_eq!(answer["id"], serde_json::Value::Null, "{answer}");
+    assert!(assert_error(&answer, "invalid_request").contains("malformed JSON"), "{answer}");
+    let second_id = r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}],"id":6}"#;
+    refused(&mut raw, second_id, "invalid_request", "duplicate field", 1);
+    refused(
+        &mut raw,
+        r#"{"id":5,"op":"append","events":[{"type":"A","data":{"x":1,}}]}"#,
+        "invalid_request",
+        "malformed JSON",
+        1,
+    );
     // The id of an otherwise bad request is echoed.
     raw.send(r#"{"id":"mine","op":"append","events":[]}"#);
     assert_eq!(raw.recv().unwrap()["id"], "mine");

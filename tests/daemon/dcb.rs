@@ -56,6 +56,44 @@ fn hello_head_append_read_round_trip() {
     );
 }
 
+/// The server encodes a request's events straight from its line: strings keep every byte (spaces, escapes,
+/// non-ASCII text), whitespace outside them is dropped, escaped names are decoded, and a batch's repeated types and
+/// tags come back on every event.
+#[test]
+fn appended_payloads_and_names_round_trip_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let mut raw = daemon.raw();
+    let line = r#"{"id":1,"op":"append","events":[
+        {"type":"T\u00e9st \"q\"","data":{ "a" : "x  y\t", "b":"\u00e9 \"q\" é\\", "c":[ 1 , 2.5e3 ] },"tags":[{"key":"k\u0041","value":"v w"}]},
+        {"type":"Tést \"q\"","data":"  spaced  ","tags":[{"key":"kA","value":"v w"}]},
+        {"type":"B","data":[],"tags":[],"metadata":{ "timestamp" : "t 1" }},
+        {"type":"B","data":{"n":null},"tags":[{"key":"kA","value":"v w"},{"key":"z","value":"1"}]}]}"#
+        .replace('\n', "");
+    assert_eq!(raw.call(&line)["last"], 4, "{line}");
+    let mut c = daemon.client();
+    let events = read_all(&mut c, &Query::All, ReadOptions::default());
+    type Pairs<'a> = Vec<(&'a str, &'a str)>;
+    let got: Vec<(&str, &str, Pairs<'_>)> = events
+        .iter()
+        .map(|e| {
+            let tags = e.tags.iter().map(|t| (t.key.as_str(), t.value.as_str())).collect();
+            (e.event_type.as_str(), e.data.get(), tags)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Tést \"q\"", r#"{"a":"x  y\t","b":"\u00e9 \"q\" é\\","c":[1,2.5e3]}"#, vec![("kA", "v w")]),
+            ("Tést \"q\"", r#""  spaced  ""#, vec![("kA", "v w")]),
+            ("B", "[]", vec![]),
+            ("B", r#"{"n":null}"#, vec![("kA", "v w"), ("z", "1")]),
+        ]
+    );
+    assert_eq!(events[2].metadata.get(), r#"{"timestamp":"t 1"}"#);
+    assert_eq!(events[0].metadata.get(), events[1].metadata.get(), "one timestamp per append");
+}
+
 #[test]
 fn conditional_appends_boundaries_and_uniqueness() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
-use crate::store::{StoreStats, WriteStatus};
+use crate::store::{PendingAppend, StoreStats, WriteStatus};
 use crate::wire::{
-    self, AppendRequest, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone,
-    ReadRequest, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
+    self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
+    RequestId, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 pub(in crate::server) fn hello(ctx: &Context, req: &Request<'_>, resp: &mut Responder<'_>) -> Result<(), OpError> {
@@ -109,20 +109,41 @@ pub(in crate::server) async fn append(
     let line = req.line.to_vec();
     let op = req.op.clone();
     let store = ctx.store.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<AppendResponse, ProtocolError> {
-        let body: AppendRequest = wire::parse_body(&op, &line)?;
-        drop(line);
-        let appended = store.append_tracked(body.events, body.condition, body.tracking)?;
-        Ok(AppendResponse {
-            first: appended.first,
-            last: appended.last,
-            head: appended.last.max(store.head()),
-            replayed: appended.replayed,
-        })
+    // `Err((Some(id), e))`: the line fails its envelope, which `parse_envelope` read from its prefix only.
+    let result = tokio::task::spawn_blocking(move || -> Result<PendingAppend, (Option<RequestId>, ProtocolError)> {
+        // The events are encoded straight from the line (`Store::append_refs`), which lives until the answer.
+        let body = match wire::parse_append(&op, &line) {
+            Ok(body) => body,
+            Err(e) => {
+                return Err(match wire::parse_envelope_whole(&line) {
+                    Err((id, envelope)) => (Some(id), envelope),
+                    Ok(_) => (None, e),
+                })
+            }
+        };
+        // Queued for the writer; the answer is awaited below, so no blocking thread waits through the commit.
+        store.submit_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))
     })
     .await
     .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
-    wire::encode_ok(resp.out, &req.id, &result?);
+    let result = match result {
+        Ok(pending) => pending.await.map_err(|e| (None, e.into())),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(appended) => {
+            let head = appended.last.max(ctx.store.head());
+            let answer =
+                AppendResponse { first: appended.first, last: appended.last, head, replayed: appended.replayed };
+            wire::encode_ok(resp.out, &req.id, &answer)
+        }
+        Err((None, e)) => return Err(e.into()),
+        Err((Some(id), e)) => {
+            // As the connection answers a line whose envelope it could not read: with the id it could (or null).
+            ctx.counters.errors.fetch_add(1, Ordering::Relaxed);
+            wire::encode_error(resp.out, &id, &e);
+        }
+    }
     Ok(())
 }
 

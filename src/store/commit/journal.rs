@@ -18,7 +18,7 @@ use crate::io::{IoError, IoOp};
 use crate::journal::{Journal, JournalError, NewRecord};
 use crate::model::SequencedEvent;
 use crate::store::mirror::reconcile_tree;
-use crate::store::{PreparedEvent, Shared, StoreError};
+use crate::store::{PreparedBatch, Shared, StoreError};
 
 // A record holds an event file plus keys no longer than the file; a group holds whatever requests fit in half of
 // its byte bound, plus one more request.
@@ -34,13 +34,13 @@ const _: () = {
 pub(crate) fn write(
     shared: &Shared,
     journal: &Journal,
-    accepted: &[(&[PreparedEvent], u64)],
+    accepted: &[(&PreparedBatch, u64)],
     head: u64,
 ) -> Result<(), StoreError> {
     {
         let mut index = shared.index.write().unwrap_or_else(|e| e.into_inner());
-        for &(events, first) in accepted {
-            for (i, e) in events.iter().enumerate() {
+        for &(batch, first) in accepted {
+            for (i, e) in batch.iter().enumerate() {
                 index.insert(first + i as u64, &e.event_type, &e.tags);
             }
         }
@@ -49,11 +49,12 @@ pub(crate) fn write(
     // is built: the record stores the parts, and the mirror derives the file).
     let records: Vec<NewRecord<'_>> = accepted
         .iter()
-        .flat_map(|&(events, _)| events)
-        .map(|e| NewRecord {
-            event_id: e.id.map(|id| id.0),
-            tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
-            ..NewRecord::new(&e.event_type, &e.tags, e.data(), e.metadata())
+        .flat_map(|&(batch, _)| {
+            batch.iter().map(move |e| NewRecord {
+                event_id: e.id.map(|id| id.0),
+                tracking: e.tracking.as_ref().map(|t| (t.source.as_str(), t.position)),
+                ..NewRecord::new(&e.event_type, &e.tags, batch.data(e), batch.metadata(e))
+            })
         })
         .collect();
     journal.append(head + 1, &records).map(|_| ()).map_err(StoreError::from)
