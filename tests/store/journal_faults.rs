@@ -108,7 +108,8 @@ fn a_failed_journal_write_or_fdatasync_fails_its_group_poisons_appends_and_reope
             assert_eq!(next.first, all.len() as u64 + 1, "{case}");
             store.close().unwrap();
             if mirror == MirrorMode::Live {
-                let report = opossum::store::tools::verify(dir.path(), 5, &mut |_, _| {}).unwrap();
+                let report =
+                    super::when_released(|| opossum::store::tools::verify(dir.path(), 5, &mut |_, _| {})).unwrap();
                 assert!(report.is_consistent(), "{case}: {report:?}");
             }
         }

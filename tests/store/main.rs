@@ -73,6 +73,23 @@ pub fn files_mode(test: &str, why: &str) -> bool {
     files
 }
 
+/// Runs an offline tool (`tools::verify`, `tools::export_tree`) on a store just closed, retrying while its locks read
+/// as in use: a sibling test of this binary may be spawning a child (`crash.rs`), and between its fork and exec the
+/// child holds a copy of every descriptor, our lock's included (flock belongs to the open file description).
+pub fn when_released<T>(
+    mut tool: impl FnMut() -> Result<T, opossum::store::tools::ToolError>,
+) -> Result<T, opossum::store::tools::ToolError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tool() {
+            Err(opossum::store::tools::ToolError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+}
+
 pub fn open(dir: &Path) -> Store {
     Store::open(dir, options(Durability::None)).expect("open store")
 }

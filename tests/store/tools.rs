@@ -5,6 +5,8 @@ use opossum::format::{encode_event, event_file_name, Ledger};
 use opossum::journal::{journal_dir, Marks};
 use opossum::model::{Event, Query, ReadOptions, Tag};
 use opossum::store::tools::{export_tree, verify, ToolError};
+
+use super::when_released;
 use opossum::store::{CommitMode, MirrorMode, Store, StoreError, StoreOptions};
 
 use super::journal_mode::{mode, tree};
@@ -59,7 +61,8 @@ fn export_writes_exactly_the_tree_files_mode_writes_and_verify_passes_on_it() {
     let out = tempfile::tempdir().unwrap();
     let target = out.path().join("tree");
     let mut seen = Vec::new();
-    let exported = export_tree(journal.path(), &target, &mut |done, total| seen.push((done, total))).unwrap();
+    let exported =
+        when_released(|| export_tree(journal.path(), &target, &mut |done, total| seen.push((done, total)))).unwrap();
     assert_eq!(exported.events, head);
     assert_eq!(seen.last(), Some(&(head, head)), "progress ends at the head");
     let (a, b) = (tree(files.path()), tree(&target));
@@ -74,7 +77,7 @@ fn export_writes_exactly_the_tree_files_mode_writes_and_verify_passes_on_it() {
     assert!(matches!(err, ToolError::NotEmpty(_)), "{err}");
     assert_eq!(tree(&target), b);
     // The mirror off has no tree for these events: verify says so, naming the ledger and the first missing files.
-    let report = verify(journal.path(), 5, &mut no_progress()).unwrap();
+    let report = when_released(|| verify(journal.path(), 5, &mut no_progress())).unwrap();
     assert!(!report.is_consistent());
     assert_eq!(report.differences.len(), 5);
     assert!(report.differences_total > head, "{report:?}");
@@ -84,7 +87,7 @@ fn export_writes_exactly_the_tree_files_mode_writes_and_verify_passes_on_it() {
     // With the mirror live and a clean stop, the tree is the journal's.
     Store::open(journal.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap().close().unwrap();
     let mut last = (0, 0);
-    let report = verify(journal.path(), 5, &mut |done, total| last = (done, total)).unwrap();
+    let report = when_released(|| verify(journal.path(), 5, &mut |done, total| last = (done, total))).unwrap();
     assert!(report.is_consistent(), "{report:?}");
     assert_eq!((report.head, report.event_files), (head, head));
     assert_eq!(last, (head, head));
@@ -98,7 +101,7 @@ fn verify_names_each_difference_with_its_file_and_position() {
     workload(&store);
     let head = store.head();
     store.close().unwrap();
-    assert!(verify(dir.path(), 10, &mut no_progress()).unwrap().is_consistent());
+    assert!(when_released(|| verify(dir.path(), 10, &mut no_progress())).unwrap().is_consistent());
     let root = dir.path();
     let event = |p: u64| root.join("events").join(event_file_name(p));
     // Another event at position 3, position 5 gone, position 8 torn, a file beyond the head, position 4 missing
@@ -118,7 +121,7 @@ fn verify_names_each_difference_with_its_file_and_position() {
     std::fs::write(&tag_file, opossum::format::encode_index(&with_999)).unwrap();
     std::fs::write(root.join("Indices/EventType/Ghost.json"), opossum::format::encode_index(&[4])).unwrap();
 
-    let report = verify(root, 100, &mut no_progress()).unwrap();
+    let report = when_released(|| verify(root, 100, &mut no_progress())).unwrap();
     let found: Vec<(String, Option<u64>)> =
         report.differences.iter().map(|d| (tree_relative(&d.file), d.position)).collect();
     let expected: Vec<(String, Option<u64>)> = vec![
@@ -139,7 +142,7 @@ fn verify_names_each_difference_with_its_file_and_position() {
     assert!(what("0000000003.json").contains(".seg offset"), "names the journal record: {}", what("0000000003.json"));
     assert!(what("0000000008.json").contains("not a readable event file"), "{}", what("0000000008.json"));
     // At most N named, all counted.
-    let report = verify(root, 2, &mut no_progress()).unwrap();
+    let report = when_released(|| verify(root, 2, &mut no_progress())).unwrap();
     assert_eq!((report.differences.len(), report.differences_total), (2, expected.len() as u64));
 }
 
@@ -252,7 +255,7 @@ fn journal_mode_sets_aside_what_a_crashed_files_mode_commit_left_beyond_the_ledg
     let store = Store::open(root, mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
     assert_eq!(store.append(vec![fixed(2, "B", &[("k", "2")])], None).unwrap().first, 2);
     store.close().unwrap();
-    let report = verify(root, 10, &mut no_progress()).unwrap();
+    let report = when_released(|| verify(root, 10, &mut no_progress())).unwrap();
     assert!(report.is_consistent(), "{report:#?}");
     assert!(root.join(".quarantine").is_dir(), "the leftover event file is kept aside, not deleted");
 }
