@@ -183,7 +183,7 @@ fn store_stats(c: &mut Client) -> serde_json::Value {
 /// freed the writer's in-place recovery brings writes back without a restart.
 #[test]
 fn freeing_a_full_disk_brings_writes_back_without_a_restart() {
-    if !files_mode("freeing_a_full_disk_brings_writes_back_without_a_restart", "journal appends write into a preallocated 64 MiB segment, so a full disk fails them only when a new segment is needed, and then poisons the journal until the next open, which recovers it (ENOSPC/EIO under the journal: tests/store/journal_faults.rs); in-place recovery after ENOSPC is files mode's") {
+    if !files_mode("freeing_a_full_disk_brings_writes_back_without_a_restart", "journal appends write over zeros written ahead of them (up to 8 MiB), so a full disk fails the zero-fill or a new segment first, and then poisons the journal until the next open, which recovers it (ENOSPC/EIO under the journal: tests/store/journal_faults.rs); in-place recovery after ENOSPC is files mode's") {
         return;
     }
     let Some(disk) = SmallDisk::mount("size=4m,nr_inodes=4096") else { return };
@@ -226,7 +226,7 @@ fn freeing_a_full_disk_brings_writes_back_without_a_restart() {
 /// a leftover event file, rewrite a missing index file); on a full disk it used to fail, and the daemon exited.
 #[test]
 fn a_store_on_a_full_disk_opens_for_reads_and_takes_writes_once_space_is_freed() {
-    if !files_mode("a_store_on_a_full_disk_opens_for_reads_and_takes_writes_once_space_is_freed", "journal appends write into a preallocated 64 MiB segment, so a full disk fails them only when a new segment is needed, and then poisons the journal until the next open, which recovers it (ENOSPC/EIO under the journal: tests/store/journal_faults.rs); in-place recovery after ENOSPC is files mode's") {
+    if !files_mode("a_store_on_a_full_disk_opens_for_reads_and_takes_writes_once_space_is_freed", "journal appends write over zeros written ahead of them (up to 8 MiB), so a full disk fails the zero-fill or a new segment first, and then poisons the journal until the next open, which recovers it (ENOSPC/EIO under the journal: tests/store/journal_faults.rs); in-place recovery after ENOSPC is files mode's") {
         return;
     }
     let Some(disk) = SmallDisk::mount("size=4m,nr_inodes=4096") else { return };
