@@ -192,7 +192,14 @@ fn import_tree(
         let mut groups = 0u64;
         for batch in read {
             for e in batch? {
-                bytes += e.data.get().len() + e.metadata.get().len();
+                // About its record's size (header, parts, padding; the tags' length prefixes aside): a group's records
+                // stay near `IMPORT_GROUP_BYTES_MAX` whatever the tags weigh beside the data.
+                bytes += crate::journal::format::RECORD_HEADER_BYTES
+                    + crate::journal::format::RECORD_ALIGN
+                    + e.event_type.len()
+                    + e.data.get().len()
+                    + e.metadata.get().len()
+                    + e.tags.iter().map(|t| t.key.len() + t.value.len()).sum::<usize>();
                 events.push(e);
                 if bytes >= IMPORT_GROUP_BYTES_MAX {
                     import(journal, &events)?;
