@@ -462,7 +462,14 @@ pub fn push_event_file_before_data(out: &mut Vec<u8>, event_type: &str) {
 
 /// The event file's bytes between its data and its position: `,"tags":[{"key":..,"value":..},..]},"position":`.
 pub fn push_event_file_after_data<'a>(out: &mut Vec<u8>, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
-    out.extend_from_slice(b",\"tags\":[");
+    out.extend_from_slice(b",\"tags\":");
+    push_tags_json(out, tags);
+    out.extend_from_slice(b"},\"position\":");
+}
+
+/// Tags as the JSON array event files and read lines both spell: `[{"key":..,"value":..},..]`.
+pub fn push_tags_json<'a>(out: &mut Vec<u8>, tags: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    out.push(b'[');
     for (i, (key, value)) in tags.into_iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -473,7 +480,7 @@ pub fn push_event_file_after_data<'a>(out: &mut Vec<u8>, tags: impl IntoIterator
         push_json_string(out, value);
         out.push(b'}');
     }
-    out.extend_from_slice(b"]},\"position\":");
+    out.push(b']');
 }
 
 /// The event file's bytes after its position: `,"metadata":<metadata>}`.

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::envelope::{quote_input, RequestId};
 use super::error::{ProtocolError, WireError};
+use crate::format::{push_json_string, push_tags_json};
 use crate::limits::ERROR_MESSAGE_BYTES_MAX;
 use crate::model::SequencedEvent;
 use crate::store::EventView;
@@ -58,34 +59,14 @@ pub fn encode_item_view(out: &mut Vec<u8>, id: &RequestId, event: &EventView<'_>
     out.extend_from_slice(b",\"event\":{\"position\":");
     out.extend_from_slice(itoa::Buffer::new().format(event.position).as_bytes());
     out.extend_from_slice(b",\"type\":");
-    push_json_str(out, event.event_type);
+    push_json_string(out, event.event_type);
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(event.data.as_bytes());
-    out.extend_from_slice(b",\"tags\":[");
-    for (i, (key, value)) in event.tags().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"key\":");
-        push_json_str(out, key);
-        out.extend_from_slice(b",\"value\":");
-        push_json_str(out, value);
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"],\"metadata\":");
+    out.extend_from_slice(b",\"tags\":");
+    push_tags_json(out, event.tags());
+    out.extend_from_slice(b",\"metadata\":");
     out.extend_from_slice(event.metadata.as_bytes());
     out.extend_from_slice(b"}}\n");
-}
-
-/// `s` as a JSON string, escaped as serde_json escapes it (only `"`, `\` and control characters need it).
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-        serde_json::to_writer(&mut *out, s).expect("strings serialise");
-    } else {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
