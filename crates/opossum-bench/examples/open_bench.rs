@@ -16,25 +16,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use opossum::limits::INDEX_CHECKPOINT_EVENTS_DEFAULT;
-use opossum::model::{Event, Query, QueryItem, ReadOptions, Tag};
+use opossum::model::{Query, QueryItem, ReadOptions};
 use opossum::store::{CommitMode, Durability, MirrorMode, Store, StoreOptions};
+use opossum_bench::data::distinct_tag_event as event;
 
 const CHILD_ENV: &str = "OPEN_BENCH_CHILD";
 const BATCH: u64 = 1000;
-
-/// Event `n`: five types, a tag of its own (a million distinct tags at 1M events) and one of 97 shared ones.
-fn event(n: u64) -> Event {
-    let data = format!(
-        r#"{{"studentId":"s-{n}","courseId":"c-{}","note":"a typical small payload of some sixty bytes"}}"#,
-        n % 97
-    );
-    Event::new(
-        &format!("StudentEvent{}", n % 5),
-        &data,
-        vec![Tag::new("studentId", format!("s-{n}")), Tag::new("courseId", format!("c-{}", n % 97))],
-    )
-    .unwrap()
-}
 
 fn options() -> StoreOptions {
     StoreOptions {

@@ -15,26 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use opossum::client::Client;
-use opossum::model::{Event, Query, ReadOptions, Tag};
+use opossum::model::{Query, ReadOptions};
 use opossum::store::{CommitMode, Durability, Store, StoreOptions};
 use opossum_bench::daemon::Daemon;
+use opossum_bench::data::distinct_tag_event as event;
 use opossum_bench::sys::{load_average, rss_bytes};
 
 const BATCH: u64 = 1000;
-
-/// Event `n`, as `open_bench` makes them: five types, a tag of its own and one of 97 shared ones.
-fn event(n: u64) -> Event {
-    let data = format!(
-        r#"{{"studentId":"s-{n}","courseId":"c-{}","note":"a typical small payload of some sixty bytes"}}"#,
-        n % 97
-    );
-    Event::new(
-        &format!("StudentEvent{}", n % 5),
-        &data,
-        vec![Tag::new("studentId", format!("s-{n}")), Tag::new("courseId", format!("c-{}", n % 97))],
-    )
-    .unwrap()
-}
 
 fn load() -> String {
     let [one, five, _] = load_average();

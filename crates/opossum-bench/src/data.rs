@@ -258,6 +258,21 @@ pub fn student_short_info(i: u64) -> Put {
     state.to_put(&state.student_id)
 }
 
+/// Event `n` of the open/stop benchmarks: five types, a tag of its own (a million distinct tags at 1M events, the
+/// index's worst case) and one of 97 shared ones.
+pub fn distinct_tag_event(n: u64) -> Event {
+    let data = format!(
+        r#"{{"studentId":"s-{n}","courseId":"c-{}","note":"a typical small payload of some sixty bytes"}}"#,
+        n % 97
+    );
+    Event::new(
+        &format!("StudentEvent{}", n % 5),
+        &data,
+        vec![Tag::new("studentId", format!("s-{n}")), Tag::new("courseId", format!("c-{}", n % 97))],
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
