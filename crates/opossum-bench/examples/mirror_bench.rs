@@ -5,7 +5,8 @@
 //!
 //! The floor, per client count, in the same run on the same disk: the files the mirror had to create for the events
 //! of its run (one event file each, one tag file per distinct tag, one type file), created once each from one thread
-//! without fsyncs. The mirror can at best match it (it also rewrites the ledger per batch, the tag files a checkpoint
+//! without fsyncs, with every store of the run still in place (deletions come last: this disk creates files slowly
+//! for minutes after a big deletion). The mirror can at best match it (it also rewrites the ledger per batch, the tag files a checkpoint
 //! finds changed, and makes everything durable with `syncfs`).
 //!
 //! `cargo run --release -p opossum-bench --example mirror_bench -- [DIR] [SECONDS] [FILL] [CLIENTS]` (DIR on the disk
@@ -94,15 +95,14 @@ fn appends(root: &std::path::Path, name: &str, opts: StoreOptions, threads: usiz
         stats.mirror_checkpoints,
         closing.elapsed().as_secs_f64()
     );
-    remove_tree(&dir);
     Run { rate, events: stats.head }
 }
 
 /// The raw floor for `events` events of this benchmark: their event files, then one tag file per distinct tag and
 /// one type file, each created once (no temporary + rename) from this thread without fsyncs, in a fresh Opossum
 /// layout under `root`. Returns events per second.
-fn floor(root: &std::path::Path, events: u64) -> f64 {
-    let dir = root.join("floor");
+fn floor(root: &std::path::Path, threads: usize, events: u64) -> f64 {
+    let dir = root.join(format!("floor-{threads}"));
     let layout = Layout::new(&dir);
     for d in layout.dirs() {
         std::fs::create_dir_all(d).unwrap();
@@ -132,35 +132,7 @@ fn floor(root: &std::path::Path, events: u64) -> f64 {
     }
     create(&layout.type_index_file("StudentEnrolledToCourseEvent"), &format::encode_index(&by_type));
     let took = started.elapsed();
-    remove_tree(&dir);
     events as f64 / took.as_secs_f64()
-}
-
-/// Threads deleting a measured store's files (not timed).
-const REMOVE_THREADS: usize = 64;
-
-/// Deletes `dir` with its files from [`REMOVE_THREADS`] threads: on a filesystem mounted with `discard` each unlink
-/// waits for its blocks' discard (~560 files/s from one thread here, ~8,000/s from 64), and a run leaves up to
-/// millions of files.
-fn remove_tree(dir: &std::path::Path) {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let entry = entry.unwrap();
-            match entry.file_type().unwrap().is_dir() {
-                true => dirs.push(entry.path()),
-                false => files.push(entry.path()),
-            }
-        }
-    }
-    let chunk = files.len().div_ceil(REMOVE_THREADS).max(1);
-    std::thread::scope(|scope| {
-        for part in files.chunks(chunk) {
-            scope.spawn(move || part.iter().for_each(|f| std::fs::remove_file(f).unwrap()));
-        }
-    });
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn main() {
@@ -175,7 +147,7 @@ fn main() {
         let off = appends(root, "journal, mirror off", options(CommitMode::Journal, MirrorMode::Off), threads, seconds);
         let live =
             appends(root, "journal, mirror live", options(CommitMode::Journal, MirrorMode::Live), threads, seconds);
-        let floor = floor(root, live.events.max(1));
+        let floor = floor(root, threads, live.events.max(1));
         println!(
             "{:<20} {threads:>2} clients: {floor:>8.0} events/s ({} events' files from one thread, no fsync); mirror \
              live = {:.2}x mirror off, {:.2}x the floor",
@@ -186,10 +158,16 @@ fn main() {
         );
     }
 
-    if fill == 0 {
-        return;
+    if fill > 0 {
+        fill_and_close(root, fill);
     }
-    // A store of FILL events with the mirror live, then its close: the mirror's last checkpoint.
+    // Every store stays until the end: this disk creates files slowly for minutes after a big deletion, and the
+    // floor must not pay for the deletion of the run before it.
+    opossum_bench::suite::remove_tree(root).unwrap();
+}
+
+/// A store of `fill` events with the mirror live, then its close (the mirror's last checkpoint) and a reopen.
+fn fill_and_close(root: &std::path::Path, fill: u64) {
     let dir = root.join("fill");
     let store = Store::open(&dir, options(CommitMode::Journal, MirrorMode::Live)).unwrap();
     let started = Instant::now();

@@ -266,8 +266,11 @@ fn main() -> anyhow::Result<()> {
             let measured = run_system(&ctx, system, round, &store, &mut modes)
                 .with_context(|| format!("{} failed in round {round}", system.name()))?;
             if !args.keep {
-                // A full run's stores add up to tens of GB: each goes as soon as it is measured.
-                std::fs::remove_dir_all(&store).with_context(|| format!("removing {}", store.display()))?;
+                // A full run's stores add up to tens of GB: each goes as soon as it is measured, its files unlinked
+                // from many threads (a mirror-live tree has millions of files; one thread unlinks ~560/s here).
+                let t = Instant::now();
+                opossum_bench::suite::remove_tree(&store).with_context(|| format!("removing {}", store.display()))?;
+                eprintln!("   removed {} in {:.1} s", store.display(), t.elapsed().as_secs_f64());
             }
             for (row, m) in measured {
                 match rows.iter_mut().find(|r| r.name == row.name) {
@@ -566,7 +569,7 @@ fn run_system(
         let rss_fill = sys::rss_bytes(server.pid().context("server not running")?)?;
         let head = server.connect(&ctx.rt)?.head()?;
         anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
-        server.stop()?;
+        let stop_seconds = timed_stop(server)?;
         out.push((
             rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
             plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
@@ -574,6 +577,10 @@ fn run_system(
         out.push((
             Row::new("rss_after_fill", "server RSS after the fill", 0, "MiB", Better::Lower),
             plain(system, round, rss_fill as f64 / 1048576.0, json!({"bytes": rss_fill})),
+        ));
+        out.push((
+            Row::new("stop_after_fill", "graceful stop (SIGTERM to exit) right after the fill", 0, "s", Better::Lower),
+            plain(system, round, stop_seconds, json!({})),
         ));
         start(ctx, system, store, false)?
     } else {
@@ -714,7 +721,11 @@ fn run_system(
     }
 
     let head = server.connect(&ctx.rt)?.head()?;
-    server.stop()?;
+    let stop_seconds = timed_stop(server)?;
+    out.push((
+        Row::new("stop_at_end", "graceful stop (SIGTERM to exit) right after the last phase", 0, "s", Better::Lower),
+        plain(system, round, stop_seconds, json!({})),
+    ));
     let bytes = sys::allocated_bytes(store)?;
     anyhow::ensure!(head > 0, "{}: no phase wrote an event (--phases)", system.name());
     out.push((
@@ -722,6 +733,15 @@ fn run_system(
         plain(system, round, bytes as f64 / head as f64 * 1e6 / 1e6, json!({"allocated_bytes": bytes, "events": head})),
     ));
     Ok(out)
+}
+
+/// SIGTERM to exit, in seconds: timed apart from the store's deletion, which on this disk takes far longer.
+fn timed_stop(server: Server) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    server.stop()?;
+    let seconds = t.elapsed().as_secs_f64();
+    eprintln!("   stopped in {seconds:.2} s");
+    Ok(seconds)
 }
 
 /// Every client reads everything once; each read must return `head` events.
