@@ -437,15 +437,9 @@ fn identity(journal: &Journal, through: u64) -> Result<(u32, u32), JournalError>
 }
 
 /// A checkpoint's index and tracking table.
-type Decoded = (Index, TrackingSnapshot);
-
 /// The checkpoint at `path` if it is whole and belongs to `journal` (its header and body checked, its identity
 /// compared, its positions within the journal); `None` when there is none.
-fn read_valid(
-    path: &Path,
-    journal: &Journal,
-    decode_body: bool,
-) -> Result<Option<(Header, Option<Decoded>)>, CheckpointError> {
+fn read_valid(path: &Path, journal: &Journal) -> Result<Option<(Index, TrackingSnapshot)>, CheckpointError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -465,12 +459,8 @@ fn read_valid(
             return Err(CheckpointError::Foreign { path: path.to_path_buf(), position });
         }
     }
-    if !decode_body {
-        decode_checked_header(&bytes).map_err(damaged)?;
-        return Ok(Some((header, None)));
-    }
-    let (header, index, tracking) = decode_with_tracking(&bytes).map_err(damaged)?;
-    Ok(Some((header, Some((index, tracking)))))
+    let (_, index, tracking) = decode_with_tracking(&bytes).map_err(damaged)?;
+    Ok(Some((index, tracking)))
 }
 
 /// How the index was loaded at open (logs and tests).
@@ -494,14 +484,14 @@ pub(crate) fn load_index(
     let path = index_checkpoint_path(store_root);
     remove_temporaries(&path);
     let started = Instant::now();
-    let mut index = match read_valid(&path, journal, true) {
-        Ok(Some((_, Some((mut index, taken))))) => {
+    let mut index = match read_valid(&path, journal) {
+        Ok(Some((mut index, taken))) => {
             // Written by this store, so its stems follow the store's rules.
             index.set_stems_naming(naming);
             tracking.import(&taken);
             index
         }
-        Ok(_) => Index::new(naming),
+        Ok(None) => Index::new(naming),
         Err(e) => {
             tracing::warn!(file = %path.display(), "ignoring the index checkpoint, scanning the whole journal: {e}");
             Index::new(naming)
@@ -650,22 +640,17 @@ impl Marks {
 }
 
 impl Checkpointer {
-    /// Starts the thread for a journal-mode store (`None` in files mode).
-    pub fn spawn(shared: &Arc<Shared>) -> Result<Option<Checkpointer>, StoreError> {
+    /// Starts the thread for a journal-mode store (`None` in files mode); `on_disk` is the position the checkpoint
+    /// the open loaded holds through (0: none).
+    pub fn spawn(shared: &Arc<Shared>, on_disk: u64) -> Result<Option<Checkpointer>, StoreError> {
         let Some(journal) = shared.journal.clone() else { return Ok(None) };
-        let marks = Arc::new(Marks::default());
+        let marks = Arc::new(Marks { written: Mutex::new(on_disk) });
         let (thread_shared, thread_marks) = (shared.clone(), marks.clone());
         let (stop, stopped) = sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("opossum-checkpoint".into())
             .spawn(move || {
                 let (shared, marks) = (thread_shared, thread_marks);
-                // What the open loaded, if anything (checked again here, off the open path).
-                let path = index_checkpoint_path(&shared.layout.root);
-                if let Ok(Some((header, _))) = read_valid(&path, &journal, false) {
-                    let mut written = marks.written.lock().unwrap_or_else(|e| e.into_inner());
-                    *written = (*written).max(header.through);
-                }
                 let mut not_before = Instant::now();
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(INDEX_CHECKPOINT_POLL_MAX) {
                     let last = *marks.written.lock().unwrap_or_else(|e| e.into_inner());

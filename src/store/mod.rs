@@ -742,7 +742,7 @@ impl Store {
             IndexWrites::EveryCommit => None,
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
-        let checkpointer = checkpoint::Checkpointer::spawn(&shared)?;
+        let checkpointer = checkpoint::Checkpointer::spawn(&shared, recovered.index_checkpoint.unwrap_or(0))?;
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
         let c = &shared.counters;
         let (quarantine_files, quarantine_bytes) =

@@ -29,6 +29,9 @@ pub(crate) struct Recovered {
     pub unwritable: Option<String>,
     /// Index files that could not be rewritten (a derived cache: logged and skipped; the next open re-derives).
     pub index_write_failures: u64,
+    /// Journal mode: the position the index checkpoint on disk holds through, as the open found and checked it
+    /// (`None`: none usable, or files mode). The checkpointer starts from it instead of reading the file again.
+    pub index_checkpoint: Option<u64>,
 }
 
 /// Open-time recovery; the writer re-runs it in place after a write fault. Reads everything it needs first; its own
@@ -99,7 +102,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
             index_write_failures = 1;
         }
     }
-    Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures })
+    Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures, index_checkpoint: None })
 }
 
 /// The file-name rules the store's index files follow (`format::NamingRules`): as recorded in

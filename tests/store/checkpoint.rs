@@ -95,6 +95,27 @@ fn checkpoint_through(dir: &Path) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(16..24)?.try_into().unwrap()))
 }
 
+/// The checkpointer starts from the checkpoint the open loaded: a store closed without appends keeps that file (the
+/// same inode: a rewrite replaces it by rename), and an open that found no usable one writes one at close.
+#[cfg(unix)]
+#[test]
+fn a_close_without_appends_keeps_the_checkpoint_the_open_loaded() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    fill(&store, 0, 300, "one");
+    store.close().unwrap();
+    let inode = || std::fs::metadata(index_checkpoint_path(dir.path())).unwrap().ino();
+    let written = inode();
+
+    open(dir.path()).close().unwrap();
+    assert_eq!(inode(), written, "nothing was appended: the checkpoint on disk holds through the head already");
+
+    std::fs::remove_file(index_checkpoint_path(dir.path())).unwrap();
+    open(dir.path()).close().unwrap();
+    assert_eq!(checkpoint_through(dir.path()), Some(300), "no checkpoint was loaded: the close writes one");
+}
+
 #[test]
 fn reopening_from_the_index_checkpoint_answers_every_query_as_a_full_scan() {
     let dir = tempfile::tempdir().unwrap();

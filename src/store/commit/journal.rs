@@ -130,7 +130,7 @@ pub(crate) fn open(
     crate::store::recovery::record_naming_rules(layout, naming);
     // From the index checkpoint plus the journal after it (or the whole journal, when the checkpoint is unusable).
     let mut tracking = crate::store::tracking::Table::default();
-    let (mut index, _) = crate::store::checkpoint::load_index(
+    let (mut index, loaded) = crate::store::checkpoint::load_index(
         &layout.root,
         &journal,
         &mut tracking,
@@ -152,7 +152,13 @@ pub(crate) fn open(
         tree_ms = (started.elapsed() - index_loaded).as_millis() as u64,
         "journal mode: open done"
     );
-    let recovered = crate::store::recovery::Recovered { index, head, unwritable: None, index_write_failures: 0 };
+    let recovered = crate::store::recovery::Recovered {
+        index,
+        head,
+        unwritable: None,
+        index_write_failures: 0,
+        index_checkpoint: loaded.checkpoint,
+    };
     Ok((recovered, journal, tracking))
 }
 
