@@ -305,9 +305,7 @@ fn read_extent_nowait(extent: &Extent<'_>) -> Option<Result<Vec<u8>, IoError>> {
         let offset = extent.offset + bytes.len() as u64;
         // SAFETY: the iovec covers the vector's spare capacity (`len - bytes.len()` bytes past its length), which
         // nothing else borrows during the call; the descriptor is borrowed from the caller for the call.
-        let n = unsafe {
-            libc::preadv2(extent.file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT)
-        };
+        let n = unsafe { libc::preadv2(extent.file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             match e.raw_os_error() {

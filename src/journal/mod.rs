@@ -718,7 +718,11 @@ impl Journal {
     }
 
     /// `cached_bytes_max`: `Some` for [`Journal::read_cached`].
-    fn read_with(&self, positions: &[u64], cached_bytes_max: Option<usize>) -> Result<Option<RecordBatch>, JournalError> {
+    fn read_with(
+        &self,
+        positions: &[u64],
+        cached_bytes_max: Option<usize>,
+    ) -> Result<Option<RecordBatch>, JournalError> {
         let (names, versions, located): (Vec<Arc<str>>, Vec<u32>, Vec<Location>) = {
             let t = self.table.read().unwrap_or_else(|e| e.into_inner());
             let head = t.locations.len() as u64;

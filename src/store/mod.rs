@@ -970,10 +970,7 @@ impl Store {
             return Ok(());
         }
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
-        if now.is_some()
-            && now != *self.shared.ledger_seen.lock().unwrap()
-            && self.shared.poison_reason().is_none()
-        {
+        if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
             // Mostly our own writer, between writing the ledger and noting its new identity: then the ledger holds
             // nothing beyond our head, or its commit is in flight and the catch-up waits for it. Only a ledger
             // ahead of us needs the writer, and never an index flush (under load, racing reads used to trigger a

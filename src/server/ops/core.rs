@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::limits::{READ_INLINE_BYTES_MAX, READ_INLINE_EVENTS_MAX};
 use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
-use crate::limits::{READ_INLINE_BYTES_MAX, READ_INLINE_EVENTS_MAX};
 use crate::store::{CachedStep, PendingAppend, StoreStats, WriteStatus};
 use crate::wire::{
     self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
