@@ -73,7 +73,7 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// One connection to `opossumd`. Requests are answered in order; a [`ReadStream`] must be consumed to its end (or
 /// dropped, which closes the connection's usefulness: later calls fail) before the next request.
 pub struct Client {
-    reader: BufReader<Transport>,
+    reader: BufReader<transport::ReadHalf>,
     writer: Transport,
     next_id: u64,
     line: Vec<u8>,
@@ -88,7 +88,7 @@ impl Client {
         let stream = transport::connect(path.as_ref())?;
         let writer = stream.try_clone()?;
         Ok(Client {
-            reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, transport::ReadHalf::new(stream)),
             writer,
             next_id: 1,
             line: Vec::with_capacity(4096),
@@ -101,6 +101,14 @@ impl Client {
     /// has no timeouts: the call is accepted and changes nothing there.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
         transport::set_timeout(&self.writer, timeout)?;
+        self.reader.get_ref().set_timeout(timeout);
+        Ok(())
+    }
+
+    /// Limits how long a single socket read may block (`None`: forever); writes keep theirs.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        transport::set_read_timeout(&self.writer, timeout)?;
+        self.reader.get_ref().set_timeout(timeout);
         Ok(())
     }
 
@@ -565,7 +573,7 @@ impl Subscription {
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.timeout = timeout;
         if let Some((client, _)) = &self.connection {
-            transport::set_read_timeout(&client.writer, timeout)?;
+            client.set_read_timeout(timeout)?;
         }
         Ok(())
     }
@@ -582,7 +590,7 @@ impl Subscription {
         let started = Instant::now();
         loop {
             let attempt = Client::connect(&self.socket).and_then(|mut client| {
-                transport::set_read_timeout(&client.writer, self.timeout)?;
+                client.set_read_timeout(self.timeout)?;
                 let id = client.send("subscribe", &Body { query: &self.query, after: self.after })?;
                 Ok((client, id))
             });
@@ -726,6 +734,57 @@ mod transport {
         Transport::connect(path)
     }
 
+    /// The reading side of a connection. It waits for data with `poll(POLLIN)` before each read: a read blocked
+    /// in the kernel is also woken, for nothing, whenever the daemon takes a request off the socket (a Unix socket
+    /// wakes its sleepers when its peer frees write space), which cost a wake-up and two context switches per
+    /// request on a machine the client shares with the daemon; `poll` sleeps until data arrives or the timeout.
+    #[cfg(unix)]
+    pub(super) struct ReadHalf {
+        stream: Transport,
+        /// The read timeout in milliseconds (`u64::MAX`: none), kept here because `poll` does the waiting.
+        timeout_ms: std::sync::atomic::AtomicU64,
+    }
+
+    #[cfg(unix)]
+    impl ReadHalf {
+        pub(super) fn new(stream: Transport) -> ReadHalf {
+            ReadHalf { stream, timeout_ms: std::sync::atomic::AtomicU64::new(u64::MAX) }
+        }
+
+        pub(super) fn set_timeout(&self, timeout: Option<Duration>) {
+            // A timeout that is not zero waits at least a millisecond (as the socket option does).
+            let ms = timeout.map_or(u64::MAX, |t| (t.as_nanos().div_ceil(1_000_000)).min(i32::MAX as u128) as u64);
+            self.timeout_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(unix)]
+    impl io::Read for ReadHalf {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::os::fd::AsRawFd;
+            let timeout = match self.timeout_ms.load(std::sync::atomic::Ordering::Relaxed) {
+                u64::MAX => -1,
+                ms => ms as libc::c_int,
+            };
+            let mut fd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            loop {
+                // SAFETY: one valid `pollfd` for the duration of the call.
+                match unsafe { libc::poll(&mut fd, 1, timeout) } {
+                    0 => return Err(io::Error::new(io::ErrorKind::WouldBlock, "the read timed out")),
+                    n if n > 0 => break,
+                    _ => {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            // Readable, at end of stream or in error: the read returns at once either way.
+            self.stream.read(buf)
+        }
+    }
+
     #[cfg(unix)]
     pub(super) fn set_timeout(stream: &Transport, timeout: Option<Duration>) -> io::Result<()> {
         stream.set_read_timeout(timeout)?;
@@ -745,6 +804,27 @@ mod transport {
 
     #[cfg(windows)]
     pub(super) type Transport = std::fs::File;
+
+    /// The reading side of a connection: the pipe handle itself (no timeouts, see `set_timeout`).
+    #[cfg(windows)]
+    pub(super) struct ReadHalf(Transport);
+
+    #[cfg(windows)]
+    impl ReadHalf {
+        pub(super) fn new(stream: Transport) -> ReadHalf {
+            ReadHalf(stream)
+        }
+
+        pub(super) fn set_timeout(&self, _timeout: Option<Duration>) {}
+    }
+
+    #[cfg(windows)]
+    impl io::Read for ReadHalf {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            use std::io::Read as _;
+            self.0.read(buf)
+        }
+    }
 
     /// Opens the pipe; while all its instances are connected (`ERROR_PIPE_BUSY`, until the server has created the
     /// next one), retries for up to [`crate::limits::PIPE_BUSY_WAIT_MS_MAX`].

@@ -362,6 +362,13 @@ pub const READ_STREAMS_MAX: usize = 128;
 /// streaming reads. Threads start lazily; with 1,024 connections the daemon had 2,586 threads before this bound.
 pub const BLOCKING_THREADS_MAX: usize = 256;
 const _: () = assert!(READ_STREAMS_MAX < BLOCKING_THREADS_MAX);
+/// Events a read may answer on the connection's own task (no blocking thread, no hand-over): a read whose next batch
+/// is at most this many journal records, all in the page cache, is read with `preadv2(RWF_NOWAIT)` and framed right
+/// there; a larger or uncached one streams from a blocking thread. Bounds the work an async worker does per read.
+pub const READ_INLINE_EVENTS_MAX: usize = 64;
+/// Bytes of journal records such a read may take on the connection's task (the same purpose, for large events).
+pub const READ_INLINE_BYTES_MAX: usize = 256 * 1024;
+const _: () = assert!(READ_INLINE_BYTES_MAX <= READ_CHUNK_BYTES && READ_INLINE_EVENTS_MAX <= READ_BATCH_FILES_DEFAULT);
 /// `TasksMax=` in systemd/opossumd.service: the blocking pool, the I/O pool (`IO_THREADS_DEFAULT`) and
 /// room for the tokio workers, io_uring rings, the rayon pool and the store's writer and flusher must fit it.
 pub const UNIT_TASKS_MAX: usize = 512;

@@ -165,6 +165,16 @@ pub trait BatchIo: Send + Sync {
     /// results themselves are the caller's memory, so callers that need bounded memory pass bounded slices.
     fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>>;
 
+    /// [`BatchIo::read_extents`] for a caller that must not wait for a device (an async worker answering a small
+    /// read): `Some` with the same results when every extent came whole from the page cache, `None` as soon as one
+    /// would have waited (nothing more is read; the kernel may start read-ahead), or where the backend cannot read
+    /// without waiting. The caller bounds how many extents it asks for: they are read one after another on the
+    /// calling thread (a cached read completes within its system call; no ring or pool another thread may hold).
+    fn read_extents_cached(&self, extents: &[Extent<'_>]) -> Option<Vec<Result<Vec<u8>, IoError>>> {
+        let _ = extents;
+        None
+    }
+
     /// Writes a batch of files: a `CreateNew` file straight at its final name (exclusive create), any other to a
     /// fresh temporary name in its own directory (`format::tmp_path`), then renamed to its final name according to its
     /// [`WriteMode`].
@@ -198,6 +208,9 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
     }
     fn read_extents(&self, extents: &[Extent<'_>]) -> Vec<Result<Vec<u8>, IoError>> {
         (**self).read_extents(extents)
+    }
+    fn read_extents_cached(&self, extents: &[Extent<'_>]) -> Option<Vec<Result<Vec<u8>, IoError>>> {
+        (**self).read_extents_cached(extents)
     }
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         (**self).write_files(files, durable)
@@ -271,6 +284,47 @@ pub(crate) fn read_extent(extent: &Extent<'_>) -> Result<Vec<u8>, IoError> {
     let mut bytes = vec![0u8; extent.len as usize];
     read_exact_at(extent.file, &mut bytes, extent.offset).map_err(|e| IoError::new(IoOp::Read, extent.path, e))?;
     Ok(bytes)
+}
+
+/// [`BatchIo::read_extents_cached`] with `preadv2(RWF_NOWAIT)`, one extent after another on the calling thread.
+#[cfg(target_os = "linux")]
+pub(crate) fn read_extents_nowait(extents: &[Extent<'_>]) -> Option<Vec<Result<Vec<u8>, IoError>>> {
+    extents.iter().map(read_extent_nowait).collect()
+}
+
+/// One extent from the page cache: `None` when part of it is not cached (`EAGAIN`) or the file system cannot
+/// tell (`EOPNOTSUPP`).
+#[cfg(target_os = "linux")]
+fn read_extent_nowait(extent: &Extent<'_>) -> Option<Result<Vec<u8>, IoError>> {
+    use std::os::fd::AsRawFd;
+    let len = extent.len as usize;
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let rest = bytes.spare_capacity_mut();
+        let iov = libc::iovec { iov_base: rest.as_mut_ptr().cast(), iov_len: len - bytes.len() };
+        let offset = extent.offset + bytes.len() as u64;
+        // SAFETY: the iovec covers the vector's spare capacity (`len - bytes.len()` bytes past its length), which
+        // nothing else borrows during the call; the descriptor is borrowed from the caller for the call.
+        let n = unsafe { libc::preadv2(extent.file.as_raw_fd(), &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN | libc::EOPNOTSUPP) => return None,
+                _ => return Some(Err(IoError::new(IoOp::Read, extent.path, e))),
+            }
+        }
+        if n == 0 {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the file ends inside the extent ({} of {len} bytes at offset {})", bytes.len(), extent.offset),
+            );
+            return Some(Err(IoError::new(IoOp::Read, extent.path, e)));
+        }
+        // SAFETY: the kernel initialised `n` more bytes after the first `bytes.len()`, within the capacity (`len`).
+        unsafe { bytes.set_len(bytes.len() + n as usize) };
+    }
+    Some(Ok(bytes))
 }
 
 /// Fills `buf` from `offset`, failing with `UnexpectedEof` when the file ends first.

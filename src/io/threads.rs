@@ -94,6 +94,11 @@ impl BatchIo for ThreadPoolIo {
         results
     }
 
+    #[cfg(target_os = "linux")]
+    fn read_extents_cached(&self, extents: &[Extent<'_>]) -> Option<Vec<Result<Vec<u8>, IoError>>> {
+        super::read_extents_nowait(extents)
+    }
+
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.writer.write_files(files, durable)
     }

@@ -322,9 +322,11 @@ impl<'a> RecordView<'a> {
     pub fn tags(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
         let mut rest = self.keys;
         (0..self.tag_count).map(move |_| {
-            // Checked by `decode_record` before the view was handed out.
-            let (key, after) = take_str(rest).expect("tags checked at decode");
-            let (value, after) = take_str(after).expect("tags checked at decode");
+            // SAFETY: a view is only made by `decode`, which took these tags with the checking `take_str` (in
+            // `decode_record`), or under `decode_record_again`'s contract that `decode_record` did.
+            let (key, after) = unsafe { take_str_unchecked(rest) }.expect("tags checked at decode");
+            // SAFETY: as for the key.
+            let (value, after) = unsafe { take_str_unchecked(after) }.expect("tags checked at decode");
             rest = after;
             (key, value)
         })
@@ -393,6 +395,18 @@ fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let len = u16::from_le_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
     let s = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
     Some((s, &bytes[2 + len..]))
+}
+
+/// [`take_str`] of a string already checked (a read's views decode each record's tags several times: the filter,
+/// the framing).
+///
+/// # Safety
+/// [`take_str`] must have returned `Some` for the same bytes: the string is taken as UTF-8 without a check.
+unsafe fn take_str_unchecked(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let len = u16::from_le_bytes(bytes.get(0..2)?.try_into().ok()?) as usize;
+    let s = bytes.get(2..2 + len)?;
+    // SAFETY: the caller's contract.
+    Some((unsafe { std::str::from_utf8_unchecked(s) }, &bytes[2 + len..]))
 }
 
 /// Why bytes are not a record.
@@ -493,7 +507,13 @@ fn decode(bytes: &[u8], version: u32, checked: bool) -> Result<RecordView<'_>, R
     let keys = &record[header_bytes + type_len..keys_end];
     let mut rest = keys;
     for _ in 0..u32::from(tag_count) * 2 {
-        rest = take_str(rest).ok_or_else(|| invalid("bad tags"))?.1;
+        let taken = if checked {
+            take_str(rest)
+        } else {
+            // SAFETY: `decode_record_again`'s contract: these bytes passed `take_str` in `decode_record`.
+            unsafe { take_str_unchecked(rest) }
+        };
+        rest = taken.ok_or_else(|| invalid("bad tags"))?.1;
     }
     let keys = &keys[..keys.len() - rest.len()];
     let mut event_id = None;

@@ -706,6 +706,23 @@ impl Journal {
     /// into extents of at most `JOURNAL_READ_EXTENT_BYTES_MAX`. Every record's checksum is checked; a mismatch is
     /// `Corrupt` naming the segment and offset.
     pub fn read(&self, positions: &[u64]) -> Result<RecordBatch, JournalError> {
+        Ok(self.read_with(positions, None)?.expect("a read that may wait always reads"))
+    }
+
+    /// [`Journal::read`] for a caller that must not wait for the disk (an async worker): `None` when the records
+    /// take more than `bytes_max` bytes, or one is not wholly in the page cache, or the journal has no batch I/O to
+    /// read the cache without waiting ([`BatchIo::read_extents_cached`]); the caller then reads them with `read` on a
+    /// thread that may block.
+    pub fn read_cached(&self, positions: &[u64], bytes_max: usize) -> Result<Option<RecordBatch>, JournalError> {
+        self.read_with(positions, Some(bytes_max))
+    }
+
+    /// `cached_bytes_max`: `Some` for [`Journal::read_cached`].
+    fn read_with(
+        &self,
+        positions: &[u64],
+        cached_bytes_max: Option<usize>,
+    ) -> Result<Option<RecordBatch>, JournalError> {
         let (names, versions, located): (Vec<Arc<str>>, Vec<u32>, Vec<Location>) = {
             let t = self.table.read().unwrap_or_else(|e| e.into_inner());
             let head = t.locations.len() as u64;
@@ -747,7 +764,18 @@ impl Journal {
                 }
             }
         }
-        let buffers = self.read_extents(&names, &extents)?;
+        let buffers = match cached_bytes_max {
+            None => self.read_extents(&names, &extents)?,
+            Some(max) => {
+                if extents.iter().map(|&(_, start, end)| end - start).sum::<u64>() > max as u64 {
+                    return Ok(None);
+                }
+                match self.read_extents_cached(&names, &extents)? {
+                    Some(buffers) => buffers,
+                    None => return Ok(None),
+                }
+            }
+        };
         let extent_versions: Vec<u32> = extents.iter().map(|&(segment, _, _)| versions[segment as usize]).collect();
         let mut records = Vec::with_capacity(positions.len());
         for (i, &(extent, at)) in slots.iter().enumerate() {
@@ -769,28 +797,15 @@ impl Journal {
             }
             records.push((extent, at));
         }
-        Ok(RecordBatch { buffers, versions: extent_versions, records })
+        Ok(Some(RecordBatch { buffers, versions: extent_versions, records }))
     }
 
     /// Fetches `(segment, start, end)` byte ranges: through `BatchIo::read_extents` on the segments' held
     /// descriptors when the journal has a backend and real files, else one positional read each.
     fn read_extents(&self, names: &[Arc<str>], extents: &[(u32, u64, u64)]) -> Result<Vec<Vec<u8>>, JournalError> {
         if let Some(io) = &self.io {
-            let files: Option<Vec<(Arc<std::fs::File>, PathBuf)>> =
-                names.iter().map(|n| self.storage.file(n).map(|f| (f, self.storage.path(n)))).collect();
-            if let Some(files) = files {
-                let wanted: Vec<Extent<'_>> = extents
-                    .iter()
-                    .map(|&(segment, start, end)| {
-                        let (file, path) = &files[segment as usize];
-                        Extent { file, path, offset: start, len: (end - start) as u32 }
-                    })
-                    .collect();
-                return io
-                    .read_extents(&wanted)
-                    .into_iter()
-                    .map(|r| r.map_err(|e| JournalError::Io { op: "read", path: e.path.clone(), source: e.source }))
-                    .collect();
+            if let Some(read) = self.with_extents(names, extents, |wanted| io.read_extents(wanted)) {
+                return read;
             }
         }
         extents
@@ -804,6 +819,46 @@ impl Journal {
                 Ok(buf)
             })
             .collect()
+    }
+
+    /// [`Journal::read_extents`] from the page cache only: `None` when an extent is not wholly cached or the journal
+    /// reads without `BatchIo` (tests' simulated storage).
+    fn read_extents_cached(
+        &self,
+        names: &[Arc<str>],
+        extents: &[(u32, u64, u64)],
+    ) -> Result<Option<Vec<Vec<u8>>>, JournalError> {
+        let Some(io) = &self.io else { return Ok(None) };
+        match self.with_extents(names, extents, |wanted| io.read_extents_cached(wanted)) {
+            Some(Some(read)) => read.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Calls `read` with `extents` as [`Extent`]s of the segments' held descriptors (only the segments they lie in
+    /// are looked up) and turns its results into buffers; `None` when the storage holds no descriptors.
+    fn with_extents<R: ReadResults>(
+        &self,
+        names: &[Arc<str>],
+        extents: &[(u32, u64, u64)],
+        read: impl FnOnce(&[Extent<'_>]) -> R,
+    ) -> Option<R::Buffers> {
+        let mut files: Vec<Option<(Arc<std::fs::File>, PathBuf)>> = vec![None; names.len()];
+        for &(segment, _, _) in extents {
+            let slot = &mut files[segment as usize];
+            if slot.is_none() {
+                let name = &names[segment as usize];
+                *slot = Some((self.storage.file(name)?, self.storage.path(name)));
+            }
+        }
+        let wanted: Vec<Extent<'_>> = extents
+            .iter()
+            .map(|&(segment, start, end)| {
+                let (file, path) = files[segment as usize].as_ref().expect("looked up above");
+                Extent { file, path, offset: start, len: (end - start) as u32 }
+            })
+            .collect();
+        Some(read(&wanted).into_buffers())
     }
 
     /// Reads through `io` (batched positional reads on the segments' descriptors) from now on.
@@ -842,6 +897,30 @@ impl Journal {
             next = last;
         }
         Ok(())
+    }
+}
+
+/// What a `BatchIo` extent read returns, turned into the journal's buffers or its error.
+trait ReadResults {
+    type Buffers;
+    fn into_buffers(self) -> Self::Buffers;
+}
+
+fn journal_io_error(e: crate::io::IoError) -> JournalError {
+    JournalError::Io { op: "read", path: e.path.clone(), source: e.source }
+}
+
+impl ReadResults for Vec<Result<Vec<u8>, crate::io::IoError>> {
+    type Buffers = Result<Vec<Vec<u8>>, JournalError>;
+    fn into_buffers(self) -> Self::Buffers {
+        self.into_iter().map(|r| r.map_err(journal_io_error)).collect()
+    }
+}
+
+impl ReadResults for Option<Vec<Result<Vec<u8>, crate::io::IoError>>> {
+    type Buffers = Option<Result<Vec<Vec<u8>>, JournalError>>;
+    fn into_buffers(self) -> Self::Buffers {
+        self.map(ReadResults::into_buffers)
     }
 }
 

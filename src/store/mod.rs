@@ -35,7 +35,7 @@ mod tracking;
 mod writer;
 
 pub(crate) use lock::{LockFile, StoreLock};
-pub use reader::{EventBatch, EventReader, EventView};
+pub use reader::{CachedStep, EventBatch, EventReader, EventView};
 pub use subscribe::{CommitWatch, Live, Subscription, SubscriptionStats, TailFill};
 
 // The limits live in `crate::limits`; re-exported here for the server, the CLI and tests that name them so.
@@ -431,6 +431,19 @@ impl Shared {
         if poisoned.is_none() {
             let _ = self.write_status_changes.send(WriteStatus::Unwritable { reason: reason.clone() });
             *poisoned = Some(reason);
+        }
+    }
+
+    /// [`Shared::read_batch`] from the page cache only, at most `bytes_max` bytes of records: `None` when that is
+    /// not possible (see [`Journal::read_cached`]; always with `--commit files`).
+    pub fn read_batch_cached(
+        &self,
+        positions: &[u64],
+        bytes_max: usize,
+    ) -> Result<Option<reader::EventBatch>, StoreError> {
+        match &self.journal {
+            Some(journal) => Ok(journal.read_cached(positions, bytes_max)?.map(reader::EventBatch::Records)),
+            None => Ok(None),
         }
     }
 
@@ -929,6 +942,18 @@ impl Store {
         Ok(self.read_published(query.clone(), options))
     }
 
+    /// [`Store::read`] for a caller that must not wait (an async worker): `None` with `--commit files` (a read
+    /// there may first wait for the writer to pick up another process's appends) or while the index is locked for
+    /// writing; the caller then runs `read` on a thread that may block. The reader's
+    /// [`EventReader::next_views_cached`] reads on without waiting for the disk.
+    pub fn try_read_now(&self, query: &Query, options: ReadOptions) -> Option<Result<EventReader, StoreError>> {
+        self.shared.journal.as_ref()?;
+        if let Err(e) = query.validate() {
+            return Some(Err(e.into()));
+        }
+        EventReader::try_new(self.shared.clone(), query, options).map(Ok)
+    }
+
     /// A read of what this store has published (every acknowledged event up to the head), without first looking
     /// for events other processes appended. Subscriptions read this way at each commit notification (the ledger
     /// check of [`Store::read`] would mostly catch our own writer mid-commit and wait for it), and look for other
@@ -940,12 +965,12 @@ impl Store {
     /// If another process (a .NET Opossum writer) moved the ledger since the writer last looked, picks up its events
     /// (one `stat` when nothing changed).
     pub fn notice_other_writers(&self) -> Result<(), StoreError> {
+        if self.shared.journal.is_some() {
+            // The journal is the record: other processes' appends are picked up at open only (no `stat` per read).
+            return Ok(());
+        }
         let now = writer::ledger_fingerprint(&self.shared.layout.ledger());
-        if self.shared.journal.is_none()
-            && now.is_some()
-            && now != *self.shared.ledger_seen.lock().unwrap()
-            && self.shared.poison_reason().is_none()
-        {
+        if now.is_some() && now != *self.shared.ledger_seen.lock().unwrap() && self.shared.poison_reason().is_none() {
             // Mostly our own writer, between writing the ledger and noting its new identity: then the ledger holds
             // nothing beyond our head, or its commit is in flight and the catch-up waits for it. Only a ledger
             // ahead of us needs the writer, and never an index flush (under load, racing reads used to trigger a

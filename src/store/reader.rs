@@ -145,13 +145,35 @@ enum Positions {
         lo: u64,
         hi: u64,
     },
-    /// Candidate positions, ascending; consumed from the front (or back when reading backwards).
+    /// Candidate positions, ascending; consumed from the front (or back when reading backwards). Exhausted when
+    /// `front == back`.
     List {
         positions: Vec<u64>,
         front: usize,
         back: usize,
     },
     Done,
+}
+
+/// Where a read stands in its [`Positions`], to take back positions a read that would wait did not read.
+#[derive(Clone, Copy)]
+enum Cursor {
+    Range { lo: u64, hi: u64 },
+    List { front: usize, back: usize },
+    Done,
+}
+
+/// What [`EventReader::next_views_cached`] did.
+pub enum CachedStep {
+    /// The next batch of matching events, read from the page cache (empty when none of its candidates matched).
+    Batch(EventBatch),
+    /// Nothing is left to read.
+    End,
+    /// The next batch is larger than asked or not wholly cached: nothing was read; continue with
+    /// [`EventReader::next_views`] on a thread that may block.
+    WouldWait,
+    /// The read failed (as [`EventReader::next_views`] would have); the reader ends.
+    Failed(StoreError),
 }
 
 pub struct EventReader {
@@ -171,16 +193,41 @@ impl EventReader {
     pub(crate) fn new(shared: Arc<Shared>, query: Query, options: ReadOptions) -> EventReader {
         let (head, positions) = {
             let index = shared.index.read().unwrap();
-            let head = shared.head();
-            let positions = match options.range(head) {
-                None => Positions::Done,
-                Some((lo, hi)) => match index.candidates(&query, lo, hi) {
-                    None => Positions::Range { lo, hi },
-                    Some(list) => Positions::List { back: list.len(), positions: list, front: 0 },
-                },
-            };
-            (head, positions)
+            Self::snapshot(&shared, &index, &query, options)
         };
+        Self::with_positions(shared, query, options, head, positions)
+    }
+
+    /// [`EventReader::new`] without waiting for the index lock: `None` while it is held for writing (or a writer
+    /// waits for it).
+    pub(crate) fn try_new(shared: Arc<Shared>, query: &Query, options: ReadOptions) -> Option<EventReader> {
+        let (head, positions) = {
+            let index = shared.index.try_read().ok()?;
+            Self::snapshot(&shared, &index, query, options)
+        };
+        Some(Self::with_positions(shared, query.clone(), options, head, positions))
+    }
+
+    /// The head and the positions to read, both taken under the index lock.
+    fn snapshot(shared: &Shared, index: &super::index::Index, query: &Query, options: ReadOptions) -> (u64, Positions) {
+        let head = shared.head();
+        let positions = match options.range(head) {
+            None => Positions::Done,
+            Some((lo, hi)) => match index.candidates(query, lo, hi) {
+                None => Positions::Range { lo, hi },
+                Some(list) => Positions::List { back: list.len(), positions: list, front: 0 },
+            },
+        };
+        (head, positions)
+    }
+
+    fn with_positions(
+        shared: Arc<Shared>,
+        query: Query,
+        options: ReadOptions,
+        head: u64,
+        positions: Positions,
+    ) -> EventReader {
         let batch_files = shared.options.read_batch_files.max(1);
         EventReader {
             shared,
@@ -198,6 +245,36 @@ impl EventReader {
     /// The store head when this read started; no event above it is returned.
     pub fn head(&self) -> u64 {
         self.head
+    }
+
+    /// Whether nothing is left to return (the next call of a `next_*` method would end the read).
+    pub fn is_done(&self) -> bool {
+        self.failed
+            || self.remaining == 0
+            || match &self.positions {
+                Positions::Done => true,
+                Positions::Range { .. } => false,
+                Positions::List { front, back, .. } => front == back,
+            }
+    }
+
+    fn cursor(&self) -> Cursor {
+        match &self.positions {
+            Positions::Range { lo, hi } => Cursor::Range { lo: *lo, hi: *hi },
+            Positions::List { front, back, .. } => Cursor::List { front: *front, back: *back },
+            Positions::Done => Cursor::Done,
+        }
+    }
+
+    /// Goes back to `cursor` (taken by [`EventReader::cursor`] since the last change of variant other than
+    /// `Range` → `Done`).
+    fn restore(&mut self, cursor: Cursor) {
+        match (cursor, &mut self.positions) {
+            (Cursor::Range { lo, hi }, positions) => *positions = Positions::Range { lo, hi },
+            (Cursor::List { front, back }, Positions::List { front: f, back: b, .. }) => (*f, *b) = (front, back),
+            (Cursor::Done, _) => self.positions = Positions::Done,
+            (Cursor::List { .. }, _) => unreachable!("a list of positions stays a list"),
+        }
     }
 
     /// The next positions to read, at most `n`, in output order.
@@ -237,9 +314,6 @@ impl EventReader {
                     *front += count;
                     out
                 };
-                if front == back {
-                    self.positions = Positions::Done;
-                }
                 out
             }
         }
@@ -295,6 +369,43 @@ impl EventReader {
             }
         }
         None
+    }
+}
+
+impl EventReader {
+    /// [`EventReader::next_views`] for a caller that must not wait (an async worker): reads the next batch only
+    /// when it is at most `events_max` positions and `bytes_max` bytes of records, all in the page cache
+    /// ([`CachedStep::WouldWait`] otherwise, and nothing is consumed). One batch per call, so a caller bounds the
+    /// work it does by the calls it makes; the batch may hold no event when none of its candidates matched.
+    pub fn next_views_cached(&mut self, events_max: usize, bytes_max: usize) -> CachedStep {
+        if self.is_done() {
+            return CachedStep::End;
+        }
+        let want = (self.batch_files as u64).min(self.remaining) as usize;
+        let cursor = self.cursor();
+        let positions = self.take_positions(want);
+        if positions.is_empty() {
+            return CachedStep::End;
+        }
+        if positions.len() > events_max {
+            self.restore(cursor);
+            return CachedStep::WouldWait;
+        }
+        let mut batch = match self.shared.read_batch_cached(&positions, bytes_max) {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                self.restore(cursor);
+                return CachedStep::WouldWait;
+            }
+            Err(e) => {
+                self.failed = true;
+                return CachedStep::Failed(e);
+            }
+        };
+        batch.retain_matching(&self.query, self.remaining.min(usize::MAX as u64) as usize);
+        self.remaining -= batch.len() as u64;
+        self.shared.counters.events_read.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        CachedStep::Batch(batch)
     }
 }
 

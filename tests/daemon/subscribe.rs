@@ -423,3 +423,31 @@ fn events_another_process_appends_reach_subscribers() {
         }
     }
 }
+
+/// The client waits for data in `poll` (not in a blocking read): a read timeout still ends a read that gets
+/// nothing, as an `Io` error that leaves the subscription usable, and a message that arrives later is still read.
+#[test]
+fn a_client_read_timeout_expires_while_waiting_for_data_and_the_subscription_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let mut sub = Subscription::new(&daemon.socket, Query::All, 0).reconnect_for(Duration::ZERO);
+    // Nothing to deliver, and the first heartbeat is a second away.
+    sub.set_timeout(Some(Duration::from_millis(50))).unwrap();
+    match sub.next_message() {
+        Err(opossum::client::ClientError::Io(e)) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}")
+        }
+        other => panic!("expected a timed-out read, got {other:?}"),
+    }
+    sub.set_timeout(Some(Duration::from_secs(30))).unwrap();
+    daemon.client().append(vec![event("Late", &[("k", "1")])], None).unwrap();
+    loop {
+        match sub.next_message().unwrap() {
+            SubscriptionMessage::Event(e) => {
+                assert_eq!(e.position, 1);
+                break;
+            }
+            SubscriptionMessage::Heartbeat { .. } => {}
+        }
+    }
+}

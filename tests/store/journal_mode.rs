@@ -477,3 +477,78 @@ fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
     let err = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).err().expect("a missing event file");
     assert!(err.to_string().contains(&name), "{err}");
 }
+
+/// The positions of a read through `next_views` (a thread that may block), from where `reader` stands.
+fn rest_of(reader: &mut opossum::store::EventReader) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Some(batch) = reader.next_views() {
+        out.extend(batch.unwrap().views().map(|v| v.position));
+    }
+    out
+}
+
+/// A cached read (how the server answers small reads on its async task) returns what the blocking read returns, and
+/// a step it does not take (more events or bytes than asked, or not cached) consumes nothing: the blocking read
+/// goes on from the same place. Files mode has no cached reads.
+#[test]
+fn cached_reads_return_what_blocking_reads_do_and_a_step_not_taken_consumes_nothing() {
+    use opossum::store::CachedStep;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    workload(&store);
+    let queries = [
+        Query::All,
+        Query::items(vec![QueryItem::new(Vec::new(), vec![Tag::new("k", "3")]).unwrap()]).unwrap(),
+        Query::items(vec![QueryItem::types(&["B x"])]).unwrap(),
+        Query::items(vec![QueryItem::new(Vec::new(), vec![Tag::new("k", "none")]).unwrap()]).unwrap(),
+    ];
+    let options = [
+        ReadOptions::default(),
+        ReadOptions { backwards: true, ..ReadOptions::default() },
+        ReadOptions { limit: Some(3), ..ReadOptions::default() },
+        ReadOptions { after: Some(30), before: Some(70), backwards: true, ..ReadOptions::default() },
+    ];
+    let mut cached_batches = 0;
+    for query in &queries {
+        for &options in &options {
+            let want: Vec<u64> = store.read(query, options).unwrap().map(|e| e.unwrap().position).collect();
+            let what = format!("{query:?} {options:?}");
+
+            // Cached steps to the end (a step the page cache cannot serve hands over to the blocking read).
+            let mut reader = store.try_read_now(query, options).expect("journal mode reads cached").unwrap();
+            let mut got = Vec::new();
+            loop {
+                match reader.next_views_cached(usize::MAX, usize::MAX) {
+                    CachedStep::Batch(batch) => {
+                        cached_batches += 1;
+                        got.extend(batch.views().map(|v| v.position));
+                    }
+                    CachedStep::End => break,
+                    CachedStep::WouldWait => {
+                        got.extend(rest_of(&mut reader));
+                        break;
+                    }
+                    CachedStep::Failed(e) => panic!("{what}: {e}"),
+                }
+            }
+            assert!(reader.is_done(), "{what}");
+            assert_eq!(got, want, "{what}");
+
+            // Steps over the event or byte bound are not taken and consume nothing.
+            let mut reader = store.try_read_now(query, options).unwrap().unwrap();
+            if want.is_empty() && matches!(query, Query::Items(_)) {
+                assert!(matches!(reader.next_views_cached(0, 0), CachedStep::End | CachedStep::Batch(_)), "{what}");
+                continue;
+            }
+            assert!(matches!(reader.next_views_cached(0, usize::MAX), CachedStep::WouldWait), "{what}");
+            assert!(matches!(reader.next_views_cached(usize::MAX, 0), CachedStep::WouldWait), "{what}");
+            assert!(!reader.is_done(), "{what}");
+            assert_eq!(rest_of(&mut reader), want, "{what}");
+        }
+    }
+    assert!(cached_batches > 0, "nothing was read from the page cache right after writing it");
+
+    let files_dir = tempfile::tempdir().unwrap();
+    let files = Store::open(files_dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    assert!(files.try_read_now(&Query::All, ReadOptions::default()).is_none());
+}

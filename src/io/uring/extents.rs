@@ -66,7 +66,7 @@ impl Ring {
     pub(super) fn read_extents(&mut self, batch: &ExtentBatch<'_>) {
         // One SQE per read; the queue sizes of `Ring::new` are at least this large for the default depth, and smaller
         // rings just keep fewer in flight.
-        let slots = EXTENT_READS_PER_RING_MAX.min(self.sq_entries());
+        let slots = EXTENT_READS_PER_RING_MAX.min(self.sq_entries()).min(batch.extents.len().max(1));
         let mut pump = ExtentPump {
             ring: self,
             batch,

@@ -214,6 +214,12 @@ impl BatchIo for UringIo {
             .collect()
     }
 
+    /// Plain `preadv2(RWF_NOWAIT)` calls: a cached read completes within the call, so a ring would only add the
+    /// wait for a ring a blocking reader may hold.
+    fn read_extents_cached(&self, extents: &[Extent<'_>]) -> Option<Vec<Result<Vec<u8>, IoError>>> {
+        super::read_extents_nowait(extents)
+    }
+
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         self.writer.write_files(files, durable)
     }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::limits::{READ_INLINE_BYTES_MAX, READ_INLINE_EVENTS_MAX};
 use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
-use crate::store::{PendingAppend, StoreStats, WriteStatus};
+use crate::store::{CachedStep, PendingAppend, StoreStats, WriteStatus};
 use crate::wire::{
     self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
     RequestId, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
@@ -153,15 +154,52 @@ pub(in crate::server) async fn read(
     resp: &mut Responder<'_>,
 ) -> Result<(), OpError> {
     let body: ReadRequest = wire::parse_body(&req.op, req.line)?;
-    let store = ctx.store.clone();
     let id = req.id.clone();
+    // A small read of cached journal records is answered right here, on the connection's task: handing it to a
+    // blocking thread and its lines back cost more than the read (two thread wake-ups per request). Anything larger
+    // or not cached streams from a blocking thread, from where this left off.
+    let mut count = 0u64;
+    let started = match ctx.store.try_read_now(&body.query, body.options()) {
+        None => None,
+        Some(Err(e)) => {
+            wire::encode_error(resp.out, &id, &ProtocolError::from(e));
+            return Ok(());
+        }
+        Some(Ok(mut reader)) => match reader.next_views_cached(READ_INLINE_EVENTS_MAX, READ_INLINE_BYTES_MAX) {
+            CachedStep::WouldWait => Some(reader),
+            CachedStep::Batch(batch) => {
+                for event in batch.views() {
+                    count += 1;
+                    wire::encode_item_view(resp.out, &id, &event);
+                }
+                if !reader.is_done() {
+                    Some(reader)
+                } else {
+                    wire::encode_ok(resp.out, &id, &ReadDone { count, head: reader.head() });
+                    return Ok(());
+                }
+            }
+            CachedStep::End => {
+                wire::encode_ok(resp.out, &id, &ReadDone { count, head: reader.head() });
+                return Ok(());
+            }
+            CachedStep::Failed(e) => {
+                tracing::error!("read failed after {count} events: {e}");
+                wire::encode_error(resp.out, &id, &ProtocolError::from(e));
+                return Ok(());
+            }
+        },
+    };
+    let store = ctx.store.clone();
     // The producer reads batches of journal records (or event files) and frames them as item lines.
     crate::server::stream::stream_blocking(ctx, resp, "read", move |sink| {
-        let mut reader = match store.read(&body.query, body.options()) {
-            Ok(reader) => reader,
-            Err(e) => return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e))),
+        let mut reader = match started {
+            Some(reader) => reader,
+            None => match store.read(&body.query, body.options()) {
+                Ok(reader) => reader,
+                Err(e) => return sink.finish(|buf| wire::encode_error(buf, &id, &ProtocolError::from(e))),
+            },
         };
-        let mut count = 0u64;
         while let Some(batch) = reader.next_views() {
             match batch {
                 Ok(batch) => {
