@@ -25,9 +25,9 @@ fn connections_over_the_limit_get_busy_and_are_closed() {
     // Freeing a slot lets a new client in (once the daemon has noticed the close).
     drop(held.pop());
     eventually("a free slot", || {
+        // Until the daemon noticed, a new connection is told busy and closed: the send may meet EPIPE.
         let mut raw = daemon.raw();
-        raw.send(r#"{"id":"x","op":"head"}"#);
-        raw.recv().is_some_and(|l| l["ok"] == true)
+        raw.try_send(r#"{"id":"x","op":"head"}"#).is_ok() && raw.recv().is_some_and(|l| l["ok"] == true)
     });
     // The held connections still work.
     assert_eq!(held[0].call(r#"{"id":1,"op":"head"}"#)["ok"], true);

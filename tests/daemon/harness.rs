@@ -193,12 +193,17 @@ impl Raw {
     /// Sends `text` as one line, in one write: a server that answers an oversize line and closes the connection
     /// must not race a second write of ours (EPIPE).
     pub fn send(&mut self, text: &str) {
+        self.try_send(text).unwrap();
+    }
+
+    /// Sends a line; an error (the daemon closed the connection: EPIPE) is returned, not a panic.
+    pub fn try_send(&mut self, text: &str) -> std::io::Result<()> {
         use std::io::Write;
         let mut line = text.as_bytes().to_vec();
         if !text.ends_with('\n') {
             line.push(b'\n');
         }
-        self.stream.write_all(&line).unwrap();
+        self.stream.write_all(&line)
     }
 
     /// The next line as JSON, or `None` at end of stream.
