@@ -821,7 +821,6 @@ mod transport {
     #[cfg(windows)]
     impl io::Read for ReadHalf {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            use std::io::Read as _;
             self.0.read(buf)
         }
     }
