@@ -12,11 +12,13 @@
 //!    mirror live, fsync, exclusive), which imports every event file into `.opossumd/journal` (no journal yet)
 //!    and loads the index; the time to `Store::open`'s return (the daemon's `READY` point). The store is then
 //!    closed (timed apart) and `.opossumd/` deleted for the next round.
-//! 3. Printed: every time, the best raw read and the median import, and import / best raw.
+//! 3. Printed: every time with the process's CPU time over it (user + system, all threads: on a 2-core machine
+//!    the cold read is mostly kernel CPU, so what the import adds to it shows there), the best raw read and the
+//!    median import, and import / best raw.
 //!
 //! ```text
 //! cargo run --release -p opossum-bench --example import_bench -- [--dir D] [--events N] [--rounds 2]
-//!     [--raw-batches 1024,16384] [--threads 32] [--keep]
+//!     [--raw-batches 1024,16384] [--threads 32] [--keep] [--import-only] [--no-fsync]
 //! ```
 //! D must be on the disk to measure (default target/bench/import-bench); the tree (~4.5 GB allocated at 1M events:
 //! a block per file) is deleted at the end unless `--keep` (then a later run with the same D and N reuses it).
