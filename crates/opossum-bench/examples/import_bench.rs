@@ -229,8 +229,8 @@ fn main() -> anyhow::Result<()> {
         let durability = if args.no_fsync { Durability::None } else { Durability::Fsync };
         let (opened, closed) = import(&tree, n, durability)?;
         println!(
-            "round {round} import (Store::open, defaults){:<14}: {:>7.2} s {} (then close {:.2} s; {})",
-            "",
+            "round {round} import (Store::open, {:<22}): {:>7.2} s {} (then close {:.2} s; {})",
+            if args.no_fsync { "defaults but no fsync" } else { "defaults" },
             opened.as_secs_f64(),
             rate(n, opened),
             closed.as_secs_f64(),
