@@ -469,21 +469,33 @@ pub(crate) fn read_event_files(
     let results = io.read_files(&paths);
     let mut events = Vec::with_capacity(positions.len());
     for ((result, path), &position) in results.into_iter().zip(&paths).zip(positions) {
-        let bytes = result.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingEvent { path: path.clone(), ledger: head },
-            _ => StoreError::from(e),
-        })?;
-        let event = format::decode_event(&bytes)
-            .map_err(|e| StoreError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-        if event.position != position {
-            return Err(StoreError::Corrupt {
-                path: path.clone(),
-                reason: format!("file says position {}, its name says {position}", event.position),
-            });
-        }
-        events.push(event);
+        events.push(decode_event_file(result, &|| path.clone(), position, head)?);
     }
     Ok(events)
+}
+
+/// The event of one `read_files` result for the event file at `path()` (position `position`, the ledger at
+/// `head`): a missing file, undecodable bytes or a position other than its name's are errors naming the file (the
+/// path is made only then).
+pub(crate) fn decode_event_file(
+    result: Result<Vec<u8>, IoError>,
+    path: &dyn Fn() -> PathBuf,
+    position: u64,
+    head: u64,
+) -> Result<SequencedEvent, StoreError> {
+    let bytes = result.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => StoreError::MissingEvent { path: path(), ledger: head },
+        _ => StoreError::from(e),
+    })?;
+    let event =
+        format::decode_event(&bytes).map_err(|e| StoreError::Corrupt { path: path(), reason: e.to_string() })?;
+    if event.position != position {
+        return Err(StoreError::Corrupt {
+            path: path(),
+            reason: format!("file says position {}, its name says {position}", event.position),
+        });
+    }
+    Ok(event)
 }
 
 /// An append validated and encoded by the appending thread (`prepare`), so the writer only splices in positions.

@@ -200,6 +200,11 @@ fn files_mode_refuses_a_tree_behind_its_journal_and_journal_mode_imports_what_fi
     let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
     assert_eq!(all.iter().map(|e| e.event_type.as_str()).collect::<Vec<_>>(), ["A", "B"]);
     assert_eq!(all[1].tags, vec![Tag::new("k", "v")]);
+    // The imported event is in the index (loaded from the journal before the import, which added event 2).
+    for query in [QueryItem::types(&["B"]), QueryItem::tags(&[("k", "v")])] {
+        let found = store.read_to_vec(&Query::items(vec![query]).unwrap(), ReadOptions::default()).unwrap();
+        assert_eq!(found.iter().map(|e| e.position).collect::<Vec<_>>(), [2]);
+    }
 }
 
 #[test]
@@ -422,14 +427,16 @@ fn a_checkpoint_writing_index_files_does_not_stop_the_mirror_writing_event_files
     assert_eq!(tag_20.unwrap(), vec![20]);
 }
 
-/// Files mode writes a tree of several read batches and import groups (as .NET would); journal mode imports it
-/// with every event in order, and a missing event file in a later batch stops the import naming that file.
+/// Files mode writes a tree of several read batches and import groups (as .NET would). A missing event file in a
+/// later batch stops journal mode's import naming that file, with whole groups imported and the tree untouched;
+/// with the file back the next open imports the rest, every event in order and in the index (which the import
+/// builds as it goes, on top of the index of the groups imported before).
 #[test]
-fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
-    use opossum::limits::{IMPORT_GROUP_BYTES_MAX, READ_BATCH_FILES_DEFAULT};
-    let events = READ_BATCH_FILES_DEFAULT as u64 * 2 + 300;
-    // Data big enough that the events make more than one import group.
-    let pad = "x".repeat(IMPORT_GROUP_BYTES_MAX / events as usize * 2);
+fn an_interrupted_import_of_many_read_batches_and_groups_leaves_the_tree_and_resumes_in_order() {
+    use opossum::limits::{IMPORT_GROUP_BYTES_MAX, IMPORT_READ_BATCH_FILES_MAX};
+    let events = IMPORT_READ_BATCH_FILES_MAX as u64 * 2 + 300;
+    // Data big enough that the first read batch alone makes more than one import group.
+    let pad = "x".repeat(IMPORT_GROUP_BYTES_MAX / IMPORT_READ_BATCH_FILES_MAX * 2);
     let event = |n: u64| {
         Event::new(
             if n.is_multiple_of(3) { "A" } else { "B" },
@@ -438,19 +445,31 @@ fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
         )
         .unwrap()
     };
-    let files = StoreOptions { durability: Durability::None, ..mode(CommitMode::Files, MirrorMode::Live) };
-    let write_tree = |root: &Path| {
-        let store = Store::open(root, files.clone()).unwrap();
-        for chunk in (1..=events).collect::<Vec<_>>().chunks(500) {
-            store.append(chunk.iter().map(|&n| event(n)).collect(), None).unwrap();
-        }
-        store.close().unwrap();
-        assert!(!journal_dir(root).exists());
-    };
-
     let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path());
-    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    let files = StoreOptions { durability: Durability::None, ..mode(CommitMode::Files, MirrorMode::Live) };
+    let store = Store::open(dir.path(), files).unwrap();
+    for chunk in (1..=events).collect::<Vec<_>>().chunks(2000) {
+        store.append(chunk.iter().map(|&n| event(n)).collect(), None).unwrap();
+    }
+    store.close().unwrap();
+    assert!(!journal_dir(dir.path()).exists());
+    let written = tree(dir.path());
+
+    let missing = IMPORT_READ_BATCH_FILES_MAX as u64 + 7;
+    let name = opossum::format::event_file_name(missing);
+    let path = dir.path().join("events").join(&name);
+    let aside = dir.path().join("missing.aside");
+    std::fs::rename(&path, &aside).unwrap();
+    let err = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).err().expect("a missing event file");
+    assert!(err.to_string().contains(&name), "{err}");
+    let (journal, _) = opossum::journal::Journal::open_dir(dir.path(), Default::default()).unwrap();
+    let imported = journal.head();
+    drop(journal);
+    assert!(imported > 0 && imported < missing, "whole groups before the missing file imported: {imported}");
+    std::fs::rename(&aside, &path).unwrap();
+    assert!(tree(dir.path()) == written, "the failed import changed the tree");
+
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
     assert_eq!(store.head(), events);
     let all = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
     assert_eq!(all.len() as u64, events);
@@ -461,21 +480,15 @@ fn journal_mode_imports_a_tree_of_many_read_batches_and_groups_in_order() {
             (n, &want.event_type, want.data.get(), &want.tags)
         );
     }
+    let positions = |query: Query| -> Vec<u64> {
+        store.read_to_vec(&query, ReadOptions::default()).unwrap().iter().map(|e| e.position).collect()
+    };
     let k3 = Query::items(vec![QueryItem::tags(&[("k", "3")])]).unwrap();
-    assert_eq!(
-        store.read_to_vec(&k3, ReadOptions::default()).unwrap().len() as u64,
-        (1..=events).filter(|n| n % 11 == 3).count() as u64
-    );
+    assert_eq!(positions(k3), (1..=events).filter(|n| n % 11 == 3).collect::<Vec<_>>());
+    let type_a = Query::items(vec![QueryItem::types(&["A"])]).unwrap();
+    assert_eq!(positions(type_a), (1..=events).filter(|n| n % 3 == 0).collect::<Vec<_>>());
     assert_eq!(store.append(vec![event(events + 1)], None).unwrap().last, events + 1);
     store.close().unwrap();
-
-    let dir = tempfile::tempdir().unwrap();
-    write_tree(dir.path());
-    let missing = READ_BATCH_FILES_DEFAULT as u64 + 7;
-    let name = opossum::format::event_file_name(missing);
-    std::fs::remove_file(dir.path().join("events").join(&name)).unwrap();
-    let err = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).err().expect("a missing event file");
-    assert!(err.to_string().contains(&name), "{err}");
 }
 
 /// The positions of a read through `next_views` (a thread that may block), from where `reader` stands.

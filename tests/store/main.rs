@@ -462,6 +462,16 @@ fn damage_inside_the_ledger_is_a_loud_error_naming_the_file() {
             Err(e @ StoreError::Corrupt { .. }) => assert!(e.to_string().contains("0000000002.json"), "{e}"),
             other => panic!("expected a corrupt event error, got {:?}", other.err()),
         }
+        // A whole event file under another position's name: the import names the file and both positions.
+        let (_dir, root) = fixture_store();
+        std::fs::copy(root.join("events/0000000003.json"), root.join("events/0000000002.json")).unwrap();
+        match Store::open(&root, options(Durability::None)) {
+            Err(e @ StoreError::Corrupt { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("0000000002.json") && text.contains("position 3"), "{text}");
+            }
+            other => panic!("expected a corrupt event error, got {:?}", other.err()),
+        }
         return;
     }
     let store = open(&root);

@@ -12,11 +12,13 @@
 //!    mirror live, fsync, exclusive), which imports every event file into `.opossumd/journal` (no journal yet)
 //!    and loads the index; the time to `Store::open`'s return (the daemon's `READY` point). The store is then
 //!    closed (timed apart) and `.opossumd/` deleted for the next round.
-//! 3. Printed: every time, the best raw read and the median import, and import / best raw.
+//! 3. Printed: every time with the process's CPU time over it (user + system, all threads: on a 2-core machine
+//!    the cold read is mostly kernel CPU, so what the import adds to it shows there), the best raw read and the
+//!    median import, and import / best raw.
 //!
 //! ```text
 //! cargo run --release -p opossum-bench --example import_bench -- [--dir D] [--events N] [--rounds 2]
-//!     [--raw-batches 1024,16384] [--threads 32] [--keep]
+//!     [--raw-batches 1024,16384] [--threads 32] [--keep] [--import-only] [--no-fsync]
 //! ```
 //! D must be on the disk to measure (default target/bench/import-bench); the tree (~4.5 GB allocated at 1M events:
 //! a block per file) is deleted at the end unless `--keep` (then a later run with the same D and N reuses it).
@@ -64,6 +66,9 @@ struct Args {
     /// --import-only --rounds 1`)
     #[arg(long)]
     import_only: bool,
+    /// Import without any fsync (`Durability::None`): shows what the journal's writes and syncs cost the import
+    #[arg(long)]
+    no_fsync: bool,
 }
 
 fn event(i: u64, tags: u64) -> Event {
@@ -126,11 +131,11 @@ fn raw_read(io: &dyn BatchIo, paths: &[PathBuf], batch: usize) -> anyhow::Result
 }
 
 /// Opens the tree with opossumd's defaults (importing it), checks the head, closes; (open time, close time).
-fn import(tree: &Path, events: u64) -> anyhow::Result<(Duration, Duration)> {
+fn import(tree: &Path, events: u64, durability: Durability) -> anyhow::Result<(Duration, Duration)> {
     let daemon_dir = tree.join(".opossumd");
     anyhow::ensure!(!daemon_dir.exists(), "{} exists: this would not be an import", daemon_dir.display());
     let t = Instant::now();
-    let store = Store::open(tree, StoreOptions { exclusive: true, ..StoreOptions::default() })?;
+    let store = Store::open(tree, StoreOptions { exclusive: true, durability, ..StoreOptions::default() })?;
     let opened = t.elapsed();
     anyhow::ensure!(store.head() == events, "imported head {}, the tree has {events} events", store.head());
     let t = Instant::now();
@@ -138,6 +143,24 @@ fn import(tree: &Path, events: u64) -> anyhow::Result<(Duration, Duration)> {
     let closed = t.elapsed();
     std::fs::remove_dir_all(&daemon_dir)?;
     Ok((opened, closed))
+}
+
+/// CPU seconds this process has used so far, (user, system), all threads (io_uring's io-wq workers included).
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: `getrusage` only writes the `rusage` we pass, which lives for the call.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (seconds(usage.ru_utime), seconds(usage.ru_stime))
+}
+
+/// The CPU used since `before` (from [`cpu_seconds`]), as "cpu U user + S sys".
+fn cpu_since(before: (f64, f64)) -> String {
+    let (user, sys) = cpu_seconds();
+    format!("cpu {:.1} user + {:.1} sys", user - before.0, sys - before.1)
 }
 
 fn rate(events: u64, d: Duration) -> String {
@@ -188,25 +211,30 @@ fn main() -> anyhow::Result<()> {
     for round in 1..=args.rounds.max(1) {
         for (name, io, batch) in readers.iter().filter(|_| !args.import_only) {
             evict_all()?;
+            let cpu = cpu_seconds();
             let (took, bytes) = raw_read(*io, &paths, *batch)?;
             println!(
-                "round {round} raw read, {name:<28}: {:>7.2} s {} ({:.0} MB)",
+                "round {round} raw read, {name:<28}: {:>7.2} s {} ({:.0} MB, {})",
                 took.as_secs_f64(),
                 rate(n, took),
-                bytes as f64 / 1e6
+                bytes as f64 / 1e6,
+                cpu_since(cpu)
             );
             if raw_best.as_ref().is_none_or(|(best, _)| took < *best) {
                 raw_best = Some((took, name.clone()));
             }
         }
         evict_all()?;
-        let (opened, closed) = import(&tree, n)?;
+        let cpu = cpu_seconds();
+        let durability = if args.no_fsync { Durability::None } else { Durability::Fsync };
+        let (opened, closed) = import(&tree, n, durability)?;
         println!(
-            "round {round} import (Store::open, defaults){:<14}: {:>7.2} s {} (then close {:.2} s)",
-            "",
+            "round {round} import (Store::open, {:<22}): {:>7.2} s {} (then close {:.2} s; {})",
+            if args.no_fsync { "defaults but no fsync" } else { "defaults" },
             opened.as_secs_f64(),
             rate(n, opened),
-            closed.as_secs_f64()
+            closed.as_secs_f64(),
+            cpu_since(cpu)
         );
         imports.push(opened);
     }

@@ -108,27 +108,11 @@ pub(crate) fn open(
     let ledger = recovery::read_ledger(layout)?;
     super::tree_checks::refuse_tree_contradicting_journal(layout, io.as_ref(), &journal, ledger)?;
     super::tree_checks::set_aside_tree_leftovers(layout, io.as_ref(), ledger.max(journal.head()), durable)?;
-    let from = journal.head() + 1;
-    if ledger >= from {
-        tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");
-        let started = std::time::Instant::now();
-        import_tree(layout, io.as_ref(), &journal, from, ledger)?;
-        tracing::info!(
-            events = ledger + 1 - from,
-            took_ms = started.elapsed().as_millis() as u64,
-            "journal: import done"
-        );
-    }
-    if ledger >= from {
-        // Just imported: the tree holds every event up to its ledger, durably (.NET or files mode wrote it). Only
-        // an import says so: after a crash with the mirror live, the ledger may vouch for files never synced.
-        journal.set_mirror_durable(ledger)?;
-    }
-    let head = journal.head();
     let journal_opened = started.elapsed();
     let naming = crate::store::recovery::store_naming_rules(layout);
     crate::store::recovery::record_naming_rules(layout, naming);
-    // From the index checkpoint plus the journal after it (or the whole journal, when the checkpoint is unusable).
+    // From the index checkpoint plus the journal after it (or the whole journal, when the checkpoint is unusable);
+    // an import below adds its events as it goes.
     let mut tracking = crate::store::tracking::Table::default();
     let (mut index, loaded) = crate::store::checkpoint::load_index(
         &layout.root,
@@ -136,8 +120,30 @@ pub(crate) fn open(
         &mut tracking,
         naming.for_writing_on_this_platform(),
     )?;
-    tracking.mark_through(head);
     let index_loaded = started.elapsed();
+    let from = journal.head() + 1;
+    if ledger >= from {
+        tracing::info!(from, to = ledger, "journal: importing events from the Opossum tree");
+        let started = std::time::Instant::now();
+        let times = import_tree(layout, io.as_ref(), &journal, &mut index, (from, ledger))?;
+        tracing::info!(
+            events = ledger + 1 - from,
+            took_ms = started.elapsed().as_millis() as u64,
+            read_ms = times.read.as_millis() as u64,
+            wait_ms = times.wait.as_millis() as u64,
+            decode_index_ms = times.decode.as_millis() as u64,
+            append_ms = times.append.as_millis() as u64,
+            groups = times.groups,
+            "journal: import done"
+        );
+        // Just imported: the tree holds every event up to its ledger, durably (.NET or files mode wrote it). Only
+        // an import says so: after a crash with the mirror live, the ledger may vouch for files never synced.
+        journal.set_mirror_durable(ledger)?;
+    }
+    let head = journal.head();
+    // Imported events carry no event ids or tracking positions: nothing for `tracking` to observe.
+    tracking.mark_through(head);
+    let imported = started.elapsed();
     // The index files of the tree are not this mode's business: nothing is dirty.
     index.dirty_tags.clear();
     index.dirty_types.clear();
@@ -149,7 +155,8 @@ pub(crate) fn open(
         head,
         journal_ms = journal_opened.as_millis() as u64,
         index_ms = (index_loaded - journal_opened).as_millis() as u64,
-        tree_ms = (started.elapsed() - index_loaded).as_millis() as u64,
+        import_ms = (imported - index_loaded).as_millis() as u64,
+        tree_ms = (started.elapsed() - imported).as_millis() as u64,
         "journal mode: open done"
     );
     let recovered = crate::store::recovery::Recovered {
@@ -162,76 +169,173 @@ pub(crate) fn open(
     Ok((recovered, journal, tracking))
 }
 
-/// Imports the tree's events `from..=ledger` into the journal. A reader thread reads (through `BatchIo`, batches of
-/// `READ_BATCH_FILES_DEFAULT`) and decodes the next event files while this thread re-encodes and appends the ones
-/// before, so the disk's reads and the CPU's work overlap; groups of about `IMPORT_GROUP_BYTES_MAX` of event files
-/// keep the `fdatasync`s few (one per group, not one per read batch).
+/// Where an import's time went (the `journal: import done` log line).
+#[derive(Debug, Default)]
+struct ImportTimes {
+    /// The reader thread inside `BatchIo::read_files`.
+    read: std::time::Duration,
+    /// The importing thread waiting for the reader (the disk, when it is the bottleneck).
+    wait: std::time::Duration,
+    /// Decoding event files and adding them to the index.
+    decode: std::time::Duration,
+    /// `Journal::append`: encoding the records, the write and the `fdatasync`.
+    append: std::time::Duration,
+    groups: u64,
+}
+
+/// One `read_files` call of the import's reader thread: the files of positions `first ..`, in order.
+struct ReadBatch {
+    first: u64,
+    results: Vec<Result<Vec<u8>, IoError>>,
+}
+
+/// The events of one import group, packed: each decoded event is copied in and dropped at once (so the allocator
+/// reuses its memory for the next one instead of freeing a group's worth of small blocks at the end), its tags
+/// moved. What [`NewRecord`]s borrow from.
+#[derive(Default)]
+struct ImportGroup {
+    first: u64,
+    /// Every event's type, data and metadata, one after the other.
+    text: String,
+    tags: Vec<crate::model::Tag>,
+    /// The tags' keys and values, in bytes.
+    tag_bytes: usize,
+    /// Per event: where its type, data and metadata end in `text`, and its tags in `tags`.
+    ends: Vec<(usize, usize, usize, usize)>,
+}
+
+impl ImportGroup {
+    fn push(&mut self, e: SequencedEvent) {
+        if self.ends.is_empty() {
+            self.first = e.position;
+        }
+        self.text.push_str(&e.event_type);
+        let type_end = self.text.len();
+        self.text.push_str(e.data.get());
+        let data_end = self.text.len();
+        self.text.push_str(e.metadata.get());
+        self.tag_bytes += e.tags.iter().map(|t| t.key.len() + t.value.len()).sum::<usize>();
+        self.tags.extend(e.tags);
+        self.ends.push((type_end, data_end, self.text.len(), self.tags.len()));
+    }
+
+    /// About the bytes of the group's records (header, parts, padding; the tags' length prefixes aside), so a
+    /// group stays near `IMPORT_GROUP_BYTES_MAX` whatever the tags weigh beside the data.
+    fn record_bytes(&self) -> usize {
+        use crate::journal::format::{RECORD_ALIGN, RECORD_HEADER_BYTES};
+        self.ends.len() * (RECORD_HEADER_BYTES + RECORD_ALIGN) + self.text.len() + self.tag_bytes
+    }
+
+    /// Appends the group to the journal as one group of records (one write, one `fdatasync`) and empties it. The
+    /// data and metadata are as `format::decode_event` left them: minified, so the records are wire-ready.
+    fn append(&mut self, journal: &Journal) -> Result<(), StoreError> {
+        let (mut text_at, mut tags_at) = (0, 0);
+        let records: Vec<NewRecord<'_>> = self
+            .ends
+            .iter()
+            .map(|&(type_end, data_end, metadata_end, tags_end)| {
+                let record = NewRecord::new(
+                    &self.text[text_at..type_end],
+                    &self.tags[tags_at..tags_end],
+                    &self.text[type_end..data_end],
+                    &self.text[data_end..metadata_end],
+                );
+                (text_at, tags_at) = (metadata_end, tags_end);
+                record
+            })
+            .collect();
+        journal.append(self.first, &records)?;
+        self.text.clear();
+        self.tags.clear();
+        self.tag_bytes = 0;
+        self.ends.clear();
+        Ok(())
+    }
+}
+
+/// Imports the tree's events `from..=ledger` into the journal and adds them to `index`. A reader thread only reads:
+/// back-to-back `BatchIo::read_files` calls of `IMPORT_READ_BATCH_FILES_MAX` files (the size at which the io_uring
+/// backend keeps the disk's queue full: smaller calls drain it at every call's tail), at most
+/// `IMPORT_READ_AHEAD_BATCHES_MAX` calls ahead; this thread decodes each file (an error names it), adds the event
+/// to the index (so no second scan of the new journal builds it) and appends groups of about
+/// `IMPORT_GROUP_BYTES_MAX` of records (one `fdatasync` each). An interrupted import leaves the tree as it was and a
+/// journal holding a prefix of it, whole groups only: the next open imports the rest.
 fn import_tree(
     layout: &crate::format::Layout,
     io: &dyn crate::io::BatchIo,
     journal: &Journal,
-    from: u64,
-    ledger: u64,
-) -> Result<(), StoreError> {
-    use crate::limits::{IMPORT_GROUP_BYTES_MAX, IMPORT_READ_AHEAD_BATCHES_MAX};
-    use crate::store::READ_BATCH_FILES_DEFAULT;
-    let (batches, read) = std::sync::mpsc::sync_channel(IMPORT_READ_AHEAD_BATCHES_MAX);
+    index: &mut crate::store::index::Index,
+    (from, ledger): (u64, u64),
+) -> Result<ImportTimes, StoreError> {
+    use crate::limits::{IMPORT_GROUP_BYTES_MAX, IMPORT_READ_AHEAD_BATCHES_MAX, IMPORT_READ_BATCH_FILES_MAX};
+    use std::time::Instant;
+    let (batches, read) = std::sync::mpsc::sync_channel::<ReadBatch>(IMPORT_READ_AHEAD_BATCHES_MAX);
+    let mut times = ImportTimes::default();
     std::thread::scope(|scope| {
-        std::thread::Builder::new()
+        let reader = std::thread::Builder::new()
             .name("opossum-import".into())
             .spawn_scoped(scope, move || {
+                let mut reading = std::time::Duration::ZERO;
+                // Reused from batch to batch: only the file names change (this thread is the import's bottleneck).
+                let mut paths: Vec<std::path::PathBuf> = Vec::new();
                 let mut next = from;
                 while next <= ledger {
-                    let last = (next + READ_BATCH_FILES_DEFAULT as u64 - 1).min(ledger);
-                    let positions: Vec<u64> = (next..=last).collect();
-                    let batch = crate::store::read_event_files(layout, io, &positions, ledger);
-                    let failed = batch.is_err();
-                    // A closed channel: the importer stopped at an error of its own.
-                    if batches.send(batch).is_err() || failed {
-                        return;
+                    let last = (next + IMPORT_READ_BATCH_FILES_MAX as u64 - 1).min(ledger);
+                    paths.resize_with((last + 1 - next) as usize, || layout.events.join("0"));
+                    for (path, position) in paths.iter_mut().zip(next..) {
+                        path.set_file_name(crate::format::event_file_name(position));
+                    }
+                    let started = Instant::now();
+                    let results = io.read_files(&paths);
+                    reading += started.elapsed();
+                    // A closed channel: the importer stopped at an error.
+                    if batches.send(ReadBatch { first: next, results }).is_err() {
+                        break;
                     }
                     next = last + 1;
                 }
+                reading
             })
             .map_err(|e| StoreError::Io(Arc::new(IoError::new(IoOp::Open, layout.events.clone(), e))))?;
-        let (mut events, mut bytes) = (Vec::new(), 0);
-        let mut groups = 0u64;
-        for batch in read {
-            for e in batch? {
-                // About its record's size (header, parts, padding; the tags' length prefixes aside): a group's records
-                // stay near `IMPORT_GROUP_BYTES_MAX` whatever the tags weigh beside the data.
-                bytes += crate::journal::format::RECORD_HEADER_BYTES
-                    + crate::journal::format::RECORD_ALIGN
-                    + e.event_type.len()
-                    + e.data.get().len()
-                    + e.metadata.get().len()
-                    + e.tags.iter().map(|t| t.key.len() + t.value.len()).sum::<usize>();
-                events.push(e);
-                if bytes >= IMPORT_GROUP_BYTES_MAX {
-                    import(journal, &events)?;
-                    groups += 1;
-                    if groups.is_multiple_of(10) {
-                        tracing::info!(done = journal.head(), of = ledger, "journal: import progress");
+        let imported = (|| -> Result<(), StoreError> {
+            let mut group = ImportGroup::default();
+            loop {
+                let waited = Instant::now();
+                let Ok(batch) = read.recv() else { break };
+                times.wait += waited.elapsed();
+                let decoding = Instant::now();
+                let appended_before = times.append;
+                for (result, position) in batch.results.into_iter().zip(batch.first..) {
+                    let path = || layout.event_file(position);
+                    let e = crate::store::decode_event_file(result, &path, position, ledger)?;
+                    index.insert(e.position, &e.event_type, &e.tags);
+                    group.push(e);
+                    if group.record_bytes() >= IMPORT_GROUP_BYTES_MAX {
+                        let appending = Instant::now();
+                        group.append(journal)?;
+                        times.append += appending.elapsed();
+                        times.groups += 1;
+                        if times.groups.is_multiple_of(10) {
+                            tracing::info!(done = journal.head(), of = ledger, "journal: import progress");
+                        }
                     }
-                    events.clear();
-                    bytes = 0;
                 }
+                times.decode += decoding.elapsed().saturating_sub(times.append - appended_before);
             }
-        }
-        if !events.is_empty() {
-            import(journal, &events)?;
-        }
-        Ok(())
-    })
-}
-
-/// Appends events read from the tree to the journal as one group, re-encoded as this library writes event files
-/// (minified), so the record's data and metadata are wire-ready.
-fn import(journal: &Journal, events: &[SequencedEvent]) -> Result<(), StoreError> {
-    let records: Vec<NewRecord<'_>> =
-        events.iter().map(|e| NewRecord::new(&e.event_type, &e.tags, e.data.get(), e.metadata.get())).collect();
-    journal.append(events[0].position, &records)?;
-    Ok(())
+            if !group.ends.is_empty() {
+                let appending = Instant::now();
+                group.append(journal)?;
+                times.append += appending.elapsed();
+                times.groups += 1;
+            }
+            Ok(())
+        })();
+        // Stops the reader at its next batch when this thread failed.
+        drop(read);
+        times.read = reader.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        imported
+    })?;
+    Ok(times)
 }
 
 /// Files mode on a store whose journal holds events the tree lacks (journal mode with the mirror off, or a crash
