@@ -559,7 +559,11 @@ fn cached_reads_return_what_blocking_reads_do_and_a_step_not_taken_consumes_noth
             assert_eq!(rest_of(&mut reader), want, "{what}");
         }
     }
-    assert!(cached_batches > 0, "nothing was read from the page cache right after writing it");
+    // Only Linux has a read that returns at once when the page cache lacks the bytes (`preadv2(RWF_NOWAIT)`);
+    // elsewhere every step hands over to the blocking read, which the loop above checked.
+    if cfg!(target_os = "linux") {
+        assert!(cached_batches > 0, "nothing was read from the page cache right after writing it");
+    }
 
     let files_dir = tempfile::tempdir().unwrap();
     let files = Store::open(files_dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
