@@ -195,9 +195,9 @@ impl Mirror {
     }
 }
 
-/// Whether the writer must wait: the tree is `Progress::lag_limit` events behind, or the mirror is stalled (the oldest commit
-/// it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the mirror's next batch, not when
-/// the whole lag has drained (the age of the oldest commit alone would hold the writer until then).
+/// Whether the writer must wait: the tree is `Progress::lag_limit` events behind, or the mirror is stalled (the
+/// oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the mirror's next
+/// batch, not when the whole lag has drained (the age of the oldest commit alone would hold the writer until then).
 fn over_lag_bound(p: &Progress) -> bool {
     p.head - p.written >= p.lag_limit
         || (p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
