@@ -15,10 +15,14 @@
 //! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
 //! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
 //!
-//! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events or
-//! [`MIRROR_LAG_MAX`] behind ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and a reopen's work stay
-//! bounded. A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go
-//! on (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
+//! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events behind,
+//! or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the mirror has made no
+//! progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and
+//! a reopen's work stay bounded. Near the bound the mirror writes small batches ([`MIRROR_BATCH_EVENTS_PACED`]) and
+//! publishes each, so a waiting writer resumes after a few ms instead of a whole large batch: the writer is paced to
+//! the mirror's rate in small steps, not stopped and released in lumps (those lumps were the conditional appends'
+//! p99). A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go on
+//! (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
 //! re-derives the tree from the last checkpoint.
 //!
 //! `.store.lock` is held by the store from open to close in journal mode, so whenever the tree is behind the
@@ -37,8 +41,9 @@ use crate::format::{self, Layout, Ledger};
 use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
-    MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX,
-    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_EVENTS_PACED, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX,
+    MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX,
+    MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -59,6 +64,17 @@ pub(crate) struct Mirror {
 struct Progress {
     /// The tree holds event files and a ledger through this position (page cache).
     written: u64,
+    /// When `written` last moved (or the mirror started): a mirror with work waiting and no progress for
+    /// `MIRROR_LAG_MAX` is stalled, and the writer waits for its next batch.
+    advanced_at: Instant,
+    /// The mirror's measured rate, events per second of batch writing (a moving average); `None` before its first
+    /// batch.
+    rate: Option<f64>,
+    /// The lag, in events, at which the writer waits ([`over_lag_bound`]): about what the mirror writes in
+    /// `MIRROR_LAG_MAX` at `rate`, within `MIRROR_LAG_EVENTS_MIN..=MIRROR_LAG_EVENTS_MAX`. It rises at once but falls
+    /// by at most half of each batch written, so a slower mirror paces the writer down instead of stopping it until
+    /// the lag has drained to the new bound.
+    lag_limit: u64,
     /// The last checkpoint covered positions through this (durable on Linux; see `sync_filesystem`).
     checkpointed: u64,
     /// The writer's last published head.
@@ -90,6 +106,9 @@ impl Mirror {
         Mirror {
             progress: Mutex::new(Progress {
                 written: head,
+                advanced_at: Instant::now(),
+                rate: None,
+                lag_limit: MIRROR_LAG_EVENTS_MAX,
                 checkpointed: head,
                 head,
                 unwritten: VecDeque::new(),
@@ -132,8 +151,8 @@ impl Mirror {
         self.wake.notify_one();
     }
 
-    /// The writer, before a group commit: waits while the tree is at or past the lag bound (events or time), unless
-    /// the mirror failed or is stopping.
+    /// The writer, before a group commit: waits while the tree is at or past the lag bound (events or time, see
+    /// [`over_lag_bound`]), unless the mirror failed or is stopping. Each batch the mirror writes wakes it.
     pub fn wait_for_room(&self) {
         let mut p = self.lock();
         let mut waited = false;
@@ -176,9 +195,41 @@ impl Mirror {
     }
 }
 
+/// Whether the writer must wait: the tree is `Progress::lag_limit` events behind, or the mirror is stalled (the
+/// oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the mirror's next
+/// batch, not when the whole lag has drained (the age of the oldest commit alone would hold the writer until then).
 fn over_lag_bound(p: &Progress) -> bool {
-    p.head - p.written >= MIRROR_LAG_EVENTS_MAX
-        || p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
+    p.head - p.written >= p.lag_limit
+        || (p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
+            && p.advanced_at.elapsed() >= MIRROR_LAG_MAX)
+}
+
+/// After the mirror wrote a batch of `events` in `took`: its rate, and the lag bound that follows from it, what the
+/// mirror writes in `MIRROR_LAG_MAX` (so a clean stop catches up in about that long), within
+/// `MIRROR_LAG_EVENTS_MIN..=MIRROR_LAG_EVENTS_MAX`, falling by at most half the batch.
+fn batch_written(p: &mut Progress, events: u64, took: std::time::Duration) {
+    let rate = update_rate(p.rate, events, took);
+    p.rate = Some(rate);
+    let target = ((rate * MIRROR_LAG_MAX.as_secs_f64()) as u64).clamp(MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_EVENTS_MAX);
+    p.lag_limit = target.max(p.lag_limit.saturating_sub(events.div_ceil(2)));
+}
+
+/// How many events the mirror's next batch may hold: few within a large batch of the lag bound (the writer waits or
+/// soon will, and resumes when a batch is published), many otherwise (a close, a mirror that keeps up).
+fn batch_events(p: &Progress) -> u64 {
+    match !p.stopping && p.head - p.written + MIRROR_BATCH_EVENTS_MAX as u64 >= p.lag_limit {
+        true => MIRROR_BATCH_EVENTS_PACED as u64,
+        false => MIRROR_BATCH_EVENTS_MAX as u64,
+    }
+}
+
+/// One batch of `events` written in `took`: the moving average of the mirror's rate moves a quarter of the way.
+fn update_rate(rate: Option<f64>, events: u64, took: std::time::Duration) -> f64 {
+    let sample = events as f64 / took.as_secs_f64().max(1e-6);
+    match rate {
+        None => sample,
+        Some(rate) => rate + (sample - rate) / 4.0,
+    }
 }
 
 /// Starts the mirror thread of a store in journal mode with the mirror live.
@@ -231,7 +282,8 @@ impl MirrorThread {
     fn run(mut self) {
         loop {
             // What to do next, decided under the lock; the work happens without it.
-            let (written, head, checkpoint) = {
+            // `to`: the last position of the next batch.
+            let (written, to, checkpoint) = {
                 let mirror = self.mirror();
                 let mut p = mirror.lock();
                 loop {
@@ -247,13 +299,13 @@ impl MirrorThread {
                     // No pause with a whole batch waiting: it would only cap the mirror's rate.
                     let pause = match p.stopping
                         || p.checkpoint_wanted > p.checkpointed
-                        || p.head - p.written >= MIRROR_BATCH_EVENTS_MAX as u64
+                        || p.head - p.written >= batch_events(&p)
                     {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
                     if (p.written < p.head && pause.is_zero()) || checkpoint {
-                        break (p.written, p.head, checkpoint);
+                        break (p.written, p.head.min(p.written + batch_events(&p)), checkpoint);
                     }
                     let wait = match p.written > p.checkpointed {
                         true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
@@ -274,12 +326,13 @@ impl MirrorThread {
                 }
                 continue;
             }
-            if written >= head {
+            if written >= to {
                 continue;
             }
             self.last_batch = Instant::now();
-            let to = head.min(written + MIRROR_BATCH_EVENTS_MAX as u64);
-            if let Err(e) = self.write_batch(written + 1, to) {
+            let r = self.write_batch(written + 1, to);
+            let took = self.last_batch.elapsed();
+            if let Err(e) = r {
                 let what = format!("mirroring positions {}..={to} to the Opossum tree", written + 1);
                 self.mirror().fail(&self.shared, &what, &e);
                 return self.join_checkpointer();
@@ -287,6 +340,8 @@ impl MirrorThread {
             let mirror = self.mirror();
             let mut p = mirror.lock();
             p.written = to;
+            p.advanced_at = Instant::now();
+            batch_written(&mut p, to - written, took);
             while p.unwritten.front().is_some_and(|&(h, _)| h <= to) {
                 p.unwritten.pop_front();
             }
@@ -509,4 +564,86 @@ pub(crate) fn reconcile_tree(
     journal.set_mirror_durable(head)?;
     tracing::info!(events = head + 1 - from, took_ms = started.elapsed().as_millis() as u64, "mirror: tree current");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Progress of a mirror `head - written` events behind, whose commits since `written` were published `age` ago
+    /// and which last advanced `age` ago.
+    fn behind(head: u64, written: u64, age: Duration) -> Progress {
+        let then = Instant::now().checked_sub(age).expect("the clock runs longer than the test's ages");
+        let mut p = Mirror::new(written).progress.into_inner().unwrap();
+        p.head = head;
+        p.advanced_at = then;
+        p.unwritten = (written + 1..=head).step_by(MIRROR_BATCH_EVENTS_PACED).map(|h| (h, then)).collect();
+        p.unwritten.push_back((head, then));
+        p
+    }
+
+    /// The mirror wrote `events` more in `took`, as `MirrorThread::run` records it.
+    fn write(p: &mut Progress, events: u64, took: Duration) {
+        p.written += events;
+        p.advanced_at = Instant::now();
+        let written = p.written;
+        while p.unwritten.front().is_some_and(|&(h, _)| h <= written) {
+            p.unwritten.pop_front();
+        }
+        batch_written(p, events, took);
+    }
+
+    #[test]
+    fn at_the_bound_the_mirror_writes_a_small_batch_and_the_waiting_writer_resumes_after_it() {
+        let mut p = behind(MIRROR_LAG_EVENTS_MAX, 0, Duration::ZERO);
+        assert!(over_lag_bound(&p));
+        // The writer waits for one small batch, not a large one (tens of ms at the mirror's rate).
+        let batch = batch_events(&p);
+        assert!(batch <= MIRROR_BATCH_EVENTS_PACED as u64 && batch < MIRROR_BATCH_EVENTS_MAX as u64);
+        write(&mut p, batch, Duration::from_millis(2));
+        assert!(!over_lag_bound(&p));
+        // Far from the bound, and when closing, the mirror writes large batches.
+        let mut far = behind(MIRROR_LAG_EVENTS_MAX / 2, 0, Duration::ZERO);
+        assert_eq!(batch_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
+        p.stopping = true;
+        assert_eq!(batch_events(&p), MIRROR_BATCH_EVENTS_MAX as u64);
+        far.stopping = true;
+        assert_eq!(batch_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
+    }
+
+    #[test]
+    fn a_stalled_mirror_releases_the_writer_after_its_next_batch_not_when_the_lag_has_drained() {
+        let mut p = behind(2_000, 0, 2 * MIRROR_LAG_MAX);
+        assert!(over_lag_bound(&p), "no progress for MIRROR_LAG_MAX with work waiting: the writer waits");
+        write(&mut p, MIRROR_BATCH_EVENTS_PACED as u64, Duration::from_millis(2));
+        // Every commit the tree lacks is still older than MIRROR_LAG_MAX, but the mirror moves again.
+        assert!(p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX));
+        assert!(!over_lag_bound(&p));
+    }
+
+    #[test]
+    fn the_lag_bound_follows_the_mirrors_rate_falling_by_at_most_half_a_batch() {
+        let mut p = behind(0, 0, Duration::ZERO);
+        assert_eq!(p.lag_limit, MIRROR_LAG_EVENTS_MAX, "no rate measured yet");
+        let batch = MIRROR_BATCH_EVENTS_PACED as u64;
+        // A mirror writing 2,000 events/s: the bound falls by half a batch per batch, to what it writes in
+        // MIRROR_LAG_MAX.
+        let slow = Duration::from_secs_f64(batch as f64 / 2_000.0);
+        batch_written(&mut p, batch, slow);
+        assert_eq!(p.lag_limit, MIRROR_LAG_EVENTS_MAX - batch / 2);
+        for _ in 0..1_000 {
+            batch_written(&mut p, batch, slow);
+        }
+        let expected = (2_000.0 * MIRROR_LAG_MAX.as_secs_f64()) as u64;
+        assert!(p.lag_limit.abs_diff(expected.clamp(MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_EVENTS_MAX)) <= 1);
+        // A stalled batch never takes the bound below MIRROR_LAG_EVENTS_MIN; a fast one raises it at once.
+        for _ in 0..1_000 {
+            batch_written(&mut p, batch, Duration::from_secs(10));
+        }
+        assert_eq!(p.lag_limit, MIRROR_LAG_EVENTS_MIN);
+        batch_written(&mut p, 1_000_000, Duration::from_millis(1));
+        assert_eq!(p.lag_limit, MIRROR_LAG_EVENTS_MAX);
+    }
 }
