@@ -126,8 +126,8 @@ pub struct DaemonArgs {
     pub commit: Option<String>,
     /// live | off [default: live], journal mode only. live: a mirror thread writes the Opossum tree (event files,
     /// ledger; index files at checkpoints) from the journal without fsyncs, makes it durable every 10,000 events or
-    /// 2 s and at a clean stop, and appends wait while it lags 10,000 events or 2 s (re-derived from the last
-    /// checkpoint after a crash); off: no tree for new events
+    /// 2 s and at a clean stop, and appends wait while it lags 10,000 events or what it writes in 1 s (re-derived
+    /// from the last checkpoint after a crash); off: no tree for new events
     #[arg(long, value_name = "MODE")]
     pub mirror: Option<String>,
     /// auto | per-file | syncfs [default: auto]: one syncfs per barrier while the system has little other dirty data,
