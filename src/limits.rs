@@ -384,6 +384,11 @@ pub const READ_INLINE_EVENTS_MAX: usize = 64;
 /// Bytes of journal records such a read may take on the connection's task (the same purpose, for large events).
 pub const READ_INLINE_BYTES_MAX: usize = 256 * 1024;
 const _: () = assert!(READ_INLINE_BYTES_MAX <= READ_CHUNK_BYTES && READ_INLINE_EVENTS_MAX <= READ_BATCH_FILES_DEFAULT);
+/// Candidate positions a read may list on the connection's task before its first cached step: a query whose index
+/// lists may hold more (a type matching a million events: an ~8 MB list) builds them on the blocking thread that
+/// then streams it. Bounds the index work an async worker does per read, as `READ_INLINE_EVENTS_MAX` bounds its reads.
+pub const READ_INLINE_CANDIDATES_MAX: usize = 4096;
+const _: () = assert!(READ_INLINE_CANDIDATES_MAX >= READ_INLINE_EVENTS_MAX);
 /// `TasksMax=` in systemd/opossumd.service: the blocking pool, the I/O pool (`IO_THREADS_DEFAULT`) and
 /// room for the tokio workers, io_uring rings, the rayon pool and the store's writer and flusher must fit it.
 pub const UNIT_TASKS_MAX: usize = 512;

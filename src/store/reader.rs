@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::{Shared, StoreError};
 use crate::journal::{RecordBatch, RecordView};
+use crate::limits::READ_INLINE_CANDIDATES_MAX;
 use crate::model::{Query, ReadOptions, SequencedEvent, Tag};
 
 /// One event of a read, borrowing the batch it was read into: in journal mode the record's own bytes (type, tags,
@@ -198,11 +199,16 @@ impl EventReader {
         Self::with_positions(shared, query, options, head, positions)
     }
 
-    /// [`EventReader::new`] without waiting for the index lock: `None` while it is held for writing (or a writer
-    /// waits for it).
+    /// [`EventReader::new`] without waiting for the index lock and without unbounded work: `None` while the lock is
+    /// held for writing (or a writer waits for it), and for a query that may list more than
+    /// [`READ_INLINE_CANDIDATES_MAX`] positions (its candidate list is built where the read then streams, on a
+    /// thread that may block, not on an async worker).
     pub(crate) fn try_new(shared: Arc<Shared>, query: &Query, options: ReadOptions) -> Option<EventReader> {
         let (head, positions) = {
             let index = shared.index.try_read().ok()?;
+            if index.candidates_at_most(query).is_some_and(|n| n > READ_INLINE_CANDIDATES_MAX) {
+                return None;
+            }
             Self::snapshot(&shared, &index, query, options)
         };
         Some(Self::with_positions(shared, query.clone(), options, head, positions))

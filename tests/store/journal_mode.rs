@@ -492,6 +492,31 @@ fn an_interrupted_import_of_many_read_batches_and_groups_leaves_the_tree_and_res
 }
 
 /// The positions of a read through `next_views` (a thread that may block), from where `reader` stands.
+/// A query whose index lists may hold more than `READ_INLINE_CANDIDATES_MAX` positions is not started on the
+/// caller's (async) task: its candidate list would be built there before knowing whether the read is small. A
+/// narrow query of the same store is, and both read the same events as the blocking read.
+#[test]
+fn a_broad_query_is_not_started_on_the_callers_task_and_a_narrow_one_is() {
+    use opossum::limits::READ_INLINE_CANDIDATES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
+    let n = READ_INLINE_CANDIDATES_MAX as u64 + 1;
+    let events: Vec<Event> =
+        (1..=n).map(|i| Event::new("Broad", "{}", vec![Tag::new("n", format!("{}", i % 1_000))]).unwrap()).collect();
+    for chunk in events.chunks(1_000) {
+        store.append(chunk.to_vec(), None).unwrap();
+    }
+    let broad = Query::items(vec![QueryItem::types(&["Broad"])]).unwrap();
+    assert!(store.try_read_now(&broad, ReadOptions { limit: Some(1), ..ReadOptions::default() }).is_none());
+    assert_eq!(store.read(&broad, ReadOptions::default()).unwrap().count() as u64, n);
+    let narrow = Query::items(vec![QueryItem::types(&["Broad"]).with_tags(&[("n", "7")])]).unwrap();
+    let want: Vec<u64> = store.read(&narrow, ReadOptions::default()).unwrap().map(|e| e.unwrap().position).collect();
+    assert_eq!(want, (7..=n).step_by(1_000).collect::<Vec<u64>>());
+    let mut reader =
+        store.try_read_now(&narrow, ReadOptions::default()).expect("a narrow query starts at once").unwrap();
+    assert_eq!(rest_of(&mut reader), want);
+}
+
 fn rest_of(reader: &mut opossum::store::EventReader) -> Vec<u64> {
     let mut out = Vec::new();
     while let Some(batch) = reader.next_views() {
