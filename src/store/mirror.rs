@@ -3,8 +3,9 @@
 //!
 //! The writer makes each group durable in the journal, publishes its head and answers; then it tells the mirror
 //! ([`Mirror::published`]). The mirror thread reads the new records back through `Journal::read` (mostly the page
-//! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (two `BatchIo`
-//! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
+//! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (the ledger in a
+//! `BatchIo` call after theirs, so a lockless .NET reader that reads `.ledger` and then event files never finds one
+//! missing or torn).
 //! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
 //! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
 //! files the mirrored events touched (tag files, then type files), makes the whole tree durable with one `syncfs`
@@ -15,13 +16,15 @@
 //! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
 //! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
 //!
-//! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events behind,
-//! or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the mirror has made no
-//! progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and
-//! a reopen's work stay bounded. Near the bound the mirror writes small batches ([`MIRROR_BATCH_EVENTS_PACED`]) and
-//! publishes each, so a waiting writer resumes after a few ms instead of a whole large batch: the writer is paced to
-//! the mirror's rate in small steps, not stopped and released in lumps (those lumps were the conditional appends'
-//! p99). A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go on
+//! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
+//! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
+//! mirror has made no progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a
+//! clean stop's work and a reopen's work stay bounded. Near the bound the mirror writes a batch's event files in small
+//! steps ([`MIRROR_BATCH_EVENTS_PACED`]) and publishes each, so a waiting writer resumes after a few ms instead of a
+//! whole large batch: the writer is paced to the mirror's rate in small steps, not stopped and released in lumps
+//! (those lumps were the conditional appends' p99). The ledger is replaced once per batch, after its last step (a
+//! replacement creates a file and frees one): it trails the event files by at most a batch, and checkpoints and
+//! `stats` cover what it covers. A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go on
 //! (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
 //! re-derives the tree from the last checkpoint.
 //!
