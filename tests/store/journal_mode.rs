@@ -135,12 +135,16 @@ fn a_lockless_tree_reader_never_finds_a_position_at_or_below_the_ledger_missing_
     for w in writers {
         w.join().unwrap();
     }
+    // A bulk append within a batch of the lag bound: the mirror writes its event files in paced steps and replaces
+    // the ledger once per batch, after the batch's last step.
+    let bulk = opossum::limits::MIRROR_LAG_EVENTS_MAX - opossum::limits::MIRROR_BATCH_EVENTS_MAX as u64 / 2;
+    store.append((0..bulk).map(|n| fixed(n, "B", &[("b", &(n % 5).to_string())])).collect(), None).unwrap();
     // The mirror follows on its own thread: let the reader watch it catch up too.
     store.sync().unwrap();
     done.store(true, Ordering::Relaxed);
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader saw no ledger at all");
-    assert_eq!(store.head(), 240);
+    assert_eq!(store.head(), 240 + bulk);
 }
 
 #[test]
