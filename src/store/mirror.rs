@@ -24,9 +24,9 @@
 //! whole large batch: the writer is paced to the mirror's rate in small steps, not stopped and released in lumps
 //! (those lumps were the conditional appends' p99). The ledger is replaced once per batch, after its last step (a
 //! replacement creates a file and frees one): it trails the event files by at most a batch, and checkpoints and
-//! `stats` cover what it covers. A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go on
-//! (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
-//! re-derives the tree from the last checkpoint.
+//! `stats` cover what it covers. A mirror write that fails is logged and counted, and stops the mirror until the next
+//! open; appends go on (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and
+//! the next open re-derives the tree from the last checkpoint.
 //!
 //! `.store.lock` is held by the store from open to close in journal mode, so whenever the tree is behind the
 //! journal no .NET writer can append to it. A clean close (`Store::close`, drop) stops the writer first, then the
