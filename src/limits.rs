@@ -262,12 +262,14 @@ const _: () = {
 
 // --- journal: the live mirror ----------------------------------------------------------------------------------
 
-/// The mirror thread (`--commit journal --mirror live`) reads at most this many journal records per tree write batch
-/// while the tree is well inside the lag bound (a catch-up, a close): fewer ledger replacements.
+/// The mirror thread (`--commit journal --mirror live`) reads at most this many journal records per tree write
+/// batch, and replaces the ledger once per batch, after all its event files: fewer ledger replacements (each creates
+/// a file and frees one, a synchronous discard on a `discard` mount).
 pub const MIRROR_BATCH_EVENTS_MAX: usize = 1024;
-/// ... and at most this many while the tree is within a large batch of the lag bound, where the writer waits or soon
-/// will: it resumes as soon as this much is written (each batch publishes its progress), instead of waiting a whole
-/// large batch (~60 ms at 17k events/s), which made the conditional appends' p99 at 64 clients 25 ms.
+/// While the tree is within a large batch of the lag bound, where the writer waits or soon will, the mirror writes a
+/// batch's event files in steps of at most this many and publishes each (the ledger moves only after the batch's
+/// last): a waiting writer resumes as soon as a step is written instead of waiting a whole large batch (~60 ms at 17k
+/// events/s), which made the conditional appends' p99 at 64 clients 25 ms.
 pub const MIRROR_BATCH_EVENTS_PACED: usize = 64;
 /// Lag bound, in events: while the tree is this many positions behind the published head, the writer waits for the
 /// mirror before its next group commit (backpressure). A group still adds up to `GROUP_EVENTS_MAX` events on top.

@@ -3,8 +3,9 @@
 //!
 //! The writer makes each group durable in the journal, publishes its head and answers; then it tells the mirror
 //! ([`Mirror::published`]). The mirror thread reads the new records back through `Journal::read` (mostly the page
-//! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (two `BatchIo`
-//! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
+//! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (the ledger in a
+//! `BatchIo` call after theirs, so a lockless .NET reader that reads `.ledger` and then event files never finds one
+//! missing or torn).
 //! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
 //! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
 //! files the mirrored events touched (tag files, then type files), makes the whole tree durable with one `syncfs`
@@ -15,15 +16,17 @@
 //! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
 //! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
 //!
-//! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events behind,
-//! or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the mirror has made no
-//! progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a clean stop's work and
-//! a reopen's work stay bounded. Near the bound the mirror writes small batches ([`MIRROR_BATCH_EVENTS_PACED`]) and
-//! publishes each, so a waiting writer resumes after a few ms instead of a whole large batch: the writer is paced to
-//! the mirror's rate in small steps, not stopped and released in lumps (those lumps were the conditional appends'
-//! p99). A mirror write that fails is logged and counted, and stops the mirror until the next open; appends go on
-//! (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and the next open
-//! re-derives the tree from the last checkpoint.
+//! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
+//! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
+//! mirror has made no progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a
+//! clean stop's work and a reopen's work stay bounded. Near the bound the mirror writes a batch's event files in small
+//! steps ([`MIRROR_BATCH_EVENTS_PACED`]) and publishes each, so a waiting writer resumes after a few ms instead of a
+//! whole large batch: the writer is paced to the mirror's rate in small steps, not stopped and released in lumps
+//! (those lumps were the conditional appends' p99). The ledger is replaced once per batch, after its last step (a
+//! replacement creates a file and frees one): it trails the event files by at most a batch, and checkpoints and
+//! `stats` cover what it covers. A mirror write that fails is logged and counted, and stops the mirror until the next
+//! open; appends go on (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and
+//! the next open re-derives the tree from the last checkpoint.
 //!
 //! `.store.lock` is held by the store from open to close in journal mode, so whenever the tree is behind the
 //! journal no .NET writer can append to it. A clean close (`Store::close`, drop) stops the writer first, then the
@@ -62,10 +65,14 @@ pub(crate) struct Mirror {
 }
 
 struct Progress {
-    /// The tree holds event files and a ledger through this position (page cache).
+    /// The tree holds event files and a ledger covering them through this position (page cache): what a .NET reader
+    /// sees, and what a checkpoint covers.
     written: u64,
-    /// When `written` last moved (or the mirror started): a mirror with work waiting and no progress for
-    /// `MIRROR_LAG_MAX` is stalled, and the writer waits for its next batch.
+    /// The tree holds event files through this position (page cache), `written` or up to one batch beyond it: the
+    /// lag bound and the pacing count these (the ledger of a batch is replaced once, after all its event files).
+    files_written: u64,
+    /// When `files_written` last moved (or the mirror started): a mirror with work waiting and no progress for
+    /// `MIRROR_LAG_MAX` is stalled, and the writer waits for its next step.
     advanced_at: Instant,
     /// The mirror's measured rate, events per second of batch writing (a moving average); `None` before its first
     /// batch.
@@ -79,8 +86,8 @@ struct Progress {
     checkpointed: u64,
     /// The writer's last published head.
     head: u64,
-    /// Commits the tree lacks, oldest first: (head after the commit, when it was published). At most one entry per
-    /// commit beyond `written`, so bounded by the lag bound plus one group.
+    /// Commits whose event files the tree lacks, oldest first: (head after the commit, when it was published). At
+    /// most one entry per commit beyond `files_written`, so bounded by the lag bound plus one group.
     unwritten: VecDeque<(u64, Instant)>,
     /// `Store::sync` asks for a checkpoint through this position.
     checkpoint_wanted: u64,
@@ -106,6 +113,7 @@ impl Mirror {
         Mirror {
             progress: Mutex::new(Progress {
                 written: head,
+                files_written: head,
                 advanced_at: Instant::now(),
                 rate: None,
                 lag_limit: MIRROR_LAG_EVENTS_MAX,
@@ -195,18 +203,20 @@ impl Mirror {
     }
 }
 
-/// Whether the writer must wait: the tree is `Progress::lag_limit` events behind, or the mirror is stalled (the
-/// oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the mirror's next
-/// batch, not when the whole lag has drained (the age of the oldest commit alone would hold the writer until then).
+/// Whether the writer must wait: the tree's event files are `Progress::lag_limit` events behind, or the mirror is
+/// stalled (the oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the
+/// mirror's next step, not when the whole lag has drained (the age of the oldest commit alone would hold the writer
+/// until then). The ledger does not count: it trails the event files by at most a batch, and a clean stop's or a
+/// reopen's work is the event files.
 fn over_lag_bound(p: &Progress) -> bool {
-    p.head - p.written >= p.lag_limit
+    p.head - p.files_written >= p.lag_limit
         || (p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
             && p.advanced_at.elapsed() >= MIRROR_LAG_MAX)
 }
 
-/// After the mirror wrote a batch of `events` in `took`: its rate, and the lag bound that follows from it, what the
+/// After the mirror wrote a step of `events` in `took`: its rate, and the lag bound that follows from it, what the
 /// mirror writes in `MIRROR_LAG_MAX` (so a clean stop catches up in about that long), within
-/// `MIRROR_LAG_EVENTS_MIN..=MIRROR_LAG_EVENTS_MAX`, falling by at most half the batch.
+/// `MIRROR_LAG_EVENTS_MIN..=MIRROR_LAG_EVENTS_MAX`, falling by at most half the step.
 fn batch_written(p: &mut Progress, events: u64, took: std::time::Duration) {
     let rate = update_rate(p.rate, events, took);
     p.rate = Some(rate);
@@ -214,12 +224,29 @@ fn batch_written(p: &mut Progress, events: u64, took: std::time::Duration) {
     p.lag_limit = target.max(p.lag_limit.saturating_sub(events.div_ceil(2)));
 }
 
-/// How many events the mirror's next batch may hold: few within a large batch of the lag bound (the writer waits or
-/// soon will, and resumes when a batch is published), many otherwise (a close, a mirror that keeps up).
-fn batch_events(p: &Progress) -> u64 {
-    match !p.stopping && p.head - p.written + MIRROR_BATCH_EVENTS_MAX as u64 >= p.lag_limit {
+/// How many event files the mirror writes before it publishes them (a step of its batch): few within a large batch
+/// of the lag bound (the writer waits or soon will, and resumes when a step is published), a whole batch otherwise
+/// (a close, a mirror that keeps up). Either way the batch's ledger is replaced once, after its last step: a ledger
+/// per paced step (a temporary file created, renamed over the old one, whose blocks are freed) cost bulk loads a
+/// file creation and a discard per `MIRROR_BATCH_EVENTS_PACED` events.
+fn step_events(p: &Progress) -> u64 {
+    match !p.stopping && p.head - p.files_written + MIRROR_BATCH_EVENTS_MAX as u64 >= p.lag_limit {
         true => MIRROR_BATCH_EVENTS_PACED as u64,
         false => MIRROR_BATCH_EVENTS_MAX as u64,
+    }
+}
+
+/// The mirror wrote the event files through `to` (a step), and with `ledger` the ledger covering them: the writer's
+/// lag shrinks (and it may resume), the rate and the lag bound follow the step's `events` in `took`.
+fn step_written(p: &mut Progress, to: u64, ledger: bool, events: u64, took: std::time::Duration) {
+    p.files_written = to;
+    if ledger {
+        p.written = to;
+    }
+    p.advanced_at = Instant::now();
+    batch_written(p, events, took);
+    while p.unwritten.front().is_some_and(|&(h, _)| h <= to) {
+        p.unwritten.pop_front();
     }
 }
 
@@ -299,13 +326,14 @@ impl MirrorThread {
                     // No pause with a whole batch waiting: it would only cap the mirror's rate.
                     let pause = match p.stopping
                         || p.checkpoint_wanted > p.checkpointed
-                        || p.head - p.written >= batch_events(&p)
+                        || p.head - p.files_written >= step_events(&p)
                     {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
                     if (p.written < p.head && pause.is_zero()) || checkpoint {
-                        break (p.written, p.head.min(p.written + batch_events(&p)), checkpoint);
+                        debug_assert_eq!(p.files_written, p.written, "a batch ends with its ledger");
+                        break (p.written, p.head.min(p.written + MIRROR_BATCH_EVENTS_MAX as u64), checkpoint);
                     }
                     let wait = match p.written > p.checkpointed {
                         true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
@@ -330,25 +358,25 @@ impl MirrorThread {
                 continue;
             }
             self.last_batch = Instant::now();
-            let r = self.write_batch(written + 1, to);
-            let took = self.last_batch.elapsed();
-            if let Err(e) = r {
+            if let Err(e) = self.write_batch(written + 1, to) {
                 let what = format!("mirroring positions {}..={to} to the Opossum tree", written + 1);
                 self.mirror().fail(&self.shared, &what, &e);
                 return self.join_checkpointer();
             }
-            let mirror = self.mirror();
-            let mut p = mirror.lock();
-            p.written = to;
-            p.advanced_at = Instant::now();
-            batch_written(&mut p, to - written, took);
-            while p.unwritten.front().is_some_and(|&(h, _)| h <= to) {
-                p.unwritten.pop_front();
-            }
-            mirror.written.store(to, Ordering::Relaxed);
-            drop(p);
-            mirror.advanced.notify_all();
         }
+    }
+
+    /// Publishes a step of the batch: event files through `to`, and with `ledger` the ledger covering them, `events`
+    /// written since the last step started at `started`.
+    fn publish_step(&self, to: u64, ledger: bool, events: u64, started: Instant) {
+        let mirror = self.mirror();
+        let mut p = mirror.lock();
+        step_written(&mut p, to, ledger, events, started.elapsed());
+        if ledger {
+            mirror.written.store(to, Ordering::Relaxed);
+        }
+        drop(p);
+        mirror.advanced.notify_all();
     }
 
     /// Waits for the last checkpoint's thread (the mirror stops or failed: it has finished or is finishing).
@@ -371,7 +399,9 @@ impl MirrorThread {
                 || (p.stopping && p.written >= p.head))
     }
 
-    /// Writes the event files of positions `from..=to` from their journal records, then the ledger covering them.
+    /// Writes the event files of positions `from..=to` from their journal records in steps ([`step_events`]), each
+    /// published so a writer waiting on the lag bound resumes, then the ledger covering them all, published with the
+    /// last step.
     fn write_batch(&mut self, from: u64, to: u64) -> Result<(), StoreError> {
         let layout = &self.shared.layout;
         let io = self.shared.io.as_ref();
@@ -379,17 +409,6 @@ impl MirrorThread {
         let batch = self.journal().read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
         let files = batch.event_files();
-        let writes = |mode| -> Vec<FileWrite<'_>> {
-            files.iter().zip(&paths).map(|(bytes, path)| FileWrite { path, bytes, mode }).collect()
-        };
-        if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), self.per_file) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(e.into());
-            }
-            // Files beyond the tree's ledger left by an earlier run (never covered, so never events): the journal
-            // says what these positions hold.
-            io.write_files(&writes(WriteMode::Replace), self.per_file)?;
-        }
         // The store's naming rules, as the index files them (a store keeps the rules it was created with).
         let naming = self.shared.index.read().unwrap_or_else(|e| e.into_inner()).naming;
         for v in batch.iter() {
@@ -398,11 +417,37 @@ impl MirrorThread {
                 self.dirty_tags.insert(naming.event_tag_stem(&crate::model::Tag::new(key, value)));
             }
         }
+        let mut step_started = self.last_batch;
+        let mut next = from;
+        loop {
+            let step = step_events(&self.mirror().lock());
+            let last = to.min(next + step - 1);
+            let range = (next - from) as usize..=(last - from) as usize;
+            let writes = |mode| -> Vec<FileWrite<'_>> {
+                range.clone().map(|i| FileWrite { path: &paths[i], bytes: files.get(i), mode }).collect()
+            };
+            if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), self.per_file) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(e.into());
+                }
+                // Files beyond the tree's ledger left by an earlier run (never covered, so never events): the
+                // journal says what these positions hold.
+                io.write_files(&writes(WriteMode::Replace), self.per_file)?;
+            }
+            self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+            if last == to {
+                break;
+            }
+            self.publish_step(last, false, last + 1 - next, step_started);
+            step_started = Instant::now();
+            next = last + 1;
+        }
         // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
         let ledger = Ledger { last_sequence_position: to, event_count: to }.encode();
         let ledger_path = layout.ledger();
         io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], self.per_file)?;
-        self.shared.counters.write_batches.fetch_add(2, Ordering::Relaxed);
+        self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+        self.publish_step(to, true, to + 1 - next, step_started);
         Ok(())
     }
 
@@ -577,6 +622,7 @@ mod tests {
     fn behind(head: u64, written: u64, age: Duration) -> Progress {
         let then = Instant::now().checked_sub(age).expect("the clock runs longer than the test's ages");
         let mut p = Mirror::new(written).progress.into_inner().unwrap();
+        assert_eq!(p.files_written, written);
         p.head = head;
         p.advanced_at = then;
         p.unwritten = (written + 1..=head).step_by(MIRROR_BATCH_EVENTS_PACED).map(|h| (h, then)).collect();
@@ -584,33 +630,61 @@ mod tests {
         p
     }
 
-    /// The mirror wrote `events` more in `took`, as `MirrorThread::run` records it.
+    /// The mirror wrote `events` more event files in `took`, the last step of a batch (with its ledger), as
+    /// `MirrorThread::write_batch` records it.
     fn write(p: &mut Progress, events: u64, took: Duration) {
-        p.written += events;
-        p.advanced_at = Instant::now();
-        let written = p.written;
-        while p.unwritten.front().is_some_and(|&(h, _)| h <= written) {
-            p.unwritten.pop_front();
-        }
-        batch_written(p, events, took);
+        let to = p.files_written + events;
+        step_written(p, to, true, events, took);
     }
 
     #[test]
     fn at_the_bound_the_mirror_writes_a_small_batch_and_the_waiting_writer_resumes_after_it() {
         let mut p = behind(MIRROR_LAG_EVENTS_MAX, 0, Duration::ZERO);
         assert!(over_lag_bound(&p));
-        // The writer waits for one small batch, not a large one (tens of ms at the mirror's rate).
-        let batch = batch_events(&p);
-        assert!(batch <= MIRROR_BATCH_EVENTS_PACED as u64 && batch < MIRROR_BATCH_EVENTS_MAX as u64);
-        write(&mut p, batch, Duration::from_millis(2));
+        // The writer waits for one small step, not a large batch (tens of ms at the mirror's rate).
+        let step = step_events(&p);
+        assert!(step <= MIRROR_BATCH_EVENTS_PACED as u64 && step < MIRROR_BATCH_EVENTS_MAX as u64);
+        write(&mut p, step, Duration::from_millis(2));
         assert!(!over_lag_bound(&p));
-        // Far from the bound, and when closing, the mirror writes large batches.
+        // Far from the bound, and when closing, the mirror writes a batch in one step.
         let mut far = behind(MIRROR_LAG_EVENTS_MAX / 2, 0, Duration::ZERO);
-        assert_eq!(batch_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
+        assert_eq!(step_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
         p.stopping = true;
-        assert_eq!(batch_events(&p), MIRROR_BATCH_EVENTS_MAX as u64);
+        assert_eq!(step_events(&p), MIRROR_BATCH_EVENTS_MAX as u64);
         far.stopping = true;
-        assert_eq!(batch_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
+        assert_eq!(step_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
+    }
+
+    #[test]
+    fn at_the_bound_a_step_of_event_files_releases_the_writer_and_the_ledger_moves_once_per_batch() {
+        let mut p = behind(MIRROR_LAG_EVENTS_MAX, 0, Duration::ZERO);
+        assert!(over_lag_bound(&p));
+        let step = step_events(&p);
+        assert_eq!(step, MIRROR_BATCH_EVENTS_PACED as u64);
+        // The batch's first step: its event files, no ledger. The writer resumes; readers and checkpoints still see
+        // the tree through the ledger's position.
+        step_written(&mut p, step, false, step, Duration::from_millis(2));
+        assert!(!over_lag_bound(&p), "a step of event files is progress for the lag bound");
+        assert_eq!((p.files_written, p.written), (step, 0));
+        assert!(p.unwritten.front().is_some_and(|&(h, _)| h > step), "commits through the step are mirrored");
+        // Steps until the batch's last, which moves the ledger to the batch's end.
+        let batch = MIRROR_BATCH_EVENTS_MAX as u64;
+        let mut to = step;
+        while to + step < batch {
+            to += step;
+            step_written(&mut p, to, false, step, Duration::from_millis(2));
+            assert_eq!(p.written, 0);
+        }
+        step_written(&mut p, batch, true, batch - to, Duration::from_millis(2));
+        assert_eq!((p.files_written, p.written), (batch, batch));
+    }
+
+    #[test]
+    fn a_stalled_mirror_is_not_stalled_while_it_writes_steps_of_a_batch() {
+        let mut p = behind(2_000, 0, 2 * MIRROR_LAG_MAX);
+        assert!(over_lag_bound(&p));
+        step_written(&mut p, MIRROR_BATCH_EVENTS_PACED as u64, false, 64, Duration::from_millis(2));
+        assert!(!over_lag_bound(&p), "a step without a ledger is progress");
     }
 
     #[test]
@@ -628,7 +702,7 @@ mod tests {
         let mut p = behind(0, 0, Duration::ZERO);
         assert_eq!(p.lag_limit, MIRROR_LAG_EVENTS_MAX, "no rate measured yet");
         let batch = MIRROR_BATCH_EVENTS_PACED as u64;
-        // A mirror writing 2,000 events/s: the bound falls by half a batch per batch, to what it writes in
+        // A mirror writing 2,000 events/s: the bound falls by half a step per step, to what it writes in
         // MIRROR_LAG_MAX.
         let slow = Duration::from_secs_f64(batch as f64 / 2_000.0);
         batch_written(&mut p, batch, slow);

@@ -135,12 +135,16 @@ fn a_lockless_tree_reader_never_finds_a_position_at_or_below_the_ledger_missing_
     for w in writers {
         w.join().unwrap();
     }
+    // A bulk append within a batch of the lag bound: the mirror writes its event files in paced steps and replaces
+    // the ledger once per batch, after the batch's last step.
+    let bulk = opossum::limits::MIRROR_LAG_EVENTS_MAX - opossum::limits::MIRROR_BATCH_EVENTS_MAX as u64 / 2;
+    store.append((0..bulk).map(|n| fixed(n, "B", &[("b", &(n % 5).to_string())])).collect(), None).unwrap();
     // The mirror follows on its own thread: let the reader watch it catch up too.
     store.sync().unwrap();
     done.store(true, Ordering::Relaxed);
     let checked = reader.join().unwrap();
     assert!(checked > 0, "the reader saw no ledger at all");
-    assert_eq!(store.head(), 240);
+    assert_eq!(store.head(), 240 + bulk);
 }
 
 #[test]
@@ -377,6 +381,57 @@ fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     assert_eq!(store.sync().unwrap(), 2);
     let stats = store.stats();
     assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (2, 2, 0), "{stats:?}");
+}
+
+/// A backend that counts the ledger replacements written through it.
+struct CountedLedgerWrites {
+    inner: Arc<dyn opossum::io::BatchIo>,
+    ledgers: std::sync::atomic::AtomicU64,
+}
+
+impl opossum::io::BatchIo for CountedLedgerWrites {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn read_files(&self, paths: &[std::path::PathBuf]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
+        self.inner.read_files(paths)
+    }
+    fn read_extents(&self, extents: &[opossum::io::Extent<'_>]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
+        self.inner.read_extents(extents)
+    }
+    fn write_files(&self, files: &[opossum::io::FileWrite<'_>], durable: bool) -> Result<(), opossum::io::IoError> {
+        let ledgers = files.iter().filter(|f| f.path.file_name().is_some_and(|n| n == ".ledger")).count();
+        self.ledgers.fetch_add(ledgers as u64, Ordering::SeqCst);
+        self.inner.write_files(files, durable)
+    }
+}
+
+/// One append leaves the mirror within a batch of its lag bound, where it publishes its event files in small steps
+/// (a waiting writer resumes after each): it still replaces the ledger once per batch of `MIRROR_BATCH_EVENTS_MAX`
+/// events, not once per step (each replacement creates a file and frees one, a discard on some mounts), and the
+/// tree ends complete.
+#[test]
+fn near_the_lag_bound_the_mirror_replaces_the_ledger_once_per_batch_not_once_per_paced_step() {
+    use opossum::limits::{MIRROR_BATCH_EVENTS_MAX, MIRROR_LAG_EVENTS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let counted = Arc::new(CountedLedgerWrites { inner: backend(), ledgers: Default::default() });
+    let options = StoreOptions { io: Some(counted.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
+    let store = Store::open(dir.path(), options).unwrap();
+    let opened = counted.ledgers.load(Ordering::SeqCst);
+    // Within a batch of the bound, below it: one group, published at once, so the mirror sees it all at its first
+    // batch.
+    let events = MIRROR_LAG_EVENTS_MAX - MIRROR_BATCH_EVENTS_MAX as u64 / 2;
+    store.append((0..events).map(|n| fixed(n, "A", &[("k", &(n % 7).to_string())])).collect(), None).unwrap();
+    assert_eq!(store.sync().unwrap(), events);
+    let ledgers = counted.ledgers.load(Ordering::SeqCst) - opened;
+    assert_eq!(ledgers, events.div_ceil(MIRROR_BATCH_EVENTS_MAX as u64), "ledger replacements for {events} events");
+    let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
+    assert_eq!(ledger.map(|l| l.last_sequence_position), Some(events));
+    for p in [1, MIRROR_BATCH_EVENTS_MAX as u64 + 1, events] {
+        let file = std::fs::read(dir.path().join("events").join(opossum::format::event_file_name(p))).unwrap();
+        assert_eq!(opossum::format::decode_event(&file).unwrap().position, p);
+    }
+    store.close().unwrap();
 }
 
 #[test]
