@@ -288,6 +288,11 @@ pub const MIRROR_CHECKPOINT_EVENTS_MAX: u64 = 10_000;
 /// ... or this long after the last one, whichever comes first (and only when something was mirrored since). A
 /// reopen after a crash re-derives the tree for at most these events plus the lag bound.
 pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// A checkpoint writes back the event and index files it makes durable with at most this many files' writeback in
+/// flight (`sync_file_range`, a sliding window, one descriptor each) before its `syncfs`: a `syncfs` alone queued
+/// the whole burst (2 s of event files) ahead of the journal's `fdatasync`, which then waited milliseconds (the
+/// conditional appends' p99 with the mirror live); behind at most this many 4 KiB writes it waits microseconds.
+pub const MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX: usize = 32;
 /// The mirror starts a tree write batch at most this often (unless closing, asked to checkpoint or a whole batch
 /// behind), so under a stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds
 /// less metadata to each journal `fdatasync`'s filesystem commit.
@@ -300,6 +305,7 @@ const _: () = {
     assert!(MIRROR_LAG_EVENTS_MAX >= GROUP_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_EVENTS_MIN >= MIRROR_BATCH_EVENTS_MAX as u64 && MIRROR_LAG_EVENTS_MIN <= MIRROR_LAG_EVENTS_MAX);
     assert!(MIRROR_CHECKPOINT_EVENTS_MAX >= MIRROR_BATCH_EVENTS_MAX as u64);
+    assert!(MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX >= 1);
     assert!(MIRROR_LAG_RECHECK_INTERVAL.as_millis() < MIRROR_LAG_MAX.as_millis());
     assert!(MIRROR_BATCH_INTERVAL_MIN.as_millis() * 10 <= MIRROR_LAG_MAX.as_millis());
 };
@@ -339,8 +345,9 @@ const _: () = assert!(INPUT_QUOTE_BYTES_MAX * 4 <= ERROR_MESSAGE_BYTES_MAX);
 /// Connections served at once by default; further ones get a `busy` line and are closed.
 pub const CONNECTIONS_DEFAULT: usize = 1024;
 /// Descriptors the daemon keeps besides connections and batch I/O: the listener, the store's lock, ledger and
-/// directory handles, the projection store, the runtime's epoll and event descriptors, logs, `$NOTIFY_SOCKET`.
-pub const FDS_RESERVED: usize = 64;
+/// directory handles, the projection store, the runtime's epoll and event descriptors, logs, `$NOTIFY_SOCKET`, and a
+/// mirror checkpoint's writeback window.
+pub const FDS_RESERVED: usize = 64 + MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX;
 /// Descriptors one batch read may hold open at once: the io_uring backend's bound (the thread-pool backend holds one
 /// per thread, fewer).
 pub const FDS_READS_MAX: usize = URING_FDS_IN_FLIGHT_MAX;

@@ -8,13 +8,15 @@
 //! missing or torn).
 //! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
 //! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
-//! files the mirrored events touched (tag files, then type files), makes the whole tree durable with one `syncfs`
-//! (without `syncfs`, not on Linux, the mirror fsyncs every file as it writes it instead), and only then records
-//! "mirror durable through P" in the journal's marks. A reopen after a crash re-derives the tree after P
-//! (`reconcile_tree`). A checkpoint runs on a thread of its own, at most one at a time, while the mirror thread goes
-//! on writing event files and ledgers past P (index files live in `Indices/`, another directory; its index files
-//! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
-//! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
+//! files the mirrored events touched (tag files, then type files), writes back the checkpoint's event and index files
+//! with a bounded window ([`write_back`]: a bare `syncfs` queued seconds of tree writes ahead of the journal's
+//! `fdatasync`), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
+//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks. A
+//! reopen after a crash re-derives the tree after P (`reconcile_tree`). A checkpoint runs on a thread of its own, at
+//! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
+//! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
+//! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
+//! index's read lock and encodes and writes them without it.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
 //! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
@@ -45,8 +47,8 @@ use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
     MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_EVENTS_PACED, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX,
-    MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX,
-    MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX, MIRROR_LAG_EVENTS_MAX,
+    MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -515,6 +517,12 @@ fn checkpoint(
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let layout = &shared.layout;
+    // The event files this checkpoint makes durable: those after the last checkpoint (one runs at a time). A close's
+    // checkpoint has no commit to keep waiting short (the writer has stopped): a bare `syncfs` is faster.
+    let (from, closing) = {
+        let p = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror").lock();
+        (p.checkpointed + 1, p.stopping)
+    };
     // Copy the lists under the index's read lock (a memcpy), encode and write without it.
     let (tag_lists, type_lists) = {
         let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
@@ -528,19 +536,76 @@ fn checkpoint(
     let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
         lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
     };
+    let mut index_paths = Vec::new();
     for files in [encode(tag_lists), encode(type_lists)] {
         if !files.is_empty() {
             shared.io.write_files(&recovery::replace_all(&files), per_file)?;
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+            index_paths.extend(files.into_iter().map(|(path, _)| path));
         }
     }
     tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
     // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
     if shared.options.durability == Durability::Fsync && !per_file {
+        if !closing {
+            let events = (from..=through).map(|position| layout.event_file(position));
+            write_back(events.chain(index_paths))?;
+            tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: files written back");
+        }
         sync_filesystem(&layout.root)?;
     }
     shared.journal.as_deref().expect("the mirror runs in journal mode").set_mirror_durable(through)?;
     Ok(())
+}
+
+/// Writes back the dirty pages of `paths` (data only, no device flush) and waits for them, with at most
+/// [`MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX`] files' writeback in flight, so that the `syncfs` after it finds little
+/// left (inodes, directories). The point is the bound: a `syncfs` alone queues every dirty page of the checkpoint at
+/// once, and a journal `fdatasync` issued meanwhile waits behind all of them (measured: a 10,000-file `syncfs` held
+/// a concurrent 512-byte `fdatasync` at 2.5-4 ms p50 against 0.1 ms behind a 64-file window). Durability is still
+/// the `syncfs`'s: this only paces the writes ahead of it. Elsewhere than Linux the mirror fsyncs per file and this
+/// is never called.
+fn write_back(paths: impl Iterator<Item = PathBuf>) -> Result<(), StoreError> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        /// `sync_file_range(2)` over the whole file: start its writeback, or with `wait` wait for what is in
+        /// flight, start the rest and wait for that too.
+        fn sync_range(file: &std::fs::File, path: &std::path::Path, wait: bool) -> Result<(), StoreError> {
+            let flags = match wait {
+                true => {
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER
+                }
+                false => libc::SYNC_FILE_RANGE_WRITE,
+            };
+            // SAFETY: `file` is an open descriptor for the duration of the call; offset 0 and length 0 mean the
+            // whole file; the call touches no memory of ours.
+            match unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, flags) } {
+                0 => Ok(()),
+                _ => Err(StoreError::io(IoOp::Fsync, path, std::io::Error::last_os_error())),
+            }
+        }
+        let mut in_flight: VecDeque<(PathBuf, std::fs::File)> =
+            VecDeque::with_capacity(MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX);
+        for path in paths {
+            if in_flight.len() == MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX {
+                let (oldest, file) = in_flight.pop_front().expect("the window is full");
+                sync_range(&file, &oldest, true)?;
+            }
+            let file = std::fs::File::open(&path).map_err(|e| StoreError::io(IoOp::Open, &path, e))?;
+            sync_range(&file, &path, false)?;
+            in_flight.push_back((path, file));
+        }
+        for (path, file) in in_flight {
+            sync_range(&file, &path, true)?;
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (paths, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX);
+        unreachable!("the mirror fsyncs per file where there is no syncfs")
+    }
 }
 
 /// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere the mirror
@@ -685,6 +750,30 @@ mod tests {
         assert!(over_lag_bound(&p));
         step_written(&mut p, MIRROR_BATCH_EVENTS_PACED as u64, false, 64, Duration::from_millis(2));
         assert!(!over_lag_bound(&p), "a step without a ledger is progress");
+    }
+
+    /// More files than the writeback window holds: every one is opened and written back; a file that is not there
+    /// (a checkpoint's range gone wrong) fails the checkpoint with its name instead of being skipped.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_checkpoint_writes_back_every_file_through_its_window_and_names_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> =
+            (0..MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX * 2 + 3).map(|i| dir.path().join(format!("{i}.json"))).collect();
+        for path in &paths {
+            std::fs::write(path, b"{}").unwrap();
+        }
+        write_back(paths.iter().cloned()).unwrap();
+        let missing = dir.path().join("missing.json");
+        let mut with_gap = paths.clone();
+        with_gap.insert(MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX + 1, missing.clone());
+        match write_back(with_gap.into_iter()) {
+            Err(StoreError::Io(e)) => {
+                assert_eq!(e.op, IoOp::Open);
+                assert!(e.to_string().contains("missing.json"), "{e}");
+            }
+            other => panic!("a missing file must fail the writeback: {other:?}"),
+        }
     }
 
     #[test]
