@@ -42,8 +42,8 @@ use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
     MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_EVENTS_PACED, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX,
-    MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX,
-    MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_CHECKPOINT_FILES_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN,
+    MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -304,14 +304,17 @@ impl MirrorThread {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
-                    if (p.written < p.head && pause.is_zero()) || checkpoint {
+                    // A running checkpoint with the next one's index files at the bound: no more event files until
+                    // it ends (it wakes us), so no checkpoint, nor a close's last one, writes more than about that.
+                    let backlog = self.checkpoint_backlog_full(&p);
+                    if (p.written < p.head && pause.is_zero() && !backlog) || checkpoint {
                         break (p.written, p.head.min(p.written + batch_events(&p)), checkpoint);
                     }
                     let wait = match p.written > p.checkpointed {
                         true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
                         false => MIRROR_CHECKPOINT_INTERVAL_MAX,
                     };
-                    let wait = match p.written < p.head {
+                    let wait = match p.written < p.head && !backlog {
                         true => pause.min(wait),
                         false => wait,
                     };
@@ -360,12 +363,25 @@ impl MirrorThread {
         }
     }
 
-    /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events or
-    /// time since it, or `Store::sync` asking for what is written, or a close with the tree current.
+    /// The index files the next checkpoint has to write (stems the events mirrored since the last one touched).
+    fn dirty_files(&self) -> usize {
+        self.dirty_tags.len() + self.dirty_types.len()
+    }
+
+    /// Whether the mirror must wait for the running checkpoint before it writes more event files: the next one
+    /// already has [`MIRROR_CHECKPOINT_FILES_MAX`] index files to write.
+    fn checkpoint_backlog_full(&self, p: &Progress) -> bool {
+        p.checkpoint_running && self.dirty_files() >= MIRROR_CHECKPOINT_FILES_MAX
+    }
+
+    /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events,
+    /// index files to write or time since it, or `Store::sync` asking for what is written, or a close with the tree
+    /// current.
     fn checkpoint_due(&self, p: &Progress) -> bool {
         !p.checkpoint_running
             && p.written > p.checkpointed
             && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
+                || self.dirty_files() >= MIRROR_CHECKPOINT_FILES_MAX
                 || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
                 || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
                 || (p.stopping && p.written >= p.head))
@@ -401,7 +417,8 @@ impl MirrorThread {
         // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
         let ledger = Ledger { last_sequence_position: to, event_count: to }.encode();
         let ledger_path = layout.ledger();
-        io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], self.per_file)?;
+        let ledger_write = [FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }];
+        self.shared.trash.write_files(io, &ledger_write, self.per_file)?;
         self.shared.counters.write_batches.fetch_add(2, Ordering::Relaxed);
         Ok(())
     }
@@ -483,13 +500,20 @@ fn checkpoint(
     let encode = |lists: Vec<(PathBuf, Vec<u64>)>| -> Vec<(PathBuf, Vec<u8>)> {
         lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
     };
+    let mut written = 0;
     for files in [encode(tag_lists), encode(type_lists)] {
+        written += files.len();
         if !files.is_empty() {
-            shared.io.write_files(&recovery::replace_all(&files), per_file)?;
+            shared.trash.write_files(shared.io.as_ref(), &recovery::replace_all(&files), per_file)?;
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         }
     }
-    tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
+    tracing::debug!(
+        through,
+        files = written,
+        took_us = super::elapsed_us(started),
+        "mirror checkpoint: index files written"
+    );
     // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
     if shared.options.durability == Durability::Fsync && !per_file {
         sync_filesystem(&layout.root)?;
@@ -553,7 +577,7 @@ pub(crate) fn reconcile_tree(
         next = last + 1;
     }
     let lock = std::sync::RwLock::new(std::mem::take(index));
-    recovery::flush_index_files(layout, io, &lock, per_file)?;
+    recovery::flush_index_files(layout, io, &lock, per_file, None)?;
     *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
     let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();
