@@ -201,7 +201,8 @@ pub const TRASH_EMPTY_BATCH_FILES_MAX: usize = 1024;
 /// open (a close empties what is left, within `TRASH_EMPTY_AT_CLOSE_TIME_MAX`).
 pub const TRASH_EMPTY_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a close spends emptying the trash; what is left then is deleted by the next open, in the background.
-pub const TRASH_EMPTY_AT_CLOSE_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+/// (A stop right after a 1M fill emptied 14,706 files in 0.45 s of its 3.4 s.)
+pub const TRASH_EMPTY_AT_CLOSE_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 const _: () = assert!(TRASH_EMPTY_THREADS_MAX >= 1 && TRASH_EMPTY_THREADS_MAX <= TRASH_EMPTY_BATCH_FILES_MAX);
 
 // --- projections -----------------------------------------------------------------------------------------------
