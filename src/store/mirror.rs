@@ -5,15 +5,18 @@
 //! ([`Mirror::published`]). The mirror thread reads the new records back through `Journal::read` (mostly the page
 //! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (two `BatchIo`
 //! calls, so a lockless .NET reader that reads `.ledger` and then event files never finds one missing or torn).
-//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
-//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
+//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events,
+//! [`MIRROR_CHECKPOINT_FILES_MAX`] index files to write or [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
 //! files the mirrored events touched (tag files, then type files), makes the whole tree durable with one `syncfs`
 //! (without `syncfs`, not on Linux, the mirror fsyncs every file as it writes it instead), and only then records
 //! "mirror durable through P" in the journal's marks. A reopen after a crash re-derives the tree after P
 //! (`reconcile_tree`). A checkpoint runs on a thread of its own, at most one at a time, while the mirror thread goes
 //! on writing event files and ledgers past P (index files live in `Indices/`, another directory; its index files
 //! take hundreds of ms under load and its `syncfs` can take seconds, which the writer would otherwise spend waiting
-//! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it.
+//! on the lag bound). It copies its lists under the index's read lock and encodes and writes them without it. While
+//! one runs, the mirror writes no more event files once the next one has [`MIRROR_CHECKPOINT_FILES_MAX`] index files
+//! to write, so no checkpoint (a close's last one included) writes many more. Index files and ledgers are replaced
+//! through the store's trash (`store/trash.rs`): the files they replace are deleted later, off this thread.
 //!
 //! Backpressure: the writer waits before a group commit while the tree is [`MIRROR_LAG_EVENTS_MAX`] events behind,
 //! or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the mirror has made no
