@@ -28,6 +28,10 @@ pub const DAEMON_DIR: &str = ".opossumd";
 pub const NAMING_RULES_FILE: &str = "naming-rules";
 /// Where recovery moves event files that belong to no acknowledged batch. Nothing is ever deleted.
 pub const QUARANTINE_DIR: &str = ".quarantine";
+/// Inside [`DAEMON_DIR`]: the old contents of index files and ledgers the daemon replaced, waiting to be deleted
+/// (`store/trash.rs`), one directory per generation named by a decimal number. Never part of the tree: everything
+/// in it is junk, deleted in the background.
+pub const TRASH_DIR: &str = "trash";
 
 /// The directories of a store, derived from its root.
 #[derive(Debug, Clone)]
@@ -68,6 +72,22 @@ impl Layout {
 
     pub fn quarantine(&self) -> PathBuf {
         self.root.join(QUARANTINE_DIR)
+    }
+
+    /// `.opossumd/trash`
+    pub fn trash(&self) -> PathBuf {
+        self.root.join(DAEMON_DIR).join(TRASH_DIR)
+    }
+
+    /// `.opossumd/trash/<generation>`
+    pub fn trash_generation(&self, generation: u64) -> PathBuf {
+        self.trash().join(generation.to_string())
+    }
+
+    /// The generation a name in `.opossumd/trash` belongs to, or `None` for a name no generation has.
+    pub fn trash_generation_of(name: &std::ffi::OsStr) -> Option<u64> {
+        let name = name.to_str()?;
+        name.bytes().all(|b| b.is_ascii_digit()).then(|| name.parse().ok()).flatten()
     }
 
     pub fn event_file(&self, position: u64) -> PathBuf {

@@ -38,8 +38,16 @@ impl CommitWriter {
 
     /// `BatchIo::write_files`: commit records (`Commit`) are written first but renamed last, in-place records
     /// (`CommitInPlace`) overwritten after everything else; the other files go in chunks of at most
-    /// [`WRITE_OPEN_FILES_MAX`] (see [`CommitWriter::write_chunk`]).
-    pub(crate) fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
+    /// [`WRITE_OPEN_FILES_MAX`] (see [`CommitWriter::write_chunk`]). With a `trash` directory
+    /// (`BatchIo::write_files_with_trash`), temporaries are written there and swapped into place ([`rename_into_place`]).
+    pub(crate) fn write_files(
+        &self,
+        files: &[FileWrite<'_>],
+        durable: bool,
+        trash: Option<&Path>,
+    ) -> Result<(), IoError> {
+        // Only where names can be swapped; elsewhere temporaries stay beside their final names and replace them.
+        let trash = trash.filter(|_| SWAPS_NAMES);
         let (in_place, files): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
             files.iter().partition(|f| f.mode == WriteMode::CommitInPlace);
         let (commits, others): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
@@ -50,7 +58,7 @@ impl CommitWriter {
         let mut commit_tmps = Vec::with_capacity(commits.len());
         let mut commit_handles = Vec::with_capacity(commits.len());
         for f in &commits {
-            let tmp = tmp_path(f.path);
+            let tmp = temporary(f.path, trash);
             match write_new(&tmp, f.bytes) {
                 Ok(handle) => commit_handles.push(handle),
                 Err(e) => {
@@ -67,13 +75,13 @@ impl CommitWriter {
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let extra = if i == last { &commit_targets[..] } else { &[] };
-            if let Err(e) = self.write_chunk(chunk, durable, extra) {
+            if let Err(e) = self.write_chunk(chunk, durable, extra, trash) {
                 remove_all(&commit_tmps);
                 return Err(e);
             }
         }
         for (i, (f, tmp)) in commits.iter().zip(&commit_tmps).enumerate() {
-            if let Err(e) = std::fs::rename(tmp, f.path) {
+            if let Err(e) = rename_into_place(tmp, f.path, trash.is_some()) {
                 remove_all(&commit_tmps[i..]);
                 return Err(IoError::new(IoOp::Rename, f.path, e));
             }
@@ -99,7 +107,13 @@ impl CommitWriter {
     ///    its final name, which the `BatchIo` contract allows.
     ///
     /// On failure, temporaries and the `CreateNew` files this call created are removed.
-    fn write_chunk(&self, files: &[FileWrite<'_>], durable: bool, extra: &[SyncTarget<'_>]) -> Result<(), IoError> {
+    fn write_chunk(
+        &self,
+        files: &[FileWrite<'_>],
+        durable: bool,
+        extra: &[SyncTarget<'_>],
+        trash: Option<&Path>,
+    ) -> Result<(), IoError> {
         if files.is_empty() {
             return if durable { self.barriers.run(extra, &[]) } else { Ok(()) };
         }
@@ -110,7 +124,7 @@ impl CommitWriter {
         // Where each file is written first: its final name (`CreateNew`) or a temporary.
         let first_names: Vec<PathBuf> = files
             .iter()
-            .map(|f| if f.mode == WriteMode::CreateNew { f.path.to_path_buf() } else { tmp_path(f.path) })
+            .map(|f| if f.mode == WriteMode::CreateNew { f.path.to_path_buf() } else { temporary(f.path, trash) })
             .collect();
         let written: Vec<Result<std::fs::File, IoError>> = if !durable || files.len() < PARALLEL_WRITE_MIN_FILES {
             files.iter().zip(&first_names).map(|(f, name)| write_new(name, f.bytes)).collect()
@@ -153,7 +167,7 @@ impl CommitWriter {
             if f.mode == WriteMode::CreateNew {
                 continue;
             }
-            if let Err(e) = std::fs::rename(tmp, f.path) {
+            if let Err(e) = rename_into_place(tmp, f.path, trash.is_some()) {
                 let rest: Vec<PathBuf> = files[i..]
                     .iter()
                     .zip(&first_names[i..])
@@ -177,6 +191,38 @@ impl CommitWriter {
         targets.extend(extra.iter().map(SyncTarget::clone));
         self.barriers.run(&targets, &dirs)
     }
+}
+
+/// Whether this build swaps a temporary with the file it replaces (`renameat2(RENAME_EXCHANGE)`, glibc's Linux).
+const SWAPS_NAMES: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+
+/// Where a file that takes its final name by a rename is written first: a fresh temporary name beside its final
+/// name, or in `trash` (same file name, so an error names what it was for).
+fn temporary(final_path: &Path, trash: Option<&Path>) -> PathBuf {
+    match (trash, final_path.file_name()) {
+        (Some(trash), Some(name)) => tmp_path(&trash.join(name)),
+        _ => tmp_path(final_path),
+    }
+}
+
+/// Gives the temporary `tmp` the name `final_path`. With `swap` (`tmp` is in a trash directory), a file already at
+/// `final_path` is swapped into `tmp`'s place (`RENAME_EXCHANGE`: one atomic step, so readers of `final_path` see the
+/// old file or the new one, never none) instead of freed under the directory's lock by a plain rename; its
+/// blocks are freed when the trash's owner deletes it. A missing final name (`ENOENT`) or a filesystem that cannot
+/// swap (`EINVAL`) takes the plain rename.
+fn rename_into_place(tmp: &Path, final_path: &Path, swap: bool) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if swap {
+        use nix::errno::Errno;
+        use nix::fcntl::{renameat2, RenameFlags};
+        match renameat2(None, tmp, None, final_path, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(()),
+            Err(Errno::ENOENT | Errno::EINVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let _ = swap;
+    std::fs::rename(tmp, final_path)
 }
 
 /// The distinct parent directories of a write batch, in first-seen order.

@@ -3,7 +3,7 @@
 //! failed writes and fsyncs (ENOSPC, EIO) in chosen write batches; a failed whole-file read; and a read error in one
 //! extent of a `read_extents` call (a bad sector under one journal record).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -110,12 +110,28 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
+        self.write_faulty(files, |files| self.inner.write_files(files, durable))
+    }
+
+    fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
+        self.write_faulty(files, |files| self.inner.write_files_with_trash(files, durable, trash))
+    }
+}
+
+impl<T: BatchIo> FaultyIo<T> {
+    /// A write batch through `write` (the inner backend's `write_files` or `write_files_with_trash`), failing as the
+    /// armed fault says.
+    fn write_faulty<'a>(
+        &self,
+        files: &[FileWrite<'a>],
+        write: impl Fn(&[FileWrite<'a>]) -> Result<(), IoError>,
+    ) -> Result<(), IoError> {
         self.write_batches.fetch_add(1, Ordering::SeqCst);
         match self.take_fault() {
-            None | Some(Fault::Read { .. }) => self.inner.write_files(files, durable),
+            None | Some(Fault::Read { .. }) => write(files),
             Some(Fault::Write { errno, files_written }) => {
                 let n = files_written.min(files.len());
-                self.inner.write_files(&files[..n], durable)?;
+                write(&files[..n])?;
                 let path = files.get(n).map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
                 Err(IoError::new(IoOp::Write, path, std::io::Error::from_raw_os_error(errno)))
             }
@@ -131,7 +147,7 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
                 Err(IoError::new(IoOp::Open, path, std::io::Error::from_raw_os_error(errno)))
             }
             Some(Fault::Fsync { errno }) => {
-                self.inner.write_files(files, durable)?;
+                write(files)?;
                 let path = files.first().map_or_else(|| PathBuf::from("<batch>"), |f| f.path.to_path_buf());
                 Err(IoError::new(IoOp::Fsync, path, std::io::Error::from_raw_os_error(errno)))
             }

@@ -5,7 +5,7 @@
 //! files faster than one thread, warm and cold, because path lookups and device reads overlap: see
 //! docs/io-engine.md for the measurements.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -100,7 +100,11 @@ impl BatchIo for ThreadPoolIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        self.writer.write_files(files, durable)
+        self.writer.write_files(files, durable, None)
+    }
+
+    fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
+        self.writer.write_files(files, durable, Some(trash))
     }
 }
 

@@ -6,8 +6,8 @@
 //! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (the ledger in a
 //! `BatchIo` call after theirs, so a lockless .NET reader that reads `.ledger` and then event files never finds one
 //! missing or torn).
-//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
-//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
+//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events,
+//! [`MIRROR_CHECKPOINT_FILES_MAX`] index files to write or [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
 //! files the mirrored events touched (tag files, then type files), writes back the checkpoint's event and index files
 //! with a bounded window ([`write_back`]: a bare `syncfs` queued seconds of tree writes ahead of the journal's
 //! `fdatasync`), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
@@ -16,7 +16,10 @@
 //! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
 //! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
 //! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
-//! index's read lock and encodes and writes them without it.
+//! index's read lock and encodes and writes them without it. While one runs, the mirror writes no more event files
+//! once the next one has [`MIRROR_CHECKPOINT_FILES_MAX`] index files to write, so no checkpoint (a close's last one
+//! included) writes many more. Index files and ledgers are replaced through the store's trash (`store/trash.rs`):
+//! the files they replace are deleted later, off this thread.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
 //! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
@@ -47,8 +50,9 @@ use crate::io::{BatchIo, FileWrite, IoOp, WriteMode};
 use crate::journal::Journal;
 use crate::limits::{
     MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_EVENTS_PACED, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_EVENTS_MAX,
-    MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX, MIRROR_LAG_EVENTS_MAX,
-    MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_CHECKPOINT_FILES_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX,
+    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL,
+    READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -333,7 +337,10 @@ impl MirrorThread {
                         true => std::time::Duration::ZERO,
                         false => MIRROR_BATCH_INTERVAL_MIN.saturating_sub(self.last_batch.elapsed()),
                     };
-                    if (p.written < p.head && pause.is_zero()) || checkpoint {
+                    // A running checkpoint with the next one's index files at the bound: no more event files until
+                    // it ends (it wakes us), so no checkpoint, nor a close's last one, writes more than about that.
+                    let backlog = self.checkpoint_backlog_full(&p);
+                    if (p.written < p.head && pause.is_zero() && !backlog) || checkpoint {
                         debug_assert_eq!(p.files_written, p.written, "a batch ends with its ledger");
                         break (p.written, p.head.min(p.written + MIRROR_BATCH_EVENTS_MAX as u64), checkpoint);
                     }
@@ -341,7 +348,7 @@ impl MirrorThread {
                         true => MIRROR_CHECKPOINT_INTERVAL_MAX.saturating_sub(self.last_checkpoint.elapsed()),
                         false => MIRROR_CHECKPOINT_INTERVAL_MAX,
                     };
-                    let wait = match p.written < p.head {
+                    let wait = match p.written < p.head && !backlog {
                         true => pause.min(wait),
                         false => wait,
                     };
@@ -390,12 +397,25 @@ impl MirrorThread {
         }
     }
 
-    /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events or
-    /// time since it, or `Store::sync` asking for what is written, or a close with the tree current.
+    /// The index files the next checkpoint has to write (stems the events mirrored since the last one touched).
+    fn dirty_files(&self) -> usize {
+        self.dirty_tags.len() + self.dirty_types.len()
+    }
+
+    /// Whether the mirror must wait for the running checkpoint before it writes more event files: the next one
+    /// already has [`MIRROR_CHECKPOINT_FILES_MAX`] index files to write.
+    fn checkpoint_backlog_full(&self, p: &Progress) -> bool {
+        p.checkpoint_running && self.dirty_files() >= MIRROR_CHECKPOINT_FILES_MAX
+    }
+
+    /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events,
+    /// index files to write or time since it, or `Store::sync` asking for what is written, or a close with the tree
+    /// current.
     fn checkpoint_due(&self, p: &Progress) -> bool {
         !p.checkpoint_running
             && p.written > p.checkpointed
             && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
+                || self.dirty_files() >= MIRROR_CHECKPOINT_FILES_MAX
                 || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
                 || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
                 || (p.stopping && p.written >= p.head))
@@ -447,7 +467,8 @@ impl MirrorThread {
         // After the event files it covers, in a call of its own: the ledger's rename comes after their writes.
         let ledger = Ledger { last_sequence_position: to, event_count: to }.encode();
         let ledger_path = layout.ledger();
-        io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], self.per_file)?;
+        let ledger_write = [FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }];
+        self.shared.trash.write_files(io, &ledger_write, self.per_file)?;
         self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         self.publish_step(to, true, to + 1 - next, step_started);
         Ok(())
@@ -537,14 +558,21 @@ fn checkpoint(
         lists.into_iter().map(|(path, positions)| (path, format::encode_index(&positions))).collect()
     };
     let mut index_paths = Vec::new();
+    let mut written = 0;
     for files in [encode(tag_lists), encode(type_lists)] {
+        written += files.len();
         if !files.is_empty() {
-            shared.io.write_files(&recovery::replace_all(&files), per_file)?;
+            shared.trash.write_files(shared.io.as_ref(), &recovery::replace_all(&files), per_file)?;
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
             index_paths.extend(files.into_iter().map(|(path, _)| path));
         }
     }
-    tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: index files written");
+    tracing::debug!(
+        through,
+        files = written,
+        took_us = super::elapsed_us(started),
+        "mirror checkpoint: index files written"
+    );
     // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
     if shared.options.durability == Durability::Fsync && !per_file {
         if !closing {
@@ -663,7 +691,7 @@ pub(crate) fn reconcile_tree(
         next = last + 1;
     }
     let lock = std::sync::RwLock::new(std::mem::take(index));
-    recovery::flush_index_files(layout, io, &lock, per_file)?;
+    recovery::flush_index_files(layout, io, &lock, per_file, None)?;
     *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
     let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();

@@ -32,6 +32,7 @@ mod recovery;
 mod subscribe;
 pub mod tools;
 mod tracking;
+mod trash;
 mod writer;
 
 pub(crate) use lock::{LockFile, StoreLock};
@@ -355,6 +356,8 @@ pub(crate) struct Shared {
     pub commits: CommitWatch,
     /// Tracking sources and the event id window (journal mode; empty in files mode, which refuses both).
     pub tracking: Mutex<tracking::Table>,
+    /// Where the files that index-file flushes and the mirror replace wait to be deleted (`store/trash.rs`).
+    pub trash: Arc<trash::Trash>,
 }
 
 impl Shared {
@@ -381,7 +384,7 @@ impl Shared {
         }
         let durable = self.options.durability == Durability::Fsync;
         let started = Instant::now();
-        match recovery::flush_index_files(&self.layout, self.io.as_ref(), &self.index, durable) {
+        match recovery::flush_index_files(&self.layout, self.io.as_ref(), &self.index, durable, Some(&self.trash)) {
             Ok(flushed) => {
                 let c = &self.counters;
                 c.write_batches.fetch_add(flushed.batches as u64, Ordering::Relaxed);
@@ -654,6 +657,8 @@ pub struct Store {
     mirror: Option<JoinHandle<()>>,
     /// Journal mode: writes index checkpoints in the background and at close (`checkpoint`).
     checkpointer: Option<checkpoint::Checkpointer>,
+    /// Deletes the files in the trash (`store/trash.rs`), stopped at close.
+    trash_emptier: Option<JoinHandle<()>>,
     _owner_lock: Option<File>,
     /// Journal mode: `.store.lock`, held (flock) from open to close.
     _tree_lock: Option<File>,
@@ -732,6 +737,7 @@ impl Store {
             }
         };
         let mirror_live = journal.is_some() && options.mirror == MirrorMode::Live;
+        let trash = Arc::new(trash::Trash::new(&layout));
         let shared = Arc::new(Shared {
             layout,
             io,
@@ -748,6 +754,7 @@ impl Store {
             mirror_failed: std::sync::atomic::AtomicBool::new(false),
             commits: CommitWatch::new(recovered.head),
             tracking: Mutex::new(tracking),
+            trash,
         });
         shared.counters.index_write_failures.store(recovered.index_write_failures, Ordering::Relaxed);
         shared.count_quarantine();
@@ -768,6 +775,7 @@ impl Store {
             IndexWrites::Deferred { interval } => Some(IndexFlusher::spawn(shared.clone(), interval)?),
         };
         let checkpointer = checkpoint::Checkpointer::spawn(&shared, recovered.index_checkpoint.unwrap_or(0))?;
+        let trash_emptier = shared.trash.spawn_emptier()?;
         tracing::info!(root = %shared.layout.root.display(), head = recovered.head, io = shared.io.name(), "store open");
         let c = &shared.counters;
         let (quarantine_files, quarantine_bytes) =
@@ -790,6 +798,7 @@ impl Store {
             flusher,
             mirror,
             checkpointer,
+            trash_emptier: Some(trash_emptier),
             _owner_lock: owner_lock,
             _tree_lock: tree_lock,
         })
@@ -1115,6 +1124,11 @@ impl Store {
             if let Err(e) = journal.close() {
                 self.shared.poison(format!("closing the journal failed: {e}"));
             }
+        }
+        // Every writer of the tree has stopped: what they left in the trash goes now (within a bound) or at the
+        // next open.
+        if let Some(emptier) = self.trash_emptier.take() {
+            self.shared.trash.close(Some(emptier));
         }
         self.free_index_in_background();
         flushed

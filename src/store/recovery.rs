@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use super::index::Index;
+use super::trash::Trash;
 use super::{StoreError, READ_BATCH_FILES_DEFAULT};
 use crate::format::{self, Layout, Ledger, NamingRules};
 use crate::io::{self, BatchIo, FileWrite, IoOp, WriteMode};
@@ -96,7 +97,7 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     let mut index_write_failures = 0;
     if unwritable.is_none() {
         record_naming_rules(layout, naming);
-        if let Err(e) = flush_index_files(layout, io, &index, durable) {
+        if let Err(e) = flush_index_files(layout, io, &index, durable, None) {
             // Index files are a derived cache (ARCHITECTURE.md, invariant 5): never a reason not to open.
             tracing::warn!("could not write index files; the next open re-derives them from the event files: {e}");
             index_write_failures = 1;
@@ -380,11 +381,13 @@ pub(crate) struct Flushed {
 /// lists, never while encoding or during I/O, so appends go on while a flush writes. Both kinds of file come from
 /// one snapshot, clipped to the highest position inserted when the marks were taken: a position inserted later may be in a list being
 /// written while its other stems are not being written, and must wait for the next flush.
+/// With a `trash`, the replaced files wait there to be deleted (`store/trash.rs`).
 pub(crate) fn flush_index_files(
     layout: &Layout,
     io: &dyn BatchIo,
     index: &RwLock<Index>,
     durable: bool,
+    trash: Option<&Trash>,
 ) -> Result<Flushed, StoreError> {
     let started = std::time::Instant::now();
     let (tags, types, limit) = {
@@ -415,7 +418,10 @@ pub(crate) fn flush_index_files(
             if files.is_empty() {
                 continue;
             }
-            io.write_files(&replace_all(files), durable)?;
+            match trash {
+                Some(trash) => trash.write_files(io, &replace_all(files), durable)?,
+                None => io.write_files(&replace_all(files), durable)?,
+            }
             flushed.batches += 1;
         }
         Ok(())
@@ -448,7 +454,7 @@ mod tests {
         index.by_type.set("A", vec![1, 2]);
         index.by_tag.set("k_2", vec![2]);
         let index = RwLock::new(index);
-        flush_index_files(&layout, &ThreadPoolIo::new(2), &index, false).unwrap();
+        flush_index_files(&layout, &ThreadPoolIo::new(2), &index, false, None).unwrap();
         let read = |p: PathBuf| format::decode_index(&std::fs::read(p).unwrap()).unwrap();
         assert_eq!(read(layout.type_index.join("A.json")), vec![1], "type file ran ahead of the tag files");
         assert_eq!(read(layout.tag_index.join("k_1.json")), vec![1]);

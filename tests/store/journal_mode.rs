@@ -649,3 +649,111 @@ fn cached_reads_return_what_blocking_reads_do_and_a_step_not_taken_consumes_noth
     let files = Store::open(files_dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
     assert!(files.try_read_now(&Query::All, ReadOptions::default()).is_none());
 }
+
+/// Every file under `dir` (recursively), relative to it; none when it does not exist.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(files_under(&entry.path()).into_iter().map(|f| format!("{name}/{f}")));
+        } else {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// What an earlier run left in `.opossumd/trash` (a crash, a close out of time) is junk: never read, even when it is
+/// named like a tree file, and deleted by the store (in the background from the open, or at the latest by the close).
+#[test]
+fn junk_in_the_trash_is_never_read_and_the_store_deletes_it() {
+    for commit in [CommitMode::Files, CommitMode::Journal] {
+        let dir = tempfile::tempdir().unwrap();
+        let trash = dir.path().join(opossum::format::DAEMON_DIR).join(opossum::format::TRASH_DIR);
+        std::fs::create_dir_all(trash.join("12345")).unwrap();
+        std::fs::write(trash.join("12345").join("k_1.json"), b"[99]").unwrap();
+        std::fs::write(trash.join("12345").join(".ledger"), b"{}").unwrap();
+        std::fs::write(trash.join("stray"), b"x").unwrap();
+        let store = Store::open(dir.path(), mode(commit, MirrorMode::Live)).unwrap();
+        store.append(vec![fixed(1, "A", &[("k", "1")])], None).unwrap();
+        store.sync().unwrap();
+        // Replaces `k_1.json` and the ledger.
+        store.append(vec![fixed(2, "A", &[("k", "1")])], None).unwrap();
+        let read = store.read_to_vec(&Query::All, ReadOptions::default()).unwrap();
+        assert_eq!(read.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2], "{commit:?}");
+        store.close().unwrap();
+        assert_eq!(files_under(&trash), Vec::<String>::new(), "{commit:?}: the trash after a close");
+        let tag = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/Tags/k_1.json")).unwrap());
+        assert_eq!(tag.unwrap(), vec![1, 2], "{commit:?}");
+        let store = Store::open(dir.path(), mode(commit, MirrorMode::Live)).unwrap();
+        assert_eq!(store.head(), 2);
+    }
+}
+
+/// While a checkpoint runs, the mirror writes event files only until the next checkpoint has
+/// `MIRROR_CHECKPOINT_FILES_MAX` index files to write, so neither it nor a close's last one ever has many more: a
+/// bulk load used to out-run the checkpoints until each rewrote every tag file of the store (a 27 s stop).
+#[test]
+fn the_mirror_waits_for_a_running_checkpoint_once_the_next_has_its_bound_of_index_files() {
+    use opossum::limits::MIRROR_CHECKPOINT_FILES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(GatedEventWrites {
+        inner: backend(),
+        gated_dir: opossum::format::TAG_INDEX_DIR,
+        shut: std::sync::Mutex::new(true),
+        opened: Default::default(),
+        waiting: Default::default(),
+    });
+    let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
+    let store = Arc::new(Store::open(dir.path(), options).unwrap());
+    let _gate = OpenOnDrop(gated.clone());
+    store.append(vec![fixed(1, "A", &[("k", "1")])], None).unwrap();
+    // A checkpoint through 1 starts and waits at its tag files.
+    let syncer = {
+        let store = store.clone();
+        std::thread::spawn(move || store.sync().unwrap())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}: {:?}", store.stats());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait_for("no checkpoint reached its tag files", &|| gated.waiting.load(Ordering::SeqCst));
+    // Two appends whose events touch half the bound's tag files each: the mirror writes both.
+    const TAGS_PER_EVENT: usize = 64;
+    let events_per_append = (MIRROR_CHECKPOINT_FILES_MAX / 2).div_ceil(TAGS_PER_EVENT) as u64;
+    let mut next = 2u64;
+    for _ in 0..2 {
+        let events: Vec<Event> = (next..next + events_per_append)
+            .map(|n| {
+                let tags: Vec<(String, String)> =
+                    (0..TAGS_PER_EVENT).map(|t| (format!("t{t}"), n.to_string())).collect();
+                let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                fixed(n, "A", &tags)
+            })
+            .collect();
+        next += events_per_append;
+        store.append(events, None).unwrap();
+        let head = next - 1;
+        wait_for("the mirror stopped below the bound", &|| store.stats().mirror_head == head);
+    }
+    // The next checkpoint now has the bound's index files to write: nothing more until the running one ends.
+    store.append(vec![fixed(next, "A", &[("k", "1")])], None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(store.stats().mirror_head, next - 1, "the mirror wrote on past the checkpoint bound");
+    assert!(!syncer.is_finished());
+    gated.open_gate();
+    assert_eq!(syncer.join().unwrap(), 1);
+    assert_eq!(store.sync().unwrap(), next);
+    let stats = store.stats();
+    assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (next, next, 0), "{stats:?}");
+    let tag = opossum::format::decode_index(&std::fs::read(dir.path().join("Indices/Tags/k_1.json")).unwrap());
+    assert_eq!(tag.unwrap(), vec![1, next]);
+    let last = opossum::format::decode_index(
+        &std::fs::read(dir.path().join(format!("Indices/Tags/t7_{}.json", next - 1))).unwrap(),
+    );
+    assert_eq!(last.unwrap(), vec![next - 1]);
+}

@@ -12,7 +12,7 @@
 //! backend does: a ring path for open + write + close was never measured to beat it, and group commits are a
 //! handful of files dominated by fsync (docs/io-engine.md).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -221,7 +221,11 @@ impl BatchIo for UringIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        self.writer.write_files(files, durable)
+        self.writer.write_files(files, durable, None)
+    }
+
+    fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
+        self.writer.write_files(files, durable, Some(trash))
     }
 }
 
