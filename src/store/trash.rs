@@ -7,8 +7,8 @@
 //! right after a bulk fill 27 s. Deleting the same files from several threads frees them outside any directory
 //! lock, many at once.
 //!
-//! How: the store's writes that replace files (the mirror's index files and ledgers, index-file flushes) go through
-//! [`Trash::write_files`]: `BatchIo::write_files_with_trash` writes each temporary in the current generation's
+//! How: the store's writes that replace files (the mirror's ledgers, its checkpoints' index files once the store is
+//! closing, index-file flushes) go through [`Trash::write_files`]: `BatchIo::write_files_with_trash` writes each temporary in the current generation's
 //! directory (`.opossumd/trash/<n>/`, `format::Layout::trash_generation`) and swaps it with the file it replaces, so
 //! the old contents stay there under the temporary's name. A write pins its generation for its duration. The
 //! emptier thread starts a new generation at least every [`TRASH_EMPTY_INTERVAL_MAX`] and deletes the files of every
