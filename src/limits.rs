@@ -203,7 +203,23 @@ pub const TRASH_EMPTY_INTERVAL_MAX: std::time::Duration = std::time::Duration::f
 /// How long a close spends emptying the trash; what is left then is deleted by the next open, in the background.
 /// (A stop right after a 1M fill emptied 14,706 files in 0.45 s of its 3.4 s.)
 pub const TRASH_EMPTY_AT_CLOSE_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+/// The store is busy writing its tree until this long after its last write through the trash; until then the
+/// emptier deletes at most `TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX`. Why: on ext4 without a journal every inode
+/// allocation scans past the inodes freed in the last 60-360 s, so deleting while the mirror creates files slows
+/// every create (checkpoints of 100,000 index files took 15-30 s with the trash emptied as it filled, 4-6 s with
+/// it left alone; a stop right after a 1M-event fill 18-21 s against 5.4 s).
+pub const TRASH_EMPTY_IDLE_MIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// Files per second the emptier deletes while the store is busy (see `TRASH_EMPTY_IDLE_MIN`): about what a
+/// sustained load of small appends puts there (a ledger per mirror batch, a checkpoint's few index files), so that
+/// the trash does not grow under it, and a small fraction of a bulk load's.
+pub const TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX: usize = 256;
+/// Files the trash may hold (an upper bound: a write counts every file it replaced or created) before the emptier
+/// deletes at full speed even while the store is busy: ~4 GiB of 4 KiB blocks, about the tree of a 1M-event store.
+pub const TRASH_DEFERRED_FILES_MAX: u64 = 1 << 20;
 const _: () = assert!(TRASH_EMPTY_THREADS_MAX >= 1 && TRASH_EMPTY_THREADS_MAX <= TRASH_EMPTY_BATCH_FILES_MAX);
+const _: () = assert!(TRASH_EMPTY_IDLE_MIN.as_millis() > TRASH_EMPTY_INTERVAL_MAX.as_millis());
+const _: () = assert!(TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX >= 1);
+const _: () = assert!(TRASH_DEFERRED_FILES_MAX >= TRASH_EMPTY_BATCH_FILES_MAX as u64);
 
 // --- projections -----------------------------------------------------------------------------------------------
 // (The projection cache's budget constants stay in `projection/cache.rs` for now: another change owns that file.)
@@ -310,9 +326,8 @@ pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Durat
 /// the whole burst (2 s of event files) ahead of the journal's `fdatasync`, which then waited milliseconds (the
 /// conditional appends' p99 with the mirror live); behind at most this many 4 KiB writes it waits microseconds.
 pub const MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX: usize = 32;
-/// A mirror checkpoint replaces its index files in calls of at most this many, and looks between calls whether the
-/// store is closing: from then on it replaces them through the trash (`store/trash.rs`), so a close that finds a
-/// long checkpoint running (21 s after a 1M-event fill) does not wait for it at the in-place rate.
+/// A mirror checkpoint replaces its index files through the trash (`store/trash.rs`) in calls of at most this many,
+/// so that each call pins a trash generation only briefly.
 pub const MIRROR_CHECKPOINT_CHUNK_FILES: usize = 1024;
 /// The mirror starts a tree write batch at most this often (unless closing, asked to checkpoint or a whole batch
 /// behind), so under a stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds

@@ -215,6 +215,9 @@ pub async fn run(
     drop(ctx);
     let closed = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
+        // No client waits on an append any more: the mirror's last checkpoints (the sync's and the close's) may take
+        // the fast way (a stop right after a 1M-event fill waited 26 s for them, in place, without this).
+        store.begin_close();
         // No appends come any more: the index checkpoint the close would write after the mirror's last checkpoint
         // (~0.7 s of CPU at 1M events) is written now, beside it (the mirror mostly waits for the disk). A failed
         // checkpoint is logged and costs only a longer scan at the next open.

@@ -16,11 +16,12 @@
 //! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
 //! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
 //! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
-//! index's read lock and encodes and writes them without it. Ledgers, and a checkpoint's index files once the store
-//! is closing, are replaced through the store's trash (`store/trash.rs`): the files they replace are freed later from
-//! many threads, not one by one under the directory's lock (~0.3 ms each on a `discard` mount), so a close's last
-//! checkpoints replace ~50 µs per file instead. While the store runs, index files are replaced in place: the trash's
-//! faster checkpoints came more often and rewrote more index files in all, which slowed a bulk load 2-3x here.
+//! index's read lock and encodes and writes them without it. Ledgers and a checkpoint's index files are replaced
+//! through the store's trash (`store/trash.rs`): the files they replace are freed later, not one by one under the
+//! directory's lock (~0.3 ms each on a `discard` mount), and not while the store is busy writing its tree (freed
+//! inodes slow every later create on ext4 without a journal: 100,000 index files took 15-30 s with them freed at
+//! once, 4-6 s without). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
+//! fastest way, not the one that keeps commits waiting least: whole batches, no writeback window before `syncfs`.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
 //! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
@@ -101,6 +102,10 @@ struct Progress {
     /// A checkpoint runs on its own thread (at most one at a time).
     checkpoint_running: bool,
     stopping: bool,
+    /// The store closes soon ([`Mirror::begin_close`], or `stopping`): nothing waits on a commit's latency any more,
+    /// so a checkpoint replaces index files through the trash and writes nothing back ahead of its `syncfs`, and the
+    /// mirror writes whole batches. Appends may still come (and are mirrored as always).
+    closing: bool,
     /// A tree write failed: the mirror does nothing more until the next open, and the writer never waits for it.
     failed: bool,
 }
@@ -130,6 +135,7 @@ impl Mirror {
                 checkpoint_wanted: 0,
                 checkpoint_running: false,
                 stopping: false,
+                closing: false,
                 failed: false,
             }),
             wake: Condvar::new(),
@@ -192,9 +198,20 @@ impl Mirror {
         p.checkpointed >= through
     }
 
+    /// The store will close soon (a daemon's stop, before the `Store::sync` that precedes its close): from now on
+    /// the fastest way to bring the tree current and durable, not the one that keeps commits' latency low. A
+    /// checkpoint already running switches at its next chunk of index files.
+    pub fn begin_close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_all();
+    }
+
     /// Close: the writer has stopped; the mirror thread brings the tree current and durable, then exits.
     pub fn stop(&self) {
-        self.lock().stopping = true;
+        let mut p = self.lock();
+        p.stopping = true;
+        p.closing = true;
+        drop(p);
         self.wake.notify_all();
         self.advanced.notify_all();
     }
@@ -237,7 +254,7 @@ fn batch_written(p: &mut Progress, events: u64, took: std::time::Duration) {
 /// per paced step (a temporary file created, renamed over the old one, whose blocks are freed) cost bulk loads a
 /// file creation and a discard per `MIRROR_BATCH_EVENTS_PACED` events.
 fn step_events(p: &Progress) -> u64 {
-    match !p.stopping && p.head - p.files_written + MIRROR_BATCH_EVENTS_MAX as u64 >= p.lag_limit {
+    match !p.closing && p.head - p.files_written + MIRROR_BATCH_EVENTS_MAX as u64 >= p.lag_limit {
         true => MIRROR_BATCH_EVENTS_PACED as u64,
         false => MIRROR_BATCH_EVENTS_MAX as u64,
     }
@@ -331,7 +348,7 @@ impl MirrorThread {
                         return self.join_checkpointer();
                     }
                     // No pause with a whole batch waiting: it would only cap the mirror's rate.
-                    let pause = match p.stopping
+                    let pause = match p.closing
                         || p.checkpoint_wanted > p.checkpointed
                         || p.head - p.files_written >= step_events(&p)
                     {
@@ -487,6 +504,7 @@ impl MirrorThread {
                     mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
                     drop(p);
                     tracing::debug!(through, "mirror checkpoint: durable");
+                    super::checkpoint::release_freed_memory();
                 }
                 Err(e) => {
                     mirror.lock().checkpoint_running = false;
@@ -523,12 +541,8 @@ fn checkpoint(
 ) -> Result<(), StoreError> {
     let started = Instant::now();
     let layout = &shared.layout;
-    // The event files this checkpoint makes durable: those after the last checkpoint (one runs at a time). A close's
-    // checkpoint has no commit to keep waiting short (the writer has stopped): a bare `syncfs` is faster.
-    let (from, closing) = {
-        let p = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror").lock();
-        (p.checkpointed + 1, p.stopping)
-    };
+    // The event files this checkpoint makes durable: those after the last checkpoint (one runs at a time).
+    let from = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror").lock().checkpointed + 1;
     // Copy the lists under the index's read lock (a memcpy), encode and write without it.
     let (tag_lists, type_lists) = {
         let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
@@ -544,22 +558,14 @@ fn checkpoint(
     };
     let mirror = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror");
     let mut index_paths = Vec::new();
-    let (mut written, mut through_trash) = (0, 0);
+    let mut written = 0;
     for files in [encode(tag_lists), encode(type_lists)] {
         written += files.len();
-        // In chunks, so that a checkpoint running when the store starts closing switches to the trash for the rest.
+        // Through the trash: a rename over each old file would free it (and discard its block) under the
+        // directory's lock, and the inodes it frees slow every later create on ext4 without a journal. In chunks,
+        // so each pins a trash generation briefly.
         for chunk in files.chunks(MIRROR_CHECKPOINT_CHUNK_FILES) {
-            let writes = recovery::replace_all(chunk);
-            // The guard must not live through the write (a `match` on `lock().stopping` would hold it): the
-            // writer's lag check and the close take this lock.
-            let stopping = mirror.lock().stopping;
-            match stopping {
-                true => {
-                    shared.trash.write_files(shared.io.as_ref(), &writes, per_file)?;
-                    through_trash += chunk.len();
-                }
-                false => shared.io.write_files(&writes, per_file)?,
-            }
+            shared.trash.write_files(shared.io.as_ref(), &recovery::replace_all(chunk), per_file)?;
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         }
         index_paths.extend(files.into_iter().map(|(path, _)| path));
@@ -567,14 +573,15 @@ fn checkpoint(
     tracing::debug!(
         through,
         files = written,
-        through_trash,
         took_us = super::elapsed_us(started),
         "mirror checkpoint: index files written"
     );
     // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
     if shared.options.durability == Durability::Fsync && !per_file {
-        let stopping = mirror.lock().stopping;
-        if !closing && !stopping {
+        // A closing store's checkpoint keeps no commit waiting (the writer has stopped, or the daemon is stopping):
+        // a bare `syncfs` is faster.
+        let closing = mirror.lock().closing;
+        if !closing {
             let events = (from..=through).map(|position| layout.event_file(position));
             write_back(events.chain(index_paths))?;
             tracing::debug!(through, took_us = super::elapsed_us(started), "mirror checkpoint: files written back");
@@ -741,9 +748,9 @@ mod tests {
         // Far from the bound, and when closing, the mirror writes a batch in one step.
         let mut far = behind(MIRROR_LAG_EVENTS_MAX / 2, 0, Duration::ZERO);
         assert_eq!(step_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
-        p.stopping = true;
+        p.closing = true;
         assert_eq!(step_events(&p), MIRROR_BATCH_EVENTS_MAX as u64);
-        far.stopping = true;
+        far.closing = true;
         assert_eq!(step_events(&far), MIRROR_BATCH_EVENTS_MAX as u64);
     }
 

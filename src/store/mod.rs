@@ -322,6 +322,10 @@ pub struct StoreStats {
     /// preallocated space) and its segment files. Both 0 in files mode.
     pub journal_bytes: u64,
     pub journal_segments: u64,
+    /// Files replaced since open that wait in the trash to be deleted (an upper bound; `store/trash.rs`: deleted
+    /// slowly while the store writes its tree, at full speed once it idles), and files deleted from it since open.
+    pub trash_files: u64,
+    pub trash_emptied: u64,
     /// Subscriptions open now, events handed out to them, and times a caught-up one fell behind the live tail.
     pub subscriptions_active: u64,
     pub subscription_events_delivered: u64,
@@ -915,6 +919,17 @@ impl Store {
         self.shared.tracking.lock().unwrap_or_else(|e| e.into_inner()).position(source)
     }
 
+    /// Says the store will be closed soon (a daemon's stop, before its last [`Store::sync`] and [`Store::close`]):
+    /// from now on the mirror brings the tree current and durable the fastest way, not the way that keeps commits'
+    /// latency low (its checkpoints replace index files through the trash and write nothing back ahead of their
+    /// `syncfs`; a checkpoint already running switches at its next chunk). The store goes on serving: appends, reads
+    /// and `sync` work as before. Nothing to do in files mode or with the mirror off.
+    pub fn begin_close(&self) {
+        if let Some(mirror) = &self.shared.mirror {
+            mirror.begin_close();
+        }
+    }
+
     /// Takes the store lock once: picks up events appended by other processes (the ledger moved) and, with
     /// deferred index writes, brings the index files up to date. In journal mode with the mirror live: waits for a
     /// mirror checkpoint covering the head (the tree current and durable, index files included). Returns the head.
@@ -1060,6 +1075,8 @@ impl Store {
             mirror_failed: self.shared.mirror_failed(),
             journal_bytes: self.shared.journal.as_ref().map_or(0, |j| j.record_bytes()),
             journal_segments: self.shared.journal.as_ref().map_or(0, |j| j.segments() as u64),
+            trash_files: self.shared.trash.deferred_files(),
+            trash_emptied: self.shared.trash.emptied(),
             subscriptions_active: subscriptions.active,
             subscription_events_delivered: subscriptions.events_delivered,
             subscription_catch_up_fallbacks: subscriptions.catch_up_fallbacks,

@@ -7,14 +7,20 @@
 //! right after a bulk fill 27 s. Deleting the same files from several threads frees them outside any directory
 //! lock, many at once.
 //!
-//! How: the store's writes that replace files (the mirror's ledgers, its checkpoints' index files once the store is
-//! closing, index-file flushes) go through [`Trash::write_files`]: `BatchIo::write_files_with_trash` writes each temporary in the current generation's
-//! directory (`.opossumd/trash/<n>/`, `format::Layout::trash_generation`) and swaps it with the file it replaces, so
-//! the old contents stay there under the temporary's name. A write pins its generation for its duration. The
-//! emptier thread starts a new generation at least every [`TRASH_EMPTY_INTERVAL_MAX`] and deletes the files of every
-//! other generation no write pins, from [`TRASH_EMPTY_THREADS_MAX`] threads, then its directory. A close stops it and
-//! empties what is left for at most [`TRASH_EMPTY_AT_CLOSE_TIME_MAX`]; the rest, and whatever a crash left, the next
-//! open's emptier deletes in the background. Nothing in the trash is ever read, so a crash at any point leaves only
+//! How: the store's writes that replace files (the mirror's ledgers and its checkpoints' index files, index-file
+//! flushes) go through [`Trash::write_files`]: `BatchIo::write_files_with_trash` writes each temporary in the
+//! current generation's directory (`.opossumd/trash/<n>/`, `format::Layout::trash_generation`) and swaps it with the
+//! file it replaces, so the old contents stay there under the temporary's name. A write pins its generation for its
+//! duration. The emptier thread starts a new generation at least every [`TRASH_EMPTY_INTERVAL_MAX`] and deletes the
+//! files of every other generation no write pins, oldest first, from [`TRASH_EMPTY_THREADS_MAX`] threads, then its
+//! directory. A close stops it and empties what is left for at most [`TRASH_EMPTY_AT_CLOSE_TIME_MAX`]; the rest, and
+//! whatever a crash left, the next open's emptier deletes in the background.
+//!
+//! When: deleting frees inodes, and on ext4 without a journal (as here) every inode allocation then scans past the
+//! inodes freed in the last minutes, so deletions slow the mirror's own file creation. While writes go through the
+//! trash (the store is busy, until [`TRASH_EMPTY_IDLE_MIN`] after the last) the emptier deletes at most
+//! [`TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX`]; once the store is idle, or the trash holds more than
+//! [`TRASH_DEFERRED_FILES_MAX`] files, it deletes at full speed ([`emptying_budget`]). Nothing in the trash is ever read, so a crash at any point leaves only
 //! junk there; and a trash that cannot be used (its directory cannot be made, or lies on another filesystem) only
 //! means writes replace files the old way.
 
@@ -22,13 +28,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::StoreError;
 use crate::format::Layout;
 use crate::io::{BatchIo, FileWrite, IoError, IoOp};
 use crate::limits::{
-    TRASH_EMPTY_AT_CLOSE_TIME_MAX, TRASH_EMPTY_BATCH_FILES_MAX, TRASH_EMPTY_INTERVAL_MAX, TRASH_EMPTY_THREADS_MAX,
+    TRASH_DEFERRED_FILES_MAX, TRASH_EMPTY_AT_CLOSE_TIME_MAX, TRASH_EMPTY_BATCH_FILES_MAX,
+    TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX, TRASH_EMPTY_IDLE_MIN, TRASH_EMPTY_INTERVAL_MAX, TRASH_EMPTY_THREADS_MAX,
 };
 
 /// A store's trash (see the module documentation).
@@ -52,6 +59,32 @@ struct State {
     pins: HashMap<u64, usize>,
     /// The trash cannot be used (said once in the log): writes go without it until the next open.
     unusable: bool,
+    /// Files written through each generation not yet emptied, an upper bound (a write that replaced nothing leaves
+    /// nothing there): what [`TRASH_DEFERRED_FILES_MAX`] counts. What an earlier run left is not counted.
+    deferred: HashMap<u64, u64>,
+    /// When a write last went through the trash: the store is busy until [`TRASH_EMPTY_IDLE_MIN`] after it.
+    last_write: Option<Instant>,
+}
+
+/// How many files an emptying round may delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Everything (the store is idle or closing, or the trash is over its cap).
+    All,
+    /// At most this many more (the store is busy).
+    Files(usize),
+}
+
+/// What a round of the emptier may delete: everything when the store has been idle for [`TRASH_EMPTY_IDLE_MIN`]
+/// (`idle_for`: since the last write through the trash, `None` when there was none) or the trash holds more than
+/// [`TRASH_DEFERRED_FILES_MAX`] files (`deferred`); else [`TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX`] for the time
+/// `since_last_round` (at least one file, so a busy store's trash still shrinks).
+fn emptying_budget(idle_for: Option<Duration>, deferred: u64, since_last_round: Duration) -> Budget {
+    if idle_for.is_none_or(|idle| idle >= TRASH_EMPTY_IDLE_MIN) || deferred > TRASH_DEFERRED_FILES_MAX {
+        return Budget::All;
+    }
+    let files = (TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX as f64 * since_last_round.as_secs_f64()) as usize;
+    Budget::Files(files.clamp(1, TRASH_EMPTY_BATCH_FILES_MAX))
 }
 
 /// A write's hold on its generation: the emptier leaves that generation alone until it drops.
@@ -81,7 +114,14 @@ impl Trash {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Trash {
             layout: layout.clone(),
-            state: Mutex::new(State { current: now, created: false, pins: HashMap::new(), unusable: false }),
+            state: Mutex::new(State {
+                current: now,
+                created: false,
+                pins: HashMap::new(),
+                unusable: false,
+                deferred: HashMap::new(),
+                last_write: None,
+            }),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             emptied: AtomicU64::new(0),
@@ -101,9 +141,28 @@ impl Trash {
     /// when the trash can be used.
     pub fn write_files(&self, io: &dyn BatchIo, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
         match self.pin() {
-            Some(pin) => io.write_files_with_trash(files, durable, &pin.dir),
+            Some(pin) => {
+                {
+                    let mut state = self.lock();
+                    *state.deferred.entry(pin.generation).or_default() += files.len() as u64;
+                    state.last_write = Some(Instant::now());
+                }
+                io.write_files_with_trash(files, durable, &pin.dir)
+            }
             None => io.write_files(files, durable),
         }
+    }
+
+    /// Files the trash holds now, an upper bound (see `State::deferred`).
+    pub fn deferred_files(&self) -> u64 {
+        self.lock().deferred.values().sum()
+    }
+
+    /// What the emptier's next round may delete, `since_last_round` after the last one began.
+    fn budget(&self, since_last_round: Duration) -> Budget {
+        let state = self.lock();
+        let idle_for = state.last_write.map(|at| at.elapsed());
+        emptying_budget(idle_for, state.deferred.values().sum(), since_last_round)
     }
 
     /// The current generation's directory, made if needed, pinned until the pin drops; `None` when the trash cannot
@@ -154,9 +213,12 @@ impl Trash {
     }
 
     fn run_emptier(&self) {
+        let mut last_round = Instant::now();
         loop {
             let (current, pinned) = self.next_generation();
-            self.empty_others(current, &pinned, None);
+            let mut budget = self.budget(last_round.elapsed());
+            last_round = Instant::now();
+            self.empty_others(current, &pinned, None, &mut budget);
             let state = self.lock();
             if self.stopping.load(Ordering::Relaxed) {
                 return;
@@ -194,16 +256,18 @@ impl Trash {
         let started = Instant::now();
         let before = self.emptied();
         let (current, pinned) = self.next_generation();
-        let done = self.empty_others(current, &pinned, Some(started + TRASH_EMPTY_AT_CLOSE_TIME_MAX));
+        let until = Some(started + TRASH_EMPTY_AT_CLOSE_TIME_MAX);
+        let done = self.empty_others(current, &pinned, until, &mut Budget::All);
         let files = self.emptied() - before;
         if files > 0 || !done {
             tracing::debug!(files, done, took_us = super::elapsed_us(started), "trash emptied at close");
         }
     }
 
-    /// Deletes every generation but `current` and the `pinned` ones, and anything else in the trash, until done
-    /// (`true`) or, with `until`, that instant (else until the emptier stops).
-    fn empty_others(&self, current: u64, pinned: &[u64], until: Option<Instant>) -> bool {
+    /// Deletes every generation but `current` and the `pinned` ones, and anything else in the trash, oldest
+    /// generation first, until done (`true`), or `budget` is spent, or, with `until`, that instant (else until the
+    /// emptier stops).
+    fn empty_others(&self, current: u64, pinned: &[u64], until: Option<Instant>, budget: &mut Budget) -> bool {
         let root = self.layout.trash();
         let entries = match std::fs::read_dir(&root) {
             Ok(entries) => entries,
@@ -213,32 +277,51 @@ impl Trash {
                 return false;
             }
         };
+        // Junk that is no generation first, then generations by age (their numbers grow).
+        let mut entries: Vec<(Option<u64>, std::fs::DirEntry)> =
+            entries.flatten().map(|e| (Layout::trash_generation_of(&e.file_name()), e)).collect();
+        entries.sort_by_key(|(generation, _)| *generation);
         let mut done = true;
-        for entry in entries.flatten() {
-            if let Some(generation) = Layout::trash_generation_of(&entry.file_name()) {
-                if generation == current || pinned.contains(&generation) {
-                    continue;
-                }
+        for (generation, entry) in entries {
+            if generation.is_some_and(|g| g == current || pinned.contains(&g)) {
+                continue;
             }
-            if !self.keep_going(until) {
+            if !self.keep_going(until) || *budget == Budget::Files(0) {
                 return false;
             }
             let path = entry.path();
             let removed = match entry.file_type() {
-                Ok(t) if t.is_dir() => self.empty_dir(&path, until) && std::fs::remove_dir(&path).is_ok(),
-                _ => std::fs::remove_file(&path).is_ok(),
+                Ok(t) if t.is_dir() => {
+                    self.empty_dir(&path, generation, until, budget) && std::fs::remove_dir(&path).is_ok()
+                }
+                _ => {
+                    if let Budget::Files(n) = budget {
+                        *n -= 1;
+                    }
+                    std::fs::remove_file(&path).is_ok()
+                }
             };
+            if let (true, Some(generation)) = (removed, generation) {
+                self.lock().deferred.remove(&generation);
+            }
             done &= removed;
         }
         done
     }
 
-    /// Deletes the files of `dir` in rounds of at most [`TRASH_EMPTY_BATCH_FILES_MAX`], each from up to
-    /// [`TRASH_EMPTY_THREADS_MAX`] threads, until it is empty (`true`) or it should stop, or a round deletes nothing.
-    fn empty_dir(&self, dir: &Path, until: Option<Instant>) -> bool {
+    /// Deletes the files of `dir` (generation `generation`'s, if it is one) in rounds of at most
+    /// [`TRASH_EMPTY_BATCH_FILES_MAX`] and what is left of `budget`, each from up to [`TRASH_EMPTY_THREADS_MAX`]
+    /// threads, until it is empty (`true`) or it should stop, or the budget is spent, or a round deletes nothing.
+    fn empty_dir(&self, dir: &Path, generation: Option<u64>, until: Option<Instant>, budget: &mut Budget) -> bool {
+        let mut first = true;
         loop {
+            let round = match *budget {
+                Budget::All => TRASH_EMPTY_BATCH_FILES_MAX,
+                Budget::Files(0) => return false,
+                Budget::Files(n) => n.min(TRASH_EMPTY_BATCH_FILES_MAX),
+            };
             let names: Vec<PathBuf> = match std::fs::read_dir(dir) {
-                Ok(entries) => entries.flatten().take(TRASH_EMPTY_BATCH_FILES_MAX).map(|e| e.path()).collect(),
+                Ok(entries) => entries.flatten().take(round).map(|e| e.path()).collect(),
                 Err(e) => {
                     tracing::debug!(dir = %dir.display(), "a trash generation cannot be listed: {e}");
                     return false;
@@ -247,8 +330,22 @@ impl Trash {
             if names.is_empty() {
                 return true;
             }
+            // A full-speed round of the emptier (a previous run's leftovers, an idle store) yields as soon as the
+            // store writes again; its next round deletes at the busy rate.
+            if !first && until.is_none() && *budget == Budget::All && self.budget(Duration::ZERO) != Budget::All {
+                *budget = Budget::Files(0);
+                return false;
+            }
             let removed = remove_files(&names);
             self.emptied.fetch_add(removed as u64, Ordering::Relaxed);
+            if let Budget::Files(n) = budget {
+                *n -= names.len();
+            }
+            if let Some(generation) = generation {
+                if let Some(left) = self.lock().deferred.get_mut(&generation) {
+                    *left = left.saturating_sub(removed as u64);
+                }
+            }
             if removed == 0 {
                 tracing::debug!(dir = %dir.display(), "nothing in a trash generation could be deleted");
                 return false;
@@ -256,6 +353,7 @@ impl Trash {
             if !self.keep_going(until) {
                 return false;
             }
+            first = false;
         }
     }
 
@@ -337,7 +435,7 @@ mod tests {
         std::fs::write(pin.dir.join("temporary"), b"being written").unwrap();
         let (current, pinned) = trash.next_generation();
         assert_ne!(current, pin.generation, "the emptier starts a new generation");
-        assert!(trash.empty_others(current, &pinned, None));
+        assert!(trash.empty_others(current, &pinned, None, &mut Budget::All));
         let mut left = kept.clone();
         left.push(b"being written".to_vec());
         left.sort();
@@ -349,6 +447,51 @@ mod tests {
         assert_eq!(files_in(&layout.trash()), Vec::<Vec<u8>>::new(), "a close empties the trash");
         assert_eq!(trash.emptied(), left.len() as u64);
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn a_busy_stores_trash_is_emptied_at_the_busy_rate_and_an_idle_or_overfull_ones_at_once() {
+        let half = Duration::from_millis(500);
+        assert_eq!(emptying_budget(None, 10, half), Budget::All, "nothing written through the trash yet");
+        assert_eq!(emptying_budget(Some(TRASH_EMPTY_IDLE_MIN), 10, half), Budget::All, "idle");
+        assert_eq!(
+            emptying_budget(Some(Duration::ZERO), 10, half),
+            Budget::Files(TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX / 2)
+        );
+        assert_eq!(emptying_budget(Some(Duration::ZERO), 10, Duration::ZERO), Budget::Files(1), "a busy trash shrinks");
+        assert_eq!(
+            emptying_budget(Some(Duration::ZERO), TRASH_DEFERRED_FILES_MAX + 1, half),
+            Budget::All,
+            "over the cap"
+        );
+
+        // Ten files replaced through the trash: it holds their old contents (where names can be swapped) and counts
+        // ten; a round with a budget of three deletes three, a round with no budget the rest.
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let io = ThreadPoolIo::new(2);
+        let trash = Trash::new(&layout);
+        let targets: Vec<PathBuf> = (0..10).map(|i| dir.path().join(format!("t{i}.json"))).collect();
+        for target in &targets {
+            std::fs::write(target, b"old").unwrap();
+            replace(&trash, &io, target, b"new", false);
+        }
+        assert_eq!(trash.deferred_files(), 10);
+        if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+            // Elsewhere a replace swaps nothing into the trash: the rounds below would have nothing to delete.
+            return;
+        }
+        assert_eq!(files_in(&layout.trash()).len(), 10);
+        let (current, pinned) = trash.next_generation();
+        assert!(!trash.empty_others(current, &pinned, None, &mut Budget::Files(3)), "the budget ran out first");
+        assert_eq!(files_in(&layout.trash()).len(), 7);
+        assert_eq!(trash.deferred_files(), 7);
+        assert!(trash.empty_others(current, &pinned, None, &mut Budget::All));
+        assert_eq!(files_in(&layout.trash()).len(), 0);
+        assert_eq!(trash.deferred_files(), 0, "an emptied generation counts nothing");
+        for target in &targets {
+            assert_eq!(std::fs::read(target).unwrap(), b"new");
+        }
     }
 
     #[test]
@@ -365,10 +508,10 @@ mod tests {
         std::fs::create_dir_all(layout.trash().join("not a generation")).unwrap();
         let trash = Arc::new(Trash::new(&layout));
         let emptier = trash.spawn_emptier().unwrap();
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::fs::read_dir(layout.trash()).unwrap().next().is_some() {
             assert!(Instant::now() < deadline, "the emptier never emptied the trash");
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
         }
         trash.close(Some(emptier));
         assert!(trash.emptied() > TRASH_EMPTY_BATCH_FILES_MAX as u64);
