@@ -301,36 +301,26 @@ fn once_the_mirror_failed_appends_no_longer_wait_for_it_past_the_lag_bound() {
     store.close().unwrap();
 }
 
-/// A backend whose writes of files in one directory (`gated_dir`: the event files, or the tag files) wait while the
-/// gate is shut (a mirror that cannot keep up, a checkpoint that takes long).
-struct GatedEventWrites {
+/// What a test backend ([`HookedIo`]) does before each write it forwards: `files`, and whether they go through the
+/// trash.
+trait BeforeWrite: Send + Sync {
+    fn before_write(&self, files: &[opossum::io::FileWrite<'_>], through_trash: bool);
+}
+
+/// The test's real backend (`backend()`), calling its hook before every write it forwards; derefs to the hook.
+struct HookedIo<H> {
     inner: Arc<dyn opossum::io::BatchIo>,
-    gated_dir: &'static str,
-    shut: std::sync::Mutex<bool>,
-    opened: std::sync::Condvar,
-    /// A write waits at the gate (or did).
-    waiting: AtomicBool,
-    /// Calls of `write_files_with_trash` in `gated_dir`.
-    trash_writes: std::sync::atomic::AtomicUsize,
+    hook: H,
 }
 
-impl GatedEventWrites {
-    fn open_gate(&self) {
-        *self.shut.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.opened.notify_all();
+impl<H> std::ops::Deref for HookedIo<H> {
+    type Target = H;
+    fn deref(&self) -> &H {
+        &self.hook
     }
 }
 
-/// Opens the gate when dropped, so a failing test does not leave the store's close waiting on it.
-struct OpenOnDrop(Arc<GatedEventWrites>);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open_gate();
-    }
-}
-
-impl opossum::io::BatchIo for GatedEventWrites {
+impl<H: BeforeWrite> opossum::io::BatchIo for HookedIo<H> {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
@@ -340,14 +330,14 @@ impl opossum::io::BatchIo for GatedEventWrites {
     fn read_extents(&self, extents: &[opossum::io::Extent<'_>]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
         self.inner.read_extents(extents)
     }
+    fn read_extents_cached(
+        &self,
+        extents: &[opossum::io::Extent<'_>],
+    ) -> Option<Vec<Result<Vec<u8>, opossum::io::IoError>>> {
+        self.inner.read_extents_cached(extents)
+    }
     fn write_files(&self, files: &[opossum::io::FileWrite<'_>], durable: bool) -> Result<(), opossum::io::IoError> {
-        if files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with(self.gated_dir))) {
-            let mut shut = self.shut.lock().unwrap();
-            self.waiting.store(*shut, Ordering::SeqCst);
-            while *shut {
-                shut = self.opened.wait(shut).unwrap();
-            }
-        }
+        self.hook.before_write(files, false);
         self.inner.write_files(files, durable)
     }
     fn write_files_with_trash(
@@ -356,11 +346,64 @@ impl opossum::io::BatchIo for GatedEventWrites {
         durable: bool,
         trash: &Path,
     ) -> Result<(), opossum::io::IoError> {
-        if files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with(self.gated_dir))) {
+        self.hook.before_write(files, true);
+        self.inner.write_files_with_trash(files, durable, trash)
+    }
+}
+
+/// Writes of files in one directory (`gated_dir`: the event files, or the tag files) wait while the gate is shut (a
+/// mirror that cannot keep up, a checkpoint that takes long).
+struct Gate {
+    gated_dir: &'static str,
+    shut: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// A write waits at the gate (or did).
+    waiting: AtomicBool,
+    /// Writes through the trash in `gated_dir`.
+    trash_writes: std::sync::atomic::AtomicUsize,
+}
+
+impl Gate {
+    fn open_gate(&self) {
+        *self.shut.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.opened.notify_all();
+    }
+}
+
+impl BeforeWrite for Gate {
+    fn before_write(&self, files: &[opossum::io::FileWrite<'_>], through_trash: bool) {
+        if !files.iter().any(|f| f.path.parent().is_some_and(|d| d.ends_with(self.gated_dir))) {
+            return;
+        }
+        if through_trash {
             self.trash_writes.fetch_add(1, Ordering::SeqCst);
         }
-        let _ = trash;
-        self.write_files(files, durable)
+        let mut shut = self.shut.lock().unwrap();
+        self.waiting.store(*shut, Ordering::SeqCst);
+        while *shut {
+            shut = self.opened.wait(shut).unwrap();
+        }
+    }
+}
+
+/// The real backend with writes in `gated_dir` held at a gate, shut or not.
+fn gated_backend(gated_dir: &'static str, shut: bool) -> Arc<HookedIo<Gate>> {
+    let gate = Gate {
+        gated_dir,
+        shut: std::sync::Mutex::new(shut),
+        opened: Default::default(),
+        waiting: Default::default(),
+        trash_writes: Default::default(),
+    };
+    Arc::new(HookedIo { inner: backend(), hook: gate })
+}
+
+/// Opens the gate when dropped, so a failing test does not leave the store's close waiting on it.
+struct OpenOnDrop(Arc<HookedIo<Gate>>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open_gate();
     }
 }
 
@@ -368,14 +411,7 @@ impl opossum::io::BatchIo for GatedEventWrites {
 fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     use opossum::limits::MIRROR_LAG_MAX;
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(GatedEventWrites {
-        inner: backend(),
-        gated_dir: opossum::format::EVENTS_DIR,
-        shut: std::sync::Mutex::new(true),
-        opened: Default::default(),
-        waiting: Default::default(),
-        trash_writes: Default::default(),
-    });
+    let gated = gated_backend(opossum::format::EVENTS_DIR, true);
     let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
     let store = Arc::new(Store::open(dir.path(), options).unwrap());
     let _gate = OpenOnDrop(gated.clone());
@@ -398,26 +434,14 @@ fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (2, 2, 0), "{stats:?}");
 }
 
-/// A backend that counts the ledger replacements written through it.
-struct CountedLedgerWrites {
-    inner: Arc<dyn opossum::io::BatchIo>,
-    ledgers: std::sync::atomic::AtomicU64,
-}
+/// Counts the ledger replacements written (`HookedIo`).
+#[derive(Default)]
+struct LedgerCount(std::sync::atomic::AtomicU64);
 
-impl opossum::io::BatchIo for CountedLedgerWrites {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn read_files(&self, paths: &[std::path::PathBuf]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
-        self.inner.read_files(paths)
-    }
-    fn read_extents(&self, extents: &[opossum::io::Extent<'_>]) -> Vec<Result<Vec<u8>, opossum::io::IoError>> {
-        self.inner.read_extents(extents)
-    }
-    fn write_files(&self, files: &[opossum::io::FileWrite<'_>], durable: bool) -> Result<(), opossum::io::IoError> {
+impl BeforeWrite for LedgerCount {
+    fn before_write(&self, files: &[opossum::io::FileWrite<'_>], _: bool) {
         let ledgers = files.iter().filter(|f| f.path.file_name().is_some_and(|n| n == ".ledger")).count();
-        self.ledgers.fetch_add(ledgers as u64, Ordering::SeqCst);
-        self.inner.write_files(files, durable)
+        self.0.fetch_add(ledgers as u64, Ordering::SeqCst);
     }
 }
 
@@ -429,16 +453,16 @@ impl opossum::io::BatchIo for CountedLedgerWrites {
 fn near_the_lag_bound_the_mirror_replaces_the_ledger_once_per_batch_not_once_per_paced_step() {
     use opossum::limits::{MIRROR_BATCH_EVENTS_MAX, MIRROR_LAG_EVENTS_MAX};
     let dir = tempfile::tempdir().unwrap();
-    let counted = Arc::new(CountedLedgerWrites { inner: backend(), ledgers: Default::default() });
+    let counted = Arc::new(HookedIo { inner: backend(), hook: LedgerCount::default() });
     let options = StoreOptions { io: Some(counted.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
     let store = Store::open(dir.path(), options).unwrap();
-    let opened = counted.ledgers.load(Ordering::SeqCst);
+    let opened = counted.0.load(Ordering::SeqCst);
     // Within a batch of the bound, below it: one group, published at once, so the mirror sees it all at its first
     // batch.
     let events = MIRROR_LAG_EVENTS_MAX - MIRROR_BATCH_EVENTS_MAX as u64 / 2;
     store.append((0..events).map(|n| fixed(n, "A", &[("k", &(n % 7).to_string())])).collect(), None).unwrap();
     assert_eq!(store.sync().unwrap(), events);
-    let ledgers = counted.ledgers.load(Ordering::SeqCst) - opened;
+    let ledgers = counted.0.load(Ordering::SeqCst) - opened;
     assert_eq!(ledgers, events.div_ceil(MIRROR_BATCH_EVENTS_MAX as u64), "ledger replacements for {events} events");
     let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
     assert_eq!(ledger.map(|l| l.last_sequence_position), Some(events));
@@ -452,14 +476,7 @@ fn near_the_lag_bound_the_mirror_replaces_the_ledger_once_per_batch_not_once_per
 #[test]
 fn a_checkpoint_writing_index_files_does_not_stop_the_mirror_writing_event_files_and_ledgers() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(GatedEventWrites {
-        inner: backend(),
-        gated_dir: opossum::format::TAG_INDEX_DIR,
-        shut: std::sync::Mutex::new(true),
-        opened: Default::default(),
-        waiting: Default::default(),
-        trash_writes: Default::default(),
-    });
+    let gated = gated_backend(opossum::format::TAG_INDEX_DIR, true);
     let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
     let store = Arc::new(Store::open(dir.path(), options).unwrap());
     let _gate = OpenOnDrop(gated.clone());
@@ -748,14 +765,7 @@ fn a_store_told_it_will_close_still_takes_appends_and_its_sync_still_checkpoints
 fn a_checkpoint_replaces_index_files_through_the_trash_and_a_close_waits_for_one_running() {
     use opossum::limits::MIRROR_CHECKPOINT_CHUNK_FILES;
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(GatedEventWrites {
-        inner: backend(),
-        gated_dir: opossum::format::TAG_INDEX_DIR,
-        shut: std::sync::Mutex::new(false),
-        opened: Default::default(),
-        waiting: Default::default(),
-        trash_writes: Default::default(),
-    });
+    let gated = gated_backend(opossum::format::TAG_INDEX_DIR, false);
     let options = StoreOptions { io: Some(gated.clone()), ..mode(CommitMode::Journal, MirrorMode::Live) };
     let store = Store::open(dir.path(), options).unwrap();
     let _gate = OpenOnDrop(gated.clone());
