@@ -658,9 +658,11 @@ fn sync_filesystem(root: &std::path::Path) -> Result<(), StoreError> {
     }
 }
 
-/// Journal mode, mirror live, at open: brings the tree up to the journal. Every position after the mirror's last
-/// durable checkpoint is written again from its journal record (a crash may have left those files torn or missing),
-/// then the index files those events touch and the ledger; then the tree is made durable (one `syncfs`) and the
+/// Journal mode, mirror live, at open: brings the tree up to the journal. The event file of every position after
+/// the mirror's last durable checkpoint is read and compared with its journal record: a missing one is created, a
+/// torn or different one replaced (through the trash), an equal one left alone (a killed process leaves its
+/// writes whole in the page cache, and replacing 10,000 of them held an open after SIGKILL at 2-4 s here). Then the
+/// index files those events touch and the ledger are written; then the tree is made durable (one `syncfs`) and the
 /// checkpoint recorded.
 pub(crate) fn reconcile_tree(
     layout: &Layout,
@@ -668,6 +670,7 @@ pub(crate) fn reconcile_tree(
     journal: &Journal,
     index: &mut crate::store::index::Index,
     durable: bool,
+    trash: &super::trash::Trash,
 ) -> Result<(), StoreError> {
     let head = journal.head();
     let from = journal.marks().mirror_durable + 1;
@@ -685,9 +688,24 @@ pub(crate) fn reconcile_tree(
         let batch = journal.read(&positions)?;
         let paths: Vec<PathBuf> = positions.iter().map(|&p| layout.event_file(p)).collect();
         let files = batch.event_files();
-        let writes: Vec<FileWrite<'_>> =
-            files.iter().zip(&paths).map(|(bytes, path)| FileWrite { path, bytes, mode: WriteMode::Replace }).collect();
-        io.write_files(&writes, per_file)?;
+        let (mut missing, mut different) = (Vec::new(), Vec::new());
+        for ((found, bytes), path) in io.read_files(&paths).into_iter().zip(files.iter()).zip(&paths) {
+            match found {
+                Ok(found) if found == bytes && !per_file => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    missing.push(FileWrite { path, bytes, mode: WriteMode::CreateNew })
+                }
+                _ => different.push(FileWrite { path, bytes, mode: WriteMode::Replace }),
+            }
+        }
+        // An equal file written before the crash may not be durable yet: the `syncfs` below covers it. Without
+        // `syncfs` (`per_file`: each file fsynced as it is written) every file is written again, as it was.
+        if !missing.is_empty() {
+            io.write_files(&missing, per_file)?;
+        }
+        if !different.is_empty() {
+            trash.write_files(io, &different, per_file)?;
+        }
         for v in batch.iter() {
             index.dirty_types.insert(index.naming.event_type_stem(v.event_type));
             for (key, value) in v.tags() {
@@ -697,7 +715,7 @@ pub(crate) fn reconcile_tree(
         next = last + 1;
     }
     let lock = std::sync::RwLock::new(std::mem::take(index));
-    recovery::flush_index_files(layout, io, &lock, per_file, None)?;
+    recovery::flush_index_files(layout, io, &lock, per_file, Some(trash))?;
     *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
     let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();

@@ -726,6 +726,7 @@ impl Store {
         };
         let lock_file = LockFile::open(&layout.lock())?;
         let durable = options.durability == Durability::Fsync;
+        let trash = Arc::new(trash::Trash::new(&layout));
         let (recovered, ledger_seen, journal, tree_lock, tracking) = match options.commit {
             CommitMode::Files => {
                 let _guard = StoreLock::acquire(&lock_file, &layout)?;
@@ -736,12 +737,11 @@ impl Store {
             CommitMode::Journal => {
                 // Held until close: the tree is behind the journal for as long as the store is open.
                 let tree_lock = lock_file.hold()?;
-                let (recovered, journal, tracking) = commit::journal::open(&layout, io.clone(), &options)?;
+                let (recovered, journal, tracking) = commit::journal::open(&layout, io.clone(), &options, &trash)?;
                 (recovered, None, Some(Arc::new(journal)), Some(tree_lock), tracking)
             }
         };
         let mirror_live = journal.is_some() && options.mirror == MirrorMode::Live;
-        let trash = Arc::new(trash::Trash::new(&layout));
         let shared = Arc::new(Shared {
             layout,
             io,

@@ -9,6 +9,9 @@
 //!
 //! `cargo run --release -p opossum-bench --example stop_bench -- DIR EVENTS live|off [BINARY...]`
 //! (BINARY defaults to the `opossumd` beside this example's build; env `ROUNDS` (2), `APPENDS` (10,000)).
+//! With env `KILL=1` each daemon is SIGKILLed right after its appends instead (the mirror behind, its last
+//! checkpoints not taken), and the next start's open is the open after a crash.
+//! Env `DURABILITY` (`none`) is the daemon's `--durability`.
 //! The store is deleted at the end. Prints the load average with every measurement.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,8 @@ fn main() -> anyhow::Result<()> {
     };
     let rounds: usize = std::env::var("ROUNDS").map_or(2, |s| s.parse().unwrap());
     let appends: u64 = std::env::var("APPENDS").map_or(10_000, |s| s.parse().unwrap());
+    let kill = std::env::var_os("KILL").is_some();
+    let durability = std::env::var("DURABILITY").unwrap_or_else(|_| "none".into());
     let tmp = tempfile::tempdir_in(&base)?;
     let dir = tmp.path().join("store");
     let socket = tmp.path().join("opossumd.sock");
@@ -71,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     let mut next = events;
     for round in 0..rounds {
         for binary in &binaries {
-            let daemon = Daemon::start(binary, &dir, &socket, &["--mirror", &mirror, "--durability", "none"])?;
+            let daemon = Daemon::start(binary, &dir, &socket, &["--mirror", &mirror, "--durability", &durability])?;
             let pid = daemon.pid().unwrap();
             let rss_open = rss_bytes(pid)?;
             let mut client = Client::connect(&socket)?;
@@ -94,16 +99,21 @@ fn main() -> anyhow::Result<()> {
             drop(client);
             let load_before_stop = load();
             let opened = daemon.ready_after;
-            let stop = daemon.stop()?;
+            let stop = match kill {
+                true => {
+                    daemon.kill()?;
+                    "SIGKILL".to_string()
+                }
+                false => format!("SIGTERM to exit {:.3} s", daemon.stop()?.as_secs_f64()),
+            };
             println!(
                 "round {round} {}: open (spawn to READY=1) {:.3} s; RSS after open {:.1} MiB, after reading {read} \
-                 events ({:.2} s) {:.1} MiB; appended {appends}; SIGTERM to exit {:.3} s; {load_before_stop}",
+                 events ({:.2} s) {:.1} MiB; appended {appends}; {stop}; {load_before_stop}",
                 binary.display(),
                 opened.as_secs_f64(),
                 mib(rss_open),
                 read_took.as_secs_f64(),
                 mib(rss_read),
-                stop.as_secs_f64(),
             );
         }
     }

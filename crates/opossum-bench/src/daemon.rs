@@ -54,6 +54,14 @@ impl Daemon {
         let child = self.child.lock().unwrap().take().context("the daemon is not running")?;
         stop_child(child)
     }
+
+    /// SIGKILL and wait: a crash, for measuring the open after it.
+    pub fn kill(self) -> anyhow::Result<()> {
+        let mut child = self.child.lock().unwrap().take().context("the daemon is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
 }
 
 /// Starts `binary` and waits for `READY=1`: the child and how long that took.

@@ -90,6 +90,7 @@ pub(crate) fn open(
     layout: &crate::format::Layout,
     io: Arc<dyn crate::io::BatchIo>,
     options: &crate::store::StoreOptions,
+    trash: &crate::store::trash::Trash,
 ) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
     use crate::store::{recovery, Durability};
@@ -149,7 +150,7 @@ pub(crate) fn open(
     index.dirty_types.clear();
     index.max_position = head;
     if options.mirror == crate::store::MirrorMode::Live {
-        reconcile_tree(layout, io.as_ref(), &journal, &mut index, durable)?;
+        reconcile_tree(layout, io.as_ref(), &journal, &mut index, durable, trash)?;
     }
     tracing::info!(
         head,
