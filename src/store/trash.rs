@@ -35,7 +35,8 @@ use crate::format::Layout;
 use crate::io::{BatchIo, FileWrite, IoError, IoOp};
 use crate::limits::{
     TRASH_DEFERRED_FILES_MAX, TRASH_EMPTY_AT_CLOSE_TIME_MAX, TRASH_EMPTY_BATCH_FILES_MAX,
-    TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX, TRASH_EMPTY_IDLE_MIN, TRASH_EMPTY_INTERVAL_MAX, TRASH_EMPTY_THREADS_MAX,
+    TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX, TRASH_EMPTY_IDLE_MIN, TRASH_EMPTY_INTERVAL_MAX, TRASH_EMPTY_NICE,
+    TRASH_EMPTY_THREADS_MAX,
 };
 
 /// A store's trash (see the module documentation).
@@ -213,6 +214,7 @@ impl Trash {
     }
 
     fn run_emptier(&self) {
+        lower_this_threads_priority();
         let mut last_round = Instant::now();
         loop {
             let (current, pinned) = self.next_generation();
@@ -366,6 +368,23 @@ impl Trash {
     }
 }
 
+/// Gives the calling thread, and the threads it starts from now on (they inherit it), the lowest CPU priority
+/// ([`TRASH_EMPTY_NICE`]): deleting a bulk load's trash once the store is idle took 20-50 s of CPU on 2 cores, and at
+/// normal priority it halved the read-all and tag queries that ran meanwhile (read-all warm 0.84 against 2.0-2.4
+/// million events/s). Linux only (a thread's nice value is its own there); elsewhere a no-op.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `gettid` has no preconditions; `setpriority` on our own thread id changes only its nice value.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, TRASH_EMPTY_NICE) };
+        if result != 0 {
+            tracing::debug!("the trash emptier keeps its priority: {}", std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = TRASH_EMPTY_NICE;
+}
+
 /// Deletes `paths` (a directory among them with everything in it) from up to [`TRASH_EMPTY_THREADS_MAX`] threads;
 /// returns how many went.
 fn remove_files(paths: &[PathBuf]) -> usize {
@@ -515,5 +534,32 @@ mod tests {
         }
         trash.close(Some(emptier));
         assert!(trash.emptied() > TRASH_EMPTY_BATCH_FILES_MAX as u64);
+    }
+
+    /// The emptier runs at the lowest CPU priority, so deleting a bulk load's trash never slows the reads beside it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_emptier_thread_runs_at_the_lowest_cpu_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let trash = Arc::new(Trash::new(&Layout::new(dir.path())));
+        let emptier = trash.spawn_emptier().unwrap();
+        // The nice value of the thread named `opossum-trash` (field 19 of its `stat`; 17th after the name).
+        let nice_of_emptier = || -> Option<i32> {
+            for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                if comm.trim() == "opossum-trash" {
+                    let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                    let after_name = &stat[stat.rfind(')')? + 2..];
+                    return after_name.split(' ').nth(16)?.parse().ok();
+                }
+            }
+            None
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while nice_of_emptier() != Some(TRASH_EMPTY_NICE) {
+            assert!(Instant::now() < deadline, "the emptier's nice value: {:?}", nice_of_emptier());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        trash.close(Some(emptier));
     }
 }

@@ -42,7 +42,7 @@ impl Evict {
             }
             Evict::Fadvise => {
                 for f in files {
-                    let file = std::fs::File::open(f)?;
+                    let Some(file) = gone_is_none(std::fs::File::open(f))? else { continue };
                     // SAFETY: the descriptor is open for the call; DONTNEED only drops clean cached pages.
                     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
                 }
@@ -321,9 +321,12 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (mut files, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
+        // A running daemon deletes files while this walks (its trash): what vanished is skipped.
+        let Some(entries) = gone_is_none(std::fs::read_dir(&d))? else { continue };
+        for e in entries {
+            let Some(e) = gone_is_none(e)? else { continue };
+            let Some(file_type) = gone_is_none(e.file_type())? else { continue };
+            if file_type.is_dir() {
                 stack.push(e.path());
             } else {
                 files.push(e.path());
@@ -333,16 +336,27 @@ pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// `Ok(None)` for a file or directory that is not there (any more), the result otherwise.
+fn gone_is_none<T>(result: std::io::Result<T>) -> std::io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Bytes the files and directories under `dir` occupy on disk (allocated blocks, as `du` counts them: a 300-byte
 /// file takes a 4 KiB block).
 pub fn allocated_bytes(dir: &Path) -> anyhow::Result<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let (mut total, mut stack) = (0, vec![dir.to_path_buf()]);
     while let Some(d) = stack.pop() {
-        total += std::fs::symlink_metadata(&d)?.blocks() * 512;
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let meta = e.metadata()?;
+        let Some(dir_meta) = gone_is_none(std::fs::symlink_metadata(&d))? else { continue };
+        total += dir_meta.blocks() * 512;
+        let Some(entries) = gone_is_none(std::fs::read_dir(&d))? else { continue };
+        for e in entries {
+            let Some(e) = gone_is_none(e)? else { continue };
+            let Some(meta) = gone_is_none(e.metadata())? else { continue };
             if meta.is_dir() {
                 stack.push(e.path());
             } else {
