@@ -103,8 +103,8 @@ struct Progress {
     checkpoint_running: bool,
     stopping: bool,
     /// The store closes soon ([`Mirror::begin_close`], or `stopping`): nothing waits on a commit's latency any more,
-    /// so a checkpoint replaces index files through the trash and writes nothing back ahead of its `syncfs`, and the
-    /// mirror writes whole batches. Appends may still come (and are mirrored as always).
+    /// so a checkpoint writes nothing back ahead of its `syncfs` and the mirror writes whole batches. Appends may
+    /// still come (and are mirrored as always).
     closing: bool,
     /// A tree write failed: the mirror does nothing more until the next open, and the writer never waits for it.
     failed: bool,
@@ -200,7 +200,7 @@ impl Mirror {
 
     /// The store will close soon (a daemon's stop, before the `Store::sync` that precedes its close): from now on
     /// the fastest way to bring the tree current and durable, not the one that keeps commits' latency low. A
-    /// checkpoint already running switches at its next chunk of index files.
+    /// checkpoint already running skips its writeback window if it has not begun it.
     pub fn begin_close(&self) {
         self.lock().closing = true;
         self.wake.notify_all();

@@ -921,9 +921,9 @@ impl Store {
 
     /// Says the store will be closed soon (a daemon's stop, before its last [`Store::sync`] and [`Store::close`]):
     /// from now on the mirror brings the tree current and durable the fastest way, not the way that keeps commits'
-    /// latency low (its checkpoints replace index files through the trash and write nothing back ahead of their
-    /// `syncfs`; a checkpoint already running switches at its next chunk). The store goes on serving: appends, reads
-    /// and `sync` work as before. Nothing to do in files mode or with the mirror off.
+    /// latency low (its checkpoints write nothing back ahead of their `syncfs`, and it writes whole batches). The
+    /// store goes on serving: appends, reads and `sync` work as before. Nothing to do in files mode or with the
+    /// mirror off.
     pub fn begin_close(&self) {
         if let Some(mirror) = &self.shared.mirror {
             mirror.begin_close();

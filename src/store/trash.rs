@@ -20,9 +20,11 @@
 //! inodes freed in the last minutes, so deletions slow the mirror's own file creation. While writes go through the
 //! trash (the store is busy, until [`TRASH_EMPTY_IDLE_MIN`] after the last) the emptier deletes at most
 //! [`TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX`]; once the store is idle, or the trash holds more than
-//! [`TRASH_DEFERRED_FILES_MAX`] files, it deletes at full speed ([`emptying_budget`]). Nothing in the trash is ever read, so a crash at any point leaves only
-//! junk there; and a trash that cannot be used (its directory cannot be made, or lies on another filesystem) only
-//! means writes replace files the old way.
+//! [`TRASH_DEFERRED_FILES_MAX`] files, it deletes at full speed ([`emptying_budget`]); always at the lowest CPU
+//! priority ([`TRASH_EMPTY_NICE`]).
+//!
+//! Nothing in the trash is ever read, so a crash at any point leaves only junk there; and a trash that cannot be used
+//! (its directory cannot be made, or lies on another filesystem) only means writes replace files the old way.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
