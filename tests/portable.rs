@@ -85,16 +85,16 @@ struct Daemon(Child);
 
 impl Daemon {
     fn start(data: &Path, endpoint: &Path) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_opossumd"))
-            .arg("--data")
-            .arg(data)
-            .arg("--socket")
-            .arg(endpoint)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start opossumd");
+        let child = common::spawn_retrying(
+            Command::new(env!("CARGO_BIN_EXE_opossumd"))
+                .arg("--data")
+                .arg(data)
+                .arg("--socket")
+                .arg(endpoint)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+        );
         Daemon(child)
     }
 

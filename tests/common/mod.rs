@@ -2,6 +2,8 @@
 //! crate from a subdirectory's `mod.rs`).
 
 use std::path::Path;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 /// Copies the directory tree `from` into `to` (created): fixture stores are copied before a test opens them, so
 /// the checked-in fixture is never changed.
@@ -14,6 +16,28 @@ pub fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// How often [`spawn_retrying`] tries before it fails the test.
+const SPAWN_ATTEMPTS_MAX: u32 = 20;
+
+/// Spawns `command`, retrying a failed spawn with a short pause. Why: under Wine, `CreateProcess` now and then fails
+/// with `ERROR_INTERNAL_ERROR` (1359) right after the crash tests have killed a child (CI, session 9: one spawn in a
+/// 50-cycle run). A spawn that fails has started nothing, so trying again changes nothing the test checks; a spawn
+/// that keeps failing still fails the test, with the last error.
+pub fn spawn_retrying(command: &mut Command) -> Child {
+    let mut attempt = 1;
+    loop {
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if attempt < SPAWN_ATTEMPTS_MAX => {
+                eprintln!("spawn attempt {attempt} failed ({e}); trying again");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+            }
+            Err(e) => panic!("spawning {command:?} failed {attempt} times, last: {e}"),
         }
     }
 }

@@ -169,13 +169,13 @@ fn sigkill_during_durable_puts_loses_no_acknowledged_put() {
     let mut cycles = 0;
     while cycles < CYCLES && started.elapsed() < TIME_BUDGET {
         cycles += 1;
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash::crash_child", "--nocapture", "--test-threads=1"])
-            .env(ENV_DIR, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = crate::common::spawn_retrying(
+            Command::new(&exe)
+                .args(["--exact", "crash::crash_child", "--nocapture", "--test-threads=1"])
+                .env(ENV_DIR, dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
         let mut stdout = child.stdout.take().unwrap();
         let collector = std::thread::spawn(move || {
             let mut text = String::new();

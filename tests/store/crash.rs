@@ -87,14 +87,14 @@ fn sigkill_during_durable_appends_loses_no_acknowledged_event() {
     let exe = std::env::current_exe().unwrap();
     let mut kills_before_first_ack = 0;
     for cycle in 0..cycles {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash::crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_DIR_ENV, dir.path())
-            .env(CHILD_CYCLE_ENV, cycle.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = crate::common::spawn_retrying(
+            Command::new(&exe)
+                .args(["--exact", "crash::crash_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_DIR_ENV, dir.path())
+                .env(CHILD_CYCLE_ENV, cycle.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        );
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));
         let reader = {
             let (stdout, lines) = (child.stdout.take().unwrap(), lines.clone());
