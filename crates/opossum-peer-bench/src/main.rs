@@ -7,7 +7,9 @@
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
 //!    (N/10 tags x 10 events); opossumd fills with its configuration plus `--durability none` (and, in files
 //!    commit mode only, `--index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
-//!    both measure a reopened store;
+//!    both measure a reopened store; after the fill of an opossum that writes the Opossum tree, while no server
+//!    runs, the layout's floor: `--floor-files` event files (default: the events filled, at most 200,000) created
+//!    in one new directory from one thread, no fsync, the least any mirror of this layout does per event;
 //! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
 //! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
 //!    dropped), 1 and 4 clients, every event decoded into the client library's event type; the count must be N;
@@ -68,6 +70,8 @@ const BATCH_EVENTS: u64 = 1_000;
 const EVENTS_PER_TAG: u64 = 10;
 /// Connections filling a store.
 const FILL_CLIENTS: usize = 4;
+/// Event files the layout floor creates by default at most (~1 GB of 4 KiB blocks; the rate is steady well before).
+const FLOOR_FILES_DEFAULT_MAX: u64 = 200_000;
 
 #[derive(Parser, Debug)]
 #[command(name = "opossum-peer-bench", about = "opossumd and UmaDB: same workloads, same run")]
@@ -125,6 +129,10 @@ struct Args {
     /// Where the JSON and the PNG go [default: target/bench]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Event files the layout floor creates after the mirror-live opossum's fill (0: skip it) [default: the
+    /// events filled, at most 200,000]
+    #[arg(long)]
+    floor_files: Option<u64>,
     /// Keep the stores
     #[arg(long)]
     keep: bool,
@@ -161,6 +169,17 @@ impl System {
             System::Opossum { name, .. } | System::Umadb { name, .. } => name,
         }
     }
+
+    /// An opossumd that writes the Opossum tree (not told `--mirror off`): the layout floor applies to it.
+    fn mirrors(&self) -> bool {
+        match self {
+            System::Opossum { flags, .. } => {
+                !flags.windows(2).any(|w| w[0] == "--mirror" && w[1] == "off")
+                    && !flags.iter().any(|f| f == "--mirror=off")
+            }
+            System::Umadb { .. } => false,
+        }
+    }
 }
 
 struct Ctx {
@@ -173,6 +192,8 @@ struct Ctx {
     opossumd: PathBuf,
     umadb: PathBuf,
     evict: Evict,
+    /// `--floor-files`.
+    floor_files: Option<u64>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -235,6 +256,7 @@ fn main() -> anyhow::Result<()> {
         opossumd: opossumd.clone(),
         umadb: umadb.clone(),
         evict: Evict::detect(),
+        floor_files: args.floor_files,
         rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
     };
     let out = args.out.clone().unwrap_or_else(|| target.join("bench"));
@@ -275,7 +297,10 @@ fn main() -> anyhow::Result<()> {
                 for old in measured_stores.drain(..) {
                     remove_store(&old)?;
                 }
-                eprintln!("   (stores removed before {} for disk space: its file creation may be slower)", system.name());
+                eprintln!(
+                    "   (stores removed before {} for disk space: its file creation may be slower)",
+                    system.name()
+                );
             }
             check_disk_space(&work, need)?;
             let measured = run_system(&ctx, system, round, &store, &mut modes)
@@ -592,6 +617,23 @@ fn run_system(
             rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
             plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
         ));
+        if system.mirrors() {
+            let files = ctx.floor_files.unwrap_or(n.min(FLOOR_FILES_DEFAULT_MAX));
+            if files > 0 {
+                step(&format!("round {round}, {}: the layout floor, {files} event files", system.name()));
+                let (rate, seconds) = layout_floor(&store.with_extension("floor"), files)?;
+                out.push((
+                    Row::new(
+                        "fill_layout_floor",
+                        "fill's layout floor: one event file created per event in one directory, no fsync (files/s)",
+                        1,
+                        "files/s",
+                        Better::Higher,
+                    ),
+                    plain(system, round, rate, json!({"files": files, "seconds": seconds})),
+                ));
+            }
+        }
         out.push((
             Row::new("rss_after_fill", "server RSS after the fill", 0, "MiB", Better::Lower),
             plain(system, round, rss_fill as f64 / 1048576.0, json!({"bytes": rss_fill})),
@@ -777,6 +819,33 @@ fn read_all(ctx: &Ctx, server: &Server, clients: usize, head: u64) -> anyhow::Re
 }
 
 /// Appends `n` events in requests of [`BATCH_EVENTS`] from [`FILL_CLIENTS`] connections.
+/// The Opossum tree's least work per event, timed: `files` event files (the fill's event data in the tree's JSON
+/// framing, the tree's names) created in one new directory from one thread, written and closed, no fsync. Any
+/// mirror of the layout creates at least this (plus index files and the ledger), so the fill with the mirror live
+/// can run no faster on this disk. Run while no server runs; the directory stays for the run's cleanup (deleting
+/// it now would slow the next system's file creation). Returns (files/s, seconds).
+fn layout_floor(dir: &Path, files: u64) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = Instant::now();
+    for i in 0..files {
+        let path = dir.join(format!("{:010}.json", i + 1));
+        let body = format!(
+            r#"{{"event":{{"eventType":"StudentEnrolled","event":{},"tags":[{{"key":"item","value":"{i}"}}]}},"position":{},"metadata":{{"timestamp":"2026-11-30T00:00:00.0000000+00:00"}}}}"#,
+            sized_data(i),
+            i + 1
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(body.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((files as f64 / seconds.max(1e-9), seconds))
+}
+
 fn fill(ctx: &Ctx, server: &Server, n: u64, tags: u64) -> anyhow::Result<()> {
     let next = AtomicU64::new(0);
     std::thread::scope(|s| -> anyhow::Result<()> {
