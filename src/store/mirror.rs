@@ -563,9 +563,18 @@ fn checkpoint(
         written += files.len();
         // Through the trash: a rename over each old file would free it (and discard its block) under the
         // directory's lock, and the inodes it frees slow every later create on ext4 without a journal. In chunks,
-        // so each pins a trash generation briefly.
+        // so each pins a trash generation briefly. Without fsyncs, into the spare inodes earlier checkpoints' swaps
+        // left (`Trash::write_files_recycling`): no inode created or freed per file. That a crash may then leave
+        // another file's old bytes at an index file's name is safe here: the checkpoint's files are those of the
+        // events after the journal's mirror-durable mark, and `reconcile_tree` rewrites the index files of every
+        // event after that mark at the next open, before anything reads them.
         for chunk in files.chunks(MIRROR_CHECKPOINT_CHUNK_FILES) {
-            shared.trash.write_files(shared.io.as_ref(), &recovery::replace_all(chunk), per_file)?;
+            let writes = recovery::replace_all(chunk);
+            if per_file {
+                shared.trash.write_files(shared.io.as_ref(), &writes, true)?;
+            } else {
+                shared.trash.write_files_recycling(shared.io.as_ref(), &writes)?;
+            }
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         }
         index_paths.extend(files.into_iter().map(|(path, _)| path));

@@ -1,0 +1,232 @@
+//! Spare inodes: files a replacement swapped out of the tree (`renameat2(RENAME_EXCHANGE)`), kept in a directory of
+//! their own and overwritten as the temporaries of later replacements (`BatchIo::write_files_recycling`) instead of
+//! creating a new file per replacement and freeing the old one later.
+//!
+//! Why: on ext4 without a journal mounted `discard` (as here) every create allocates an inode and a directory entry,
+//! and every delete frees them and discards the blocks; a mirror checkpoint replaces one index file per tag it
+//! touched, so a bulk load created and later freed about one file per event beside its event files. A warm pool
+//! replaces files with no inode created or freed.
+//!
+//! Reader safety: a lockless reader (.NET) may hold the old file open when it is swapped out. A spare is overwritten
+//! only after a write lease (`fcntl(F_SETLEASE, F_WRLCK)`) on our own descriptor succeeded, which the kernel grants
+//! only when no other open file description refers to the inode ([`take_lease`]).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// A pool of spare inodes in one directory (on the filesystem of the files they replace), at most `limit` of them.
+#[derive(Debug)]
+pub struct Spares {
+    dir: PathBuf,
+    limit: usize,
+    state: Mutex<State>,
+    /// Temporaries created (a new inode), in the pool's directory or elsewhere: what a warm pool avoids.
+    created: AtomicU64,
+    /// Spares overwritten as temporaries (no inode created).
+    reused: AtomicU64,
+    /// Files that left this pool for the trash (a spare a reader held open, or a temporary the full pool had no room
+    /// for): what its owner's emptier deletes.
+    to_trash: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Spares no write uses now, oldest first (the oldest are the least likely to be open in a reader).
+    idle: VecDeque<PathBuf>,
+    /// Paths of the pool's directory a write uses now (a reused spare, or a new temporary that may become one).
+    out: usize,
+    /// Leases cannot be taken here (`EINVAL`, `EACCES`: `fs.leases-enable = 0`, a filesystem without them): no
+    /// spare can be proven unused, so none is reused; replacements create temporaries as without a pool.
+    no_leases: bool,
+}
+
+/// What became of a temporary of the pool's directory once its write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Swapped with the file it replaced: its path holds that file's old inode, a spare.
+    Swapped,
+    /// Renamed to a final name that did not exist, or deleted after a failure: its path is gone.
+    Gone,
+}
+
+/// Why a spare could not be reused.
+#[derive(Debug)]
+pub(crate) enum ReuseError {
+    /// Another open file description refers to it (`EAGAIN` from the lease): skip it.
+    InUse,
+    /// The filesystem or the system gives no leases: reuse nothing.
+    NoLeases,
+    /// It vanished (nothing of ours deletes the pool's directory while it is used, but an operator may).
+    Gone,
+    Io(std::io::Error),
+}
+
+impl Spares {
+    /// An empty pool whose spares live in `dir` (made by the caller, on the filesystem of the files replaced).
+    pub fn new(dir: PathBuf, limit: usize) -> Spares {
+        Spares {
+            dir,
+            limit,
+            state: Mutex::new(State::default()),
+            created: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
+            to_trash: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Temporaries created since the pool was made (new inodes).
+    pub fn created(&self) -> u64 {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// Spares overwritten as temporaries since the pool was made.
+    pub fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// Files sent from the pool to the trash since it was made (see [`Spares::to_trash`]).
+    pub fn sent_to_trash(&self) -> u64 {
+        self.to_trash.load(Ordering::Relaxed)
+    }
+
+    /// Spares no write uses now.
+    pub fn idle(&self) -> usize {
+        self.lock().idle.len()
+    }
+
+    /// The oldest idle spare, now used by the caller (who reports its [`Outcome`] or sends it to the trash).
+    pub(crate) fn take(&self) -> Option<PathBuf> {
+        let mut state = self.lock();
+        if state.no_leases {
+            return None;
+        }
+        let spare = state.idle.pop_front()?;
+        state.out += 1;
+        Some(spare)
+    }
+
+    /// A new temporary name in the pool's directory for a file replacing `final_path`, when the pool has room for
+    /// one more spare (the caller creates it and reports its [`Outcome`]); `None` when it is full.
+    pub(crate) fn reserve(&self, final_path: &Path) -> Option<PathBuf> {
+        let mut state = self.lock();
+        if state.no_leases || state.idle.len() + state.out >= self.limit {
+            return None;
+        }
+        state.out += 1;
+        Some(super::tmp_path(&self.dir.join(final_path.file_name()?)))
+    }
+
+    /// Whether `path` is a name of the pool's directory (a taken spare or a reserved temporary).
+    pub(crate) fn owns(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
+    }
+
+    /// A taken or reserved path's write ended with `outcome`.
+    pub(crate) fn returned(&self, path: PathBuf, outcome: Outcome) {
+        let mut state = self.lock();
+        state.out = state.out.saturating_sub(1);
+        if outcome == Outcome::Swapped {
+            state.idle.push_back(path);
+        }
+    }
+
+    /// A taken spare goes to `trash` (a reader holds it open; the trash's owner deletes it later); if it cannot be
+    /// moved there, it stays in the pool's directory, forgotten (deleted with the directory).
+    pub(crate) fn send_to_trash(&self, spare: &Path, trash: &Path) {
+        if let Some(name) = spare.file_name() {
+            let _ = std::fs::rename(spare, trash.join(name));
+        }
+        self.to_trash.fetch_add(1, Ordering::Relaxed);
+        self.returned(spare.to_path_buf(), Outcome::Gone);
+    }
+
+    /// Leases cannot be taken: the taken `spare` goes back, and no spare is reused from now on.
+    pub(crate) fn no_leases(&self, spare: PathBuf) {
+        let mut state = self.lock();
+        state.out = state.out.saturating_sub(1);
+        state.idle.push_front(spare);
+        if !state.no_leases {
+            state.no_leases = true;
+            tracing::info!(dir = %self.dir.display(), "no file leases here: replaced files are not reused");
+        }
+    }
+
+    pub(crate) fn count_created(&self) {
+        self.created.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_reused(&self) {
+        self.reused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_to_trash(&self) {
+        self.to_trash.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens the spare at `path` for writing and proves that no other open file description refers to it, then
+/// overwrites it with `bytes` from offset 0 and cuts it to their length: the spare is now a temporary holding `bytes`.
+///
+/// The proof: a write lease (`fcntl(F_SETLEASE, F_WRLCK)`) is granted only when the inode is open nowhere else (the
+/// kernel counts its readers and writers; `EAGAIN` otherwise); it is released (`F_UNLCK`) before anything is written,
+/// so no opener ever waits for it. Between the lease and the writes nobody can newly open the spare: its name lies in
+/// the trash, which no reader of the tree, .NET or ours, ever opens, and no tree name refers to its inode any more
+/// (the exchange that made it a spare moved its tree name to the new file). The one opener the lease cannot see is
+/// one that looked the old tree name up before that exchange and is still inside `open(2)` (between its lookup and
+/// the kernel counting it as a reader): a window of microseconds inside one system call, while a spare is reused only
+/// after every older spare of the pool (first in, first out), at least a chunk of replacements later.
+/// While the lease is held a racing opener would break it, and the kernel would signal the lease holder: the signal
+/// is set to `SIGURG` first (`F_SETSIG`), whose default action is to be ignored, so the daemon is never killed by the
+/// default `SIGIO`.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn overwrite_spare(path: &Path, bytes: &[u8]) -> Result<std::fs::File, ReuseError> {
+    use std::os::unix::fs::FileExt;
+    let file = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReuseError::Gone),
+        Err(e) => return Err(ReuseError::Io(e)),
+    };
+    take_lease(&file)?;
+    file.write_all_at(bytes, 0).map_err(ReuseError::Io)?;
+    file.set_len(bytes.len() as u64).map_err(ReuseError::Io)?;
+    Ok(file)
+}
+
+/// Takes and releases a write lease on `file` (see [`overwrite_spare`]): `Ok` when no other open file description
+/// refers to its inode.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn take_lease(file: &std::fs::File) -> Result<(), ReuseError> {
+    use std::os::fd::AsRawFd;
+    /// `F_SETSIG` of `<asm-generic/fcntl.h>` (the same on every Linux architecture), which the `libc` crate lacks.
+    const F_SETSIG: libc::c_int = 10;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor `file` owns for the whole call; `F_SETSIG` only sets which signal the
+    // kernel sends this process about this open file description (none is sent unless a lease breaks).
+    if unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) } != 0 {
+        return Err(ReuseError::Io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: as above; `F_SETLEASE` with `F_WRLCK` takes a lease on `fd`'s open file description or fails.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::EAGAIN) => ReuseError::InUse,
+            Some(libc::EINVAL | libc::EACCES | libc::ENOLCK) => ReuseError::NoLeases,
+            _ => ReuseError::Io(e),
+        });
+    }
+    // SAFETY: as above; `F_UNLCK` releases the lease just taken.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) } != 0 {
+        return Err(ReuseError::Io(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
