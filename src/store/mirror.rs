@@ -20,7 +20,9 @@
 //! through the store's trash (`store/trash.rs`): the files they replace are freed later, not one by one under the
 //! directory's lock (~0.3 ms each on a `discard` mount), and not while the store is busy writing its tree (freed
 //! inodes slow every later create on ext4 without a journal: 100,000 index files took 15-30 s with them freed at
-//! once, 4-6 s without). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
+//! once, 4-6 s without); a checkpoint writes its index files into the inodes earlier ones swapped out (spares,
+//! `Trash::write_files_recycling`: no inode created or freed per file), safe because a reopen after a crash rewrites
+//! every index file touched after the durable mark (`reconcile_tree`). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
 //! fastest way, not the one that keeps commits waiting least: whole batches, no writeback window before `syncfs`.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]

@@ -23,6 +23,11 @@
 //! [`TRASH_DEFERRED_FILES_MAX`] files, it deletes at full speed ([`emptying_budget`]); always at the lowest CPU
 //! priority ([`TRASH_EMPTY_NICE`]).
 //!
+//! Spares: the old files the mirror's checkpoints swap out are not left for the emptier but kept, at most
+//! [`TRASH_SPARE_FILES_MAX`], in a generation of their own that the emptier leaves alone until close, and the next
+//! checkpoints write their index files into them ([`Trash::write_files_recycling`], `io/spares.rs`): once warm, no
+//! inode is created or freed per index file, and the trash stays near empty during a bulk load.
+//!
 //! Nothing in the trash is ever read, so a crash at any point leaves only junk there; and a trash that cannot be used
 //! (its directory cannot be made, or lies on another filesystem) only means writes replace files the old way.
 
