@@ -241,7 +241,8 @@ impl Temporaries<'_> {
                     spares.count_reused();
                     return Ok((spare, file));
                 }
-                // A reader holds it open: its old bytes stay as they are until the trash's owner deletes it.
+                // A reader holds it open (or another user owns it): its old bytes stay as they are until the
+                // trash's owner deletes it.
                 Err(ReuseError::InUse) => spares.send_to_trash(&spare, trash),
                 Err(ReuseError::Gone) => spares.returned(spare, Outcome::Gone),
                 Err(ReuseError::NoLeases) => {

@@ -54,7 +54,8 @@ pub(crate) enum Outcome {
 /// Why a spare could not be reused.
 #[derive(Debug)]
 pub(crate) enum ReuseError {
-    /// Another open file description refers to it (`EAGAIN` from the lease): skip it.
+    /// Another open file description refers to it (`EAGAIN` from the lease), or it belongs to another user (a file
+    /// .NET wrote, swapped out of the tree: only its owner may take a lease, `EACCES`): skip it.
     InUse,
     /// The filesystem or the system gives no leases: reuse nothing.
     NoLeases,
@@ -220,6 +221,7 @@ fn take_lease(file: &std::fs::File) -> Result<(), ReuseError> {
         let e = std::io::Error::last_os_error();
         return Err(match e.raw_os_error() {
             Some(libc::EAGAIN) => ReuseError::InUse,
+            Some(libc::EACCES) if !owned_by_us(file) => ReuseError::InUse,
             Some(libc::EINVAL | libc::EACCES | libc::ENOLCK) => ReuseError::NoLeases,
             _ => ReuseError::Io(e),
         });
@@ -229,4 +231,13 @@ fn take_lease(file: &std::fs::File) -> Result<(), ReuseError> {
         return Err(ReuseError::Io(std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// Whether `file` belongs to this process's effective user (who may take a lease on it without `CAP_LEASE`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn owned_by_us(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    file.metadata().is_ok_and(|m| m.uid() == euid)
 }
