@@ -234,7 +234,7 @@ impl Temporaries<'_> {
             Temporaries::Recycle { trash, spares } => (trash, spares),
         };
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        while let Some(spare) = spares.take() {
+        while let Some(spare) = spares.take(bytes.len()) {
             use super::spares::{overwrite_spare, ReuseError};
             match overwrite_spare(&spare, bytes) {
                 Ok(file) => {

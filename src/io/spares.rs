@@ -11,7 +11,7 @@
 //! only after a write lease (`fcntl(F_SETLEASE, F_WRLCK)`) on our own descriptor succeeded, which the kernel grants
 //! only when no other open file description refers to the inode ([`take_lease`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -33,8 +33,10 @@ pub struct Spares {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Spares no write uses now, oldest first (the oldest are the least likely to be open in a reader).
-    idle: VecDeque<PathBuf>,
+    /// Spares no write uses now, by the blocks their contents take ([`blocks_of`]), oldest first in each.
+    idle: BTreeMap<u64, VecDeque<PathBuf>>,
+    /// How many `idle` holds.
+    idle_count: usize,
     /// Paths of the pool's directory a write uses now (a reused spare, or a new temporary that may become one).
     out: usize,
     /// Leases cannot be taken here (`EINVAL`, `EACCES`: `fs.leases-enable = 0`, a filesystem without them): no
@@ -102,25 +104,48 @@ impl Spares {
 
     /// Spares no write uses now.
     pub fn idle(&self) -> usize {
-        self.lock().idle.len()
+        self.lock().idle_count
     }
 
-    /// The oldest idle spare, now used by the caller (who reports its [`Outcome`] or sends it to the trash).
-    pub(crate) fn take(&self) -> Option<PathBuf> {
+    /// An idle spare for contents of `len` bytes, now used by the caller (who reports its [`Outcome`] or sends it to
+    /// the trash): the oldest of those that take as many blocks, else of the largest that take fewer (growing one
+    /// only allocates), else of the smallest that take more. Why by size: cutting a spare to a shorter length frees
+    /// its blocks, which on this `discard` mount issues a discard inside the checkpoint's write; a first-in-first-out
+    /// pool cut the old type file (megabytes, swapped out by every checkpoint) down to a tag file's size each time.
+    pub(crate) fn take(&self, len: usize) -> Option<PathBuf> {
         let mut state = self.lock();
         if state.no_leases {
             return None;
         }
-        let spare = state.idle.pop_front()?;
+        let want = blocks_of(len as u64);
+        let bucket = if state.idle.contains_key(&want) {
+            want
+        } else {
+            let below = state.idle.range(..want).next_back().map(|(&b, _)| b);
+            below.or_else(|| state.idle.range(want..).next().map(|(&b, _)| b))?
+        };
+        let spares = state.idle.get_mut(&bucket)?;
+        let spare = spares.pop_front()?;
+        if spares.is_empty() {
+            state.idle.remove(&bucket);
+        }
+        state.idle_count -= 1;
         state.out += 1;
         Some(spare)
+    }
+
+    /// Files back in the pool, by size (`path` holds a spare now).
+    fn put_back(state: &mut State, path: PathBuf) {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { return };
+        state.idle.entry(blocks_of(meta.len())).or_default().push_back(path);
+        state.idle_count += 1;
     }
 
     /// A new temporary name in the pool's directory for a file replacing `final_path`, when the pool has room for
     /// one more spare (the caller creates it and reports its [`Outcome`]); `None` when it is full.
     pub(crate) fn reserve(&self, final_path: &Path) -> Option<PathBuf> {
         let mut state = self.lock();
-        if state.no_leases || state.idle.len() + state.out >= self.limit {
+        if state.no_leases || state.idle_count + state.out >= self.limit {
             return None;
         }
         state.out += 1;
@@ -137,7 +162,7 @@ impl Spares {
         let mut state = self.lock();
         state.out = state.out.saturating_sub(1);
         if outcome == Outcome::Swapped {
-            state.idle.push_back(path);
+            Spares::put_back(&mut state, path);
         }
     }
 
@@ -155,7 +180,7 @@ impl Spares {
     pub(crate) fn no_leases(&self, spare: PathBuf) {
         let mut state = self.lock();
         state.out = state.out.saturating_sub(1);
-        state.idle.push_front(spare);
+        Spares::put_back(&mut state, spare);
         if !state.no_leases {
             state.no_leases = true;
             tracing::info!(dir = %self.dir.display(), "no file leases here: replaced files are not reused");
@@ -175,6 +200,13 @@ impl Spares {
     }
 }
 
+/// The filesystem blocks `len` bytes take (4 KiB blocks: ext4's default; only used to pair spares with contents of
+/// a similar size, so another block size only makes the pairing coarser or finer).
+fn blocks_of(len: u64) -> u64 {
+    const BLOCK_BYTES: u64 = 4096;
+    len.div_ceil(BLOCK_BYTES)
+}
+
 /// Opens the spare at `path` for writing and proves that no other open file description refers to it, then
 /// overwrites it with `bytes` from offset 0 and cuts it to their length: the spare is now a temporary holding `bytes`.
 ///
@@ -185,7 +217,8 @@ impl Spares {
 /// (the exchange that made it a spare moved its tree name to the new file). The one opener the lease cannot see is
 /// one that looked the old tree name up before that exchange and is still inside `open(2)` (between its lookup and
 /// the kernel counting it as a reader): a window of microseconds inside one system call, while a spare is reused only
-/// after every older spare of the pool (first in, first out), at least a chunk of replacements later.
+/// by a later chunk of writes than the one whose swap made it (a chunk takes all its temporaries before its first swap), at
+/// least one file written, exchanged and closed later, and among spares of its size the oldest first.
 /// While the lease is held a racing opener would break it, and the kernel would signal the lease holder: the signal
 /// is set to `SIGURG` first (`F_SETSIG`), whose default action is to be ignored, so the daemon is never killed by the
 /// default `SIGIO`.
@@ -240,4 +273,34 @@ fn owned_by_us(file: &std::fs::File) -> bool {
     // SAFETY: `geteuid` has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     file.metadata().is_ok_and(|m| m.uid() == euid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spare is taken by size: one as large (in blocks), else the largest smaller one (growing it frees nothing),
+    /// else the smallest larger one; never one cut down while a better one waits.
+    #[test]
+    fn a_spare_of_the_contents_size_is_taken_first_then_a_smaller_one_then_the_smallest_larger_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares = Spares::new(dir.path().to_path_buf(), 8);
+        let spare = |name: &str, len: usize| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![b'x'; len]).unwrap();
+            spares.returned(path.clone(), Outcome::Swapped);
+            path
+        };
+        let small = spare("small", 100);
+        let three = spare("three", 3 * 4096);
+        let big = spare("big", 300 * 4096);
+        let other_small = spare("other small", 4000);
+        assert_eq!(spares.idle(), 4);
+        assert_eq!(spares.take(50), Some(small), "as large, the oldest first");
+        assert_eq!(spares.take(5000), Some(other_small), "two blocks: the largest smaller one");
+        assert_eq!(spares.take(5000), Some(three), "then the smallest larger one");
+        assert_eq!(spares.take(10), Some(big));
+        assert_eq!(spares.take(10), None);
+        assert_eq!(spares.idle(), 0);
+    }
 }
