@@ -223,6 +223,13 @@ const _: () = assert!(TRASH_EMPTY_THREADS_MAX >= 1 && TRASH_EMPTY_THREADS_MAX <=
 const _: () = assert!(TRASH_EMPTY_IDLE_MIN.as_millis() > TRASH_EMPTY_INTERVAL_MAX.as_millis());
 const _: () = assert!(TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX >= 1);
 const _: () = assert!(TRASH_DEFERRED_FILES_MAX >= TRASH_EMPTY_BATCH_FILES_MAX as u64);
+/// Spare inodes the trash keeps for the mirror's checkpoints to overwrite instead of creating and freeing a file per
+/// replaced index file (`io/spares.rs`); the old files of replacements beyond it go to the emptier. A checkpoint
+/// writes its index files in chunks of `MIRROR_CHECKPOINT_CHUNK_FILES`, each reusing the spares the one before left,
+/// so twice that keeps a warm pool creating nothing even when some spares are held open by readers or a chunk
+/// replaces files of new tags (which take a spare and leave none).
+pub const TRASH_SPARE_FILES_MAX: usize = 2 * MIRROR_CHECKPOINT_CHUNK_FILES;
+const _: () = assert!(TRASH_SPARE_FILES_MAX >= MIRROR_CHECKPOINT_CHUNK_FILES);
 
 // --- projections -----------------------------------------------------------------------------------------------
 // (The projection cache's budget constants stay in `projection/cache.rs` for now: another change owns that file.)

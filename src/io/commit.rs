@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::barrier::{fsync_dir, Barriers, SyncTarget};
+use super::spares::{Outcome, Spares};
 use super::{tmp_path, FileWrite, IoError, IoOp, WriteMode};
 use crate::limits::{IN_PLACE_RECORD_BYTES_MAX, WRITE_OPEN_FILES_MAX};
 
@@ -38,16 +39,21 @@ impl CommitWriter {
 
     /// `BatchIo::write_files`: commit records (`Commit`) are written first but renamed last, in-place records
     /// (`CommitInPlace`) overwritten after everything else; the other files go in chunks of at most
-    /// [`WRITE_OPEN_FILES_MAX`] (see [`CommitWriter::write_chunk`]). With a `trash` directory
-    /// (`BatchIo::write_files_with_trash`), temporaries are written there and swapped into place ([`rename_into_place`]).
+    /// [`WRITE_OPEN_FILES_MAX`] (see [`CommitWriter::write_chunk`]). Where temporaries are written and how they
+    /// take their final names is `temps`'s ([`Temporaries`]).
     pub(crate) fn write_files(
         &self,
         files: &[FileWrite<'_>],
         durable: bool,
-        trash: Option<&Path>,
+        temps: Temporaries<'_>,
     ) -> Result<(), IoError> {
         // Only where names can be swapped; elsewhere temporaries stay beside their final names and replace them.
-        let trash = trash.filter(|_| SWAPS_NAMES);
+        let temps = if SWAPS_NAMES { temps } else { Temporaries::Beside };
+        // Spares are overwritten without an fsync of their own: never for a durable batch (`BatchIo::write_files_recycling`).
+        let temps = match temps {
+            Temporaries::Recycle { trash, .. } if durable => Temporaries::Trash(trash),
+            temps => temps,
+        };
         let (in_place, files): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
             files.iter().partition(|f| f.mode == WriteMode::CommitInPlace);
         let (commits, others): (Vec<FileWrite<'_>>, Vec<FileWrite<'_>>) =
@@ -58,15 +64,16 @@ impl CommitWriter {
         let mut commit_tmps = Vec::with_capacity(commits.len());
         let mut commit_handles = Vec::with_capacity(commits.len());
         for f in &commits {
-            let tmp = temporary(f.path, trash);
-            match write_new(&tmp, f.bytes) {
-                Ok(handle) => commit_handles.push(handle),
+            match temps.write(f.path, f.bytes) {
+                Ok((tmp, handle)) => {
+                    commit_handles.push(handle);
+                    commit_tmps.push(tmp);
+                }
                 Err(e) => {
-                    remove_all(&commit_tmps);
+                    temps.discard(&commit_tmps);
                     return Err(e);
                 }
             }
-            commit_tmps.push(tmp);
         }
         let commit_targets: Vec<SyncTarget<'_>> =
             commit_handles.iter().zip(&commit_tmps).map(|(h, tmp)| SyncTarget::File(h, tmp)).collect();
@@ -75,14 +82,14 @@ impl CommitWriter {
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let extra = if i == last { &commit_targets[..] } else { &[] };
-            if let Err(e) = self.write_chunk(chunk, durable, extra, trash) {
-                remove_all(&commit_tmps);
+            if let Err(e) = self.write_chunk(chunk, durable, extra, temps) {
+                temps.discard(&commit_tmps);
                 return Err(e);
             }
         }
         for (i, (f, tmp)) in commits.iter().zip(&commit_tmps).enumerate() {
-            if let Err(e) = rename_into_place(tmp, f.path, trash.is_some()) {
-                remove_all(&commit_tmps[i..]);
+            if let Err(e) = temps.place(tmp, f.path) {
+                temps.discard(&commit_tmps[i..]);
                 return Err(IoError::new(IoOp::Rename, f.path, e));
             }
         }
@@ -112,7 +119,7 @@ impl CommitWriter {
         files: &[FileWrite<'_>],
         durable: bool,
         extra: &[SyncTarget<'_>],
-        trash: Option<&Path>,
+        temps: Temporaries<'_>,
     ) -> Result<(), IoError> {
         if files.is_empty() {
             return if durable { self.barriers.run(extra, &[]) } else { Ok(()) };
@@ -121,33 +128,35 @@ impl CommitWriter {
         if durable {
             self.barriers.prepare(&dirs)?;
         }
-        // Where each file is written first: its final name (`CreateNew`) or a temporary.
-        let first_names: Vec<PathBuf> = files
-            .iter()
-            .map(|f| if f.mode == WriteMode::CreateNew { f.path.to_path_buf() } else { temporary(f.path, trash) })
-            .collect();
-        let written: Vec<Result<std::fs::File, IoError>> = if !durable || files.len() < PARALLEL_WRITE_MIN_FILES {
-            files.iter().zip(&first_names).map(|(f, name)| write_new(name, f.bytes)).collect()
-        } else {
-            self.pool.install(|| {
-                files.par_iter().zip(first_names.par_iter()).map(|(f, name)| write_new(name, f.bytes)).collect()
-            })
+        // Each file written where it goes first: its final name (`CreateNew`) or a temporary.
+        let write_first = |f: &FileWrite<'_>| -> Result<(PathBuf, std::fs::File), IoError> {
+            if f.mode == WriteMode::CreateNew {
+                write_new(f.path, f.bytes).map(|file| (f.path.to_path_buf(), file))
+            } else {
+                temps.write(f.path, f.bytes)
+            }
         };
+        let written: Vec<Result<(PathBuf, std::fs::File), IoError>> =
+            if !durable || files.len() < PARALLEL_WRITE_MIN_FILES {
+                files.iter().map(write_first).collect()
+            } else {
+                self.pool.install(|| files.par_iter().map(write_first).collect())
+            };
         let mut handles = Vec::with_capacity(files.len());
+        let mut first_names = Vec::with_capacity(files.len());
         let mut failure = None;
-        let mut created = Vec::with_capacity(files.len());
-        for (result, name) in written.into_iter().zip(&first_names) {
+        for result in written {
             match result {
-                Ok(file) => {
+                Ok((name, file)) => {
                     handles.push(file);
-                    created.push(name.clone());
+                    first_names.push(name);
                 }
                 Err(err) => failure = failure.or(Some(err)),
             }
         }
         if let Some(err) = failure {
             // Only what this call created: an existing `CreateNew` target (`AlreadyExists`) is not ours.
-            remove_all(&created);
+            temps.discard(&first_names);
             return Err(err);
         }
         if durable {
@@ -159,7 +168,7 @@ impl CommitWriter {
                 .map(|((_, h), tmp)| SyncTarget::File(h, tmp))
                 .collect();
             if let Err(e) = self.barriers.run(&replaced, &dirs) {
-                remove_all(&first_names);
+                temps.discard(&first_names);
                 return Err(e);
             }
         }
@@ -167,14 +176,14 @@ impl CommitWriter {
             if f.mode == WriteMode::CreateNew {
                 continue;
             }
-            if let Err(e) = rename_into_place(tmp, f.path, trash.is_some()) {
+            if let Err(e) = temps.place(tmp, f.path) {
                 let rest: Vec<PathBuf> = files[i..]
                     .iter()
                     .zip(&first_names[i..])
                     .filter(|(f, _)| f.mode != WriteMode::CreateNew)
                     .map(|(_, tmp)| tmp.clone())
                     .collect();
-                remove_all(&rest);
+                temps.discard(&rest);
                 return Err(IoError::new(IoOp::Rename, f.path, e));
             }
         }
@@ -196,33 +205,114 @@ impl CommitWriter {
 /// Whether this build swaps a temporary with the file it replaces (`renameat2(RENAME_EXCHANGE)`, glibc's Linux).
 const SWAPS_NAMES: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
 
-/// Where a file that takes its final name by a rename is written first: a fresh temporary name beside its final
-/// name, or in `trash` (same file name, so an error names what it was for).
-fn temporary(final_path: &Path, trash: Option<&Path>) -> PathBuf {
-    match (trash, final_path.file_name()) {
-        (Some(trash), Some(name)) => tmp_path(&trash.join(name)),
-        _ => tmp_path(final_path),
+/// Where the temporaries of a write batch go (every file but a `CreateNew` one is written to a temporary first) and
+/// how they take their final names.
+#[derive(Clone, Copy)]
+pub(crate) enum Temporaries<'a> {
+    /// A fresh name beside the final name, renamed over it (`BatchIo::write_files`).
+    Beside,
+    /// A fresh name in this trash directory (same file name, so an error names what it was for), swapped with the
+    /// file at the final name (`BatchIo::write_files_with_trash`).
+    Trash(&'a Path),
+    /// A spare of this pool overwritten when one is free of readers, else a fresh name in the pool's directory while it
+    /// has room, else in `trash`; swapped with the file at the final name, which leaves a spare at the temporary's
+    /// name (`BatchIo::write_files_recycling`). Non-durable batches only.
+    Recycle { trash: &'a Path, spares: &'a Spares },
+}
+
+impl Temporaries<'_> {
+    /// Writes `bytes` to a temporary for `final_path`; returns its name and an open handle.
+    fn write(&self, final_path: &Path, bytes: &[u8]) -> Result<(PathBuf, std::fs::File), IoError> {
+        let fresh = |dir: &Path| match final_path.file_name() {
+            Some(name) => tmp_path(&dir.join(name)),
+            None => tmp_path(final_path),
+        };
+        let new_temporary = |tmp: PathBuf| write_new(&tmp, bytes).map(|file| (tmp, file));
+        let (trash, spares) = match *self {
+            Temporaries::Beside => return new_temporary(tmp_path(final_path)),
+            Temporaries::Trash(trash) => return new_temporary(fresh(trash)),
+            Temporaries::Recycle { trash, spares } => (trash, spares),
+        };
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        while let Some(spare) = spares.take(bytes.len()) {
+            use super::spares::{overwrite_spare, ReuseError};
+            match overwrite_spare(&spare, bytes) {
+                Ok(file) => {
+                    spares.count_reused();
+                    return Ok((spare, file));
+                }
+                // A reader holds it open (or another user owns it): its old bytes stay as they are until the
+                // trash's owner deletes it.
+                Err(ReuseError::InUse) => spares.send_to_trash(&spare, trash),
+                Err(ReuseError::Gone) => spares.returned(spare, Outcome::Gone),
+                Err(ReuseError::NoLeases) => {
+                    spares.no_leases(spare);
+                    break;
+                }
+                Err(ReuseError::Io(e)) => {
+                    spares.returned(spare.clone(), Outcome::Gone);
+                    return Err(IoError::new(IoOp::Write, spare, e));
+                }
+            }
+        }
+        spares.count_created();
+        match spares.reserve(final_path) {
+            Some(tmp) => match write_new(&tmp, bytes) {
+                Ok(file) => Ok((tmp, file)),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    spares.returned(tmp, Outcome::Gone);
+                    Err(e)
+                }
+            },
+            None => {
+                spares.count_to_trash();
+                new_temporary(fresh(trash))
+            }
+        }
+    }
+
+    /// Gives the temporary `tmp` the name `final_path` ([`rename_into_place`]); a pool's temporary that was swapped
+    /// with an old file is a spare again.
+    fn place(&self, tmp: &Path, final_path: &Path) -> std::io::Result<()> {
+        let swapped = rename_into_place(tmp, final_path, !matches!(self, Temporaries::Beside))?;
+        if let Temporaries::Recycle { spares, .. } = self {
+            if spares.owns(tmp) {
+                spares.returned(tmp.to_path_buf(), if swapped { Outcome::Swapped } else { Outcome::Gone });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the temporaries (and `CreateNew` files) of a failed write; a pool's temporaries leave the pool.
+    fn discard(&self, paths: &[PathBuf]) {
+        remove_all(paths);
+        if let Temporaries::Recycle { spares, .. } = self {
+            for path in paths.iter().filter(|p| spares.owns(p)) {
+                spares.returned(path.clone(), Outcome::Gone);
+            }
+        }
     }
 }
 
-/// Gives the temporary `tmp` the name `final_path`. With `swap` (`tmp` is in a trash directory), a file already at
-/// `final_path` is swapped into `tmp`'s place (`RENAME_EXCHANGE`: one atomic step, so readers of `final_path` see the
-/// old file or the new one, never none) instead of freed under the directory's lock by a plain rename; its
-/// blocks are freed when the trash's owner deletes it. A missing final name (`ENOENT`) or a filesystem that cannot
-/// swap (`EINVAL`) takes the plain rename.
-fn rename_into_place(tmp: &Path, final_path: &Path, swap: bool) -> std::io::Result<()> {
+/// Gives the temporary `tmp` the name `final_path`; `true` when it swapped names with an old file. With `swap`
+/// (`tmp` is in a trash directory), a file already at `final_path` is swapped into `tmp`'s place (`RENAME_EXCHANGE`:
+/// one atomic step, so readers of `final_path` see the old file or the new one, never none) instead of freed under
+/// the directory's lock by a plain rename; its blocks are freed when the trash's owner deletes it. A missing final
+/// name (`ENOENT`) or a filesystem that cannot swap (`EINVAL`) takes the plain rename.
+fn rename_into_place(tmp: &Path, final_path: &Path, swap: bool) -> std::io::Result<bool> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if swap {
         use nix::errno::Errno;
         use nix::fcntl::{renameat2, RenameFlags};
         match renameat2(None, tmp, None, final_path, RenameFlags::RENAME_EXCHANGE) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(Errno::ENOENT | Errno::EINVAL) => {}
             Err(e) => return Err(e.into()),
         }
     }
     let _ = swap;
-    std::fs::rename(tmp, final_path)
+    std::fs::rename(tmp, final_path).map(|()| false)
 }
 
 /// The distinct parent directories of a write batch, in first-seen order.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::{BatchIo, Extent, FileWrite, IoError, IoOp};
+use super::{BatchIo, Extent, FileWrite, IoError, IoOp, Spares};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -115,6 +115,10 @@ impl<T: BatchIo> BatchIo for FaultyIo<T> {
 
     fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
         self.write_faulty(files, |files| self.inner.write_files_with_trash(files, durable, trash))
+    }
+
+    fn write_files_recycling(&self, files: &[FileWrite<'_>], trash: &Path, spares: &Spares) -> Result<(), IoError> {
+        self.write_faulty(files, |files| self.inner.write_files_recycling(files, trash, spares))
     }
 }
 

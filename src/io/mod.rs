@@ -13,6 +13,7 @@ pub(crate) mod barrier;
 pub(crate) mod commit;
 pub mod faulty;
 pub mod sim;
+pub mod spares;
 pub mod threads;
 #[cfg(target_os = "linux")]
 pub mod uring;
@@ -21,6 +22,7 @@ pub use crate::format::tmp_path;
 pub use barrier::fsync_dir;
 pub use commit::parent_dirs;
 pub use faulty::{Fault, FaultyIo};
+pub use spares::Spares;
 pub use threads::ThreadPoolIo;
 
 /// A failed file operation, naming the file and the step that failed.
@@ -213,6 +215,27 @@ pub trait BatchIo: Send + Sync {
         let _ = trash;
         self.write_files(files, durable)
     }
+
+    /// [`BatchIo::write_files_with_trash`] without `fsync`s (`durable == false`), whose temporaries reuse the inodes
+    /// earlier swaps left behind: a `Replace` or `Commit` file is written into a spare of `spares` (opened without
+    /// `O_CREAT`, overwritten from offset 0, cut to its new length) when the pool has one that no other open file
+    /// description refers to (a write lease proves it, `io/spares.rs`; a spare a reader holds open goes to `trash`
+    /// untouched), else to a new temporary in the pool's directory while it has room, else in `trash`; then it is
+    /// swapped with the file at the final name, which leaves that file's old inode at the temporary's name, a spare
+    /// again. Once the pool is warm no replacement creates or frees an inode.
+    ///
+    /// The contract is `write_files_with_trash`'s with `durable == false`, plus one weaker promise: after a crash a
+    /// final name this call replaced may hold **another file's** old contents, whole and valid-looking (the swap
+    /// reached the disk, the overwrite of the recycled inode did not), where a fresh temporary could only leave the
+    /// old file, the new one or a torn one. Callers therefore use it only for files they rewrite from their own
+    /// durable record after any crash before their next barrier: journal mode's mirror, whose open rewrites every
+    /// index file touched after its last durable checkpoint (`mirror::reconcile_tree`); never for durable writes,
+    /// files mode, or a file read before that rewrite (the ledger). Linux (glibc) with file leases; elsewhere, or
+    /// where leases cannot be taken (`fs.leases-enable = 0`), the same as `write_files_with_trash(files, false, trash)`.
+    fn write_files_recycling(&self, files: &[FileWrite<'_>], trash: &Path, spares: &Spares) -> Result<(), IoError> {
+        let _ = spares;
+        self.write_files_with_trash(files, false, trash)
+    }
 }
 
 impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
@@ -233,6 +256,9 @@ impl<T: BatchIo + ?Sized> BatchIo for Arc<T> {
     }
     fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
         (**self).write_files_with_trash(files, durable, trash)
+    }
+    fn write_files_recycling(&self, files: &[FileWrite<'_>], trash: &Path, spares: &Spares) -> Result<(), IoError> {
+        (**self).write_files_recycling(files, trash, spares)
     }
 }
 

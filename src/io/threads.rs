@@ -11,8 +11,8 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::barrier::{sync_one, Barriers, FsyncRunner, SyncTarget};
-use super::commit::CommitWriter;
-use super::{read_extent, BatchIo, Extent, FileWrite, IoError, IoOp, SyncStrategy};
+use super::commit::{CommitWriter, Temporaries};
+use super::{read_extent, BatchIo, Extent, FileWrite, IoError, IoOp, Spares, SyncStrategy};
 use crate::limits::EXTENT_BYTES_IN_FLIGHT_MAX;
 
 /// Files handed to one pool task at once; amortises task overhead without starving other threads.
@@ -100,11 +100,15 @@ impl BatchIo for ThreadPoolIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        self.writer.write_files(files, durable, None)
+        self.writer.write_files(files, durable, Temporaries::Beside)
     }
 
     fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
-        self.writer.write_files(files, durable, Some(trash))
+        self.writer.write_files(files, durable, Temporaries::Trash(trash))
+    }
+
+    fn write_files_recycling(&self, files: &[FileWrite<'_>], trash: &Path, spares: &Spares) -> Result<(), IoError> {
+        self.writer.write_files(files, false, Temporaries::Recycle { trash, spares })
     }
 }
 

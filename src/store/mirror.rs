@@ -20,7 +20,9 @@
 //! through the store's trash (`store/trash.rs`): the files they replace are freed later, not one by one under the
 //! directory's lock (~0.3 ms each on a `discard` mount), and not while the store is busy writing its tree (freed
 //! inodes slow every later create on ext4 without a journal: 100,000 index files took 15-30 s with them freed at
-//! once, 4-6 s without). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
+//! once, 4-6 s without); a checkpoint writes its index files into the inodes earlier ones swapped out (spares,
+//! `Trash::write_files_recycling`: no inode created or freed per file), safe because a reopen after a crash rewrites
+//! every index file touched after the durable mark (`reconcile_tree`). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
 //! fastest way, not the one that keeps commits waiting least: whole batches, no writeback window before `syncfs`.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
@@ -563,9 +565,18 @@ fn checkpoint(
         written += files.len();
         // Through the trash: a rename over each old file would free it (and discard its block) under the
         // directory's lock, and the inodes it frees slow every later create on ext4 without a journal. In chunks,
-        // so each pins a trash generation briefly.
+        // so each pins a trash generation briefly. Without fsyncs, into the spare inodes earlier checkpoints' swaps
+        // left (`Trash::write_files_recycling`): no inode created or freed per file. That a crash may then leave
+        // another file's old bytes at an index file's name is safe here: the checkpoint's files are those of the
+        // events after the journal's mirror-durable mark, and `reconcile_tree` rewrites the index files of every
+        // event after that mark at the next open, before anything reads them.
         for chunk in files.chunks(MIRROR_CHECKPOINT_CHUNK_FILES) {
-            shared.trash.write_files(shared.io.as_ref(), &recovery::replace_all(chunk), per_file)?;
+            let writes = recovery::replace_all(chunk);
+            if per_file {
+                shared.trash.write_files(shared.io.as_ref(), &writes, true)?;
+            } else {
+                shared.trash.write_files_recycling(shared.io.as_ref(), &writes)?;
+            }
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
         }
         index_paths.extend(files.into_iter().map(|(path, _)| path));

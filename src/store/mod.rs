@@ -326,6 +326,10 @@ pub struct StoreStats {
     /// slowly while the store writes its tree, at full speed once it idles), and files deleted from it since open.
     pub trash_files: u64,
     pub trash_emptied: u64,
+    /// Journal mode's mirror checkpoints: index files written into a spare inode an earlier replacement swapped out
+    /// (no inode created or freed), and temporaries they created instead (a cold or full pool; `io/spares.rs`).
+    pub trash_spares_reused: u64,
+    pub trash_spares_created: u64,
     /// Subscriptions open now, events handed out to them, and times a caught-up one fell behind the live tail.
     pub subscriptions_active: u64,
     pub subscription_events_delivered: u64,
@@ -1077,6 +1081,8 @@ impl Store {
             journal_segments: self.shared.journal.as_ref().map_or(0, |j| j.segments() as u64),
             trash_files: self.shared.trash.deferred_files(),
             trash_emptied: self.shared.trash.emptied(),
+            trash_spares_reused: self.shared.trash.spares().reused(),
+            trash_spares_created: self.shared.trash.spares().created(),
             subscriptions_active: subscriptions.active,
             subscription_events_delivered: subscriptions.events_delivered,
             subscription_catch_up_fallbacks: subscriptions.catch_up_fallbacks,

@@ -23,6 +23,11 @@
 //! [`TRASH_DEFERRED_FILES_MAX`] files, it deletes at full speed ([`emptying_budget`]); always at the lowest CPU
 //! priority ([`TRASH_EMPTY_NICE`]).
 //!
+//! Spares: the old files the mirror's checkpoints swap out are not left for the emptier but kept, at most
+//! [`TRASH_SPARE_FILES_MAX`], in a generation of their own that the emptier leaves alone until close, and the next
+//! checkpoints write their index files into them ([`Trash::write_files_recycling`], `io/spares.rs`): once warm, no
+//! inode is created or freed per index file, and the trash stays near empty during a bulk load.
+//!
 //! Nothing in the trash is ever read, so a crash at any point leaves only junk there; and a trash that cannot be used
 //! (its directory cannot be made, or lies on another filesystem) only means writes replace files the old way.
 
@@ -34,11 +39,11 @@ use std::time::{Duration, Instant};
 
 use super::StoreError;
 use crate::format::Layout;
-use crate::io::{BatchIo, FileWrite, IoError, IoOp};
+use crate::io::{BatchIo, FileWrite, IoError, IoOp, Spares};
 use crate::limits::{
     TRASH_DEFERRED_FILES_MAX, TRASH_EMPTY_AT_CLOSE_TIME_MAX, TRASH_EMPTY_BATCH_FILES_MAX,
     TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX, TRASH_EMPTY_IDLE_MIN, TRASH_EMPTY_INTERVAL_MAX, TRASH_EMPTY_NICE,
-    TRASH_EMPTY_THREADS_MAX,
+    TRASH_EMPTY_THREADS_MAX, TRASH_SPARE_FILES_MAX,
 };
 
 /// A store's trash (see the module documentation).
@@ -51,6 +56,9 @@ pub(crate) struct Trash {
     stopping: AtomicBool,
     /// Files deleted from the trash since open.
     emptied: AtomicU64,
+    /// Spare inodes for [`Trash::write_files_recycling`], in a generation directory of their own that the emptier
+    /// leaves alone until close (`State::spares_generation`).
+    spares: Spares,
 }
 
 struct State {
@@ -67,6 +75,10 @@ struct State {
     deferred: HashMap<u64, u64>,
     /// When a write last went through the trash: the store is busy until [`TRASH_EMPTY_IDLE_MIN`] after it.
     last_write: Option<Instant>,
+    /// The generation whose directory holds the spares, never emptied while the store is open; `None` once closed.
+    spares_generation: Option<u64>,
+    /// The spares' directory exists (made by the first recycling write): `Some(false)` when it cannot be made.
+    spares_usable: Option<bool>,
 }
 
 /// How many files an emptying round may delete.
@@ -114,20 +126,24 @@ impl Trash {
     pub fn new(layout: &Layout) -> Trash {
         // A generation number no earlier open used (they are only compared for equality): what a previous run left
         // in the trash is never the current generation, so the emptier deletes it.
+        // The spares take the first number, writes the ones after it.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Trash {
             layout: layout.clone(),
             state: Mutex::new(State {
-                current: now,
+                current: now + 1,
                 created: false,
                 pins: HashMap::new(),
                 unusable: false,
                 deferred: HashMap::new(),
                 last_write: None,
+                spares_generation: Some(now),
+                spares_usable: None,
             }),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             emptied: AtomicU64::new(0),
+            spares: Spares::new(layout.trash_generation(now), TRASH_SPARE_FILES_MAX),
         }
     }
 
@@ -154,6 +170,48 @@ impl Trash {
             }
             None => io.write_files(files, durable),
         }
+    }
+
+    /// `io.write_files(files, false)` through the trash, its temporaries the spare inodes earlier replacements left
+    /// (`BatchIo::write_files_recycling`): no inode created or freed per file once the spares are warm. Never
+    /// durable, and only for files the store rewrites after a crash before its next durable mark (journal mode's
+    /// mirror checkpoints: `mirror::reconcile_tree` rewrites every index file touched after the mark): after a crash
+    /// a final name may hold another file's old bytes. Without spares (their directory cannot be made) as
+    /// [`Trash::write_files`].
+    pub fn write_files_recycling(&self, io: &dyn BatchIo, files: &[FileWrite<'_>]) -> Result<(), IoError> {
+        let Some(pin) = self.pin() else { return io.write_files(files, false) };
+        if !self.spares_ready() {
+            drop(pin);
+            return self.write_files(io, files, false);
+        }
+        let to_trash = self.spares.sent_to_trash();
+        self.lock().last_write = Some(Instant::now());
+        let result = io.write_files_recycling(files, &pin.dir, &self.spares);
+        // What went to the trash instead of the pool: an upper bound, like every count of `deferred`.
+        let sent = self.spares.sent_to_trash().saturating_sub(to_trash);
+        *self.lock().deferred.entry(pin.generation).or_default() += sent;
+        result
+    }
+
+    /// The spares' directory exists, made now if needed: `false` when it cannot be made or the store closes.
+    fn spares_ready(&self) -> bool {
+        let mut state = self.lock();
+        if state.spares_generation.is_none() {
+            return false;
+        }
+        if state.spares_usable.is_none() {
+            let made = self.make_generation(self.spares.dir());
+            if let Err(e) = &made {
+                tracing::warn!(dir = %self.spares.dir().display(), "no spare inodes, replaced files are not reused: {e}");
+            }
+            state.spares_usable = Some(made.is_ok());
+        }
+        state.spares_usable == Some(true)
+    }
+
+    /// The spare inodes (`io/spares.rs`).
+    pub fn spares(&self) -> &Spares {
+        &self.spares
     }
 
     /// Files the trash holds now, an upper bound (see `State::deferred`).
@@ -234,14 +292,17 @@ impl Trash {
         }
     }
 
-    /// Starts a new generation if the current one was used; returns it and the generations writes still pin.
+    /// Starts a new generation if the current one was used; returns it and the generations writes still pin (and
+    /// the spares', until close).
     fn next_generation(&self) -> (u64, Vec<u64>) {
         let mut state = self.lock();
         if state.created {
             state.current += 1;
             state.created = false;
         }
-        (state.current, state.pins.keys().copied().collect())
+        let mut pinned: Vec<u64> = state.pins.keys().copied().collect();
+        pinned.extend(state.spares_generation);
+        (state.current, pinned)
     }
 
     /// Close, after every writer of the store stopped: stops the emptier (it returns after its current round), then
@@ -259,6 +320,8 @@ impl Trash {
         }
         let started = Instant::now();
         let before = self.emptied();
+        // Every writer has stopped: the spares are junk now, emptied with the rest.
+        self.lock().spares_generation = None;
         let (current, pinned) = self.next_generation();
         let until = Some(started + TRASH_EMPTY_AT_CLOSE_TIME_MAX);
         let done = self.empty_others(current, &pinned, until, &mut Budget::All);
@@ -536,6 +599,104 @@ mod tests {
         }
         trash.close(Some(emptier));
         assert!(trash.emptied() > TRASH_EMPTY_BATCH_FILES_MAX as u64);
+    }
+
+    /// Every file under `dir`, recursively, by identity: inode number and birth time (a new inode that got a freed
+    /// inode's number is not the same file).
+    #[cfg(unix)]
+    fn inodes_under(dir: &Path) -> std::collections::BTreeSet<(u64, Option<std::time::SystemTime>)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut found = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                found.extend(inodes_under(&entry.path()));
+            } else {
+                found.insert((meta.ino(), meta.created().ok()));
+            }
+        }
+        found
+    }
+
+    /// `round`'s bytes for file `i`: lengths differ from round to round, so a reused spare must grow or shrink.
+    fn round_bytes(round: usize, i: usize) -> Vec<u8> {
+        format!("[{}{round}]", format!("{i},").repeat(1 + (round * 7 + i) % 5)).into_bytes()
+    }
+
+    /// Replaces (or creates) every one of `targets` with `round`'s bytes through the spares.
+    fn recycle_round(trash: &Trash, io: &dyn BatchIo, targets: &[PathBuf], round: usize) {
+        let bytes: Vec<Vec<u8>> = (0..targets.len()).map(|i| round_bytes(round, i)).collect();
+        let writes: Vec<FileWrite<'_>> = targets
+            .iter()
+            .zip(&bytes)
+            .map(|(path, bytes)| FileWrite { path, bytes, mode: WriteMode::Replace })
+            .collect();
+        trash.write_files_recycling(io, &writes).unwrap();
+        for (target, bytes) in targets.iter().zip(&bytes) {
+            assert_eq!(&std::fs::read(target).unwrap(), bytes, "round {round}: {}", target.display());
+        }
+    }
+
+    /// Once the first replacement has swapped the old files out, later replacements of the same files write into
+    /// those inodes: the tree and the trash hold the same inodes after two more rounds, none created or freed.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn replacing_the_same_files_again_reuses_the_inodes_earlier_swaps_left_and_creates_none() {
+        let mut backends: Vec<Box<dyn BatchIo>> = vec![Box::new(ThreadPoolIo::new(2))];
+        // Both backends write through `io::commit::CommitWriter`; io_uring where this kernel gives it.
+        backends
+            .extend(crate::io::uring::UringIo::new(Default::default()).ok().map(|io| Box::new(io) as Box<dyn BatchIo>));
+        for io in backends {
+            let dir = tempfile::tempdir().unwrap();
+            let layout = Layout::new(dir.path());
+            let tags = dir.path().join("Tags");
+            std::fs::create_dir_all(&tags).unwrap();
+            let targets: Vec<PathBuf> = (0..20).map(|i| tags.join(format!("t_{i}.json"))).collect();
+            let trash = Trash::new(&layout);
+            recycle_round(&trash, io.as_ref(), &targets, 0);
+            recycle_round(&trash, io.as_ref(), &targets, 1);
+            let warm = inodes_under(dir.path());
+            let created = trash.spares().created();
+            assert_eq!(trash.spares().idle(), targets.len(), "each swap left a spare");
+            for round in 2..5 {
+                recycle_round(&trash, io.as_ref(), &targets, round);
+                assert_eq!(inodes_under(dir.path()), warm, "round {round}: an inode was created or freed");
+            }
+            assert_eq!(trash.spares().created(), created, "no temporary created once the spares are warm");
+            assert_eq!(trash.spares().reused(), 3 * targets.len() as u64);
+            assert_eq!(trash.deferred_files(), 0, "nothing went to the emptier");
+            trash.close(None);
+            assert_eq!(files_in(&layout.trash()), Vec::<Vec<u8>>::new(), "a close deletes the spares");
+        }
+    }
+
+    /// A reader that holds a replaced file open (a lockless .NET reader) reads its old bytes, unchanged, however
+    /// often the files are replaced after it: its inode is never overwritten as a spare (a write lease fails on it),
+    /// it goes to the emptier instead.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn a_reader_holding_a_replaced_file_keeps_reading_its_old_bytes_through_later_replacements() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        let io = ThreadPoolIo::new(2);
+        let trash = Trash::new(&layout);
+        let targets: Vec<PathBuf> = (0..8).map(|i| dir.path().join(format!("t_{i}.json"))).collect();
+        recycle_round(&trash, &io, &targets, 0);
+        recycle_round(&trash, &io, &targets, 1);
+        let reader = std::fs::File::open(&targets[3]).unwrap();
+        let held = round_bytes(1, 3);
+        for round in 2..8 {
+            recycle_round(&trash, &io, &targets, round);
+            let mut found = vec![0; held.len() + 16];
+            let n = reader.read_at(&mut found, 0).unwrap();
+            assert_eq!(&found[..n], &held[..], "round {round}: the reader's file was overwritten");
+        }
+        assert_eq!(trash.spares().sent_to_trash(), 1, "the held spare went to the emptier");
+        assert_eq!(trash.deferred_files(), 1);
+        assert_eq!(trash.spares().idle(), targets.len(), "a new temporary took its place in the pool");
+        drop(reader);
+        trash.close(None);
     }
 
     /// The emptier runs at the lowest CPU priority, so deleting a bulk load's trash never slows the reads beside it.

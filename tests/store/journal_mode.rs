@@ -365,6 +365,15 @@ impl<H: BeforeWrite> opossum::io::BatchIo for HookedIo<H> {
         self.hook.before_write(files, true);
         self.inner.write_files_with_trash(files, durable, trash)
     }
+    fn write_files_recycling(
+        &self,
+        files: &[opossum::io::FileWrite<'_>],
+        trash: &Path,
+        spares: &opossum::io::Spares,
+    ) -> Result<(), opossum::io::IoError> {
+        self.hook.before_write(files, true);
+        self.inner.write_files_recycling(files, trash, spares)
+    }
 }
 
 /// Writes of files in one directory (`gated_dir`: the event files, or the tag files) wait while the gate is shut (a
@@ -832,4 +841,60 @@ fn a_checkpoint_replaces_index_files_through_the_trash_and_a_close_waits_for_one
     let reopened = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
     assert_eq!(reopened.head(), head);
     reopened.close().unwrap();
+}
+
+/// Every file under `dir` (recursively) by identity: inode number and birth time (a new inode given a freed inode's
+/// number is another file).
+#[cfg(unix)]
+fn inodes_under(dir: &Path) -> std::collections::BTreeSet<(u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            found.extend(inodes_under(&entry.path()));
+        } else {
+            found.insert((meta.ino(), meta.created().ok()));
+        }
+    }
+    found
+}
+
+/// The mirror's checkpoints replace index files without creating or freeing inodes once the spares are warm: the
+/// index files a third checkpoint writes are inodes the tree or the trash held after the second (the spares the
+/// second's swaps left), none new; and the store's reads and a reopen see the right lists.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn a_later_mirror_checkpoint_writes_its_index_files_into_the_inodes_an_earlier_one_swapped_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    const TAGS: u64 = 40;
+    let round = |r: u64| {
+        let events = (0..TAGS).map(|t| fixed(r * TAGS + t, "A", &[("k", &t.to_string())])).collect();
+        store.append(events, None).unwrap();
+        store.sync().unwrap();
+    };
+    let indices = dir.path().join(opossum::format::INDICES_DIR);
+    let trash = dir.path().join(opossum::format::DAEMON_DIR).join(opossum::format::TRASH_DIR);
+    // The first checkpoint creates the index files, the second swaps them out (its temporaries become spares).
+    round(0);
+    round(1);
+    let mut warm = inodes_under(&indices);
+    warm.extend(inodes_under(&trash));
+    let created = store.stats().trash_spares_created;
+    round(2);
+    let written = inodes_under(&indices);
+    let new: Vec<_> = written.difference(&warm).collect();
+    assert!(new.is_empty(), "index files in new inodes: {new:?} of {}", written.len());
+    let stats = store.stats();
+    assert_eq!(stats.trash_spares_created, created, "{stats:?}");
+    assert!(stats.trash_spares_reused > TAGS, "{stats:?}");
+    let tag = opossum::format::decode_index(&std::fs::read(indices.join("Tags/k_7.json")).unwrap()).unwrap();
+    assert_eq!(tag, vec![8, 48, 88]);
+    store.close().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    let query = QueryItem::tags(&[("k", "7")]);
+    let found = store.read_to_vec(&Query::items(vec![query]).unwrap(), ReadOptions::default()).unwrap();
+    assert_eq!(found.iter().map(|e| e.position).collect::<Vec<_>>(), [8, 48, 88]);
+    store.close().unwrap();
 }

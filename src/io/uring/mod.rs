@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use io_uring::{opcode, IoUring, Probe};
 
 use super::barrier::Barriers;
-use super::commit::CommitWriter;
+use super::commit::{CommitWriter, Temporaries};
 use super::threads::{io_pool, read_file};
-use super::{read_extent, BatchIo, Extent, FileWrite, IoError, IoOp};
+use super::{read_extent, BatchIo, Extent, FileWrite, IoError, IoOp, Spares};
 use crate::limits::{
     EXTENTS_PER_RING_MIN, EXTENT_READ_OP_BYTES_MAX, FILES_PER_RING_MIN, IO_THREADS_DEFAULT, URING_FDS_IN_FLIGHT_MAX,
 };
@@ -221,11 +221,15 @@ impl BatchIo for UringIo {
     }
 
     fn write_files(&self, files: &[FileWrite<'_>], durable: bool) -> Result<(), IoError> {
-        self.writer.write_files(files, durable, None)
+        self.writer.write_files(files, durable, Temporaries::Beside)
     }
 
     fn write_files_with_trash(&self, files: &[FileWrite<'_>], durable: bool, trash: &Path) -> Result<(), IoError> {
-        self.writer.write_files(files, durable, Some(trash))
+        self.writer.write_files(files, durable, Temporaries::Trash(trash))
+    }
+
+    fn write_files_recycling(&self, files: &[FileWrite<'_>], trash: &Path, spares: &Spares) -> Result<(), IoError> {
+        self.writer.write_files(files, false, Temporaries::Recycle { trash, spares })
     }
 }
 
