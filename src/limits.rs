@@ -337,10 +337,24 @@ pub const MIRROR_CHECKPOINT_CHUNK_FILES: usize = 1024;
 /// behind), so under a stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds
 /// less metadata to each journal `fdatasync`'s filesystem commit.
 pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// Index backlog bound, in time: the writer also waits while the index files the next checkpoints must write (the
+/// stems of the events mirrored since the last checkpoint began, plus what the running one has not written yet) are
+/// more than the checkpoints write in this long at their measured rate. Why: a clean stop writes them all, and a bulk
+/// load with a new tag per event dirties an index file per event, faster than checkpoints beside the event files
+/// write them (at 1M events the checkpoints grew to 14-30k files each and a stop right after the fill took 2-8 s).
+pub const MIRROR_INDEX_BACKLOG_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// The index backlog bound never falls below this many files (a slow checkpoint still gets big chunks; a few tags
+/// per event, as most stores have, never come near it)...
+pub const MIRROR_INDEX_BACKLOG_FILES_MIN: u64 = 4096;
+/// ... nor rises above this many (before any checkpoint was measured it is the minimum).
+pub const MIRROR_INDEX_BACKLOG_FILES_MAX: u64 = 65_536;
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {
     assert!(MIRROR_BATCH_EVENTS_PACED >= 1 && MIRROR_BATCH_EVENTS_PACED <= MIRROR_BATCH_EVENTS_MAX);
+    // One batch's stems (a tag or two per event, and types) fit below the backlog bound with room for another.
+    assert!(MIRROR_INDEX_BACKLOG_FILES_MIN >= 2 * MIRROR_BATCH_EVENTS_MAX as u64);
+    assert!(MIRROR_INDEX_BACKLOG_FILES_MIN <= MIRROR_INDEX_BACKLOG_FILES_MAX);
     // The lag bound never forbids a whole group; one checkpoint's worth of lag can always build up.
     assert!(MIRROR_LAG_EVENTS_MAX >= GROUP_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_EVENTS_MIN >= MIRROR_BATCH_EVENTS_MAX as u64 && MIRROR_LAG_EVENTS_MIN <= MIRROR_LAG_EVENTS_MAX);
