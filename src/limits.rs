@@ -342,7 +342,9 @@ pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::
 /// more than the checkpoints write in this long at their measured rate. Why: a clean stop writes them all, and a bulk
 /// load with a new tag per event dirties an index file per event, faster than checkpoints beside the event files
 /// write them (at 1M events the checkpoints grew to 14-30k files each and a stop right after the fill took 2-8 s).
-pub const MIRROR_INDEX_BACKLOG_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// A stop then writes at most the running checkpoint's rest and one more, about twice this, beside the event files'
+/// catch-up (`MIRROR_LAG_MAX`): within the 3 s a graceful stop is allowed.
+pub const MIRROR_INDEX_BACKLOG_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 /// The index backlog bound never falls below this many files (a slow checkpoint still gets big chunks; a few tags
 /// per event, as most stores have, never come near it)...
 pub const MIRROR_INDEX_BACKLOG_FILES_MIN: u64 = 4096;
