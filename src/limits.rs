@@ -201,8 +201,9 @@ pub const TRASH_EMPTY_BATCH_FILES_MAX: usize = 1024;
 /// open (a close empties what is left, within `TRASH_EMPTY_AT_CLOSE_TIME_MAX`).
 pub const TRASH_EMPTY_INTERVAL_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a close spends emptying the trash; what is left then is deleted by the next open, in the background.
-/// (A stop right after a 1M fill emptied 14,706 files in 0.45 s of its 3.4 s.)
-pub const TRASH_EMPTY_AT_CLOSE_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(250);
+/// Short, because a stop waits for it: at 250 ms it was 0.29 s of a 1.87 s stop right after a fill and 0.17 of an
+/// idle store's 0.23 s (the emptier checks it before every file, so it is not overrun).
+pub const TRASH_EMPTY_AT_CLOSE_TIME_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 /// The store is busy writing its tree until this long after its last write through the trash; until then the
 /// emptier deletes at most `TRASH_EMPTY_BUSY_FILES_PER_SEC_MAX`. Why: on ext4 without a journal every inode
 /// allocation scans past the inodes freed in the last 60-360 s, so deleting while the mirror creates files slows
@@ -343,10 +344,26 @@ pub const MIRROR_CHECKPOINT_CHUNK_FILES: usize = 1024;
 /// behind), so under a stream of small commits it writes fewer, larger batches (one ledger replacement each) and adds
 /// less metadata to each journal `fdatasync`'s filesystem commit.
 pub const MIRROR_BATCH_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_millis(20);
+/// Index backlog bound, in time: the writer also waits while the index files the next checkpoints must write (the
+/// stems of the events mirrored since the last checkpoint began, plus what the running one has not written yet) are
+/// more than the checkpoints write in this long at their measured rate. Why: a clean stop writes them all, and a bulk
+/// load with a new tag per event dirties an index file per event, faster than checkpoints beside the event files
+/// write them (at 1M events the checkpoints grew to 14-30k files each and a stop right after the fill took 2-8 s).
+/// A stop then writes at most the running checkpoint's rest and one more, about twice this, beside the event files'
+/// catch-up (`MIRROR_LAG_MAX`): within the 3 s a graceful stop is allowed.
+pub const MIRROR_INDEX_BACKLOG_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+/// The index backlog bound never falls below this many files (a slow checkpoint still gets big chunks; a few tags
+/// per event, as most stores have, never come near it)...
+pub const MIRROR_INDEX_BACKLOG_FILES_MIN: u64 = 4096;
+/// ... nor rises above this many (before any checkpoint was measured it is the minimum).
+pub const MIRROR_INDEX_BACKLOG_FILES_MAX: u64 = 65_536;
 /// While the writer waits for the mirror (lag bound), it looks again at least this often (a failed mirror, a close).
 pub const MIRROR_LAG_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const _: () = {
     assert!(MIRROR_BATCH_EVENTS_PACED >= 1 && MIRROR_BATCH_EVENTS_PACED <= MIRROR_BATCH_EVENTS_MAX);
+    // One batch's stems (a tag or two per event, and types) fit below the backlog bound with room for another.
+    assert!(MIRROR_INDEX_BACKLOG_FILES_MIN >= 2 * MIRROR_BATCH_EVENTS_MAX as u64);
+    assert!(MIRROR_INDEX_BACKLOG_FILES_MIN <= MIRROR_INDEX_BACKLOG_FILES_MAX);
     // The lag bound never forbids a whole group; one checkpoint's worth of lag can always build up.
     assert!(MIRROR_LAG_EVENTS_MAX >= GROUP_EVENTS_MAX as u64);
     assert!(MIRROR_LAG_EVENTS_MIN >= MIRROR_BATCH_EVENTS_MAX as u64 && MIRROR_LAG_EVENTS_MIN <= MIRROR_LAG_EVENTS_MAX);

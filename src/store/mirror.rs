@@ -28,7 +28,10 @@
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
 //! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
 //! mirror has made no progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a
-//! clean stop's work and a reopen's work stay bounded. Near the bound the mirror writes a batch's event files in small
+//! clean stop's work and a reopen's work stay bounded. It also waits while the index files the next checkpoints
+//! must write are more than they write in [`MIRROR_INDEX_BACKLOG_MAX`] at their measured rate (a bulk load with a
+//! new tag per event dirties an index file per event, faster than checkpoints beside the event files write them),
+//! and such a backlog makes a checkpoint due at once, so a clean stop's index files stay bounded too. Near the bound the mirror writes a batch's event files in small
 //! steps ([`MIRROR_BATCH_EVENTS_PACED`]) and publishes each, so a waiting writer resumes after a few ms instead of a
 //! whole large batch: the writer is paced to the mirror's rate in small steps, not stopped and released in lumps
 //! (those lumps were the conditional appends' p99). The ledger is replaced once per batch, after its last step (a
@@ -55,8 +58,8 @@ use crate::journal::Journal;
 use crate::limits::{
     MIRROR_BATCH_EVENTS_MAX, MIRROR_BATCH_EVENTS_PACED, MIRROR_BATCH_INTERVAL_MIN, MIRROR_CHECKPOINT_CHUNK_FILES,
     MIRROR_CHECKPOINT_EVENTS_MAX, MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX,
-    MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL,
-    READ_BATCH_FILES_DEFAULT,
+    MIRROR_INDEX_BACKLOG_FILES_MAX, MIRROR_INDEX_BACKLOG_FILES_MIN, MIRROR_INDEX_BACKLOG_MAX, MIRROR_LAG_EVENTS_MAX,
+    MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX, MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -94,6 +97,17 @@ struct Progress {
     lag_limit: u64,
     /// The last checkpoint covered positions through this (durable on Linux; see `sync_filesystem`).
     checkpointed: u64,
+    /// Index files the next checkpoint will write: the stems of the events mirrored since the last one began.
+    index_files_dirty: u64,
+    /// Index files the running checkpoint has not written yet.
+    index_files_unwritten: u64,
+    /// Checkpoints' measured rate, index files per second of writing them (a moving average); `None` before the
+    /// first.
+    index_file_rate: Option<f64>,
+    /// The index backlog (`index_files_dirty + index_files_unwritten`) at which the writer waits and a checkpoint is
+    /// due: what checkpoints write in `MIRROR_INDEX_BACKLOG_MAX` at `index_file_rate`, within
+    /// `MIRROR_INDEX_BACKLOG_FILES_MIN..=MIRROR_INDEX_BACKLOG_FILES_MAX`.
+    index_backlog_limit: u64,
     /// The writer's last published head.
     head: u64,
     /// Commits whose event files the tree lacks, oldest first: (head after the commit, when it was published). At
@@ -132,6 +146,10 @@ impl Mirror {
                 rate: None,
                 lag_limit: MIRROR_LAG_EVENTS_MAX,
                 checkpointed: head,
+                index_files_dirty: 0,
+                index_files_unwritten: 0,
+                index_file_rate: None,
+                index_backlog_limit: MIRROR_INDEX_BACKLOG_FILES_MIN,
                 head,
                 unwritten: VecDeque::new(),
                 checkpoint_wanted: 0,
@@ -230,14 +248,34 @@ impl Mirror {
 }
 
 /// Whether the writer must wait: the tree's event files are `Progress::lag_limit` events behind, or the mirror is
-/// stalled (the oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago). A stall ends with the
-/// mirror's next step, not when the whole lag has drained (the age of the oldest commit alone would hold the writer
-/// until then). The ledger does not count: it trails the event files by at most a batch, and a clean stop's or a
-/// reopen's work is the event files.
+/// stalled (the oldest commit it lacks and its last progress both `MIRROR_LAG_MAX` ago), or the index files the
+/// checkpoints have yet to write reached `Progress::index_backlog_limit` ([`over_index_backlog`]). A stall ends with
+/// the mirror's next step, not when the whole lag has drained (the age of the oldest commit alone would hold the
+/// writer until then). The ledger does not count: it trails the event files by at most a batch, and a clean stop's
+/// or a reopen's work is the event files and the index files.
 fn over_lag_bound(p: &Progress) -> bool {
     p.head - p.files_written >= p.lag_limit
+        || over_index_backlog(p)
         || (p.unwritten.front().is_some_and(|&(_, at)| at.elapsed() >= MIRROR_LAG_MAX)
             && p.advanced_at.elapsed() >= MIRROR_LAG_MAX)
+}
+
+/// The index files the checkpoints have yet to write (those of the running one not written yet, and the next one's)
+/// reached the bound: the writer waits, and a checkpoint is due at once if none runs.
+fn over_index_backlog(p: &Progress) -> bool {
+    p.index_files_dirty + p.index_files_unwritten >= p.index_backlog_limit
+}
+
+/// A checkpoint wrote `files` index files in `took`: their rate moves a quarter of the way, and the index backlog
+/// bound follows it (what checkpoints write in `MIRROR_INDEX_BACKLOG_MAX`).
+fn index_files_written(p: &mut Progress, files: u64, took: std::time::Duration) {
+    if files == 0 {
+        return;
+    }
+    let rate = update_rate(p.index_file_rate, files, took);
+    p.index_file_rate = Some(rate);
+    p.index_backlog_limit = ((rate * MIRROR_INDEX_BACKLOG_MAX.as_secs_f64()) as u64)
+        .clamp(MIRROR_INDEX_BACKLOG_FILES_MIN, MIRROR_INDEX_BACKLOG_FILES_MAX);
 }
 
 /// After the mirror wrote a step of `events` in `took`: its rate, and the lag bound that follows from it, what the
@@ -398,6 +436,7 @@ impl MirrorThread {
         let mirror = self.mirror();
         let mut p = mirror.lock();
         step_written(&mut p, to, ledger, events, started.elapsed());
+        p.index_files_dirty = (self.dirty_tags.len() + self.dirty_types.len()) as u64;
         if ledger {
             mirror.written.store(to, Ordering::Relaxed);
         }
@@ -415,11 +454,13 @@ impl MirrorThread {
     }
 
     /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events or
-    /// time since it, or `Store::sync` asking for what is written, or a close with the tree current.
+    /// time since it, or enough index files to write (the writer waits for them), or `Store::sync` asking for what
+    /// is written, or a close with the tree current.
     fn checkpoint_due(&self, p: &Progress) -> bool {
         !p.checkpoint_running
             && p.written > p.checkpointed
             && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
+                || over_index_backlog(p)
                 || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
                 || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
                 || (p.stopping && p.written >= p.head))
@@ -492,7 +533,12 @@ impl MirrorThread {
         };
         drop(unused_marks);
         self.last_checkpoint = Instant::now();
-        self.mirror().lock().checkpoint_running = true;
+        {
+            let mut p = self.mirror().lock();
+            p.checkpoint_running = true;
+            p.index_files_dirty = 0;
+            p.index_files_unwritten = (stems.0.len() + stems.1.len()) as u64;
+        }
         let shared = self.shared.clone();
         let per_file = self.per_file;
         let started = std::thread::Builder::new().name("opossum-mirror-checkpoint".into()).spawn(move || {
@@ -501,6 +547,7 @@ impl MirrorThread {
                 Ok(()) => {
                     let mut p = mirror.lock();
                     p.checkpoint_running = false;
+                    p.index_files_unwritten = 0;
                     p.checkpointed = through;
                     mirror.durable.store(through, Ordering::Relaxed);
                     mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -509,7 +556,10 @@ impl MirrorThread {
                     super::checkpoint::release_freed_memory();
                 }
                 Err(e) => {
-                    mirror.lock().checkpoint_running = false;
+                    let mut p = mirror.lock();
+                    p.checkpoint_running = false;
+                    p.index_files_unwritten = 0;
+                    drop(p);
                     mirror.fail(&shared, "a mirror checkpoint", &e);
                 }
             }
@@ -522,7 +572,10 @@ impl MirrorThread {
                 Ok(())
             }
             Err(e) => {
-                self.mirror().lock().checkpoint_running = false;
+                let mut p = self.mirror().lock();
+                p.checkpoint_running = false;
+                p.index_files_unwritten = 0;
+                drop(p);
                 Err(StoreError::io(IoOp::Spawn, std::path::Path::new("mirror checkpoint thread"), e))
             }
         }
@@ -578,6 +631,11 @@ fn checkpoint(
                 shared.trash.write_files_recycling(shared.io.as_ref(), &writes)?;
             }
             shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
+            // A writer waiting on the index backlog resumes as the chunks go.
+            let mut p = mirror.lock();
+            p.index_files_unwritten = p.index_files_unwritten.saturating_sub(chunk.len() as u64);
+            drop(p);
+            mirror.advanced.notify_all();
         }
         index_paths.extend(files.into_iter().map(|(path, _)| path));
     }
@@ -587,6 +645,7 @@ fn checkpoint(
         took_us = super::elapsed_us(started),
         "mirror checkpoint: index files written"
     );
+    index_files_written(&mut mirror.lock(), written as u64, started.elapsed());
     // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
     if shared.options.durability == Durability::Fsync && !per_file {
         // A closing store's checkpoint keeps no commit waiting (the writer has stopped, or the daemon is stopping):

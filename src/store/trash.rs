@@ -13,8 +13,9 @@
 //! file it replaces, so the old contents stay there under the temporary's name. A write pins its generation for its
 //! duration. The emptier thread starts a new generation at least every [`TRASH_EMPTY_INTERVAL_MAX`] and deletes the
 //! files of every other generation no write pins, oldest first, from [`TRASH_EMPTY_THREADS_MAX`] threads, then its
-//! directory. A close stops it and empties what is left for at most [`TRASH_EMPTY_AT_CLOSE_TIME_MAX`]; the rest, and
-//! whatever a crash left, the next open's emptier deletes in the background.
+//! directory. A close stops it (its threads ask before every file) and empties what is left for at most
+//! [`TRASH_EMPTY_AT_CLOSE_TIME_MAX`]; the rest, and whatever a crash left, the next open's emptier deletes in the
+//! background.
 //!
 //! When: deleting frees inodes, and on ext4 without a journal (as here) every inode allocation then scans past the
 //! inodes freed in the last minutes, so deletions slow the mirror's own file creation. While writes go through the
@@ -403,7 +404,7 @@ impl Trash {
                 *budget = Budget::Files(0);
                 return false;
             }
-            let removed = remove_files(&names);
+            let removed = remove_files(&names, &|| self.keep_going(until));
             self.emptied.fetch_add(removed as u64, Ordering::Relaxed);
             if let Budget::Files(n) = budget {
                 *n -= names.len();
@@ -413,11 +414,11 @@ impl Trash {
                     *left = left.saturating_sub(removed as u64);
                 }
             }
-            if removed == 0 {
-                tracing::debug!(dir = %dir.display(), "nothing in a trash generation could be deleted");
+            if !self.keep_going(until) {
                 return false;
             }
-            if !self.keep_going(until) {
+            if removed == 0 {
+                tracing::debug!(dir = %dir.display(), "nothing in a trash generation could be deleted");
                 return false;
             }
             first = false;
@@ -450,12 +451,16 @@ fn lower_this_threads_priority() {
     let _ = TRASH_EMPTY_NICE;
 }
 
-/// Deletes `paths` (a directory among them with everything in it) from up to [`TRASH_EMPTY_THREADS_MAX`] threads;
-/// returns how many went.
-fn remove_files(paths: &[PathBuf]) -> usize {
+/// Deletes `paths` (a directory among them with everything in it) from up to [`TRASH_EMPTY_THREADS_MAX`] threads,
+/// each asking `keep_going` before every file, so a close waits for at most one deletion per thread; returns how
+/// many went.
+fn remove_files(paths: &[PathBuf], keep_going: &(dyn Fn() -> bool + Sync)) -> usize {
     let next = AtomicUsize::new(0);
     let removed = AtomicUsize::new(0);
     let work = || loop {
+        if !keep_going() {
+            return;
+        }
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(path) = paths.get(i) else { return };
         let gone = match std::fs::remove_file(path) {
@@ -697,6 +702,22 @@ mod tests {
         assert_eq!(trash.spares().idle(), targets.len(), "a new temporary took its place in the pool");
         drop(reader);
         trash.close(None);
+    }
+
+    /// A close waits for at most one deletion per emptier thread: every file is deleted only after the emptier was
+    /// told to keep going (`remove_files` asks before each one).
+    #[test]
+    fn the_emptier_asks_before_every_file_so_a_close_stops_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = (0..100).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for path in &paths {
+            std::fs::write(path, b"x").unwrap();
+        }
+        let allowed = AtomicUsize::new(10);
+        let keep_going = || allowed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        assert_eq!(remove_files(&paths, &keep_going), 10, "one file per yes");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 90);
+        assert_eq!(remove_files(&paths, &|| true), 90);
     }
 
     /// The emptier runs at the lowest CPU priority, so deleting a bulk load's trash never slows the reads beside it.

@@ -459,6 +459,62 @@ fn appends_wait_for_a_mirror_that_falls_behind_by_the_lag_bound() {
     assert_eq!((stats.mirror_head, stats.mirror_durable, stats.mirror_lag), (2, 2, 0), "{stats:?}");
 }
 
+/// A bulk load with a new tag per event dirties an index file per event; the checkpoints write them beside the
+/// event files. When they cannot keep up (here: their tag files held at a gate), appends wait once the index files
+/// still to write reach the bound (`MIRROR_INDEX_BACKLOG_FILES_MIN` before any checkpoint was measured), so a clean
+/// stop's work stays bounded; they resume as the checkpoints write, and every tag's index file ends right.
+#[test]
+fn appends_wait_while_the_checkpoints_index_files_to_write_reach_their_bound() {
+    use opossum::limits::{MIRROR_INDEX_BACKLOG_FILES_MIN, MIRROR_LAG_EVENTS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let gated = gated_backend("Tags", true);
+    // No fsyncs (the bound is the same): elsewhere than Linux the mirror would fsync every event file.
+    let options = StoreOptions {
+        io: Some(gated.clone()),
+        durability: Durability::None,
+        ..mode(CommitMode::Journal, MirrorMode::Live)
+    };
+    let store = Arc::new(Store::open(dir.path(), options).unwrap());
+    let _gate = OpenOnDrop(gated.clone());
+    // The writer may run up to the event lag bound ahead of the mirror, whose written events dirty the index files.
+    let groups = (MIRROR_LAG_EVENTS_MAX + 2 * MIRROR_INDEX_BACKLOG_FILES_MIN) / 100;
+    let appender = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for g in 0..groups {
+                let events = (0..100).map(|i| g * 100 + i).map(|n| fixed(n, "A", &[("k", &n.to_string())])).collect();
+                store.append(events, None).unwrap();
+            }
+        })
+    };
+    // The appender stops short of its last group, and stays stopped while the tag files cannot be written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = (0, std::time::Instant::now());
+    loop {
+        assert!(!appender.is_finished(), "every append went through with no index file written");
+        let head = store.head();
+        if head != last.0 {
+            last = (head, std::time::Instant::now());
+        } else if last.1.elapsed() >= std::time::Duration::from_millis(500) && store.stats().mirror_head == head {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the appends never stopped (head {head})");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let head = store.head();
+    assert!(head >= MIRROR_INDEX_BACKLOG_FILES_MIN - 1 && head < groups * 100, "stopped at {head}");
+    assert!(gated.hook.waiting.load(Ordering::SeqCst), "a checkpoint waits at the gate");
+    gated.open_gate();
+    appender.join().unwrap();
+    assert!(store.stats().mirror_waits >= 1);
+    assert_eq!(store.sync().unwrap(), groups * 100);
+    for n in [0, head - 1, groups * 100 - 1] {
+        let file = dir.path().join("Indices/Tags").join(format!("k_{n}.json"));
+        let positions = opossum::format::decode_index(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(positions, vec![n + 1], "{}", file.display());
+    }
+}
+
 /// Counts the ledger replacements written (`HookedIo`).
 #[derive(Default)]
 struct LedgerCount(std::sync::atomic::AtomicU64);
