@@ -55,6 +55,7 @@ pub(crate) enum Outcome {
 
 /// Why a spare could not be reused.
 #[derive(Debug)]
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))] // only glibc Linux reuses spares
 pub(crate) enum ReuseError {
     /// Another open file description refers to it (`EAGAIN` from the lease), or it belongs to another user (a file
     /// .NET wrote, swapped out of the tree: only its owner may take a lease, `EACCES`): skip it.
@@ -112,6 +113,7 @@ impl Spares {
     /// only allocates), else of the smallest that take more. Why by size: cutting a spare to a shorter length frees
     /// its blocks, which on this `discard` mount issues a discard inside the checkpoint's write; a first-in-first-out
     /// pool cut the old type file (megabytes, swapped out by every checkpoint) down to a tag file's size each time.
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     pub(crate) fn take(&self, len: usize) -> Option<PathBuf> {
         let mut state = self.lock();
         if state.no_leases {
@@ -168,6 +170,7 @@ impl Spares {
 
     /// A taken spare goes to `trash` (a reader holds it open; the trash's owner deletes it later); if it cannot be
     /// moved there, it stays in the pool's directory, forgotten (deleted with the directory).
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     pub(crate) fn send_to_trash(&self, spare: &Path, trash: &Path) {
         if let Some(name) = spare.file_name() {
             let _ = std::fs::rename(spare, trash.join(name));
@@ -177,6 +180,7 @@ impl Spares {
     }
 
     /// Leases cannot be taken: the taken `spare` goes back, and no spare is reused from now on.
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     pub(crate) fn no_leases(&self, spare: PathBuf) {
         let mut state = self.lock();
         state.out = state.out.saturating_sub(1);
@@ -191,6 +195,7 @@ impl Spares {
         self.created.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
     pub(crate) fn count_reused(&self) {
         self.reused.fetch_add(1, Ordering::Relaxed);
     }

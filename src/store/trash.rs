@@ -624,11 +624,13 @@ mod tests {
     }
 
     /// `round`'s bytes for file `i`: lengths differ from round to round, so a reused spare must grow or shrink.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn round_bytes(round: usize, i: usize) -> Vec<u8> {
         format!("[{}{round}]", format!("{i},").repeat(1 + (round * 7 + i) % 5)).into_bytes()
     }
 
     /// Replaces (or creates) every one of `targets` with `round`'s bytes through the spares.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn recycle_round(trash: &Trash, io: &dyn BatchIo, targets: &[PathBuf], round: usize) {
         let bytes: Vec<Vec<u8>> = (0..targets.len()).map(|i| round_bytes(round, i)).collect();
         let writes: Vec<FileWrite<'_>> = targets
