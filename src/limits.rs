@@ -271,7 +271,11 @@ pub const JOURNAL_ZERO_CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
 /// How far ahead of the write head the active segment is kept zero-filled, at most: the bytes already in the
 /// segment, clamped between one chunk and this (so a small store stays small, a busy one never waits for zeros).
 pub const JOURNAL_ZERO_AHEAD_BYTES_MAX: u64 = 8 << 20;
+/// Zeros written (and `fdatasync`ed) in one step into the spare segment (`journal::format::SPARE_SEGMENT_FILE`), the
+/// next segment prepared whole by the zero-fill thread; between steps the thread serves the active segment first.
+pub const JOURNAL_SPARE_STEP_BYTES_MAX: u64 = 4 << 20;
 const _: () = {
+    assert!(JOURNAL_SPARE_STEP_BYTES_MAX.is_multiple_of(4096) && JOURNAL_SPARE_STEP_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
     assert!(JOURNAL_ZERO_CHUNK_BYTES_DEFAULT <= JOURNAL_ZERO_AHEAD_BYTES_MAX);
     assert!(JOURNAL_ZERO_AHEAD_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
     assert!(JOURNAL_RECORD_BYTES_MAX <= JOURNAL_READ_EXTENT_BYTES_MAX * 16);
