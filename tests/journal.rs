@@ -307,9 +307,16 @@ fn the_journal_on_real_files_zero_fills_ahead_in_the_background_and_trims_at_clo
     assert!(len >= end, "{len} bytes, records end at {end}");
     let tail = &std::fs::read(&active).unwrap()[end as usize..];
     assert!(tail.iter().all(|&b| b == 0), "only zeros after the records");
-    // The zero-fill thread prepares the next segment's spare meanwhile (only the spare's own zeros: 64 KiB).
-    let spare = journal.join(format::SPARE_SEGMENT_FILE);
+    // The zero-fill thread notes each seal's durable head in the marks (off the commit path), so an open finding
+    // less than the sealed segments is an error.
+    let sealed_through = j_last_first(&journal) - 1;
     let waited = std::time::Instant::now();
+    while j.marks().durable_head < sealed_through {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "seals not noted in the marks");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // It prepares the next segment's spare meanwhile (only the spare's own zeros: 64 KiB).
+    let spare = journal.join(format::SPARE_SEGMENT_FILE);
     while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < options.segment_bytes {
         assert!(waited.elapsed() < std::time::Duration::from_secs(60), "no spare segment");
         std::thread::sleep(std::time::Duration::from_millis(10));
