@@ -275,7 +275,9 @@ pub const JOURNAL_ZERO_AHEAD_BYTES_MAX: u64 = 8 << 20;
 /// next segment prepared whole by the zero-fill thread; between steps the thread serves the active segment first.
 pub const JOURNAL_SPARE_STEP_BYTES_MAX: u64 = 4 << 20;
 const _: () = {
-    assert!(JOURNAL_SPARE_STEP_BYTES_MAX.is_multiple_of(4096) && JOURNAL_SPARE_STEP_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
+    assert!(
+        JOURNAL_SPARE_STEP_BYTES_MAX.is_multiple_of(4096) && JOURNAL_SPARE_STEP_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX
+    );
     assert!(JOURNAL_ZERO_CHUNK_BYTES_DEFAULT <= JOURNAL_ZERO_AHEAD_BYTES_MAX);
     assert!(JOURNAL_ZERO_AHEAD_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
     assert!(JOURNAL_RECORD_BYTES_MAX <= JOURNAL_READ_EXTENT_BYTES_MAX * 16);

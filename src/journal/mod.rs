@@ -647,7 +647,9 @@ impl Journal {
                     self.zeroing.changed.notify_all();
                     if let Err(e) = self.start_zero_thread() {
                         drop(z);
-                        tracing::warn!("journal: noting the durable head on the commit path (no zero-fill thread: {e})");
+                        tracing::warn!(
+                            "journal: noting the durable head on the commit path (no zero-fill thread: {e})"
+                        );
                         self.write_marks(|m| m.durable_head = m.durable_head.max(head))?;
                     }
                 }
@@ -711,7 +713,8 @@ impl Journal {
             let mut from = 0;
             while from < spare_bytes {
                 let to = spare_bytes.min(from + step);
-                zero_spare_step(self.storage.as_ref(), from, to).map_err(JournalError::io("zero-fill", spare_path()))?;
+                zero_spare_step(self.storage.as_ref(), from, to)
+                    .map_err(JournalError::io("zero-fill", spare_path()))?;
                 from = to;
             }
             let mut z = self.zeroing.lock();
@@ -731,9 +734,7 @@ impl Journal {
         header.resize(header.len().max(GROUP_WRITE_ALIGN_BYTES.min(spare_bytes) as usize), 0);
         self.storage.write_at(SPARE_SEGMENT_FILE, &header, 0).map_err(JournalError::io("write", spare_path()))?;
         self.storage.sync_data(SPARE_SEGMENT_FILE).map_err(JournalError::io("fdatasync", spare_path()))?;
-        self.storage
-            .rename(SPARE_SEGMENT_FILE, name)
-            .map_err(JournalError::io("rename", self.storage.path(name)))?;
+        self.storage.rename(SPARE_SEGMENT_FILE, name).map_err(JournalError::io("rename", self.storage.path(name)))?;
         self.storage.sync_dir().map_err(JournalError::io("fsync", self.storage.dir().to_path_buf()))?;
         let mut z = self.zeroing.lock();
         z.set_segment(name.into(), spare_bytes);

@@ -134,10 +134,8 @@ impl JournalStorage for DiskStorage {
             if offset.is_multiple_of(DIRECT_ALIGN_BYTES as u64) && len.is_multiple_of(DIRECT_ALIGN_BYTES as u64) {
                 use std::os::unix::fs::OpenOptionsExt;
                 // A descriptor of its own: the cached one stays buffered for the segment's later life.
-                let direct = std::fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(self.dir.join(name));
+                let direct =
+                    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(self.dir.join(name));
                 match direct.and_then(|file| write_zeros_direct(&file, offset, len).map(|()| file)) {
                     Ok(file) => return file.sync_data(),
                     // A filesystem without direct I/O (tmpfs before Linux 6.6, some FUSE): the buffered way.
@@ -228,6 +226,7 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
 
 /// What `O_DIRECT` writes align their buffer, offset and length to (the page size; a multiple of every block size
 /// this runs on).
+#[cfg(target_os = "linux")]
 const DIRECT_ALIGN_BYTES: usize = 4096;
 
 /// Writes `len` zeros at `offset` through an `O_DIRECT` descriptor, from a page-aligned buffer of zeros.
