@@ -273,7 +273,9 @@ pub const JOURNAL_ZERO_CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
 pub const JOURNAL_ZERO_AHEAD_BYTES_MAX: u64 = 8 << 20;
 /// Zeros written (and `fdatasync`ed) in one step into the spare segment (`journal::format::SPARE_SEGMENT_FILE`), the
 /// next segment prepared whole by the zero-fill thread; between steps the thread serves the active segment first.
-pub const JOURNAL_SPARE_STEP_BYTES_MAX: u64 = 4 << 20;
+/// Small, so a commit's write and `fdatasync` wait little behind a step's direct write at the device (measured at 4
+/// clients of 1,000-event appends: 1 MiB steps 475k / 478k events/s, 4 MiB 414k / 453k, alternated).
+pub const JOURNAL_SPARE_STEP_BYTES_MAX: u64 = 1 << 20;
 const _: () = {
     assert!(
         JOURNAL_SPARE_STEP_BYTES_MAX.is_multiple_of(4096) && JOURNAL_SPARE_STEP_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX

@@ -851,18 +851,20 @@ impl Journal {
     /// store takes the bytes of its records only.
     pub fn close(&self) -> Result<(), JournalError> {
         let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        // A stopped store keeps no spare (a poisoned one neither): it would take a segment's bytes for nothing, and
+        // the next run makes one anew.
+        self.zeroing.stop_spares();
+        let removed = match self.storage.remove(SPARE_SEGMENT_FILE) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(JournalError::io("remove", self.storage.path(SPARE_SEGMENT_FILE))(e))
+            }
+            _ => Ok(()),
+        };
         if self.poison_reason().is_some() {
             return Ok(());
         }
+        removed?;
         self.zeroing.detach();
-        // A stopped store keeps no spare: it would take a segment's bytes for nothing (the next run makes one anew).
-        self.zeroing.stop_spares();
-        match self.storage.remove(SPARE_SEGMENT_FILE) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(JournalError::io("remove", self.storage.path(SPARE_SEGMENT_FILE))(e))
-            }
-            _ => {}
-        }
         if let Some(segment) = active.segment {
             let name = self.table.read().unwrap_or_else(|e| e.into_inner()).segments[segment as usize].name.clone();
             let path = || self.storage.path(&name);
