@@ -279,7 +279,15 @@ pub const JOURNAL_ZERO_CHUNK_BYTES_DEFAULT: u64 = 1 << 20;
 /// How far ahead of the write head the active segment is kept zero-filled, at most: the bytes already in the
 /// segment, clamped between one chunk and this (so a small store stays small, a busy one never waits for zeros).
 pub const JOURNAL_ZERO_AHEAD_BYTES_MAX: u64 = 8 << 20;
+/// Zeros written (and `fdatasync`ed) in one step into the spare segment (`journal::format::SPARE_SEGMENT_FILE`), the
+/// next segment prepared whole by the zero-fill thread; between steps the thread serves the active segment first.
+/// Small, so a commit's write and `fdatasync` wait little behind a step's direct write at the device (measured at 4
+/// clients of 1,000-event appends: 1 MiB steps 475k / 478k events/s, 4 MiB 414k / 453k, alternated).
+pub const JOURNAL_SPARE_STEP_BYTES_MAX: u64 = 1 << 20;
 const _: () = {
+    assert!(
+        JOURNAL_SPARE_STEP_BYTES_MAX.is_multiple_of(4096) && JOURNAL_SPARE_STEP_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX
+    );
     assert!(JOURNAL_ZERO_CHUNK_BYTES_DEFAULT <= JOURNAL_ZERO_AHEAD_BYTES_MAX);
     assert!(JOURNAL_ZERO_AHEAD_BYTES_MAX <= JOURNAL_SEGMENT_BYTES_MAX);
     assert!(JOURNAL_RECORD_BYTES_MAX <= JOURNAL_READ_EXTENT_BYTES_MAX * 16);

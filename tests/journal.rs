@@ -307,9 +307,24 @@ fn the_journal_on_real_files_zero_fills_ahead_in_the_background_and_trims_at_clo
     assert!(len >= end, "{len} bytes, records end at {end}");
     let tail = &std::fs::read(&active).unwrap()[end as usize..];
     assert!(tail.iter().all(|&b| b == 0), "only zeros after the records");
+    // The zero-fill thread notes each seal's durable head in the marks (off the commit path), so an open finding
+    // less than the sealed segments is an error.
+    let sealed_through = j_last_first(&journal) - 1;
+    let waited = std::time::Instant::now();
+    while j.marks().durable_head < sealed_through {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "seals not noted in the marks");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // It prepares the next segment's spare meanwhile (only the spare's own zeros: 64 KiB).
+    let spare = journal.join(format::SPARE_SEGMENT_FILE);
+    while std::fs::metadata(&spare).map(|m| m.len()).unwrap_or(0) < options.segment_bytes {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(60), "no spare segment");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     j.close().unwrap();
     drop(j);
     assert_eq!(std::fs::metadata(&active).unwrap().len(), end, "a clean close trims the zeros");
+    assert!(!spare.exists(), "a clean close removes the spare");
     let (j, opened) = Journal::open(Arc::new(DiskStorage::open(&journal).unwrap()), options).unwrap();
     assert_eq!((opened.head, opened.segments), (800, segments));
     check_contents(&j);
@@ -350,13 +365,27 @@ fn group_commits_sync_data_only_while_zeros_are_written_ahead_of_them() {
 }
 
 /// Crashes the simulated disk inside the `nth` zero-fill (at its write or at its sync): the storage under a journal
-/// whose crash lands in the middle of zero-filling ahead of the head, or a new segment's first zeros.
+/// whose crash lands in the middle of zero-filling ahead of the head, or a new segment's first zeros (or the
+/// spare's, which a new segment is made from). Notes the file of every zero-fill.
 struct CrashInZeroFill {
     inner: SimStorage,
     nth: std::sync::atomic::AtomicU64,
     at_sync: bool,
-    /// The crash landed in a new segment's first zeros (written right after its header).
+    /// The crash landed in a new segment's first zeros (written right after its header, or into the spare).
     in_new_segment: std::sync::atomic::AtomicBool,
+    zero_filled: std::sync::Mutex<Vec<String>>,
+}
+
+impl CrashInZeroFill {
+    fn new(disk: &SimDisk, nth: u64, at_sync: bool) -> CrashInZeroFill {
+        CrashInZeroFill {
+            inner: SimStorage::new(disk.clone()),
+            nth: std::sync::atomic::AtomicU64::new(nth),
+            at_sync,
+            in_new_segment: Default::default(),
+            zero_filled: Default::default(),
+        }
+    }
 }
 
 impl opossum::journal::JournalStorage for CrashInZeroFill {
@@ -385,10 +414,14 @@ impl opossum::journal::JournalStorage for CrashInZeroFill {
         if self.nth.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
             // The write lands in the page cache (or not), the sync never happens; or the write is the crash.
             self.inner.disk.crash_after(if self.at_sync { 2 } else { 1 });
-            self.in_new_segment
-                .store(offset == format::SEGMENT_HEADER_BYTES as u64, std::sync::atomic::Ordering::SeqCst);
+            let new_segment = offset == format::SEGMENT_HEADER_BYTES as u64 || name == format::SPARE_SEGMENT_FILE;
+            self.in_new_segment.store(new_segment, std::sync::atomic::Ordering::SeqCst);
         }
+        self.zero_filled.lock().unwrap().push(name.to_string());
         self.inner.zero_fill(name, offset, len)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
     }
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.inner.set_len(name, len)
@@ -414,12 +447,7 @@ fn a_crash_in_the_middle_of_a_zero_fill_loses_no_acknowledged_group() {
         for at_sync in [false, true] {
             let seed = nth * 2 + u64::from(at_sync);
             let disk = SimDisk::new(seed);
-            let storage = CrashInZeroFill {
-                inner: SimStorage::new(disk.clone()),
-                nth: std::sync::atomic::AtomicU64::new(nth),
-                at_sync,
-                in_new_segment: Default::default(),
-            };
+            let storage = CrashInZeroFill::new(&disk, nth, at_sync);
             // Segments of 4 KiB zero-filled 512 bytes at a time: crashes inside new segments' first zeros and
             // inside zero-fills ahead of the head.
             let options = JournalOptions { zero_chunk_bytes: 512, ..sim_options(4096) };
@@ -442,6 +470,45 @@ fn a_crash_in_the_middle_of_a_zero_fill_loses_no_acknowledged_group() {
         }
     }
     assert!(crashed_in_new_segment > 0, "no crash landed in a new segment's creation");
+}
+
+/// A new segment is made whole from the spare (zeros written and synced in a file of its own, then its header, then
+/// renamed): no zeros are ever written into a segment while it takes groups, so the writer is its only writer and a
+/// commit's `fdatasync` flushes its group alone. A group bigger than a segment still gets a segment of its own.
+#[test]
+fn new_segments_are_made_from_a_spare_so_no_segment_is_zero_filled_while_it_takes_groups() {
+    let disk = SimDisk::new(5);
+    let storage = Arc::new(CrashInZeroFill::new(&disk, u64::MAX, false));
+    let segment_bytes = 16 << 10;
+    let options = JournalOptions { zero_chunk_bytes: 4096, ..sim_options(segment_bytes) };
+    let j = Journal::open(storage.clone(), options).unwrap().0;
+    let mut head = 0;
+    while j.segments() < 4 {
+        append_group(&j, head + 1, 4).unwrap();
+        head += 4;
+    }
+    let before = disk.metadata_syncs();
+    let filled = storage.zero_filled.lock().unwrap().clone();
+    assert!(!filled.is_empty());
+    assert!(filled.iter().all(|name| name == format::SPARE_SEGMENT_FILE), "zero-filled: {filled:?}");
+    // The active segment (just started: the last group opened it) has its whole size from the start, so the groups
+    // that follow change no metadata.
+    let last_first = disk.list().unwrap().iter().filter_map(|n| format::parse_segment_name(n)).max().unwrap();
+    assert_eq!(disk.len(&segment_name(last_first)).unwrap(), segment_bytes);
+    for _ in 0..3 {
+        append_group(&j, head + 1, 2).unwrap();
+        head += 2;
+    }
+    assert_eq!(disk.metadata_syncs(), before, "commits into a segment made from a spare sync no metadata");
+    check_contents(&j);
+    // One group bigger than a segment: a segment of its own, stretched, zero-filled in place.
+    append_group(&j, head + 1, 200).unwrap();
+    head += 200;
+    assert!(storage.zero_filled.lock().unwrap().iter().any(|name| format::parse_segment_name(name).is_some()));
+    drop(j);
+    let j = sim_open(&disk.reboot(1, true), options).unwrap();
+    assert_eq!(j.head(), head);
+    check_contents(&j);
 }
 
 /// A journal written by the build before format version 3 (`tests/fixtures/journal-v2`: positions 1..=15 as `make`

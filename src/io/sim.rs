@@ -256,6 +256,23 @@ impl SimDisk {
         Ok(())
     }
 
+    /// Renames `from` to `to` (an existing `to` is replaced); a crash before the next `sync_dir` leaves the names
+    /// as they were durably: `from` with its durable bytes (when its name was durable), no `to`.
+    pub fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let mut s = self.lock();
+        Self::step(&mut s)?;
+        let f = s.files.remove(from).ok_or_else(|| Error::from(ErrorKind::NotFound))?;
+        if s.durable_names.contains(from) {
+            s.removed.insert(from.to_string(), f.clone());
+        }
+        if let Some(old) = s.files.insert(to.to_string(), f) {
+            if s.durable_names.contains(to) {
+                s.removed.entry(to.to_string()).or_insert(old);
+            }
+        }
+        Ok(())
+    }
+
     pub fn len(&self, name: &str) -> Result<u64> {
         let s = self.lock();
         Ok(s.files.get(name).ok_or_else(|| Error::from(ErrorKind::NotFound))?.written.len() as u64)

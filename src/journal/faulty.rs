@@ -107,6 +107,12 @@ impl JournalStorage for FaultyStorage {
     fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
         self.inner.zero_fill(name, offset, len)
     }
+    fn zero_fill_uncached(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.zero_fill_uncached(name, offset, len)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename(from, to)
+    }
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.inner.set_len(name, len)
     }

@@ -109,6 +109,11 @@ const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(RECORD_ALIGN) && TRAIL
 // Offsets inside a segment are u32: a segment (even one stretched for a big group) must stay addressable.
 const _: () = assert!(JOURNAL_SEGMENT_BYTES_MAX < u32::MAX as u64 / 2);
 
+/// The spare segment: zeros written and synced ahead of need (by the journal's zero-fill thread), which the next
+/// segment is made from by writing its header and renaming it to the segment's name. Never a segment itself (open
+/// ignores it; the zero-fill thread starts a new one from scratch; a clean close removes it).
+pub const SPARE_SEGMENT_FILE: &str = "spare.zeros";
+
 /// `<first position, 20 digits>.seg`: names sort in position order.
 pub fn segment_name(first: u64) -> String {
     format!("{first:020}{SEGMENT_SUFFIX}")

@@ -27,6 +27,15 @@ pub trait JournalStorage: Send + Sync {
     /// no metadata (neither the length nor unwritten extents, as `fallocate` would leave) and their `fdatasync`
     /// flushes data alone. One call, so a fault-injecting wrapper can tell it from a group's write and sync.
     fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()>;
+    /// [`JournalStorage::zero_fill`] of a file nothing else reads or writes meanwhile (the spare segment): it may
+    /// bypass the page cache (`O_DIRECT` on Linux), so its zeros cost no copy and no cached pages. `offset` and
+    /// `len` are multiples of 4096 (else, or where direct writes are refused, it is `zero_fill`).
+    fn zero_fill_uncached(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        self.zero_fill(name, offset, len)
+    }
+    /// Renames `from` to `to` (replacing nothing: `to` does not exist); the new name survives a power loss only
+    /// after `sync_dir`, until then a crash leaves the old one.
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()>;
     /// Cuts or extends the file to `len` bytes.
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()>;
     fn sync_data(&self, name: &str) -> std::io::Result<()>;
@@ -119,6 +128,32 @@ impl JournalStorage for DiskStorage {
         file.sync_data()
     }
 
+    fn zero_fill_uncached(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            if offset.is_multiple_of(DIRECT_ALIGN_BYTES as u64) && len.is_multiple_of(DIRECT_ALIGN_BYTES as u64) {
+                use std::os::unix::fs::OpenOptionsExt;
+                // A descriptor of its own: the cached one stays buffered for the segment's later life.
+                let direct =
+                    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(self.dir.join(name));
+                match direct.and_then(|file| write_zeros_direct(&file, offset, len).map(|()| file)) {
+                    Ok(file) => return file.sync_data(),
+                    // A filesystem without direct I/O (tmpfs before Linux 6.6, some FUSE): the buffered way.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.zero_fill(name, offset, len)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.remove(from);
+        open.remove(to);
+        std::fs::rename(self.dir.join(from), self.dir.join(to))
+    }
+
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.handle(name)?.set_len(len)
     }
@@ -189,6 +224,28 @@ fn write_zeros(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What `O_DIRECT` writes align their buffer, offset and length to (the page size; a multiple of every block size
+/// this runs on).
+#[cfg(target_os = "linux")]
+const DIRECT_ALIGN_BYTES: usize = 4096;
+
+/// Writes `len` zeros at `offset` through an `O_DIRECT` descriptor, from a page-aligned buffer of zeros.
+#[cfg(target_os = "linux")]
+fn write_zeros_direct(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let piece = (len as usize).min(ZERO_WRITE_BYTES);
+    // Aligned without `unsafe`: a buffer one alignment longer, used from its first aligned byte.
+    let zeros = vec![0u8; piece + DIRECT_ALIGN_BYTES];
+    let skip = zeros.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+    let zeros = &zeros[skip..skip + piece];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(piece as u64) as usize;
+        write_all_at(file, &zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
 fn write_all_at(file: &File, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     #[cfg(unix)]
     {
@@ -241,6 +298,9 @@ impl JournalStorage for SimStorage {
     fn zero_fill(&self, name: &str, offset: u64, len: u64) -> std::io::Result<()> {
         self.disk.write_at(name, &vec![0u8; len as usize], offset)?;
         self.disk.sync_data(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.disk.rename(from, to)
     }
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.disk.set_len(name, len)

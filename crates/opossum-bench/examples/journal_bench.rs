@@ -103,6 +103,9 @@ impl opossum::journal::JournalStorage for FallocateStorage {
         }
         file.sync_data()
     }
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.0.rename(from, to)
+    }
     fn set_len(&self, name: &str, len: u64) -> std::io::Result<()> {
         self.0.set_len(name, len)
     }
