@@ -11,8 +11,10 @@
 //! files the mirrored events touched (tag files, then type files), writes back the checkpoint's event and index files
 //! with a bounded window ([`write_back`]: a bare `syncfs` queued seconds of tree writes ahead of the journal's
 //! `fdatasync`), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
-//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks. A
-//! reopen after a crash re-derives the tree after P (`reconcile_tree`). A checkpoint runs on a thread of its own, at
+//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks
+//! (with `Durability::None` the checkpoints sync nothing and record nothing: only the close's last one syncs once and
+//! records it, [`mark_after_checkpoint`]). A reopen after a crash re-derives the tree after P (`reconcile_tree`;
+//! a files-mode open runs it first too). A checkpoint runs on a thread of its own, at
 //! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
 //! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
 //! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
