@@ -268,7 +268,8 @@ fn a_files_mode_open_after_a_journal_run_that_did_not_stop_cleanly_repairs_the_t
         std::fs::write(root.join("events/0000000012.json"), b"").unwrap();
         std::fs::remove_file(root.join("events/0000000020.json")).unwrap();
     };
-    let damages: [(&str, &dyn Fn(&Path)); 2] =
+    type Damage<'a> = (&'a str, &'a dyn Fn(&Path));
+    let damages: [Damage<'_>; 2] =
         [("index files", &index_files_of_others), ("event files", &event_files_torn_and_missing)];
     for (what, damage) in damages {
         let dir = tempfile::tempdir().unwrap();
