@@ -569,7 +569,7 @@ impl MirrorThread {
                     }
                     mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
                     drop(p);
-                    tracing::debug!(through, "mirror checkpoint: durable");
+                    tracing::debug!(through, marked, "mirror checkpoint: done (marked: recorded durable)");
                     super::checkpoint::release_freed_memory();
                 }
                 Err(e) => {
