@@ -115,13 +115,15 @@ pub struct DaemonArgs {
     /// auto | uring | threads [default: auto]
     #[arg(long, value_name = "BACKEND")]
     pub io_backend: Option<String>,
-    /// fsync | none [default: fsync]
+    /// fsync | none [default: fsync]. none: nothing synced while the store runs; a machine crash may lose
+    /// acknowledged events, never answers wrongly (the mirror's tree is made durable at a clean stop only)
     #[arg(long)]
     pub durability: Option<String>,
     /// journal | files [default: journal]. journal: one write + one fdatasync of .opossumd/journal per group
     /// commit; the daemon holds .store.lock until it stops (.NET writers wait). files: event files, ledger (and with
     /// every-commit index writes, index files: O(index size) per commit) durable before the answer, as .NET Opossum
-    /// does; for stores .NET processes append to while the daemon runs
+    /// does; for stores .NET processes append to while the daemon runs. A files open first repairs the tree from the
+    /// journal when a journal run left it behind (a crash, or --mirror off)
     #[arg(long, value_name = "MODE")]
     pub commit: Option<String>,
     /// live | off [default: live], journal mode only. live: a mirror thread writes the Opossum tree (event files,

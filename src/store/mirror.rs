@@ -11,8 +11,10 @@
 //! files the mirrored events touched (tag files, then type files), writes back the checkpoint's event and index files
 //! with a bounded window ([`write_back`]: a bare `syncfs` queued seconds of tree writes ahead of the journal's
 //! `fdatasync`), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
-//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks. A
-//! reopen after a crash re-derives the tree after P (`reconcile_tree`). A checkpoint runs on a thread of its own, at
+//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks
+//! (with `Durability::None` the checkpoints sync nothing and record nothing: only the close's last one syncs once and
+//! records it, [`mark_after_checkpoint`]). A reopen after a crash re-derives the tree after P (`reconcile_tree`;
+//! a files-mode open runs it first too). A checkpoint runs on a thread of its own, at
 //! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
 //! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
 //! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
@@ -95,8 +97,12 @@ struct Progress {
     /// by at most half of each batch written, so a slower mirror paces the writer down instead of stopping it until
     /// the lag has drained to the new bound.
     lag_limit: u64,
-    /// The last checkpoint covered positions through this (durable on Linux; see `sync_filesystem`).
+    /// The last checkpoint covered positions through this (durable on Linux with `Durability::Fsync`; see
+    /// `sync_filesystem`).
     checkpointed: u64,
+    /// The journal's "mirror durable through" mark: `checkpointed` with `Durability::Fsync`; with `Durability::None`
+    /// where the last durable mark left it, until the close's checkpoint ([`mark_after_checkpoint`]).
+    marked: u64,
     /// Index files the next checkpoint will write: the stems of the events mirrored since the last one began.
     index_files_dirty: u64,
     /// Index files the running checkpoint has not written yet.
@@ -136,8 +142,9 @@ pub(crate) struct MirrorStats {
 }
 
 impl Mirror {
-    /// A mirror whose tree is current and durable through `head` (open ran `reconcile_tree`).
-    pub fn new(head: u64) -> Mirror {
+    /// A mirror whose tree is current through `head` (open ran `reconcile_tree`), durable through `marked` (the
+    /// journal's mark: `head`, unless `reconcile_tree` ran with `Durability::None`).
+    pub fn new(head: u64, marked: u64) -> Mirror {
         Mirror {
             progress: Mutex::new(Progress {
                 written: head,
@@ -146,6 +153,7 @@ impl Mirror {
                 rate: None,
                 lag_limit: MIRROR_LAG_EVENTS_MAX,
                 checkpointed: head,
+                marked,
                 index_files_dirty: 0,
                 index_files_unwritten: 0,
                 index_file_rate: None,
@@ -161,7 +169,7 @@ impl Mirror {
             wake: Condvar::new(),
             advanced: Condvar::new(),
             written: AtomicU64::new(head),
-            durable: AtomicU64::new(head),
+            durable: AtomicU64::new(marked),
             checkpoints: AtomicU64::new(0),
             waits: AtomicU64::new(0),
         }
@@ -455,15 +463,21 @@ impl MirrorThread {
 
     /// Whether a checkpoint is due now: none running, something mirrored since the last one, and enough events or
     /// time since it, or enough index files to write (the writer waits for them), or `Store::sync` asking for what
-    /// is written, or a close with the tree current.
+    /// is written, or a close with the tree current; or a close with the tree current and checkpointed but not
+    /// marked durable (`Durability::None`: only the close's checkpoint records the mark).
     fn checkpoint_due(&self, p: &Progress) -> bool {
+        let closing_unmarked = p.stopping
+            && p.written >= p.head
+            && p.marked < p.written
+            && mark_after_checkpoint(self.shared.options.durability, true);
         !p.checkpoint_running
-            && p.written > p.checkpointed
-            && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
-                || over_index_backlog(p)
-                || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
-                || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
-                || (p.stopping && p.written >= p.head))
+            && (closing_unmarked
+                || p.written > p.checkpointed
+                    && (p.written - p.checkpointed >= MIRROR_CHECKPOINT_EVENTS_MAX
+                        || over_index_backlog(p)
+                        || self.last_checkpoint.elapsed() >= MIRROR_CHECKPOINT_INTERVAL_MAX
+                        || (p.checkpoint_wanted > p.checkpointed && p.written >= p.checkpoint_wanted.min(p.head))
+                        || (p.stopping && p.written >= p.head)))
     }
 
     /// Writes the event files of positions `from..=to` from their journal records in steps ([`step_events`]), each
@@ -544,15 +558,18 @@ impl MirrorThread {
         let started = std::thread::Builder::new().name("opossum-mirror-checkpoint".into()).spawn(move || {
             let mirror = shared.mirror.as_ref().expect("the mirror checkpoints only with a mirror");
             match checkpoint(&shared, &stems.0, &stems.1, through, per_file) {
-                Ok(()) => {
+                Ok(marked) => {
                     let mut p = mirror.lock();
                     p.checkpoint_running = false;
                     p.index_files_unwritten = 0;
                     p.checkpointed = through;
-                    mirror.durable.store(through, Ordering::Relaxed);
+                    if marked {
+                        p.marked = through;
+                        mirror.durable.store(through, Ordering::Relaxed);
+                    }
                     mirror.checkpoints.fetch_add(1, Ordering::Relaxed);
                     drop(p);
-                    tracing::debug!(through, "mirror checkpoint: durable");
+                    tracing::debug!(through, marked, "mirror checkpoint: done (marked: recorded durable)");
                     super::checkpoint::release_freed_memory();
                 }
                 Err(e) => {
@@ -586,14 +603,14 @@ impl MirrorThread {
 /// the events mirrored since the last checkpoint, lists clipped to `through`), tag files before type files (type
 /// files are the coverage record a files-mode open trusts); then the tree made durable (one `syncfs`: the event
 /// files and ledgers through `through` were written before this started) and "mirror durable through `through`"
-/// recorded in the journal.
+/// recorded in the journal, when [`mark_after_checkpoint`] says so. Returns whether it recorded the mark.
 fn checkpoint(
     shared: &Shared,
     tags: &BTreeSet<String>,
     types: &BTreeSet<String>,
     through: u64,
     per_file: bool,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let started = Instant::now();
     let layout = &shared.layout;
     // The event files this checkpoint makes durable: those after the last checkpoint (one runs at a time).
@@ -646,11 +663,16 @@ fn checkpoint(
         "mirror checkpoint: index files written"
     );
     index_files_written(&mut mirror.lock(), written as u64, started.elapsed());
-    // With `Durability::None` the tree is as durable as the journal: current, in the page cache.
-    if shared.options.durability == Durability::Fsync && !per_file {
+    let (closing, stopping) = {
+        let p = mirror.lock();
+        (p.closing, p.stopping)
+    };
+    if !mark_after_checkpoint(shared.options.durability, stopping) {
+        return Ok(false);
+    }
+    if !per_file {
         // A closing store's checkpoint keeps no commit waiting (the writer has stopped, or the daemon is stopping):
         // a bare `syncfs` is faster.
-        let closing = mirror.lock().closing;
         if !closing {
             let events = (from..=through).map(|position| layout.event_file(position));
             write_back(events.chain(index_paths))?;
@@ -659,7 +681,22 @@ fn checkpoint(
         sync_filesystem(&layout.root)?;
     }
     shared.journal.as_deref().expect("the mirror runs in journal mode").set_mirror_durable(through)?;
-    Ok(())
+    Ok(true)
+}
+
+/// Whether a checkpoint makes the tree durable and records "mirror durable through P" (`stopping`: the store's
+/// close, after its writer stopped). The mark is what a reopen after a machine crash trusts: the tree through it is
+/// never re-checked, and the checkpoints after it write index files into recycled inodes that may hold another
+/// file's old bytes until a sync. So it is recorded only after a sync: always with `Durability::Fsync`; with
+/// `Durability::None` only by a stopping store's last checkpoint (one `syncfs`; Linux only, where the mirror has
+/// one: elsewhere never, and every open re-checks the tree from the last durable mark), so a crash under `none`
+/// loses acknowledged events and makes the next open re-derive the tree since the last clean stop, but never leaves a
+/// mark over a tree that is not there.
+fn mark_after_checkpoint(durability: Durability, stopping: bool) -> bool {
+    match durability {
+        Durability::Fsync => true,
+        Durability::None => stopping && cfg!(target_os = "linux"),
+    }
 }
 
 /// Writes back the dirty pages of `paths` (data only, no device flush) and waits for them, with at most
@@ -783,6 +820,10 @@ pub(crate) fn reconcile_tree(
             }
         }
         next = last + 1;
+        // A long one (a tree far behind: the mirror was off) says how far it is.
+        if next <= head && ((next - from) / READ_BATCH_FILES_DEFAULT as u64).is_multiple_of(64) {
+            tracing::info!(done = last, of = head, "mirror: bringing the Opossum tree up to the journal: progress");
+        }
     }
     let lock = std::sync::RwLock::new(std::mem::take(index));
     recovery::flush_index_files(layout, io, &lock, per_file, Some(trash))?;
@@ -790,10 +831,14 @@ pub(crate) fn reconcile_tree(
     let ledger = Ledger { last_sequence_position: head, event_count: head }.encode();
     let ledger_path = layout.ledger();
     io.write_files(&[FileWrite { path: &ledger_path, bytes: &ledger, mode: WriteMode::Commit }], per_file)?;
-    if durable && !per_file {
-        sync_filesystem(&layout.root)?;
+    // The mark only after a sync (`mark_after_checkpoint`): with `Durability::None` it stays, and the store's clean
+    // close records it.
+    if durable {
+        if !per_file {
+            sync_filesystem(&layout.root)?;
+        }
+        journal.set_mirror_durable(head)?;
     }
-    journal.set_mirror_durable(head)?;
     tracing::info!(events = head + 1 - from, took_ms = started.elapsed().as_millis() as u64, "mirror: tree current");
     Ok(())
 }
@@ -808,7 +853,7 @@ mod tests {
     /// and which last advanced `age` ago.
     fn behind(head: u64, written: u64, age: Duration) -> Progress {
         let then = Instant::now().checked_sub(age).expect("the clock runs longer than the test's ages");
-        let mut p = Mirror::new(written).progress.into_inner().unwrap();
+        let mut p = Mirror::new(written, written).progress.into_inner().unwrap();
         assert_eq!(p.files_written, written);
         p.head = head;
         p.advanced_at = then;

@@ -743,8 +743,10 @@ impl Store {
         let (recovered, ledger_seen, journal, tree_lock, tracking) = match options.commit {
             CommitMode::Files => {
                 let _guard = StoreLock::acquire(&lock_file, &layout)?;
+                // Never a tree the journal does not vouch for: repaired first (a journal-mode run that did not stop
+                // cleanly, or ran with the mirror off).
+                commit::journal::bring_tree_up_to_journal(&layout, io.clone(), &options, &trash)?;
                 let recovered = recovery::recover(&layout, io.as_ref(), durable)?;
-                commit::journal::refuse_tree_behind_journal(&layout, recovered.head)?;
                 (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None, tracking::Table::default())
             }
             CommitMode::Journal => {
@@ -766,7 +768,10 @@ impl Store {
             counters: Counters::default(),
             index_flush: Mutex::new(()),
             ledger_seen: Mutex::new(ledger_seen),
-            mirror: mirror_live.then(|| mirror::Mirror::new(recovered.head)),
+            mirror: mirror_live.then(|| {
+                let marked = journal.as_ref().map_or(recovered.head, |j| j.marks().mirror_durable.min(recovered.head));
+                mirror::Mirror::new(recovered.head, marked)
+            }),
             journal,
             mirror_failed: std::sync::atomic::AtomicBool::new(false),
             commits: CommitWatch::new(recovered.head),

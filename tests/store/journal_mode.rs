@@ -202,18 +202,209 @@ fn the_tree_is_rederived_from_the_journal_after_the_mirrors_last_checkpoint() {
     );
 }
 
+/// What `workload`'s store answers: every event, and the type and tag queries, forwards, backwards and limited, as
+/// JSON (position, type, tags, data, metadata), so two stores (or two modes) compare whole.
+fn answers(store: &Store) -> Vec<String> {
+    let queries = [
+        Query::All,
+        Query::items(vec![QueryItem::types(&["A"])]).unwrap(),
+        Query::items(vec![QueryItem::types(&["B x"])]).unwrap(),
+        Query::items(vec![QueryItem::tags(&[("all", "1")])]).unwrap(),
+        Query::items(vec![QueryItem::tags(&[("k", "3")]), QueryItem::tags(&[("k", "5")])]).unwrap(),
+        Query::items((0..7).map(|k| QueryItem::tags(&[("k", &k.to_string())])).collect()).unwrap(),
+    ];
+    let mut out = Vec::new();
+    for query in &queries {
+        for options in [
+            ReadOptions::default(),
+            ReadOptions { backwards: true, limit: Some(5), ..ReadOptions::default() },
+            ReadOptions { after: Some(7), before: Some(60), ..ReadOptions::default() },
+        ] {
+            let events = store.read_to_vec(query, options).unwrap();
+            out.push(serde_json::to_string(&events).unwrap());
+        }
+    }
+    for k in 0..7 {
+        let query = Query::items(vec![QueryItem::tags(&[("k", &k.to_string())])]).unwrap();
+        out.push(serde_json::to_string(&store.read_to_vec(&query, ReadOptions::default()).unwrap()).unwrap());
+    }
+    out
+}
+
+/// The journal's "mirror durable through" mark (0 before any is recorded).
+fn mirror_durable(root: &Path) -> u64 {
+    match std::fs::read(journal_dir(root).join("marks")) {
+        Ok(bytes) => Marks::decode(&bytes).unwrap().mirror_durable,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A journal-mode run with the mirror live that did not stop cleanly leaves the tree after the journal's
+/// "mirror durable through" mark unsynced: after a machine crash an index file a checkpoint wrote into a recycled
+/// inode may hold another index file's old bytes, event files may be torn or missing, and the ledger may claim them.
+/// A `--commit files` open of that store repairs the tree from the journal first (as a journal-mode open and clean
+/// stop would: byte for byte the tree of the clean stop, the mark at the head) and serves exactly the journal's
+/// events.
 #[test]
-fn files_mode_refuses_a_tree_behind_its_journal_and_journal_mode_imports_what_files_mode_appended() {
+fn a_files_mode_open_after_a_journal_run_that_did_not_stop_cleanly_repairs_the_tree_from_the_journal() {
+    let clean = tempfile::tempdir().unwrap();
+    let store = Store::open(clean.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&store);
+    let head = store.head();
+    let expected = answers(&store);
+    store.close().unwrap();
+    let expected_tree = tree(clean.path());
+    // What a machine crash after the mirror's checkpoint through 5 may leave, each on a copy of the store:
+    // index files that checkpoints wrote into recycled inodes holding other index files' old bytes (files mode
+    // would answer from them, silently wrong); event files torn or missing that the ledger claims.
+    let index_files_of_others = |root: &Path| {
+        let path = |rel: &str| root.join(rel);
+        std::fs::write(path("Indices/Tags/k_3.json"), std::fs::read(path("Indices/Tags/k_5.json")).unwrap()).unwrap();
+        std::fs::write(path("Indices/EventType/A.json"), std::fs::read(path("Indices/Tags/k_6.json")).unwrap())
+            .unwrap();
+    };
+    let event_files_torn_and_missing = |root: &Path| {
+        std::fs::write(root.join("events/0000000012.json"), b"").unwrap();
+        std::fs::remove_file(root.join("events/0000000020.json")).unwrap();
+    };
+    type Damage<'a> = (&'a str, &'a dyn Fn(&Path));
+    let damages: [Damage<'_>; 2] =
+        [("index files", &index_files_of_others), ("event files", &event_files_torn_and_missing)];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        super::copy_dir(clean.path(), dir.path());
+        std::fs::write(journal_dir(dir.path()).join("marks"), Marks { durable_head: head, mirror_durable: 5 }.encode())
+            .unwrap();
+        damage(dir.path());
+        let ledger = opossum::format::Ledger::decode(&std::fs::read(dir.path().join(".ledger")).unwrap()).unwrap();
+        assert_eq!(ledger.map(|l| l.last_sequence_position), Some(head));
+
+        let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+        assert_eq!(store.head(), head);
+        assert!(answers(&store) == expected, "{what}: files mode served a tree the journal does not vouch for");
+        store.close().unwrap();
+        assert_eq!(mirror_durable(dir.path()), head, "{what}: the repair records the tree durable through the head");
+        assert!(tree(dir.path()) == expected_tree, "{what}: the tree is not the clean stop's");
+        // Files mode goes on as usual: appends to the tree only, and the next open repairs nothing.
+        let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+        store.append(vec![fixed(1_000, "A", &[("k", "3")])], None).unwrap();
+        store.close().unwrap();
+        let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+        assert_eq!(store.head(), head + 1);
+        store.close().unwrap();
+        assert_eq!(mirror_durable(dir.path()), head);
+    }
+}
+
+/// A journal-mode run that did not stop cleanly (the tree after the mark unsynced), then events a .NET writer
+/// appended to the tree while the daemon was stopped: the journal-mode open imports them, and still re-derives the
+/// tree after the old mark (the import vouches for the appended files only, not for what the crash left before them).
+#[test]
+fn an_import_after_a_journal_run_that_did_not_stop_cleanly_still_rederives_the_tree_after_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&store);
+    let head = store.head();
+    store.close().unwrap();
+    // The .NET writer's append (files mode writes the tree as .NET does).
+    let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    store.append(vec![fixed(1_000, "A", &[("k", "3")])], None).unwrap();
+    store.close().unwrap();
+    let expected_tree = tree(dir.path());
+    std::fs::write(journal_dir(dir.path()).join("marks"), Marks { durable_head: head, mirror_durable: 5 }.encode())
+        .unwrap();
+    let path = |rel: &str| dir.path().join(rel);
+    std::fs::write(path("Indices/Tags/k_4.json"), std::fs::read(path("Indices/Tags/k_5.json")).unwrap()).unwrap();
+    std::fs::write(path("events/0000000012.json"), b"").unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    assert_eq!(store.head(), head + 1);
+    store.close().unwrap();
+    assert!(tree(dir.path()) == expected_tree, "the tree before the imported events was not re-derived");
+    assert_eq!(mirror_durable(dir.path()), head + 1);
+}
+
+/// After a clean journal-mode stop (the mark at the journal's head), files-mode appends go to the tree only (files
+/// mode never writes the journal): a later files-mode open neither refuses the store nor repairs the tree (the journal
+/// is left as it was), and journal mode imports the appends.
+#[test]
+fn after_a_clean_journal_stop_files_mode_appends_and_reopens_without_touching_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    workload(&store);
+    let head = store.head();
+    store.close().unwrap();
+    assert_eq!(mirror_durable(dir.path()), head);
+    let journal_files = || {
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(journal_dir(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap()))
+            .collect();
+        files.sort();
+        files
+    };
+    let journal_before = journal_files();
+    for round in 0..2u64 {
+        let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+        assert_eq!(store.head(), head + round);
+        store.append(vec![fixed(round, "Files", &[("k", "3")])], None).unwrap();
+        store.close().unwrap();
+        assert!(journal_files() == journal_before, "a files-mode open or append wrote the journal");
+    }
+    let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap();
+    let files = Query::items(vec![QueryItem::types(&["Files"])]).unwrap();
+    let found = store.read_to_vec(&files, ReadOptions::default()).unwrap();
+    assert_eq!(found.iter().map(|e| e.position).collect::<Vec<_>>(), [head + 1, head + 2]);
+    store.close().unwrap();
+    assert_eq!(mirror_durable(dir.path()), head + 2);
+}
+
+/// `--durability none` makes nothing durable while the store runs, so the mirror's checkpoints must not record
+/// "mirror durable through P" either: a machine crash may keep that mark and lose what the checkpoint wrote (an index
+/// file written into a recycled inode, holding another index file's old bytes), and the next open would trust the
+/// tree through the mark: wrong answers. The state such a crash leaves is the store's files while it runs (copied),
+/// with that index file damaged: the open repairs it, and a clean stop records the mark (one sync at close).
+#[test]
+fn under_durability_none_a_crash_after_a_checkpoint_never_leaves_a_tree_the_mark_vouches_for_wrongly() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = || StoreOptions { durability: Durability::None, ..mode(CommitMode::Journal, MirrorMode::Live) };
+    let store = Store::open(dir.path(), none()).unwrap();
+    workload(&store);
+    let head = store.head();
+    // A mirror checkpoint through the head: index files written (not synced, under `none`).
+    assert_eq!(store.sync().unwrap(), head);
+    let expected = answers(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    super::copy_dir(dir.path(), crashed.path());
+    store.close().unwrap();
+    assert_eq!(mirror_durable(dir.path()), head, "a clean stop under none records the tree durable");
+    let expected_tree = tree(dir.path());
+    let path = |rel: &str| crashed.path().join(rel);
+    std::fs::write(path("Indices/Tags/k_3.json"), std::fs::read(path("Indices/Tags/k_5.json")).unwrap()).unwrap();
+
+    let store = Store::open(crashed.path(), none()).unwrap();
+    assert!(answers(&store) == expected);
+    store.close().unwrap();
+    assert_eq!(mirror_durable(crashed.path()), head);
+    assert!(tree(crashed.path()) == expected_tree, "the tree was not repaired");
+    let store = Store::open(crashed.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    assert!(answers(&store) == expected, "files mode serves wrong answers");
+    store.close().unwrap();
+}
+
+#[test]
+fn files_mode_brings_a_tree_behind_its_journal_up_and_journal_mode_imports_what_files_mode_appended() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();
     store.append(vec![fixed(1, "A", &[])], None).unwrap();
     store.close().unwrap();
-    let err =
-        Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).err().expect("a tree behind the journal");
-    assert!(err.to_string().contains("--commit journal"), "{err}");
-    // The live mirror brings the tree up; files mode then appends to the tree only; journal mode imports that.
-    Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Live)).unwrap().close().unwrap();
+    assert!(!dir.path().join("events/0000000001.json").exists(), "the mirror off writes no tree");
+    // Files mode brings the tree up to the journal (as an open with the mirror live would), then appends to the
+    // tree only; journal mode imports that.
     let store = Store::open(dir.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
+    assert!(dir.path().join("events/0000000001.json").exists());
+    assert_eq!(store.head(), 1);
     store.append(vec![fixed(2, "B", &[("k", "v")])], None).unwrap();
     store.close().unwrap();
     let store = Store::open(dir.path(), mode(CommitMode::Journal, MirrorMode::Off)).unwrap();

@@ -137,9 +137,13 @@ pub(crate) fn open(
             groups = times.groups,
             "journal: import done"
         );
-        // Just imported: the tree holds every event up to its ledger, durably (.NET or files mode wrote it). Only
-        // an import says so: after a crash with the mirror live, the ledger may vouch for files never synced.
-        journal.set_mirror_durable(ledger)?;
+        // Just imported: the tree holds every event from the journal's old head up to its ledger, durably (.NET or
+        // files mode wrote it). Only an import says so: after a crash with the mirror live, the ledger may vouch for
+        // files never synced. And only when the tree was durable up to the old head: else the mark stays, and
+        // `reconcile_tree` re-derives everything after it (the imported files compare equal and stay).
+        if journal.marks().mirror_durable >= from - 1 {
+            journal.set_mirror_durable(ledger)?;
+        }
     }
     let head = journal.head();
     // Imported events carry no event ids or tracking positions: nothing for `tracking` to observe.
@@ -339,23 +343,72 @@ fn import_tree(
     Ok(times)
 }
 
-/// Files mode on a store whose journal holds events the tree lacks (journal mode with the mirror off, or a crash
-/// before the live mirror's checkpoint): serving the tree would hide those events and reuse their positions.
-pub(crate) fn refuse_tree_behind_journal(layout: &crate::format::Layout, tree_head: u64) -> Result<(), StoreError> {
+/// Files mode at open (`.store.lock` held), before `recovery::recover` trusts the tree: the tree must be what the
+/// journal says is durable. Files mode never writes the journal, so a journal whose "mirror durable through" mark
+/// reaches its head says nothing against the tree (a clean journal-mode stop, then files-mode appends beyond it:
+/// neither refused nor repaired). A mark below the head says the tree after it cannot be trusted: a journal-mode run
+/// that did not stop cleanly (its mirror wrote without fsyncs after the mark; a checkpoint may have left another
+/// index file's old bytes in a recycled inode, event files torn or missing, a ledger claiming them) or that ran with
+/// `--mirror off` (the tree lacks its events). Serving that tree would give wrong answers and torn events, and reuse
+/// positions the journal holds. So the open does first what a `--commit journal --mirror live` open and clean stop
+/// would: journal recovery, the tree's checks and leftovers, an import of what .NET appended meanwhile, the tree
+/// re-derived after the mark (`reconcile_tree`, logged with progress), made durable with one `syncfs`, the mark
+/// moved to the head (with `Durability::Fsync` whatever the store's: the mark must vouch for the tree), and the
+/// journal closed. Anything it cannot repair (a tree event contradicting the journal) stops the open with the error
+/// a journal-mode open gives. A tree behind a mark at the head (a tree restored from an older copy) is an error.
+pub(crate) fn bring_tree_up_to_journal(
+    layout: &crate::format::Layout,
+    io: Arc<dyn crate::io::BatchIo>,
+    options: &crate::store::StoreOptions,
+    trash: &crate::store::trash::Trash,
+) -> Result<(), StoreError> {
+    use crate::store::{CommitMode, Durability, MirrorMode, StoreOptions};
     let dir = crate::journal::journal_dir(&layout.root);
     if !dir.is_dir() {
         return Ok(());
     }
-    let (journal, _) = Journal::open_dir(&layout.root, crate::journal::JournalOptions::default())?;
-    let head = journal.head();
-    if head > tree_head {
-        return Err(StoreError::Corrupt {
-            path: dir,
-            reason: format!(
-                "the journal holds events up to position {head}, the Opossum tree only up to {tree_head}: open this \
-                 store with --commit journal (with --mirror live it brings the tree up to date)"
-            ),
-        });
+    let (head, mark) = {
+        let (journal, _) = Journal::open_dir(&layout.root, crate::journal::JournalOptions::default())?;
+        (journal.head(), journal.marks().mirror_durable)
+    };
+    if mark >= head {
+        let tree_head = crate::store::recovery::read_ledger(layout)?;
+        if tree_head < head {
+            return Err(StoreError::Corrupt {
+                path: dir,
+                reason: format!(
+                    "the journal holds events up to position {head} and says the Opossum tree held them durably, but \
+                     the tree's ledger ends at {tree_head}: the tree was replaced by an older copy? `opossum verify` \
+                     lists the differences; `opossum export --opossum DIR` writes the tree from the journal"
+                ),
+            });
+        }
+        return Ok(());
     }
+    tracing::warn!(
+        durable_through = mark,
+        head,
+        "files mode: the journal says the Opossum tree is durable only through position {mark} of {head} (a \
+         journal-mode run that did not stop cleanly, or ran with --mirror off): bringing the tree up to the journal \
+         first, as a --commit journal open and clean stop would"
+    );
+    let started = std::time::Instant::now();
+    let repair = StoreOptions {
+        commit: CommitMode::Journal,
+        mirror: MirrorMode::Live,
+        durability: Durability::Fsync,
+        journal_storage: None,
+        ..options.clone()
+    };
+    let (_, journal, _) = open(layout, io, &repair, trash)?;
+    journal.close()?;
+    let (head, mark) = (journal.head(), journal.marks().mirror_durable);
+    debug_assert!(mark >= head, "reconcile_tree moved the mark to the head");
+    tracing::info!(
+        head,
+        durable_through = mark,
+        took_ms = started.elapsed().as_millis() as u64,
+        "files mode: the Opossum tree is current and durable through the journal's head; opening in files mode"
+    );
     Ok(())
 }
