@@ -5,8 +5,8 @@
 //! bench directory, so all of them see the same minutes of disk noise. Per system and round:
 //!
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
-//!    (N/10 tags x 10 events); opossumd fills with its configuration plus `--durability none` (and, in files
-//!    commit mode only, `--index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
+//!    (N/10 tags x 10 events); opossumd fills with its configuration (in files commit mode with `--durability
+//!    none --index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
 //!    both measure a reopened store; after the fill of an opossum that writes the Opossum tree, while no server
 //!    runs, the layout's floor: `--floor-files` event files (default: the events filled, at most 200,000) created
 //!    in one new directory from one thread, no fsync, the least any mirror of this layout does per event;
@@ -421,14 +421,18 @@ fn version_of(binary: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The configuration's flags with `--durability none` instead of any durability they name (valid in every commit
-/// mode), and in files commit mode `--index-writes deferred` too (every-commit index writes cost O(index size) per
-/// commit: a fill of 100,000 events took minutes; the option exists only in files mode).
+/// The flags opossumd fills with. Journal mode (the default): the configuration's own flags, durability included, so
+/// the fill and the stop right after it measure what a new user gets (a clean stop makes the tree durable: after a
+/// fill under `--durability none` that is one `syncfs` of every event file the fill wrote). Files commit mode:
+/// `--durability none` instead of any durability they name and `--index-writes deferred` (a file per event made
+/// durable per commit, and every-commit index writes at O(index size) per commit: a fill of 100,000 events took
+/// minutes; the option exists only in files mode).
 fn fill_flags(opossumd: &Path, flags: &[String]) -> Vec<String> {
+    if Modes::from_flags(opossumd, flags).commit != "files" {
+        return flags.to_vec();
+    }
     let mut all: Vec<String> = ["--durability", "none"].map(String::from).to_vec();
-    if Modes::from_flags(opossumd, flags).commit == "files"
-        && !flags.iter().any(|f| f == "--index-writes" || f.starts_with("--index-writes="))
-    {
+    if !flags.iter().any(|f| f == "--index-writes" || f.starts_with("--index-writes=")) {
         all.extend(["--index-writes", "deferred"].map(String::from));
     }
     let mut it = flags.iter();
@@ -614,7 +618,12 @@ fn run_system(
         anyhow::ensure!(head == n, "{}: head {head} after filling {n} events", system.name());
         let stop_seconds = timed_stop(server)?;
         out.push((
-            rate_row("fill", "fill, 1,000 events/request (opossum: durability none)", FILL_CLIENTS, "events/s"),
+            rate_row(
+                "fill",
+                "fill, 1,000 events/request (opossum: its configuration; files mode: durability none)",
+                FILL_CLIENTS,
+                "events/s",
+            ),
             plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
         ));
         if system.mirrors() {
