@@ -415,7 +415,7 @@ impl<'a> CreateDirs<'a> {
         }
         #[cfg(not(target_os = "linux"))]
         {
-            let _ = files;
+            let _ = (files, WRITE_CREATE_DIR_FDS_MAX);
             CreateDirs { dirs: std::marker::PhantomData }
         }
     }
