@@ -138,6 +138,9 @@ pub const IO_THREADS_DEFAULT: usize = 32;
 /// Most files of one write batch held open at once (their descriptors wait for the final fsync round); bigger
 /// batches are written in chunks of this size. Well below the 20,000-descriptor hard limit seen here.
 pub const WRITE_OPEN_FILES_MAX: usize = 4096;
+/// Directory descriptors one chunk of a write batch opens to create its `CreateNew` files by name relative to them
+/// (`openat`: one path component walked per file); files in further directories are created by their whole path.
+pub const WRITE_CREATE_DIR_FDS_MAX: usize = 16;
 /// When the strategy allows `syncfs` (`Syncfs`, or `Auto` while little is dirty), from this many files and
 /// directories to make durable at once one `syncfs(2)` replaces the per-file fsyncs (a single file is cheaper with
 /// its own fdatasync).
@@ -178,7 +181,10 @@ pub const EXTENT_READ_OP_BYTES_MAX: u32 = 1 << 30;
 const _: () = {
     // Descriptors held by reads (whole files, all rings) and by one write batch fit the process limit seen here
     // (20,000) with room for the store's own files, the server's connections and a second backend.
-    assert!(URING_FDS_IN_FLIGHT_MAX + WRITE_OPEN_FILES_MAX + URING_DIR_FDS_PER_RING_MAX * 64 <= 10_000);
+    assert!(
+        URING_FDS_IN_FLIGHT_MAX + WRITE_OPEN_FILES_MAX + WRITE_CREATE_DIR_FDS_MAX + URING_DIR_FDS_PER_RING_MAX * 64
+            <= 10_000
+    );
     // An in-place record must fit one 512-byte sector to be written atomically.
     assert!(IN_PLACE_RECORD_BYTES_MAX <= 512);
     // A read's byte count comes back in a CQE's `i32` result.
@@ -418,13 +424,13 @@ const _: () = assert!(INPUT_QUOTE_BYTES_MAX * 4 <= ERROR_MESSAGE_BYTES_MAX);
 pub const CONNECTIONS_DEFAULT: usize = 1024;
 /// Descriptors the daemon keeps besides connections and batch I/O: the listener, the store's lock, ledger and
 /// directory handles, the projection store, the runtime's epoll and event descriptors, logs, `$NOTIFY_SOCKET`, and a
-/// mirror checkpoint's writeback window.
-pub const FDS_RESERVED: usize = 64 + MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX;
+/// mirror checkpoint's writeback window and the directory it opens its files in.
+pub const FDS_RESERVED: usize = 64 + MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX + 1;
 /// Descriptors one batch read may hold open at once: the io_uring backend's bound (the thread-pool backend holds one
 /// per thread, fewer).
 pub const FDS_READS_MAX: usize = URING_FDS_IN_FLIGHT_MAX;
 /// Descriptors one write batch may hold open at once.
-pub const FDS_WRITES_MAX: usize = WRITE_OPEN_FILES_MAX;
+pub const FDS_WRITES_MAX: usize = WRITE_OPEN_FILES_MAX + WRITE_CREATE_DIR_FDS_MAX;
 /// `LimitNOFILE=` in systemd/opossumd.service: the default budget must fit it.
 pub const FDS_UNIT_LIMIT: usize = 20_000;
 /// When the descriptor limit cannot hold the connection limit beside reads and writes, connections get at most

@@ -728,12 +728,16 @@ fn write_back(paths: impl Iterator<Item = PathBuf>) -> Result<(), StoreError> {
         }
         let mut in_flight: VecDeque<(PathBuf, std::fs::File)> =
             VecDeque::with_capacity(MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX);
+        // Each file opened by its name relative to its directory, whose descriptor is kept while the files that
+        // follow are in the same one (a checkpoint's event files, then its index files, directory by directory):
+        // the kernel walks one path component per file, not the store's whole path.
+        let mut dir: Option<(PathBuf, std::os::fd::OwnedFd)> = None;
         for path in paths {
             if in_flight.len() == MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX {
                 let (oldest, file) = in_flight.pop_front().expect("the window is full");
                 sync_range(&file, &oldest, true)?;
             }
-            let file = std::fs::File::open(&path).map_err(|e| StoreError::io(IoOp::Open, &path, e))?;
+            let file = open_in_dir(&mut dir, &path).map_err(|e| StoreError::io(IoOp::Open, &path, e))?;
             sync_range(&file, &path, false)?;
             in_flight.push_back((path, file));
         }
@@ -747,6 +751,36 @@ fn write_back(paths: impl Iterator<Item = PathBuf>) -> Result<(), StoreError> {
         let _ = (paths, MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX);
         unreachable!("the mirror fsyncs per file where there is no syncfs")
     }
+}
+
+/// Opens `path` read-only by its name relative to `dir`'s descriptor, after opening its parent directory as `dir`
+/// unless `dir` is that directory already; by its whole path where the directory cannot be opened (the open then
+/// reports what is wrong).
+#[cfg(target_os = "linux")]
+fn open_in_dir(
+    dir: &mut Option<(PathBuf, std::os::fd::OwnedFd)>,
+    path: &std::path::Path,
+) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return std::fs::File::open(path) };
+    if dir.as_ref().is_none_or(|(open, _)| open.as_os_str() != parent.as_os_str()) {
+        *dir = None;
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        if let Ok(fd) = nix::fcntl::open(parent, flags, nix::sys::stat::Mode::empty()) {
+            // SAFETY: `open` returned a new descriptor that nothing else owns.
+            *dir = Some((parent.to_path_buf(), unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let Some((_, fd)) = dir.as_ref() else { return std::fs::File::open(path) };
+    let fd = nix::fcntl::openat(
+        Some(fd.as_raw_fd()),
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    // SAFETY: `openat` returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// Makes every dirty page of the filesystem holding `root` durable: `syncfs(2)` on Linux. Elsewhere the mirror
@@ -940,6 +974,24 @@ mod tests {
                 assert!(e.to_string().contains("missing.json"), "{e}");
             }
             other => panic!("a missing file must fail the writeback: {other:?}"),
+        }
+        // Files in several directories, back and forth (each opened relative to its directory's descriptor), and a
+        // file in a directory that is not there, named.
+        let subdirs = [dir.path().join("a"), dir.path().join("b")];
+        let mut mixed = Vec::new();
+        for i in 0..MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX + 5 {
+            let sub = &subdirs[(i / 3) % 2];
+            std::fs::create_dir_all(sub).unwrap();
+            let path = sub.join(format!("{i}.json"));
+            std::fs::write(&path, b"{}").unwrap();
+            mixed.push(path);
+        }
+        write_back(mixed.iter().cloned()).unwrap();
+        let orphan = dir.path().join("gone").join("1.json");
+        mixed.insert(7, orphan.clone());
+        match write_back(mixed.into_iter()) {
+            Err(StoreError::Io(e)) => assert_eq!((e.op, e.path.as_path()), (IoOp::Open, orphan.as_path())),
+            other => panic!("a file in a missing directory must fail the writeback: {other:?}"),
         }
     }
 
