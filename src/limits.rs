@@ -438,13 +438,6 @@ pub const FRAME_BYTES_DEFAULT: usize = 16 * 1024 * 1024;
 pub const FRAME_BYTES_MIN: usize = 1024;
 /// Initial (and idle) size of a connection's request buffer; it grows up to `max_frame_bytes` for a long line.
 pub const LINE_BUFFER_BYTES_INITIAL: usize = 8 * 1024;
-/// A connection's request buffer up to this size is kept between lines as it is; a larger one (grown for long
-/// lines) is kept only while long lines come back to back, and shrunk to `LINE_BUFFER_BYTES_INITIAL` after a line
-/// under a quarter of it or `LINE_BUFFER_KEEP_IDLE_MS` without a new line.
-pub const LINE_BUFFER_BYTES_KEPT_MAX: usize = 16 * LINE_BUFFER_BYTES_INITIAL;
-/// How long a connection between lines keeps a request buffer grown beyond `LINE_BUFFER_BYTES_KEPT_MAX`, so an
-/// idle connection does not hold the shared budget (`LINE_BUFFERS_BYTES_TOTAL_MAX`).
-pub const LINE_BUFFER_KEEP_IDLE_MS: u64 = 100;
 /// Request-buffer bytes (grown beyond the initial size) all connections may hold together. A connection whose long
 /// line would exceed it gets `busy` and is closed: 1,024 connections stalled inside 16 MiB lines cannot take 16 GiB.
 pub const LINE_BUFFERS_BYTES_TOTAL_MAX: usize = 256 * 1024 * 1024;

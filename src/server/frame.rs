@@ -10,9 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use super::connection::BoxedRead;
 
-use crate::limits::{
-    LINE_BUFFERS_BYTES_TOTAL_MAX, LINE_BUFFER_BYTES_INITIAL, LINE_BUFFER_BYTES_KEPT_MAX, LINE_BUFFER_KEEP_IDLE_MS,
-};
+use crate::limits::{LINE_BUFFERS_BYTES_TOTAL_MAX, LINE_BUFFER_BYTES_INITIAL};
 
 pub(super) enum LineError {
     TooLarge,
@@ -39,8 +37,6 @@ pub(super) struct LineReader {
     /// Since when this reader has been waiting for the rest of a started line: the first byte's arrival, or the
     /// call that found part of a pipelined line buffered (time spent answering earlier requests does not count).
     line_started: Option<tokio::time::Instant>,
-    /// The length of the last line returned (whether a grown buffer is still worth keeping).
-    last_line: usize,
 }
 
 impl LineReader {
@@ -55,7 +51,6 @@ impl LineReader {
             budget,
             timeout,
             line_started: None,
-            last_line: 0,
         }
     }
 
@@ -94,7 +89,6 @@ impl LineReader {
             if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
                 let newline = self.scanned + i;
                 let range = (self.start, newline);
-                self.last_line = newline - range.0;
                 self.start = newline + 1;
                 self.scanned = self.start;
                 if newline - range.0 > self.max {
@@ -110,10 +104,7 @@ impl LineReader {
                 self.start = 0;
                 self.scanned = 0;
                 self.end = 0;
-                // A buffer grown for long lines is kept while they come back to back (regrowing it from the initial
-                // size, doubling and zero-filling, cost about a tenth of a 1,000-event append's parse); it is given
-                // back after a short line, or when no line starts for `LINE_BUFFER_KEEP_IDLE_MS` (below).
-                if self.buf.len() > LINE_BUFFER_BYTES_KEPT_MAX && self.last_line < self.buf.len() / 4 {
+                if self.buf.len() > 16 * LINE_BUFFER_BYTES_INITIAL {
                     self.resize(LINE_BUFFER_BYTES_INITIAL)?;
                 }
             } else if self.end == self.buf.len() && self.start > 0 {
@@ -126,7 +117,6 @@ impl LineReader {
                 let grown = (self.buf.len() * 2).min(self.max + 2).max(self.buf.len() + 1);
                 self.resize(grown)?;
             }
-            let keeping = self.start == self.end && self.buf.len() > LINE_BUFFER_BYTES_KEPT_MAX;
             let read = self.reader.read(&mut self.buf[self.end..]);
             let n = match self.line_started {
                 // Inside a line: the rest must arrive before the line's deadline.
@@ -134,17 +124,6 @@ impl LineReader {
                     Ok(n) => n,
                     Err(_) => return Err(LineError::Timeout),
                 },
-                // Between lines with a grown buffer: an idle connection gives its share of the budget back.
-                None if keeping => {
-                    let waited = tokio::time::timeout(Duration::from_millis(LINE_BUFFER_KEEP_IDLE_MS), read).await;
-                    match waited {
-                        Ok(n) => n,
-                        Err(_) => {
-                            self.resize(LINE_BUFFER_BYTES_INITIAL)?;
-                            continue;
-                        }
-                    }
-                }
                 None => read.await,
             }
             .map_err(LineError::Io)?;

@@ -390,33 +390,3 @@ fn request_buffers_share_one_budget() {
         raw.recv().is_some_and(|answer| answer["error"]["code"] == "invalid_request")
     });
 }
-
-/// A connection keeps a request buffer grown for a long line while long lines come back to back (regrowing it for
-/// every line was a tenth of a batch append's CPU), but gives it back to the shared budget once idle: here one
-/// connection's answered 100 MiB line must not keep the next connection's 130 MiB line `busy` for long.
-#[test]
-fn an_idle_connection_gives_its_grown_request_buffer_back() {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let frame = (opossum::limits::LINE_BUFFERS_BYTES_TOTAL_MAX).to_string();
-    let daemon = Daemon::start(dir.path(), &["--durability", "none", "--max-frame-bytes", &frame]);
-    let line = |bytes: usize| {
-        let mut line = br#"{"id":1,"op":"head","x":""#.to_vec();
-        line.resize(bytes, b'x');
-        line.extend_from_slice(b"\"}\n");
-        line
-    };
-    let mut idle = daemon.raw();
-    idle.stream.write_all(&line(100 << 20)).unwrap();
-    assert_eq!(idle.recv().unwrap()["error"]["code"], "invalid_request");
-    let long = line(130 << 20);
-    eventually("the idle connection's buffer given back", || {
-        let mut raw = daemon.raw();
-        if raw.stream.write_all(&long).is_err() {
-            return false;
-        }
-        raw.recv().is_some_and(|answer| answer["error"]["code"] == "invalid_request")
-    });
-    // The idle connection still works.
-    assert_eq!(idle.call(r#"{"id":2,"op":"head"}"#), json!({"id":2,"ok":true,"head":0}));
-}
