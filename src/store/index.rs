@@ -639,8 +639,8 @@ impl Index {
     /// the first commit of 64 new streams for ~0.9 s).
     fn item_candidates(&self, item: &QueryItem, lo: u64, hi: u64) -> Vec<u64> {
         let clip = |list: &[u64]| -> Vec<u64> {
-            let start = partition_point_from_end(list, |p| p < lo);
-            let end = partition_point_from_end(list, |p| p <= hi);
+            let start = list.partition_point(|&p| p < lo);
+            let end = list.partition_point(|&p| p <= hi);
             list[start..end.max(start)].to_vec()
         };
         let type_lists: Vec<Cow<'_, [u64]>> =
@@ -669,26 +669,6 @@ impl Index {
         }
         acc
     }
-}
-
-/// `list.partition_point(pred)` (`pred` true for a prefix of `list`, false after it) found by stepping back from the
-/// end in doubling steps, then a binary search inside the last step. A condition check asks for the positions
-/// after a recent one: its boundary is near the end of a list that can hold most of the store, and this touches
-/// a few cache lines there instead of ~20 scattered over the list (a plain binary search of a type's list was the
-/// writer's hottest spot at 64 clients).
-fn partition_point_from_end(list: &[u64], pred: impl Fn(u64) -> bool) -> usize {
-    // The boundary is at most `below`: `list[below..]` is known to fail `pred`.
-    let mut below = list.len();
-    let mut step = 1;
-    while step <= list.len() {
-        let i = list.len() - step;
-        if pred(list[i]) {
-            return i + 1 + list[i + 1..below].partition_point(|&p| pred(p));
-        }
-        below = i;
-        step *= 2;
-    }
-    list[..below].partition_point(|&p| pred(p))
 }
 
 /// The positions listed under any of `stems` (a key's stems under each naming rules, see
@@ -743,22 +723,6 @@ pub fn union_sorted(lists: &[Vec<u64>]) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn partition_point_from_end_agrees_with_partition_point() {
-        for len in 0..70u64 {
-            let list: Vec<u64> = (0..len).map(|i| 3 * i + 1).collect();
-            for bound in 0..(3 * len + 3) {
-                for pred in [&(|p: u64| p < bound) as &dyn Fn(u64) -> bool, &|p: u64| p <= bound] {
-                    assert_eq!(
-                        super::partition_point_from_end(&list, pred),
-                        list.partition_point(|&p| pred(p)),
-                        "len {len}, bound {bound}"
-                    );
-                }
-            }
-        }
-    }
-
     use super::*;
 
     #[test]
