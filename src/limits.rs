@@ -471,6 +471,10 @@ pub const READ_INLINE_EVENTS_MAX: usize = 64;
 /// Bytes of journal records such a read may take on the connection's task (the same purpose, for large events).
 pub const READ_INLINE_BYTES_MAX: usize = 256 * 1024;
 const _: () = assert!(READ_INLINE_BYTES_MAX <= READ_CHUNK_BYTES && READ_INLINE_EVENTS_MAX <= READ_BATCH_FILES_DEFAULT);
+/// Longest append request line parsed, encoded and queued on the connection's own task (no blocking thread, no
+/// hand-over): a one-event append's line is well under it, a batch's is not. Bounds the parse an async worker does
+/// per append (~1 ns per byte with serde_json here, so ~16 µs).
+pub const APPEND_INLINE_LINE_BYTES_MAX: usize = 16 * 1024;
 /// Candidate positions a read may list on the connection's task before its first cached step: a query whose index
 /// lists may hold more (a type matching a million events: an ~8 MB list) builds them on the blocking thread that
 /// then streams it. Bounds the index work an async worker does per read, as `READ_INLINE_EVENTS_MAX` bounds its reads.

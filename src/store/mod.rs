@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -651,6 +651,28 @@ impl std::future::Future for PendingAppend {
     }
 }
 
+/// What [`Store::try_submit_refs`] did with an append.
+pub enum Submitted {
+    Queued(PendingAppend),
+    /// The writer's queue was full: nothing is queued yet.
+    QueueFull(QueueFull),
+}
+
+/// An append validated and encoded but not queued, because the writer's queue was full
+/// ([`Store::try_submit_refs`]).
+pub struct QueueFull {
+    request: Request,
+    answer: tokio::sync::oneshot::Receiver<Result<Appended, StoreError>>,
+}
+
+impl QueueFull {
+    /// Queues the append, blocking while the writer's queue is full (backpressure).
+    pub fn submit(self, store: &Store) -> Result<PendingAppend, StoreError> {
+        store.send(self.request)?;
+        Ok(PendingAppend(self.answer))
+    }
+}
+
 pub(crate) enum Request {
     Append {
         events: PreparedBatch,
@@ -902,11 +924,32 @@ impl Store {
         condition: Option<AppendCondition>,
         tracking: Option<Tracking>,
     ) -> Result<PendingAppend, StoreError> {
+        match self.try_submit_refs(events, condition, tracking)? {
+            Submitted::Queued(pending) => Ok(pending),
+            Submitted::QueueFull(full) => full.submit(self),
+        }
+    }
+
+    /// [`Store::submit_refs`] that never blocks: the events are validated and encoded, and queued when the writer's
+    /// queue has room; when it is full the prepared append comes back as [`QueueFull`], for a thread that may
+    /// block to [`QueueFull::submit`]. An async task appends a small request this way without a hop to a blocking
+    /// thread (two thread wake-ups, the larger part of a one-event append's CPU).
+    pub fn try_submit_refs(
+        &self,
+        events: &[EventRef<'_>],
+        condition: Option<AppendCondition>,
+        tracking: Option<Tracking>,
+    ) -> Result<Submitted, StoreError> {
         self.refuse_without_journal(events, tracking.as_ref())?;
         let prepared = prepare_refs(events, condition.as_ref(), tracking.as_ref())?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.send(Request::Append { events: prepared, condition, reply: AppendReply::Task(reply) })?;
-        Ok(PendingAppend(answer))
+        let request = Request::Append { events: prepared, condition, reply: AppendReply::Task(reply) };
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        match requests.try_send(request) {
+            Ok(()) => Ok(Submitted::Queued(PendingAppend(answer))),
+            Err(TrySendError::Full(request)) => Ok(Submitted::QueueFull(QueueFull { request, answer })),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Closed),
+        }
     }
 
     /// Files mode keeps no tracking and no event ids (there is no journal record to keep them in).

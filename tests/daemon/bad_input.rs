@@ -166,3 +166,62 @@ fn client_disconnecting_mid_stream_leaves_the_daemon_serving() {
     assert_eq!(events.len(), 30_000);
     assert_eq!(c.head().unwrap(), 30_000);
 }
+
+/// A small append line is parsed on the connection's own task, a large one (over `APPEND_INLINE_LINE_BYTES_MAX`)
+/// on a blocking thread: the same line padded with JSON whitespace past that bound gets the same answer either
+/// way, good or bad, and a refused one writes nothing.
+#[test]
+fn append_lines_get_the_same_answers_on_the_connection_task_and_on_a_blocking_thread() {
+    use opossum::limits::APPEND_INLINE_LINE_BYTES_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--durability", "none"]);
+    let mut raw = daemon.raw();
+    let ev = |e: &str| format!(r#"{{"id":7,"op":"append","events":[{e}]}}"#);
+    // The line with whitespace before its last byte (`}` for whole lines), past the inline bound.
+    let padded = |line: &str| {
+        let (body, last) = line.split_at(line.len() - 1);
+        format!("{body}{}{last}", " ".repeat(APPEND_INLINE_LINE_BYTES_MAX))
+    };
+    // serde_json's "at line 1 column N" moves with the padding; nothing else may differ.
+    let without_column = |v: &serde_json::Value| {
+        let text = v.to_string();
+        match text.find(" column ") {
+            Some(at) => {
+                let digits = text[at + 8..].chars().take_while(char::is_ascii_digit).count();
+                format!("{}{}", &text[..at], &text[at + 8 + digits..])
+            }
+            None => text,
+        }
+    };
+    let bad = [
+        ev(r#"{"type":"","data":{}}"#),
+        ev(r#"{"type":"A"}"#),
+        ev(r#"{"type":"A","data":{},"tag":[]}"#),
+        ev(r#"{"type":"A","data":{},"tags":[{"key":"k","value":"a/b"}]}"#),
+        ev(r#"{"type":"A","data":{},"metadata":[1]}"#),
+        r#"{"id":7,"op":"append","events":[]}"#.to_string(),
+        r#"{"id":7,"op":"append","events":[{"type":"A","data":{}}],"condtion":{"fail_if_events_match":"all"}}"#
+            .to_string(),
+        r#"{"id":7,"op":"append","events":[{"type":"A","data":{}}],"condition":{"fail_if_events_match":"all","after":-3}}"#
+            .to_string(),
+        r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}],"id":6}"#.to_string(),
+        r#"{"id":5,"op":"append","events":[{"type":"A","data":{"x":1,}}]}"#.to_string(),
+        // Malformed: answered with id null.
+        r#"{"id":5,"op":"append","events":[{"type":"A","data":{}}]"#.to_string(),
+    ];
+    for line in &bad {
+        let small = raw.call(line);
+        let large = raw.call(&padded(line));
+        assert_eq!(small["ok"], false, "{line}: {small}");
+        assert_eq!(without_column(&small), without_column(&large), "{line}");
+    }
+    assert_eq!(raw.call(r#"{"id":"h","op":"head"}"#)["head"], 0, "a refused append wrote nothing");
+    let good = ev(r#"{"type":"A","data":{"s":"\u00e9\"\\"},"tags":[{"key":"k","value":"v"}]}"#);
+    assert_eq!(raw.call(&good), json!({"id":7,"ok":true,"first":1,"last":1,"head":1}));
+    assert_eq!(raw.call(&padded(&good)), json!({"id":7,"ok":true,"first":2,"last":2,"head":2}));
+    let mut c = daemon.client();
+    let back = read_all(&mut c, &Query::All, ReadOptions::default());
+    assert_eq!(back.len(), 2);
+    assert_eq!(back[0].data.get(), back[1].data.get());
+    assert_eq!(back[0].tags, back[1].tags);
+}

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::limits::{READ_INLINE_BYTES_MAX, READ_INLINE_EVENTS_MAX};
+use crate::limits::{APPEND_INLINE_LINE_BYTES_MAX, READ_INLINE_BYTES_MAX, READ_INLINE_EVENTS_MAX};
 use crate::server::connection::{OpError, Request, Responder};
 use crate::server::Context;
-use crate::store::{CachedStep, PendingAppend, StoreStats, WriteStatus};
+use crate::store::{CachedStep, Store, StoreStats, Submitted, WriteStatus};
 use crate::wire::{
     self, AppendResponse, EmptyRequest, ErrorCode, HeadResponse, HelloResponse, ProtocolError, ReadDone, ReadRequest,
     RequestId, TrackingGetRequest, TrackingGetResponse, PROTOCOL_VERSION, SERVER_NAME,
@@ -107,26 +107,37 @@ pub(in crate::server) async fn append(
 ) -> Result<(), OpError> {
     // Answers to earlier pipelined requests should not wait for this commit.
     resp.flush().await?;
-    let line = req.line.to_vec();
-    let op = req.op.clone();
-    let store = ctx.store.clone();
     // `Err((Some(id), e))`: the line fails its envelope, which `parse_envelope` read from its prefix only.
-    let result = tokio::task::spawn_blocking(move || -> Result<PendingAppend, (Option<RequestId>, ProtocolError)> {
-        // The events are encoded straight from the line (`Store::append_refs`), which lives until the answer.
-        let body = match wire::parse_append(&op, &line) {
-            Ok(body) => body,
-            Err(e) => {
-                return Err(match wire::parse_envelope_whole(&line) {
-                    Err((id, envelope)) => (Some(id), envelope),
-                    Ok(_) => (None, e),
-                })
+    let result = if req.line.len() <= APPEND_INLINE_LINE_BYTES_MAX {
+        // A small request is parsed, encoded and queued right here: a hop to a blocking thread and back costs two
+        // thread wake-ups, more CPU than all of a one-event append's own work. Only a full writer queue (the
+        // backpressure) waits on a blocking thread.
+        match submit_append(&ctx.store, &req.op, req.line) {
+            Ok(Submitted::Queued(pending)) => Ok(pending),
+            Ok(Submitted::QueueFull(full)) => {
+                let store = ctx.store.clone();
+                tokio::task::spawn_blocking(move || full.submit(&store))
+                    .await
+                    .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?
+                    .map_err(|e| (None, e.into()))
             }
-        };
-        // Queued for the writer; the answer is awaited below, so no blocking thread waits through the commit.
-        store.submit_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))
-    })
-    .await
-    .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?;
+            Err(e) => Err(e),
+        }
+    } else {
+        // A large one (a batch's megabyte of events: its parse takes a good part of a millisecond) is parsed on a
+        // blocking thread, so the connection tasks sharing this worker are not held up behind it.
+        let line = req.line.to_vec();
+        let op = req.op.clone();
+        let store = ctx.store.clone();
+        // The events are encoded straight from the line (`Store::append_refs`), which lives until the answer.
+        tokio::task::spawn_blocking(move || match submit_append(&store, &op, &line)? {
+            Submitted::Queued(pending) => Ok(pending),
+            // Queued for the writer; the answer is awaited below, so no blocking thread waits through the commit.
+            Submitted::QueueFull(full) => full.submit(&store).map_err(|e| (None, e.into())),
+        })
+        .await
+        .map_err(|e| ProtocolError::new(ErrorCode::StorageError, format!("append task failed: {e}")))?
+    };
     let result = match result {
         Ok(pending) => pending.await.map_err(|e| (None, e.into())),
         Err(e) => Err(e),
@@ -146,6 +157,21 @@ pub(in crate::server) async fn append(
         }
     }
     Ok(())
+}
+
+/// Parses an append line and hands it to the store without blocking ([`Store::try_submit_refs`]).
+/// `Err((Some(id), e))`: the line fails its envelope, which `parse_envelope` read from its prefix only.
+fn submit_append(store: &Store, op: &str, line: &[u8]) -> Result<Submitted, (Option<RequestId>, ProtocolError)> {
+    let body = match wire::parse_append(op, line) {
+        Ok(body) => body,
+        Err(e) => {
+            return Err(match wire::parse_envelope_whole(line) {
+                Err((id, envelope)) => (Some(id), envelope),
+                Ok(_) => (None, e),
+            })
+        }
+    };
+    store.try_submit_refs(&body.events, body.condition, body.tracking).map_err(|e| (None, e.into()))
 }
 
 pub(in crate::server) async fn read(
