@@ -378,7 +378,17 @@ fn under_durability_none_a_crash_after_a_checkpoint_never_leaves_a_tree_the_mark
     let crashed = tempfile::tempdir().unwrap();
     super::copy_dir(dir.path(), crashed.path());
     store.close().unwrap();
-    assert_eq!(mirror_durable(dir.path()), head, "a clean stop under none records the tree durable");
+    // A clean stop under none syncs the tree once and records it durable, on Linux (`syncfs`); elsewhere the mark
+    // never moves under none, and every open re-checks the tree.
+    let marked_at_stop = |root: &std::path::Path| {
+        let mark = mirror_durable(root);
+        if cfg!(target_os = "linux") {
+            assert_eq!(mark, head, "a clean stop under none records the tree durable");
+        } else {
+            assert!(mark < head, "the mark moved under none without a sync: {mark}");
+        }
+    };
+    marked_at_stop(dir.path());
     let expected_tree = tree(dir.path());
     let path = |rel: &str| crashed.path().join(rel);
     std::fs::write(path("Indices/Tags/k_3.json"), std::fs::read(path("Indices/Tags/k_5.json")).unwrap()).unwrap();
@@ -386,7 +396,7 @@ fn under_durability_none_a_crash_after_a_checkpoint_never_leaves_a_tree_the_mark
     let store = Store::open(crashed.path(), none()).unwrap();
     assert!(answers(&store) == expected);
     store.close().unwrap();
-    assert_eq!(mirror_durable(crashed.path()), head);
+    marked_at_stop(crashed.path());
     assert!(tree(crashed.path()) == expected_tree, "the tree was not repaired");
     let store = Store::open(crashed.path(), mode(CommitMode::Files, MirrorMode::Live)).unwrap();
     assert!(answers(&store) == expected, "files mode serves wrong answers");
