@@ -365,24 +365,6 @@ fn after_a_clean_journal_stop_files_mode_appends_and_reopens_without_touching_th
 /// file written into a recycled inode, holding another index file's old bytes), and the next open would trust the
 /// tree through the mark: wrong answers. The state such a crash leaves is the store's files while it runs (copied),
 /// with that index file damaged: the open repairs it, and a clean stop records the mark (one sync at close).
-/// A copy of an open store's files as a crash would leave them, without its two lock files: a crashed process holds
-/// no lock, and on Windows an open store's lock files are opened without sharing, so they cannot be read.
-fn copy_running_store(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name == opossum::format::LOCK_FILE || name == opossum::format::OWNER_LOCK_FILE {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_running_store(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
-    }
-}
-
 #[test]
 fn under_durability_none_a_crash_after_a_checkpoint_never_leaves_a_tree_the_mark_vouches_for_wrongly() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,7 +376,9 @@ fn under_durability_none_a_crash_after_a_checkpoint_never_leaves_a_tree_the_mark
     assert_eq!(store.sync().unwrap(), head);
     let expected = answers(&store);
     let crashed = tempfile::tempdir().unwrap();
-    copy_running_store(dir.path(), crashed.path());
+    // As a crash leaves it, without the lock files: a crashed process holds no lock, and on Windows an open
+    // store's lock files are opened without sharing, so they cannot be read.
+    super::copy_dir_except(dir.path(), crashed.path(), &[opossum::format::LOCK_FILE, opossum::format::OWNER_LOCK_FILE]);
     store.close().unwrap();
     // A clean stop under none syncs the tree once and records it durable, on Linux (`syncfs`); elsewhere the mark
     // never moves under none, and every open re-checks the tree.

@@ -13,7 +13,7 @@ use opossum::store::{CommitMode, Durability, IndexWrites, MirrorMode, Store, Sto
 
 #[path = "../common/mod.rs"]
 mod common;
-use common::copy_dir;
+use common::{copy_dir, copy_dir_except};
 
 mod checkpoint;
 mod crash;
