@@ -14,7 +14,7 @@ use opossum::store::{CommitMode, MirrorMode, Store, StoreError, StoreOptions};
 
 #[path = "common/mod.rs"]
 mod common;
-use common::copy_dir;
+use common::{copy_dir, hold_like_dotnet};
 
 /// How long a daemon may take to start serving (Wine starts slowly).
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -272,19 +272,6 @@ fn a_store_recorded_with_windows_rules_keeps_them_on_every_platform() {
             assert!(!name.chars().any(|c| NamingRules::Windows.is_invalid_char(c)), "{name} is illegal on NTFS");
         }
     }
-}
-
-/// Opens `.store.lock` the way .NET Opossum holds it for an append: `FileShare.None` on Windows (share mode 0),
-/// an exclusive `flock` on Unix. `Err` when another process (or store) holds it.
-fn hold_like_dotnet(root: &Path) -> std::io::Result<std::fs::File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).create(true).truncate(false);
-    #[cfg(windows)]
-    std::os::windows::fs::OpenOptionsExt::share_mode(&mut options, 0);
-    let file = options.open(root.join(format::LOCK_FILE))?;
-    #[cfg(not(windows))]
-    file.try_lock().map_err(std::io::Error::from)?;
-    Ok(file)
 }
 
 /// Issue 16: the store and a .NET writer exclude each other on `.store.lock`: an append waits while .NET holds the

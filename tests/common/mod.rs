@@ -50,3 +50,17 @@ pub fn spawn_retrying(command: &mut Command) -> Child {
         }
     }
 }
+
+/// Opens `.store.lock` the way .NET Opossum holds it for an append: `FileShare.None` on Windows (share mode 0),
+/// an exclusive `flock` on Unix. `Err` when another process (or store) holds it. Dropping the handle releases it.
+#[allow(dead_code)] // not every test crate that includes this file takes the lock
+pub fn hold_like_dotnet(root: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::share_mode(&mut options, 0);
+    let file = options.open(root.join(opossum::format::LOCK_FILE))?;
+    #[cfg(not(windows))]
+    file.try_lock().map_err(std::io::Error::from)?;
+    Ok(file)
+}

@@ -507,6 +507,63 @@ fn a_second_writer_process_is_noticed_before_the_condition_check() {
     assert_eq!(std::fs::read_to_string(dir.path().join("Indices/EventType/A.json")).unwrap(), r#"{"Positions":[1]}"#);
 }
 
+/// The writer's queue is bounded (`APPEND_QUEUE_MAX`): while the writer is stalled (a .NET writer holds
+/// `.store.lock`), `try_submit_refs` queues until the queue is full and then hands the append back as `QueueFull`,
+/// queuing nothing; `QueueFull::submit` blocks until there is room. Once the lock is released every append, the
+/// handed-back one included, commits exactly once, in the order it was submitted.
+#[test]
+fn a_full_writer_queue_hands_the_append_back_and_submit_waits_for_room() {
+    use opossum::store::Submitted;
+    if !files_mode(
+        "a_full_writer_queue_hands_the_append_back_and_submit_waits_for_room",
+        "it stalls the writer by holding .store.lock, which a journal-mode store holds itself from open to close",
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    store.append(vec![ev("Before", &[])], None).unwrap();
+    let dotnet = common::hold_like_dotnet(dir.path()).expect("the store holds no lock between commits");
+    let event = ev("Queued", &[("q", "1")]);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    // The stalled writer takes at most one group's worth out of the queue before it blocks on the lock.
+    let attempts_max = opossum::store::APPEND_QUEUE_MAX + opossum::store::GROUP_EVENTS_MAX + 1;
+    let mut pending = Vec::new();
+    let full = loop {
+        assert!(
+            pending.len() < attempts_max,
+            "{} appends queued behind a stalled writer, the queue never filled",
+            pending.len()
+        );
+        match store.try_submit_refs(&[event.as_ref()], None, None).unwrap() {
+            Submitted::Queued(p) => pending.push(p),
+            Submitted::QueueFull(full) => break full,
+        }
+    };
+    assert!(pending.len() >= opossum::store::APPEND_QUEUE_MAX, "full after only {} appends", pending.len());
+    assert_eq!(store.head(), 1, "nothing commits while the lock is held");
+    let queued = pending.len();
+    let submitter = {
+        let store = store.clone();
+        std::thread::spawn(move || full.submit(&store).expect("queued once there is room"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(store.head(), 1, "nothing commits while the lock is held");
+    drop(dotnet);
+    pending.push(submitter.join().unwrap());
+    let positions: Vec<u64> = pending
+        .into_iter()
+        .map(|p| {
+            let appended = runtime.block_on(p).expect("committed");
+            assert_eq!(appended.first, appended.last);
+            appended.first
+        })
+        .collect();
+    let expected: Vec<u64> = (2..=queued as u64 + 2).collect();
+    assert_eq!(positions, expected, "every append once, in the order submitted, the handed-back one last");
+    assert_eq!(read(&store, &tags(&[("q", "1")]), ReadOptions::default()), expected);
+}
+
 #[test]
 fn exclusive_opens_exclude_each_other() {
     let dir = tempfile::tempdir().unwrap();
