@@ -349,8 +349,26 @@ pub const MIRROR_CHECKPOINT_INTERVAL_MAX: std::time::Duration = std::time::Durat
 /// A checkpoint writes back the event and index files it makes durable with at most this many files' writeback in
 /// flight (`sync_file_range`, a sliding window, one descriptor each) before its `syncfs`: a `syncfs` alone queued
 /// the whole burst (2 s of event files) ahead of the journal's `fdatasync`, which then waited milliseconds (the
-/// conditional appends' p99 with the mirror live); behind at most this many 4 KiB writes it waits microseconds.
-pub const MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX: usize = 32;
+/// conditional appends' p99 with the mirror live). This disk serves its queue in order, so a journal write waits
+/// behind what the window has in flight: with 32 files a concurrent `fdatasync` took 1.6-2.3 ms at p99 during the
+/// writeback, with 1-4 files 0.2-1.0 ms (session 12, a synthetic mirror beside a 600-byte `fdatasync` loop).
+pub const MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX: usize = 8;
+/// Before its `syncfs`, a checkpoint also writes back (through the same window) the event files the mirror wrote
+/// since the checkpoint began, for at most this many more passes, until fewer than
+/// `MIRROR_CHECKPOINT_SYNCFS_FILES_MAX` are left. Why: the mirror goes on creating files while a checkpoint runs, and
+/// the `syncfs` wrote all of those at once: its time grew with them (80 files: 4 ms; 28,828: 3.1 s; 49,965: 3.3 s,
+/// session 12 at 16-64 clients), and so did the journal `fdatasync`s queued behind that burst. The mark still covers
+/// only the checkpoint's own positions; the extra passes only move writes out of the burst.
+pub const MIRROR_CHECKPOINT_CATCH_UP_PASSES_MAX: usize = 4;
+/// See `MIRROR_CHECKPOINT_CATCH_UP_PASSES_MAX`: the event files past the checkpoint a `syncfs` may be left to write
+/// in its burst (about what the window writes in a few ms).
+pub const MIRROR_CHECKPOINT_SYNCFS_FILES_MAX: u64 = 256;
+/// The nice value (0 default .. 19 lowest) of the mirror's checkpoint threads, whose work only moves the durable
+/// mark (not the mirror thread itself: appends wait for it at the lag bound; not the index checkpointer, whose write
+/// a stop may wait for; nor a closing store's checkpoints). On 2 cores shared with the connection tasks, the writer and the mirror, a checkpoint that ran at the
+/// default priority made the writer wait for a CPU after its `fdatasync` (1/3 of the slow commits' time was the
+/// writer's run-queue wait, session 12). A lower nice value only lowers their share under contention.
+pub const MIRROR_CHECKPOINT_NICE: i32 = 10;
 /// A mirror checkpoint replaces its index files through the trash (`store/trash.rs`) in calls of at most this many,
 /// so that each call pins a trash generation only briefly.
 pub const MIRROR_CHECKPOINT_CHUNK_FILES: usize = 1024;
@@ -383,6 +401,8 @@ const _: () = {
     assert!(MIRROR_LAG_EVENTS_MIN >= MIRROR_BATCH_EVENTS_MAX as u64 && MIRROR_LAG_EVENTS_MIN <= MIRROR_LAG_EVENTS_MAX);
     assert!(MIRROR_CHECKPOINT_EVENTS_MAX >= MIRROR_BATCH_EVENTS_MAX as u64);
     assert!(MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX >= 1);
+    assert!(MIRROR_CHECKPOINT_SYNCFS_FILES_MAX >= 1);
+    assert!(MIRROR_CHECKPOINT_NICE >= 0 && MIRROR_CHECKPOINT_NICE <= 19);
     assert!(MIRROR_CHECKPOINT_CHUNK_FILES >= 1);
     assert!(MIRROR_LAG_RECHECK_INTERVAL.as_millis() < MIRROR_LAG_MAX.as_millis());
     assert!(MIRROR_BATCH_INTERVAL_MIN.as_millis() * 10 <= MIRROR_LAG_MAX.as_millis());

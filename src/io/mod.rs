@@ -12,6 +12,7 @@ use std::sync::Arc;
 pub(crate) mod barrier;
 pub(crate) mod commit;
 pub mod faulty;
+pub mod priority;
 pub mod sim;
 pub mod spares;
 pub mod threads;
