@@ -116,7 +116,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "BACKEND")]
     pub io_backend: Option<String>,
     /// fsync | none [default: fsync]. none: nothing synced while the store runs; a machine crash may lose
-    /// acknowledged events, never answers wrongly (the mirror's tree is made durable at a clean stop only)
+    /// acknowledged events, never answers wrongly or shows part of a batch (a clean stop syncs once; the open after
+    /// an unclean one checks the tree, re-deriving the index from every event file, and sets aside what is lost)
     #[arg(long)]
     pub durability: Option<String>,
     /// journal | files [default: journal]. journal: one write + one fdatasync of .opossumd/journal per group

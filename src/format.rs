@@ -32,6 +32,10 @@ pub const QUARANTINE_DIR: &str = ".quarantine";
 /// (`store/trash.rs`), one directory per generation named by a decimal number. Never part of the tree: everything
 /// in it is junk, deleted in the background.
 pub const TRASH_DIR: &str = "trash";
+/// Inside [`DAEMON_DIR`]: present while a run may have left writes that are not durable (`--durability none`),
+/// from before its first such write until its clean close has synced them (`store/unsynced.rs`). Holds the
+/// position through which the tree's event files were durable when it was made.
+pub const UNSYNCED_MARKER_FILE: &str = "unsynced";
 
 /// The directories of a store, derived from its root.
 #[derive(Debug, Clone)]
@@ -68,6 +72,11 @@ impl Layout {
     /// `.opossumd/naming-rules`
     pub fn naming_rules_record(&self) -> PathBuf {
         self.root.join(DAEMON_DIR).join(NAMING_RULES_FILE)
+    }
+
+    /// `.opossumd/unsynced` ([`UNSYNCED_MARKER_FILE`])
+    pub fn unsynced_marker(&self) -> PathBuf {
+        self.root.join(DAEMON_DIR).join(UNSYNCED_MARKER_FILE)
     }
 
     pub fn quarantine(&self) -> PathBuf {

@@ -308,6 +308,14 @@ const _: () = {
 /// 19.1 s in calls of 1,024, `import_bench`), at most this many calls ahead of the importing thread (which decodes
 /// a batch several times faster than it is read). At most `IMPORT_READ_AHEAD_BATCHES_MAX + 2` batches of event
 /// files are in memory at once (one being read, one being imported): ~30 MB for 600-byte events.
+/// Journal-mode open: how many positions after the tree's ledger (and the journal's head) are looked at (one `stat`
+/// each) for a crashed tree writer's leftovers (`tree_checks::set_aside_tree_leftovers`): a crash can keep any of a
+/// group's event files and lose the others (top + 1 missing, top + 3 there). Most groups are far smaller than this.
+/// A group's worth was too dear for every open: 8,192 absent files took 70-330 ms through io_uring and 11-18 ms on
+/// the thread pool (measured under load); 64 `stat`s take well under a millisecond. A leftover further out is set
+/// aside when the mirror's create meets it (`mirror.rs`, `write_batch`); the index entries it left name a position
+/// whose event has other keys, and reads drop such candidates (post-filtering, invariant 6).
+pub const TREE_LEFTOVER_PROBE_POSITIONS_MAX: u64 = 64;
 pub const IMPORT_GROUP_BYTES_MAX: usize = 8 << 20;
 pub const IMPORT_READ_BATCH_FILES_MAX: usize = 16_384;
 pub const IMPORT_READ_AHEAD_BATCHES_MAX: usize = 1;

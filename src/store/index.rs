@@ -165,7 +165,6 @@ impl StemLists {
     }
 
     /// Every stem with its list (empty lists included), in no particular order.
-    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u64])> + '_ {
         (0..self.lists.len() as u32).map(|id| (as_str(self.names.get(id)), self.list(id)))
     }

@@ -513,9 +513,13 @@ impl MirrorThread {
                 if e.kind() != std::io::ErrorKind::AlreadyExists {
                     return Err(e.into());
                 }
-                // Files beyond the tree's ledger left by an earlier run (never covered, so never events): the
-                // journal says what these positions hold.
-                io.write_files(&writes(WriteMode::Replace), self.per_file)?;
+                // Files beyond the tree's ledger left by a crashed tree writer (never covered, so never events)
+                // further out than the open looked (`set_aside_tree_leftovers`): set aside, never deleted (this
+                // step's own files among them are written again), then the journal's events created.
+                let strays: Vec<PathBuf> = range.clone().map(|i| paths[i].clone()).filter(|p| p.exists()).collect();
+                recovery::quarantine(layout, &strays, false)?;
+                self.shared.count_quarantine();
+                io.write_files(&writes(WriteMode::CreateNew), self.per_file)?;
             }
             self.shared.counters.write_batches.fetch_add(1, Ordering::Relaxed);
             if last == to {

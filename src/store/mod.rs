@@ -33,6 +33,7 @@ mod subscribe;
 pub mod tools;
 mod tracking;
 mod trash;
+mod unsynced;
 mod writer;
 
 pub(crate) use lock::{LockFile, StoreLock};
@@ -698,6 +699,8 @@ pub struct Store {
     checkpointer: Option<checkpoint::Checkpointer>,
     /// Deletes the files in the trash (`store/trash.rs`), stopped at close.
     trash_emptier: Option<JoinHandle<()>>,
+    /// The marker of this run's unsynced writes (`store/unsynced.rs`), removed by a clean close after its sync.
+    unsynced: unsynced::Run,
     _owner_lock: Option<File>,
     /// Journal mode: `.store.lock`, held (flock) from open to close.
     _tree_lock: Option<File>,
@@ -738,7 +741,7 @@ impl IndexFlusher {
 impl Store {
     /// Opens (creating if needed) the store whose root directory is `root`: the folder holding `.ledger`,
     /// `events/` and `Indices/`. Recovers from crashes first: see ARCHITECTURE.md, "Recovery".
-    pub fn open(root: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
+    pub fn open(root: impl AsRef<Path>, mut options: StoreOptions) -> Result<Store, StoreError> {
         let root = root.as_ref();
         std::fs::create_dir_all(root).map_err(|e| StoreError::io(io::IoOp::CreateDir, root, e))?;
         // Absolute from here on: error messages and logs name real paths, and no parent is ever "".
@@ -760,22 +763,38 @@ impl Store {
             None => io::open_backend_with(options.io_backend, options.sync_strategy)?,
         };
         let lock_file = LockFile::open(&layout.lock())?;
-        let durable = options.durability == Durability::Fsync;
         let trash = Arc::new(trash::Trash::new(&layout));
-        let (recovered, ledger_seen, journal, tree_lock, tracking) = match options.commit {
+        let (recovered, ledger_seen, journal, tree_lock, tracking, unsynced) = match options.commit {
             CommitMode::Files => {
                 let _guard = StoreLock::acquire(&lock_file, &layout)?;
+                // Before anything is written: a marker of this run's unsynced writes, or the last run's found.
+                let mut unsynced = unsynced::Run::begin(&layout, options.durability);
+                if unsynced.durable_instead() {
+                    options.durability = Durability::Fsync;
+                }
                 // Never a tree the journal does not vouch for: repaired first (a journal-mode run that did not stop
                 // cleanly, or ran with the mirror off).
-                commit::journal::bring_tree_up_to_journal(&layout, io.clone(), &options, &trash)?;
-                let recovered = recovery::recover(&layout, io.as_ref(), durable)?;
-                (recovered, writer::ledger_fingerprint(&layout.ledger()), None, None, tracking::Table::default())
+                let repair = unsynced.repair_from();
+                commit::journal::bring_tree_up_to_journal(&layout, io.clone(), &options, &trash, repair)?;
+                let durable = options.durability == Durability::Fsync;
+                let recovered = recovery::recover(&layout, io.as_ref(), durable, repair)?;
+                unsynced.opened(&layout, recovered.head);
+                let ledger_seen = writer::ledger_fingerprint(&layout.ledger());
+                (recovered, ledger_seen, None, None, tracking::Table::default(), unsynced)
             }
             CommitMode::Journal => {
                 // Held until close: the tree is behind the journal for as long as the store is open.
                 let tree_lock = lock_file.hold()?;
-                let (recovered, journal, tracking) = commit::journal::open(&layout, io.clone(), &options, &trash)?;
-                (recovered, None, Some(Arc::new(journal)), Some(tree_lock), tracking)
+                let mut unsynced = unsynced::Run::begin(&layout, options.durability);
+                if unsynced.durable_instead() {
+                    options.durability = Durability::Fsync;
+                }
+                let repair = unsynced.repair_from();
+                let (recovered, journal, tracking) =
+                    commit::journal::open(&layout, io.clone(), &options, &trash, repair)?;
+                let tree = recovery::read_ledger(&layout).unwrap_or(0);
+                unsynced.opened(&layout, tree);
+                (recovered, None, Some(Arc::new(journal)), Some(tree_lock), tracking, unsynced)
             }
         };
         let mirror_live = journal.is_some() && options.mirror == MirrorMode::Live;
@@ -843,6 +862,7 @@ impl Store {
             mirror,
             checkpointer,
             trash_emptier: Some(trash_emptier),
+            unsynced,
             _owner_lock: owner_lock,
             _tree_lock: tree_lock,
         })
@@ -1210,6 +1230,9 @@ impl Store {
         if let Some(emptier) = self.trash_emptier.take() {
             self.shared.trash.close(Some(emptier));
         }
+        // Every writer has stopped: under `--durability none` one sync, then the marker of unsynced writes goes.
+        let whole = self.shared.poison_reason().is_none();
+        self.unsynced.close(&self.shared.layout, whole);
         self.free_index_in_background();
         flushed
     }

@@ -38,10 +38,29 @@ pub(crate) struct Recovered {
 /// Open-time recovery; the writer re-runs it in place after a write fault. Reads everything it needs first; its own
 /// writes (setting leftovers aside, rewriting index files) never make it fail: a failure to set aside leftovers
 /// leaves the store readable and `unwritable`, a failure to write index files is logged and counted.
-pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Result<Recovered, StoreError> {
+///
+/// `unsynced`: the last run wrote without syncing and did not stop cleanly (`store/unsynced.rs`), and the tree's
+/// event files were durable through this position. Then the event files after it count only when every one up to
+/// the ledger is there and whole, else the ledger is cut back to it ([`whole_tree_end`]; the rest is set aside), and
+/// the index files are not trusted: the index is re-derived from every event file and each index file that differs
+/// from it is rewritten.
+pub(crate) fn recover(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    durable: bool,
+    unsynced: Option<u64>,
+) -> Result<Recovered, StoreError> {
     create_layout(layout, durable)?;
     let mut leftovers = commit_leftovers(layout)?;
-    let head = read_ledger(layout)?;
+    let mut head = match unsynced {
+        Some(durable_through) => unsynced_ledger(layout, io, read_ledger(layout), durable_through, durable)?,
+        None => read_ledger(layout)?,
+    };
+    if let Some(durable_through) = unsynced {
+        let end = whole_tree_end(layout, io, durable_through, head)?;
+        cut_ledger(layout, io, end, head, durable)?;
+        head = end;
+    }
     let scan = scan_events(layout, head)?;
     if let Some(&missing) = scan.missing.first() {
         return Err(StoreError::MissingEvent { path: layout.event_file(missing), ledger: head });
@@ -63,12 +82,17 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
     for (stem, positions) in tags {
         index.by_tag.set(&stem, positions);
     }
-    if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) || foreign_tag_files > 0 {
+    if unsynced.is_some() {
+        // Any index file the last run wrote may be older than its neighbours, or hold another file's old blocks.
+        index = rederive_index(layout, io, index, head)?;
+    } else if index.dirty_tags.iter().any(|stem| !index.by_tag.contains_key(stem)) || foreign_tag_files > 0 {
         // A corrupt tag file, or one this platform cannot open: we cannot tell which events it listed, so
         // re-derive every tag list.
         rebuild_tags = true;
     }
-    let uncovered: Vec<u64> = if rebuild_tags {
+    let uncovered: Vec<u64> = if unsynced.is_some() {
+        Vec::new()
+    } else if rebuild_tags {
         index.clear_tag_lists();
         (1..=head).collect()
     } else {
@@ -104,6 +128,176 @@ pub(crate) fn recover(layout: &Layout, io: &dyn BatchIo, durable: bool) -> Resul
         }
     }
     Ok(Recovered { index: index.into_inner().unwrap(), head, unwritable, index_write_failures, index_checkpoint: None })
+}
+
+/// After a run that wrote without syncing and did not stop cleanly: where the tree's events end. The event files
+/// after `durable_through` (durable before that run) up to `ledger` count only when every one is there and whole: the
+/// ledger is only ever written at a group boundary, after its group's event files, so then every group it covers is
+/// whole. Else (a file missing or torn: the machine stopped before it was written back) the tree ends at
+/// `durable_through`, a group boundary too, so no batch is ever partly visible; the events after it are lost (logged).
+pub(crate) fn whole_tree_end(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    durable_through: u64,
+    ledger: u64,
+) -> Result<u64, StoreError> {
+    let positions: Vec<u64> = (durable_through + 1..=ledger).collect();
+    for chunk in positions.chunks(READ_BATCH_FILES_DEFAULT) {
+        let paths: Vec<PathBuf> = chunk.iter().map(|&p| layout.event_file(p)).collect();
+        for ((result, path), &position) in io.read_files(&paths).into_iter().zip(&paths).zip(chunk) {
+            if let Err(e) = super::decode_event_file(result, &|| path.clone(), position, ledger) {
+                tracing::error!(
+                    lost = %format!("{}..={ledger}", durable_through + 1),
+                    "the last run wrote without syncing and the machine stopped before event {position} reached the \
+                     disk ({e}): the tree goes back to position {durable_through}, the last one known durable, and \
+                     the events after it (acknowledged under --durability none) are set aside in quarantine"
+                );
+                return Ok(durable_through);
+            }
+        }
+    }
+    if ledger > durable_through {
+        tracing::info!(
+            from = durable_through + 1,
+            to = ledger,
+            "the unsynced run's event files all reached the disk whole"
+        );
+    }
+    Ok(ledger)
+}
+
+/// After a run that wrote without syncing and did not stop cleanly: the tree's ledger as `read`, unless that run
+/// left it torn (overwritten in place) or below `durable_through` (a replacement whose bytes never reached the disk
+/// reads empty): then where the groups after the durable point end is unknown, and the ledger goes back to it.
+pub(crate) fn unsynced_ledger(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    read: Result<u64, StoreError>,
+    durable_through: u64,
+    durable: bool,
+) -> Result<u64, StoreError> {
+    let why = match read {
+        Ok(ledger) if ledger >= durable_through => return Ok(ledger),
+        Ok(ledger) => format!("it says {ledger}"),
+        Err(StoreError::Corrupt { reason, .. }) => reason,
+        Err(e) => return Err(e),
+    };
+    tracing::error!(
+        file = %layout.ledger().display(),
+        "the last run wrote without syncing and left the ledger torn ({why}): the tree goes back to position \
+         {durable_through}, the last one known durable; the event files after it are set aside in quarantine"
+    );
+    let bytes = Ledger { last_sequence_position: durable_through, event_count: durable_through }.encode();
+    let path = layout.ledger();
+    io.write_files(&[FileWrite { path: &path, bytes: &bytes, mode: WriteMode::Commit }], durable)?;
+    Ok(durable_through)
+}
+
+/// Writes the ledger back to `end` when it says more (`whole_tree_end`); the files after it are set aside by the
+/// caller's scan.
+pub(crate) fn cut_ledger(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    end: u64,
+    ledger: u64,
+    durable: bool,
+) -> Result<(), StoreError> {
+    if end >= ledger {
+        return Ok(());
+    }
+    let bytes = Ledger { last_sequence_position: end, event_count: end }.encode();
+    let path = layout.ledger();
+    io.write_files(&[FileWrite { path: &path, bytes: &bytes, mode: WriteMode::Commit }], durable)?;
+    tracing::warn!(to = end, "cut the ledger back");
+    Ok(())
+}
+
+/// `loaded` (the index files as read) replaced by the index of every event file through `head`, with each stem
+/// whose file differs from it (or is corrupt, or lists events it does not hold) marked for rewriting.
+fn rederive_index(layout: &Layout, io: &dyn BatchIo, loaded: Index, head: u64) -> Result<Index, StoreError> {
+    let started = std::time::Instant::now();
+    tracing::warn!(events = head, "re-deriving the index from every event file (index files are not trusted)");
+    let mut index = Index::new(loaded.naming);
+    let positions: Vec<u64> = (1..=head).collect();
+    for chunk in positions.chunks(READ_BATCH_FILES_DEFAULT) {
+        for e in super::read_event_files(layout, io, chunk, head)? {
+            index.insert(e.position, &e.event_type, &e.tags);
+        }
+    }
+    index.dirty_types = loaded.dirty_types;
+    index.dirty_tags = loaded.dirty_tags;
+    let differ = |ours: &super::index::StemLists, theirs: &super::index::StemLists, dirty: &mut BTreeSet<String>| {
+        for (stem, _) in ours.iter().chain(theirs.iter()) {
+            if ours.get(stem).unwrap_or(&[]) != theirs.get(stem).unwrap_or(&[]) {
+                dirty.insert(stem.to_string());
+            }
+        }
+    };
+    differ(&index.by_type, &loaded.by_type, &mut index.dirty_types);
+    differ(&index.by_tag, &loaded.by_tag, &mut index.dirty_tags);
+    tracing::warn!(
+        type_files = index.dirty_types.len(),
+        tag_files = index.dirty_tags.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "index re-derived; rewriting the index files that differ from it"
+    );
+    Ok(index)
+}
+
+/// Journal mode, after a run that wrote without syncing and did not stop cleanly: every index file of the tree read
+/// and compared with `index`'s lists clipped to `through` (what the tree holds); each one that differs, is corrupt,
+/// or is missing is rewritten (through the trash). `index`'s dirty marks are left empty.
+pub(crate) fn rewrite_differing_index_files(
+    layout: &Layout,
+    io: &dyn BatchIo,
+    index: &mut Index,
+    through: u64,
+    durable: bool,
+    trash: &Trash,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let mut on_disk = Index::new(index.naming);
+    let mut leftovers = Vec::new();
+    let (types, _) = load_index_dir(&layout.type_index, io, u64::MAX, &mut on_disk.dirty_types, &mut leftovers)?;
+    let (tags, _) = load_index_dir(&layout.tag_index, io, u64::MAX, &mut on_disk.dirty_tags, &mut leftovers)?;
+    for (stem, positions) in types {
+        on_disk.by_type.set(&stem, positions);
+    }
+    for (stem, positions) in tags {
+        on_disk.by_tag.set(&stem, positions);
+    }
+    let clip = |list: Option<&[u64]>| -> Vec<u64> {
+        let list = list.unwrap_or(&[]);
+        list[..list.partition_point(|&p| p <= through)].to_vec()
+    };
+    let differ = |ours: &super::index::StemLists, theirs: &super::index::StemLists, dirty: &mut BTreeSet<String>| {
+        for (stem, _) in ours.iter().chain(theirs.iter()) {
+            if clip(ours.get(stem)) != theirs.get(stem).unwrap_or(&[]) {
+                dirty.insert(stem.to_string());
+            }
+        }
+    };
+    let (mut dirty_types, mut dirty_tags) = (on_disk.dirty_types, on_disk.dirty_tags);
+    differ(&index.by_type, &on_disk.by_type, &mut dirty_types);
+    differ(&index.by_tag, &on_disk.by_tag, &mut dirty_tags);
+    tracing::warn!(
+        type_files = dirty_types.len(),
+        tag_files = dirty_tags.len(),
+        "index files that differ from the events (left by the unsynced run): rewriting them"
+    );
+    index.dirty_types = dirty_types;
+    index.dirty_tags = dirty_tags;
+    let max_position = index.max_position;
+    index.max_position = through;
+    let lock = RwLock::new(std::mem::take(index));
+    let flushed = flush_index_files(layout, io, &lock, durable, Some(trash));
+    *index = lock.into_inner().unwrap_or_else(|e| e.into_inner());
+    index.max_position = max_position;
+    index.dirty_types.clear();
+    index.dirty_tags.clear();
+    flushed?;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "index files checked");
+    Ok(())
 }
 
 /// The file-name rules the store's index files follow (`format::NamingRules`): as recorded in

@@ -170,7 +170,7 @@ impl Writer {
         // No deferred index flush may run while the index is replaced.
         let flush_guard = self.shared.index_flush.lock().unwrap();
         let result = StoreLock::acquire(&self.lock_file, &self.shared.layout).and_then(|_lock| {
-            let recovered = recovery::recover(&self.shared.layout, self.shared.io.as_ref(), self.durable())?;
+            let recovered = recovery::recover(&self.shared.layout, self.shared.io.as_ref(), self.durable(), None)?;
             Ok((recovered, ledger_fingerprint(&self.shared.layout.ledger())))
         });
         let failure = match result {

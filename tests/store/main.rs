@@ -20,6 +20,7 @@ mod crash;
 mod journal_faults;
 mod journal_mode;
 mod tools;
+mod unsynced;
 
 /// The backend named by `OPOSSUM_TEST_IO_BACKEND`, with the barrier named by `OPOSSUM_TEST_SYNC_STRATEGY`.
 pub fn backend() -> Arc<dyn BatchIo> {

@@ -91,6 +91,7 @@ pub(crate) fn open(
     io: Arc<dyn crate::io::BatchIo>,
     options: &crate::store::StoreOptions,
     trash: &crate::store::trash::Trash,
+    unsynced: Option<u64>,
 ) -> Result<(crate::store::recovery::Recovered, Journal, crate::store::tracking::Table), StoreError> {
     use crate::journal::JournalOptions;
     use crate::store::{recovery, Durability};
@@ -106,9 +107,36 @@ pub(crate) fn open(
     if opened.torn_bytes > 0 {
         tracing::warn!(bytes = opened.torn_bytes, head = opened.head, "journal: cut a torn tail (never acknowledged)");
     }
-    let ledger = recovery::read_ledger(layout)?;
+    let mut ledger = match unsynced {
+        Some(durable_through) => {
+            recovery::unsynced_ledger(layout, io.as_ref(), recovery::read_ledger(layout), durable_through, durable)?
+        }
+        None => recovery::read_ledger(layout)?,
+    };
+    if let Some(durable_through) = unsynced {
+        // The last run wrote without syncing and did not stop cleanly (`store/unsynced.rs`): tree files beyond both
+        // the journal's head and the tree's durable point are that run's (the mirror's files of journal groups the
+        // crash cut, or files-mode appends), kept only when every one up to the ledger is whole.
+        let end = recovery::whole_tree_end(layout, io.as_ref(), durable_through.max(journal.head()), ledger)?;
+        if end < ledger {
+            tracing::warn!(
+                journal_head = journal.head(),
+                tree_durable_through = durable_through,
+                "the Opossum tree's files beyond position {end} are the unsynced run's, not all whole: setting them \
+                 aside"
+            );
+            recovery::cut_ledger(layout, io.as_ref(), end, ledger, durable)?;
+            ledger = end;
+        }
+    }
     super::tree_checks::refuse_tree_contradicting_journal(layout, io.as_ref(), &journal, ledger)?;
-    super::tree_checks::set_aside_tree_leftovers(layout, io.as_ref(), ledger.max(journal.head()), durable)?;
+    super::tree_checks::set_aside_tree_leftovers(
+        layout,
+        io.as_ref(),
+        ledger.max(journal.head()),
+        durable,
+        unsynced.is_some(),
+    )?;
     let journal_opened = started.elapsed();
     let naming = crate::store::recovery::store_naming_rules(layout);
     crate::store::recovery::record_naming_rules(layout, naming);
@@ -141,7 +169,13 @@ pub(crate) fn open(
         // files mode wrote it). Only an import says so: after a crash with the mirror live, the ledger may vouch for
         // files never synced. And only when the tree was durable up to the old head: else the mark stays, and
         // `reconcile_tree` re-derives everything after it (the imported files compare equal and stay).
+        // After an unsynced run (files mode under `none`) the imported files may not be durable yet: synced first.
         if journal.marks().mirror_durable >= from - 1 {
+            // (Elsewhere than Linux there is no cheap sync: the mark covers them as before.)
+            #[cfg(target_os = "linux")]
+            if unsynced.is_some() {
+                crate::store::unsynced::sync_store(layout)?;
+            }
             journal.set_mirror_durable(ledger)?;
         }
     }
@@ -153,8 +187,15 @@ pub(crate) fn open(
     index.dirty_tags.clear();
     index.dirty_types.clear();
     index.max_position = head;
-    if options.mirror == crate::store::MirrorMode::Live {
+    let live = options.mirror == crate::store::MirrorMode::Live;
+    if live {
         reconcile_tree(layout, io.as_ref(), &journal, &mut index, durable, trash)?;
+    }
+    if unsynced.is_some() {
+        // Index files the unsynced run wrote may be older than others or hold another file's old blocks (the
+        // mirror's checkpoints recycle inodes), also those of stems no event after the durable mark touches.
+        let through = if live { head } else { ledger };
+        recovery::rewrite_differing_index_files(layout, io.as_ref(), &mut index, through, durable, trash)?;
     }
     tracing::info!(
         head,
@@ -361,6 +402,7 @@ pub(crate) fn bring_tree_up_to_journal(
     io: Arc<dyn crate::io::BatchIo>,
     options: &crate::store::StoreOptions,
     trash: &crate::store::trash::Trash,
+    unsynced: Option<u64>,
 ) -> Result<(), StoreError> {
     use crate::store::{CommitMode, Durability, MirrorMode, StoreOptions};
     let dir = crate::journal::journal_dir(&layout.root);
@@ -372,6 +414,11 @@ pub(crate) fn bring_tree_up_to_journal(
         (journal.head(), journal.marks().mirror_durable)
     };
     if mark >= head {
+        if unsynced.is_some() {
+            // An unsynced files-mode run may have torn the ledger or lost its writes: `recovery::recover` deals
+            // with the tree beyond the journal's head.
+            return Ok(());
+        }
         let tree_head = crate::store::recovery::read_ledger(layout)?;
         if tree_head < head {
             return Err(StoreError::Corrupt {
@@ -400,7 +447,7 @@ pub(crate) fn bring_tree_up_to_journal(
         journal_storage: None,
         ..options.clone()
     };
-    let (_, journal, _) = open(layout, io, &repair, trash)?;
+    let (_, journal, _) = open(layout, io, &repair, trash, unsynced)?;
     journal.close()?;
     let (head, mark) = (journal.head(), journal.marks().mirror_durable);
     debug_assert!(mark >= head, "reconcile_tree moved the mark to the head");

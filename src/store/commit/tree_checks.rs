@@ -62,17 +62,22 @@ pub(super) fn refuse_tree_contradicting_journal(
 /// is higher): leftovers of a tree writer that crashed mid-commit (files mode or .NET: event files are created and
 /// index files renamed before the ledger) lie beyond it. Files mode's recovery sets them aside at its next open;
 /// journal mode does not run it, so here their event files go to quarantine and index files listing their positions
-/// are clipped — else an index file would name events that later take those positions. One `stat` when there are
-/// none: a group's files start right after the ledger.
+/// are clipped — else an index file would name events that later take those positions. A crash can keep any of a
+/// group's files and lose the others (top + 1 missing, top + 3 there), so `TREE_LEFTOVER_PROBE_POSITIONS_MAX`
+/// positions after `top` are looked at (a `stat` each), not only top + 1; with `look_everywhere` (after an unsynced
+/// run, `store/unsynced.rs`) the whole directory is listed.
 pub(super) fn set_aside_tree_leftovers(
     layout: &crate::format::Layout,
     io: &dyn crate::io::BatchIo,
     top: u64,
     durable: bool,
+    look_everywhere: bool,
 ) -> Result<(), StoreError> {
     use crate::format;
+    use crate::limits::TREE_LEFTOVER_PROBE_POSITIONS_MAX;
     use crate::store::{recovery, READ_BATCH_FILES_DEFAULT};
-    if !layout.event_file(top + 1).exists() {
+    let absent = |p: u64| matches!(std::fs::symlink_metadata(layout.event_file(p)), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    if !look_everywhere && (top + 1..=top + TREE_LEFTOVER_PROBE_POSITIONS_MAX).all(absent) {
         return Ok(());
     }
     tracing::warn!(
