@@ -110,13 +110,11 @@ impl Run {
     /// never fails for want of space for its own writes), the run writes durably instead ([`Run::durable_instead`]).
     pub fn begin(layout: &Layout, durability: Durability) -> Run {
         let found = read(layout);
-        let ledger = match found {
-            Some(_) => 0,
-            None => recovery::read_ledger(layout).unwrap_or(0),
-        };
         let mut armed = durability == Durability::None;
         let mut durable_instead = false;
         if armed && found.is_none() {
+            // Only a run that makes a marker needs the ledger: an open under `fsync` reads nothing more here.
+            let ledger = recovery::read_ledger(layout).unwrap_or(0);
             if let Err(e) = write(layout, ledger) {
                 tracing::warn!(
                     "cannot make the unsynced-writes marker, so this run writes durably (as --durability fsync): {e}"
