@@ -63,7 +63,7 @@ use crate::limits::{
     MIRROR_CHECKPOINT_INTERVAL_MAX, MIRROR_CHECKPOINT_NICE, MIRROR_CHECKPOINT_SYNCFS_FILES_MAX,
     MIRROR_CHECKPOINT_WRITEBACK_FILES_MAX, MIRROR_INDEX_BACKLOG_FILES_MAX, MIRROR_INDEX_BACKLOG_FILES_MIN,
     MIRROR_INDEX_BACKLOG_MAX, MIRROR_LAG_EVENTS_MAX, MIRROR_LAG_EVENTS_MIN, MIRROR_LAG_MAX,
-    MIRROR_LAG_RECHECK_INTERVAL, READ_BATCH_FILES_DEFAULT,
+    MIRROR_LAG_RECHECK_INTERVAL, MIRROR_YIELD_FILES, READ_BATCH_FILES_DEFAULT,
 };
 
 /// The mirror's progress, shared by the writer (which publishes and may wait) and the mirror thread.
@@ -255,6 +255,25 @@ impl Mirror {
         drop(p);
         self.advanced.notify_all();
     }
+}
+
+/// Writes `files` through `io` in calls of at most `slice` files, calling `between` after each call but the last:
+/// the mirror thread's points to let a waiting thread have its CPU ([`MIRROR_YIELD_FILES`]). Stops at the first
+/// failed call.
+fn write_in_slices(
+    io: &dyn BatchIo,
+    files: &[FileWrite<'_>],
+    durable: bool,
+    slice: usize,
+    mut between: impl FnMut(),
+) -> Result<(), crate::io::IoError> {
+    for (n, part) in files.chunks(slice.max(1)).enumerate() {
+        if n > 0 {
+            between();
+        }
+        io.write_files(part, durable)?;
+    }
+    Ok(())
 }
 
 /// Whether the writer must wait: the tree's event files are `Progress::lag_limit` events behind, or the mirror is
@@ -503,13 +522,25 @@ impl MirrorThread {
         let mut step_started = self.last_batch;
         let mut next = from;
         loop {
-            let step = step_events(&self.mirror().lock());
+            let (step, closing) = {
+                let p = self.mirror().lock();
+                (step_events(&p), p.closing)
+            };
             let last = to.min(next + step - 1);
             let range = (next - from) as usize..=(last - from) as usize;
             let writes = |mode| -> Vec<FileWrite<'_>> {
                 range.clone().map(|i| FileWrite { path: &paths[i], bytes: files.get(i), mode }).collect()
             };
-            if let Err(e) = io.write_files(&writes(WriteMode::CreateNew), self.per_file) {
+            // Between slices the mirror offers its CPU to whoever waits for it (`MIRROR_YIELD_FILES`), unless the
+            // store is closing and the tree's catch-up is all that matters.
+            let make_way = || {
+                if !closing {
+                    std::thread::yield_now();
+                }
+            };
+            let created =
+                write_in_slices(io, &writes(WriteMode::CreateNew), self.per_file, MIRROR_YIELD_FILES, make_way);
+            if let Err(e) = created {
                 if e.kind() != std::io::ErrorKind::AlreadyExists {
                     return Err(e.into());
                 }
@@ -1003,6 +1034,44 @@ mod tests {
     /// More files than the writeback window holds: every one is opened and written back; a file that is not there
     /// (a checkpoint's range gone wrong) fails the checkpoint with its name instead of being skipped.
     #[cfg(target_os = "linux")]
+    /// The mirror's event files go out in calls of at most the slice, with a way made between calls (not after the
+    /// last), every file written once; a failed call stops the rest.
+    #[test]
+    fn event_files_are_created_in_slices_with_a_way_made_between_them() {
+        use crate::io::faulty::{Fault, FaultyIo};
+        use crate::io::threads::ThreadPoolIo;
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> =
+            (0..MIRROR_YIELD_FILES * 2 + 1).map(|i| dir.path().join(format!("{i}.json"))).collect();
+        let writes: Vec<FileWrite<'_>> =
+            paths.iter().map(|p| FileWrite { path: p, bytes: b"{}", mode: WriteMode::CreateNew }).collect();
+        let io = FaultyIo::new(ThreadPoolIo::new(2));
+        let mut ways = 0;
+        write_in_slices(&io, &writes, false, MIRROR_YIELD_FILES, || ways += 1).unwrap();
+        assert_eq!((io.write_batches(), ways), (3, 2), "{} files in slices of {MIRROR_YIELD_FILES}", paths.len());
+        for p in &paths {
+            assert_eq!(std::fs::read(p).unwrap(), b"{}", "{}", p.display());
+        }
+        // One slice: no way made. A failure in the second call: the third never runs.
+        let one = &writes[..MIRROR_YIELD_FILES];
+        let dir2 = tempfile::tempdir().unwrap();
+        let moved: Vec<PathBuf> = one.iter().map(|w| dir2.path().join(w.path.file_name().unwrap())).collect();
+        let one: Vec<FileWrite<'_>> =
+            moved.iter().map(|p| FileWrite { path: p, bytes: b"{}", mode: WriteMode::CreateNew }).collect();
+        let mut ways = 0;
+        write_in_slices(&io, &one, false, MIRROR_YIELD_FILES, || ways += 1).unwrap();
+        assert_eq!(ways, 0);
+        let dir3 = tempfile::tempdir().unwrap();
+        let more: Vec<PathBuf> = paths.iter().map(|p| dir3.path().join(p.file_name().unwrap())).collect();
+        let more_writes: Vec<FileWrite<'_>> =
+            more.iter().map(|p| FileWrite { path: p, bytes: b"{}", mode: WriteMode::CreateNew }).collect();
+        let before = io.write_batches();
+        io.arm(1, Fault::Write { errno: libc::ENOSPC, files_written: 0 });
+        assert!(write_in_slices(&io, &more_writes, false, MIRROR_YIELD_FILES, || {}).is_err());
+        assert_eq!(io.write_batches() - before, 2, "the call after the failed one never ran");
+        assert!(!more[2 * MIRROR_YIELD_FILES].exists());
+    }
+
     #[test]
     fn a_checkpoint_writes_back_every_file_through_its_window_and_names_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
