@@ -24,6 +24,15 @@
 # the repository root: stores under target/bench/peers-tmp (one bench directory, one disk), results in
 # target/bench/peers-<time>-<mode>.json and .png. Run it as root for cold reads after
 # `echo 3 > /proc/sys/vm/drop_caches`; otherwise cold means posix_fadvise(DONTNEED) per file (the output says which).
+#
+# Disk state: on ext4 without a journal (this benchmark machine: mounted `discard`) creating a file costs ~700 µs
+# instead of ~25-40 µs for minutes after a mass deletion (kernel: recently_deleted() skips recently freed inodes), and
+# runs after one were 2-10x slower. Before every file-creating phase (fill, conditional, batched) the driver times
+# 2,000 file creates in the bench directory and waits until they cost at most --disk-quiet-us (default 150 µs per
+# file), re-checking every 30 s, for at most --disk-quiet-wait-secs (default 600; 0 only records). Every check is in
+# the JSON (disk_checks) and under the table; a phase measured after the wait ran out is marked slow_disk /
+# "(slow disk)". The stores are deleted at the end of the run (after the results are written), which slows the
+# next run's file creation for minutes: --keep keeps them, to delete when nobody measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umadb_version=0.7.8

@@ -40,7 +40,26 @@
 //! (unless `--keep`), not between systems (a deletion on a `discard`-mounted disk slows the next system's file
 //! creation for minutes); when the next store would not fit, the measured ones are deleted first, and the log
 //! says so.
+//!
+//! Disk check (`disk.rs`): on the benchmark machine (ext4 without a journal, mounted `discard`) creating a file costs
+//! ~700 µs instead of ~25-40 µs for minutes after a mass deletion (deleting a store of ~1,000,000 files):
+//! `ext4_new_inode -> find_inode_bit -> recently_deleted()` skips recently freed inodes, reading the inode-table
+//! buffer of each (perf, session 13). Runs that followed a deletion were 2-10x slower, p99 tens of ms. So before
+//! each system's file-creating phases (fill, conditional, batched; the first of them is the run's first phase) the
+//! driver creates 2,000 files of 500 bytes (O_CREAT|O_EXCL, like an event file) in a fresh directory under the run's
+//! directory, times them and removes them. Above `--disk-quiet-us` (default 150 µs per file: ~4x a quiet disk's
+//! cost, a fifth of a degraded one's) it logs the cost and waits, re-checking every 30 s, at most
+//! `--disk-quiet-wait-secs` (default 600; 0: check and record only). Every check is in the JSON (`disk_checks`:
+//! system, round, phase, µs per file of every probe, seconds waited, quiet) and summed up under the Markdown table;
+//! a phase that ran after the wait ran out is measured anyway, logged as SLOW DISK, and its measurements say
+//! `slow_disk` (JSON) and "(slow disk)" (table).
+//!
+//! Deleting the stores at the end (the default; `--keep` keeps them) happens after the results are written, so it
+//! slows nothing this run measures, but it slows file creation for whatever runs next on the disk for minutes: the
+//! driver says so when it deletes. To avoid it, run with `--keep` and delete the stores (`find DIR -type f -print0 |
+//! xargs -0 -P16 -n 2000 rm -f`) when nobody measures.
 
+mod disk;
 mod peers;
 mod plot;
 
@@ -54,9 +73,8 @@ use clap::Parser;
 use opossum_bench::daemon::Daemon;
 use opossum_bench::data::{mix, sized_data};
 use opossum_bench::load::{closed_loop, LoadReport, Outcome};
-use opossum_bench::report::peers::{Better, Measurement, PeerDocument, Row};
+use opossum_bench::report::peers::{Better, DiskCheck, Measurement, PeerDocument, Row};
 use opossum_bench::report::{num, utc_timestamp, Latency};
-use opossum_bench::suite;
 use opossum_bench::sys::{self, Evict};
 use serde_json::json;
 
@@ -133,9 +151,19 @@ struct Args {
     /// events filled, at most 200,000]
     #[arg(long)]
     floor_files: Option<u64>,
-    /// Keep the stores
+    /// Keep the stores (and leave their deletion, which slows file creation on this disk for minutes, to a time
+    /// when nobody measures)
     #[arg(long)]
     keep: bool,
+    /// Longest wait, in seconds, before a file-creating phase (fill, conditional, batched) for file creation to be
+    /// quiet again (re-checked every 30 s); when it runs out the phase is measured anyway and marked slow_disk. 0:
+    /// check and record only
+    #[arg(long, default_value_t = disk::QUIET_WAIT_DEFAULT_SECS)]
+    disk_quiet_wait_secs: u64,
+    /// The disk check's threshold: at or under this many µs per file created (2,000 files of 500 bytes) the disk is
+    /// quiet (here ~25-40 when quiet, ~700 right after a mass deletion)
+    #[arg(long, default_value_t = disk::QUIET_US_PER_FILE)]
+    disk_quiet_us: f64,
 }
 
 /// A phase of a system's run (`--phases`).
@@ -194,6 +222,10 @@ struct Ctx {
     evict: Evict,
     /// `--floor-files`.
     floor_files: Option<u64>,
+    /// The disk check's threshold and wait (`--disk-quiet-us`, `--disk-quiet-wait-secs`).
+    disk: disk::Policy,
+    /// The run's directory: disk probes run in fresh directories under it.
+    work: PathBuf,
     rt: tokio::runtime::Runtime,
 }
 
@@ -246,6 +278,14 @@ fn main() -> anyhow::Result<()> {
     phases.sort();
     phases.dedup();
     let seconds = args.seconds.unwrap_or(if args.quick { 1.5 } else { 5.0 });
+    let out = args.out.clone().unwrap_or_else(|| target.join("bench"));
+    let bench_dir = args.dir.clone().unwrap_or_else(|| target.join("bench/peers-tmp"));
+    let work = bench_dir.join(format!("run-{}-{}", std::process::id(), started_at.replace([':', '-'], "")));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    std::fs::create_dir_all(&out)?;
+    let work = std::fs::canonicalize(&work)?;
+    // Declared before everything the run measures: dropped (the stores deleted) after the results are written.
+    let _cleanup = Cleanup { dir: work.clone(), keep: args.keep };
     let ctx = Ctx {
         events: args.events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }).max(BATCH_EVENTS),
         seconds,
@@ -257,15 +297,14 @@ fn main() -> anyhow::Result<()> {
         umadb: umadb.clone(),
         evict: Evict::detect(),
         floor_files: args.floor_files,
+        disk: disk::Policy {
+            quiet_us_per_file: args.disk_quiet_us,
+            max_wait: Duration::from_secs(args.disk_quiet_wait_secs),
+            recheck: disk::RECHECK,
+        },
+        work: work.clone(),
         rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?,
     };
-    let out = args.out.clone().unwrap_or_else(|| target.join("bench"));
-    let bench_dir = args.dir.clone().unwrap_or_else(|| target.join("bench/peers-tmp"));
-    let work = bench_dir.join(format!("run-{}-{}", std::process::id(), started_at.replace([':', '-'], "")));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    std::fs::create_dir_all(&out)?;
-    let work = std::fs::canonicalize(&work)?;
-    let _cleanup = suite::Cleanup { dir: work.clone(), keep: args.keep };
     eprintln!(
         "opossum-peer-bench ({}): {} events, {} rounds of {}, phases {:?}, {} s phases ({} s conditional), stores \
          under {}, cold cache: {}",
@@ -287,6 +326,9 @@ fn main() -> anyhow::Result<()> {
     // disk mounted with `discard`, deleting a mirror-live tree (~300,000 files per 100,000 events) slowed the file
     // creation of whatever ran next for minutes (the same opossumd binary: 17,133 then 4,547 events/s at 64 clients).
     let mut measured_stores: Vec<PathBuf> = Vec::new();
+    // Every disk check, in order (the first one runs before the run's first phase: every system's run starts with a
+    // file-creating phase, the fill or the appends on an empty store).
+    let mut disk_checks: Vec<DiskCheck> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         for system in &systems {
             let store = work.join(format!("round-{round}-{}", system.name()));
@@ -298,12 +340,13 @@ fn main() -> anyhow::Result<()> {
                     remove_store(&old)?;
                 }
                 eprintln!(
-                    "   (stores removed before {} for disk space: its file creation may be slower)",
+                    "   (stores removed before {} for disk space: the disk check before its first phase waits \
+                     until file creation is quiet again)",
                     system.name()
                 );
             }
             check_disk_space(&work, need)?;
-            let measured = run_system(&ctx, system, round, &store, &mut modes)
+            let measured = run_system(&ctx, system, round, &store, &mut modes, &mut disk_checks)
                 .with_context(|| format!("{} failed in round {round}", system.name()))?;
             measured_stores.push(store);
             for (row, m) in measured {
@@ -367,8 +410,13 @@ fn main() -> anyhow::Result<()> {
             "fill_clients": FILL_CLIENTS,
             "event_data_bytes": [opossum_bench::data::SIZED_DATA_MIN, opossum_bench::data::SIZED_DATA_MAX],
             "cold_cache_method": ctx.evict.describe(),
+            "disk_quiet_us_per_file": ctx.disk.quiet_us_per_file,
+            "disk_quiet_wait_secs": ctx.disk.max_wait.as_secs(),
+            "disk_probe_files": disk::PROBE_FILES,
+            "disk_probe_bytes": disk::PROBE_BYTES,
         }),
         rows,
+        disk_checks,
     };
     let stem = format!("peers-{}-{}", doc.started_at.replace([':', '-'], ""), doc.mode);
     let json_path = out.join(format!("{stem}.json"));
@@ -407,8 +455,109 @@ fn main() -> anyhow::Result<()> {
     println!();
     print!("{}", doc.table());
     println!();
+    let notes = doc.disk_notes();
+    if !notes.is_empty() {
+        print!("{notes}");
+        println!();
+    }
     println!("total {:.0} s; results: {}; plot: {plotted}", doc.duration_seconds, json_path.display());
     Ok(())
+}
+
+/// Deletes the run's directory when dropped (at the end of the run, after the results are written, or on an
+/// error), unless `--keep`. The deletion comes after every measurement, but it slows whatever creates files on
+/// this disk next, for minutes (see [`disk`]): it says so.
+struct Cleanup {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!(
+                "kept {} (deleting it later slows file creation on this disk for minutes: do it when nobody \
+                 measures, e.g. find DIR -type f -print0 | xargs -0 -P16 -n 2000 rm -f)",
+                self.dir.display()
+            );
+            return;
+        }
+        eprintln!("removing the stores under {} (nothing of this run is measured after it)", self.dir.display());
+        let t = Instant::now();
+        if let Err(e) = opossum_bench::suite::remove_tree(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+        eprintln!("removed the stores in {:.1} s", t.elapsed().as_secs_f64());
+        // One probe beside the deleted directory, for the record (its own 2,000 deletions are harmless).
+        let now = self.dir.parent().map(|p| disk::probe(&p.join(format!("disk-check-end-{}", std::process::id()))));
+        eprintln!(
+            "note: file creates on this filesystem may be slow for a few minutes after a deletion of many files \
+             (ext4 without a journal: ~700 instead of ~25 µs per file; right now: {}); a benchmark started now may \
+             measure a slow disk (this driver waits for a quiet one: --disk-quiet-wait-secs). To avoid it, run with \
+             --keep and delete the stores when nobody measures",
+            match now {
+                Some(Ok(us)) => format!("{us:.0} µs per file"),
+                Some(Err(e)) => format!("not measured: {e:#}"),
+                None => "not measured".to_string(),
+            }
+        );
+    }
+}
+
+/// The disk check before `before` (a file-creating phase) of `system` in `round`: waits until file creation is
+/// quiet, at most `--disk-quiet-wait-secs`, and records the check. Returns whether the phase runs on a slow disk.
+fn disk_check(
+    ctx: &Ctx,
+    system: &System,
+    round: usize,
+    before: Phase,
+    checks: &mut Vec<DiskCheck>,
+) -> anyhow::Result<bool> {
+    let before = format!("{before:?}").to_lowercase();
+    step(&format!("round {round}, {}: disk check before {before}", system.name()));
+    let mut probes = 0;
+    let outcome = disk::wait_until_quiet(
+        &ctx.disk,
+        &mut disk::RealClock::new(),
+        || {
+            probes += 1;
+            disk::probe(&ctx.work.join(format!("disk-check-{}-{probes}", checks.len() + 1)))
+        },
+        |line| eprintln!("   {line}"),
+    )?;
+    let (us, waited) = (outcome.us_per_file(), outcome.waited.as_secs_f64());
+    if outcome.quiet {
+        eprintln!(
+            "   disk quiet: {us:.0} µs per file created (≤ {:.0}), waited {waited:.0} s",
+            ctx.disk.quiet_us_per_file
+        );
+    } else {
+        eprintln!(
+            "   SLOW DISK: {us:.0} µs per file created (quiet: ≤ {:.0}) after waiting {waited:.0} s \
+             (--disk-quiet-wait-secs {}): {} {before} is measured anyway, on a slow disk, and marked so (JSON: \
+             slow_disk, disk_checks; table: \"(slow disk)\")",
+            ctx.disk.quiet_us_per_file,
+            ctx.disk.max_wait.as_secs(),
+            system.name()
+        );
+    }
+    checks.push(DiskCheck {
+        system: system.name().into(),
+        round,
+        before,
+        us_per_file: us,
+        probes_us_per_file: outcome.probes.clone(),
+        quiet_us_per_file: ctx.disk.quiet_us_per_file,
+        waited_seconds: waited,
+        quiet: outcome.quiet,
+    });
+    Ok(!outcome.quiet)
+}
+
+/// `m`, marked as measured on a slow disk when `slow`.
+fn on_disk(mut m: Measurement, slow: bool) -> Measurement {
+    m.slow_disk = slow;
+    m
 }
 
 /// `binary --version`'s first line.
@@ -588,11 +737,12 @@ fn measurement(system: &System, round: usize, load: &LoadReport, unit_events: bo
             "rejected": load.rejected,
             "seconds": load.elapsed.as_secs_f64(),
         }),
+        slow_disk: false,
     }
 }
 
 fn plain(system: &System, round: usize, value: f64, details: serde_json::Value) -> Measurement {
-    Measurement { system: system.name().into(), round, value, latency: None, details }
+    Measurement { system: system.name().into(), round, value, latency: None, details, slow_disk: false }
 }
 
 /// Every workload on one system, on a fresh store: (row, this system's measurement) pairs.
@@ -602,12 +752,14 @@ fn run_system(
     round: usize,
     store: &Path,
     modes: &mut BTreeMap<String, Modes>,
+    disk_checks: &mut Vec<DiskCheck>,
 ) -> anyhow::Result<Vec<(Row, Measurement)>> {
     let mut out = Vec::new();
     let n = ctx.events;
     let tags = (n / EVENTS_PER_TAG).max(1);
 
     let mut server = if ctx.fills() {
+        let slow = disk_check(ctx, system, round, Phase::Fill, disk_checks)?;
         step(&format!("round {round}, {}: fill {n} events", system.name()));
         let server = start(ctx, system, store, true)?;
         let t = Instant::now();
@@ -624,7 +776,7 @@ fn run_system(
                 FILL_CLIENTS,
                 "events/s",
             ),
-            plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})),
+            on_disk(plain(system, round, n as f64 / fill_seconds, json!({"events": n, "seconds": fill_seconds})), slow),
         ));
         if system.mirrors() {
             let files = ctx.floor_files.unwrap_or(n.min(FLOOR_FILES_DEFAULT_MAX));
@@ -639,7 +791,7 @@ fn run_system(
                         "files/s",
                         Better::Higher,
                     ),
-                    plain(system, round, rate, json!({"files": files, "seconds": seconds})),
+                    on_disk(plain(system, round, rate, json!({"files": files, "seconds": seconds})), slow),
                 ));
             }
         }
@@ -649,7 +801,7 @@ fn run_system(
         ));
         out.push((
             Row::new("stop_after_fill", "graceful stop (SIGTERM to exit) right after the fill", 0, "s", Better::Lower),
-            plain(system, round, stop_seconds, json!({})),
+            on_disk(plain(system, round, stop_seconds, json!({})), slow),
         ));
         start(ctx, system, store, false)?
     } else {
@@ -729,6 +881,7 @@ fn run_system(
     }
     let conditional_clients: &[usize] = if ctx.runs(Phase::Conditional) { &ctx.append_clients } else { &[] };
     let conditional_phase = Duration::from_secs_f64(ctx.conditional_seconds);
+    let slow = !conditional_clients.is_empty() && disk_check(ctx, system, round, Phase::Conditional, disk_checks)?;
     for &clients in conditional_clients {
         step(&format!("round {round}, {}: conditional appends, {clients} clients", system.name()));
         let load = closed_loop(
@@ -757,11 +910,12 @@ fn run_system(
                 clients,
                 "events/s",
             ),
-            measurement(system, round, &load, true),
+            on_disk(measurement(system, round, &load, true), slow),
         ));
     }
 
     let batch_clients: &[usize] = if ctx.runs(Phase::Batched) { &ctx.batch_clients } else { &[] };
+    let slow = !batch_clients.is_empty() && disk_check(ctx, system, round, Phase::Batched, disk_checks)?;
     for &clients in batch_clients {
         step(&format!("round {round}, {}: unconditional appends of {BATCH_EVENTS}, {clients} clients", system.name()));
         let load = closed_loop(
@@ -785,7 +939,7 @@ fn run_system(
                 clients,
                 "events/s",
             ),
-            measurement(system, round, &load, true),
+            on_disk(measurement(system, round, &load, true), slow),
         ));
     }
 

@@ -25,6 +25,33 @@ pub struct Measurement {
     pub latency: Option<Latency>,
     /// Counts behind the value (requests, events, rejected appends, seconds), for the record.
     pub details: serde_json::Value,
+    /// Measured on a slow disk: the disk check before this file-creating phase found file creates slower than
+    /// its quiet threshold and gave up waiting ([`DiskCheck`]). Absent (false) otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub slow_disk: bool,
+}
+
+/// One disk check of the peer driver: before a file-creating phase (fill, conditional, batched) it times file
+/// creation (small files created with O_CREAT|O_EXCL in a fresh directory of the bench directory, then removed) and
+/// waits until that is quiet, for at most a set time. On ext4 without a journal, creates cost ~700 µs instead of
+/// ~25-40 µs for minutes after a mass deletion, which made earlier runs 2-10x slower.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskCheck {
+    pub system: String,
+    pub round: usize,
+    /// The phase it ran before: `fill`, `conditional` or `batched`.
+    pub before: String,
+    /// µs per file of the last probe, the one the phase started after.
+    pub us_per_file: f64,
+    /// Every probe's µs per file, in order (more than one when it waited).
+    pub probes_us_per_file: Vec<f64>,
+    /// The threshold: at or under it the disk is quiet.
+    pub quiet_us_per_file: f64,
+    /// Seconds from the first probe to the end of the last.
+    pub waited_seconds: f64,
+    /// False: still slow when the wait ran out; the phase was measured on a slow disk (its measurements say
+    /// `slow_disk`).
+    pub quiet: bool,
 }
 
 /// One workload (at one client count) across systems and rounds.
@@ -42,6 +69,11 @@ pub struct Row {
 impl Row {
     pub fn new(name: &str, title: &str, clients: usize, unit: &str, better: Better) -> Row {
         Row { name: name.into(), title: title.into(), clients, unit: unit.into(), better, measurements: Vec::new() }
+    }
+
+    /// Whether any of `system`'s measurements in this row was taken on a slow disk.
+    pub fn slow_disk(&self, system: &str) -> bool {
+        self.of(system).any(|m| m.slow_disk)
     }
 
     fn of<'a>(&'a self, system: &'a str) -> impl Iterator<Item = &'a Measurement> + 'a {
@@ -99,6 +131,9 @@ pub struct PeerDocument {
     pub peer: String,
     pub params: serde_json::Value,
     pub rows: Vec<Row>,
+    /// Every disk check, in run order (none in documents from before the checks).
+    #[serde(default)]
+    pub disk_checks: Vec<DiskCheck>,
 }
 
 impl PeerDocument {
@@ -126,8 +161,10 @@ impl PeerDocument {
         }
         out.push_str("---|\n");
         for row in &self.rows {
-            let cell =
-                |system: &str| row.median(system).map_or("–".to_string(), |v| format!("{} {}", num(v), row.unit));
+            let cell = |system: &str| {
+                let slow = if row.slow_disk(system) { " (slow disk)" } else { "" };
+                row.median(system).map_or("–".to_string(), |v| format!("{} {}{slow}", num(v), row.unit))
+            };
             let clients = if row.clients == 0 { String::new() } else { row.clients.to_string() };
             let _ = write!(out, "| {} | {clients} | {} |", row.title, cell(&self.peer));
             for s in &ours {
@@ -146,6 +183,49 @@ impl PeerDocument {
                 lat.clear();
             }
             let _ = writeln!(out, " {lat} |");
+        }
+        out
+    }
+
+    /// The table's notes on the disk: a summary of every disk check (count, µs per file, seconds waited), then a
+    /// line for each check that had to wait or found the disk still slow. Empty without checks.
+    pub fn disk_notes(&self) -> String {
+        let mut out = String::new();
+        let Some(first) = self.disk_checks.first() else {
+            return out;
+        };
+        let us = |v: f64| format!("{v:.0}");
+        let (lo, hi) = self
+            .disk_checks
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), c| (lo.min(c.us_per_file), hi.max(c.us_per_file)));
+        let slow = self.disk_checks.iter().filter(|c| !c.quiet).count();
+        let waited: f64 = self.disk_checks.iter().map(|c| c.waited_seconds).sum();
+        let _ = writeln!(
+            out,
+            "Disk: {} check(s) before file-creating phases (quiet: ≤ {} µs per file created): {} µs/file at the \
+             phases' start, {:.0} s waited in all, {}.",
+            self.disk_checks.len(),
+            us(first.quiet_us_per_file),
+            if lo == hi { us(lo) } else { format!("{}–{}", us(lo), us(hi)) },
+            waited,
+            if slow == 0 {
+                "every phase started on a quiet disk".to_string()
+            } else {
+                format!("{slow} phase(s) MEASURED ON A SLOW DISK, marked (slow disk)")
+            }
+        );
+        for c in self.disk_checks.iter().filter(|c| !c.quiet || c.probes_us_per_file.len() > 1) {
+            let probes = c.probes_us_per_file.iter().map(|&v| us(v)).collect::<Vec<_>>().join(" → ");
+            let _ = writeln!(
+                out,
+                "- round {}, {}, before {}: {probes} µs/file over {:.0} s: {}",
+                c.round,
+                c.system,
+                c.before,
+                c.waited_seconds,
+                if c.quiet { "quiet" } else { "still slow, SLOW DISK" }
+            );
         }
         out
     }
@@ -168,6 +248,7 @@ mod tests {
                 samples: 9,
             }),
             details: serde_json::Value::Null,
+            slow_disk: false,
         }
     }
 
@@ -198,6 +279,7 @@ mod tests {
             peer: "umadb".into(),
             params: serde_json::Value::Null,
             rows: vec![append, disk, missing],
+            disk_checks: Vec::new(),
         }
     }
 
@@ -225,6 +307,47 @@ mod tests {
         assert!(lines[2].contains("0.67x") && lines[2].contains("1.00 / 2.00; 2.50 / 5.00"), "{table}");
         assert!(lines[3].contains("0.25x"), "{table}");
         assert!(lines[4].contains("| – | – |"), "a missing measurement is a dash, not a number: {table}");
+    }
+
+    fn check(system: &str, before: &str, probes: &[f64], waited_seconds: f64, quiet: bool) -> DiskCheck {
+        DiskCheck {
+            system: system.into(),
+            round: 1,
+            before: before.into(),
+            us_per_file: *probes.last().unwrap(),
+            probes_us_per_file: probes.to_vec(),
+            quiet_us_per_file: 150.0,
+            waited_seconds,
+            quiet,
+        }
+    }
+
+    #[test]
+    fn the_notes_show_the_disk_and_the_table_marks_a_slow_disk() {
+        let mut d = doc();
+        assert_eq!(d.disk_notes(), "", "no checks, no notes");
+        d.disk_checks = vec![check("umadb", "conditional", &[30.0], 0.0, true)];
+        assert!(
+            d.disk_notes().contains("1 check(s)") && d.disk_notes().contains("every phase started on a quiet disk")
+        );
+        assert_eq!(d.disk_notes().lines().count(), 1, "{}", d.disk_notes());
+        d.disk_checks.push(check("opossum", "conditional", &[700.0, 400.0, 35.0], 60.0, true));
+        d.disk_checks.push(check("opossum", "batched", &[700.0, 650.0], 30.0, false));
+        d.rows[0].measurements[0].slow_disk = true;
+        let notes = d.disk_notes();
+        assert_eq!(notes.lines().count(), 3, "{notes}");
+        assert!(notes.contains("30–650 µs/file") && notes.contains("90 s waited"), "{notes}");
+        assert!(notes.contains("1 phase(s) MEASURED ON A SLOW DISK"), "{notes}");
+        assert!(notes.contains("before conditional: 700 → 400 → 35 µs/file over 60 s: quiet"), "{notes}");
+        assert!(notes.contains("before batched: 700 → 650 µs/file over 30 s: still slow, SLOW DISK"), "{notes}");
+        let table = d.table();
+        let append = table.lines().nth(2).unwrap();
+        assert!(append.contains("2,000 events/s (slow disk)"), "{table}");
+        assert!(!append.contains("3,000 events/s (slow disk)"), "the peer's cell is not marked: {table}");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["disk_checks"][2]["quiet"], false);
+        assert_eq!(json["rows"][0]["measurements"][0]["slow_disk"], true);
+        assert!(json["rows"][0]["measurements"][1].get("slow_disk").is_none(), "only a slow disk is written");
     }
 
     #[test]
