@@ -47,9 +47,9 @@
 //! buffer of each (perf, session 13). Runs that followed a deletion were 2-10x slower, p99 tens of ms. So before
 //! each system's file-creating phases (fill, conditional, batched; the first of them is the run's first phase) the
 //! driver creates 2,000 files of 500 bytes (O_CREAT|O_EXCL, like an event file) in a fresh directory under the run's
-//! directory, times them and removes them. Above `--disk-quiet-us` (default 150 µs per file: ~4x a quiet disk's
-//! cost, a fifth of a degraded one's) it logs the cost and waits, re-checking every 30 s, at most
-//! `--disk-quiet-wait-secs` (default 600; 0: check and record only). Every check is in the JSON (`disk_checks`:
+//! directory, times them and keeps them with the stores (removing them made the next check slower). Above
+//! `--disk-quiet-us` (default 150 µs per file: ~4x a quiet disk's cost, a fifth of a degraded one's) it logs the
+//! cost and waits, re-checking every 30 s, at most `--disk-quiet-wait-secs` (default 600; 0: check and record only). Every check is in the JSON (`disk_checks`:
 //! system, round, phase, µs per file of every probe, seconds waited, quiet) and summed up under the Markdown table;
 //! a phase that ran after the wait ran out is measured anyway, logged as SLOW DISK, and its measurements say
 //! `slow_disk` (JSON) and "(slow disk)" (table).
@@ -489,7 +489,8 @@ impl Drop for Cleanup {
         }
         eprintln!("removed the stores in {:.1} s", t.elapsed().as_secs_f64());
         // One probe beside the deleted directory, for the record (its own 2,000 deletions are harmless).
-        let now = self.dir.parent().map(|p| disk::probe(&p.join(format!("disk-check-end-{}", std::process::id()))));
+        let now =
+            self.dir.parent().map(|p| disk::probe(&p.join(format!("disk-check-end-{}", std::process::id())), true));
         eprintln!(
             "note: file creates on this filesystem may be slow for a few minutes after a deletion of many files \
              (ext4 without a journal: ~700 instead of ~25 µs per file; right now: {}); a benchmark started now may \
@@ -521,7 +522,7 @@ fn disk_check(
         &mut disk::RealClock::new(),
         || {
             probes += 1;
-            disk::probe(&ctx.work.join(format!("disk-check-{}-{probes}", checks.len() + 1)))
+            disk::probe(&ctx.work.join(format!("disk-check-{}-{probes}", checks.len() + 1)), false)
         },
         |line| eprintln!("   {line}"),
     )?;
