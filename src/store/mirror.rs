@@ -1031,9 +1031,6 @@ mod tests {
         assert!(!over_lag_bound(&p), "a step without a ledger is progress");
     }
 
-    /// More files than the writeback window holds: every one is opened and written back; a file that is not there
-    /// (a checkpoint's range gone wrong) fails the checkpoint with its name instead of being skipped.
-    #[cfg(target_os = "linux")]
     /// The mirror's event files go out in calls of at most the slice, with a way made between calls (not after the
     /// last), every file written once; a failed call stops the rest.
     #[test]
@@ -1072,6 +1069,9 @@ mod tests {
         assert!(!more[2 * MIRROR_YIELD_FILES].exists());
     }
 
+    /// More files than the writeback window holds: every one is opened and written back; a file that is not there
+    /// (a checkpoint's range gone wrong) fails the checkpoint with its name instead of being skipped.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_checkpoint_writes_back_every_file_through_its_window_and_names_a_missing_one() {
         let dir = tempfile::tempdir().unwrap();
