@@ -5,8 +5,8 @@
 //! mass deletion (a store of ~1,000,000 small files) creating a file costs ~700 µs instead of ~25-40 µs:
 //! `ext4_new_inode -> find_inode_bit -> recently_deleted()` (only without a journal) skips every free inode whose
 //! deletion time is recent (a minute, several while its inode-table block is dirty), reading the inode-table buffer
-//! of each, so every create scans the recently freed inodes again (perf, session 13). Runs that followed a deletion were
-//! 2-10x slower with p99s of tens of ms. The probe does what an event file costs: [`PROBE_FILES`] files of
+//! of each, so every create scans the recently freed inodes again (perf, session 13). Runs that followed a deletion
+//! were 2-10x slower with p99s of tens of ms. The probe does what an event file costs: [`PROBE_FILES`] files of
 //! [`PROBE_BYTES`] bytes, `O_CREAT|O_EXCL`, in a fresh directory under the run's directory, and keeps them (they go
 //! with the stores): a probe that removed its files made the next one slower (a run's waits measured 304, 529, then
 //! 669 µs per file, 30 s apart, while a directory elsewhere on the disk measured 58).

@@ -49,8 +49,9 @@
 //! driver creates 2,000 files of 500 bytes (O_CREAT|O_EXCL, like an event file) in a fresh directory under the run's
 //! directory, times them and keeps them with the stores (removing them made the next check slower). Above
 //! `--disk-quiet-us` (default 150 µs per file: ~4x a quiet disk's cost, a fifth of a degraded one's) it logs the
-//! cost and waits, re-checking every 30 s, at most `--disk-quiet-wait-secs` (default 600; 0: check and record only). Every check is in the JSON (`disk_checks`:
-//! system, round, phase, µs per file of every probe, seconds waited, quiet) and summed up under the Markdown table;
+//! cost and waits, re-checking every 30 s, at most `--disk-quiet-wait-secs` (default 600; 0: check and record
+//! only). Every check is in the JSON (`disk_checks`: system, round, phase, µs per file of every probe, seconds
+//! waited, quiet) and summed up under the Markdown table;
 //! a phase that ran after the wait ran out is measured anyway, logged as SLOW DISK, and its measurements say
 //! `slow_disk` (JSON) and "(slow disk)" (table).
 //!
@@ -75,6 +76,7 @@ use opossum_bench::data::{mix, sized_data};
 use opossum_bench::load::{closed_loop, LoadReport, Outcome};
 use opossum_bench::report::peers::{Better, DiskCheck, Measurement, PeerDocument, Row};
 use opossum_bench::report::{num, utc_timestamp, Latency};
+use opossum_bench::suite;
 use opossum_bench::sys::{self, Evict};
 use serde_json::json;
 
@@ -285,7 +287,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let work = std::fs::canonicalize(&work)?;
     // Declared before everything the run measures: dropped (the stores deleted) after the results are written.
-    let _cleanup = Cleanup { dir: work.clone(), keep: args.keep };
+    let _cleanup = Cleanup(Some(suite::Cleanup { dir: work.clone(), keep: args.keep }));
     let ctx = Ctx {
         events: args.events.unwrap_or(if args.quick { 100_000 } else { 1_000_000 }).max(BATCH_EVENTS),
         seconds,
@@ -464,33 +466,25 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes the run's directory when dropped (at the end of the run, after the results are written, or on an
-/// error), unless `--keep`. The deletion comes after every measurement, but it slows whatever creates files on
-/// this disk next, for minutes (see [`disk`]): it says so.
-struct Cleanup {
-    dir: PathBuf,
-    keep: bool,
-}
+/// The run's directory, deleted when dropped unless `--keep` ([`suite::Cleanup`]: at the end of the run, after the
+/// results are written, or on an error), then a note on what the deletion does: it comes after every measurement,
+/// but it slows whatever creates files on this disk next, for minutes (see [`disk`]).
+struct Cleanup(Option<suite::Cleanup>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if self.keep {
+        let Some(stores) = self.0.take() else { return };
+        let (keep, dir) = (stores.keep, stores.dir.clone());
+        drop(stores);
+        if keep {
             eprintln!(
-                "kept {} (deleting it later slows file creation on this disk for minutes: do it when nobody \
-                 measures, e.g. find DIR -type f -print0 | xargs -0 -P16 -n 2000 rm -f)",
-                self.dir.display()
+                "   (deleting it later slows file creation on this disk for minutes: do it when nobody measures, e.g. \
+                 find DIR -type f -print0 | xargs -0 -P16 -n 2000 rm -f)"
             );
             return;
         }
-        eprintln!("removing the stores under {} (nothing of this run is measured after it)", self.dir.display());
-        let t = Instant::now();
-        if let Err(e) = opossum_bench::suite::remove_tree(&self.dir) {
-            eprintln!("removing {}: {e}", self.dir.display());
-        }
-        eprintln!("removed the stores in {:.1} s", t.elapsed().as_secs_f64());
         // One probe beside the deleted directory, for the record (its own 2,000 deletions are harmless).
-        let now =
-            self.dir.parent().map(|p| disk::probe(&p.join(format!("disk-check-end-{}", std::process::id())), true));
+        let now = dir.parent().map(|p| disk::probe(&p.join(format!("disk-check-end-{}", std::process::id())), true));
         eprintln!(
             "note: file creates on this filesystem may be slow for a few minutes after a deletion of many files \
              (ext4 without a journal: ~700 instead of ~25 µs per file; right now: {}); a benchmark started now may \
