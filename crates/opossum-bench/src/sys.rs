@@ -317,6 +317,52 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The CPU time, in seconds, process `pid` has used in all its threads so far (`utime + stime` of
+/// `/proc/<pid>/stat`, in clock ticks: 10 ms resolution, so only phases of seconds are worth measuring).
+pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = process_cpu_ticks(&stat).ok_or_else(|| anyhow::anyhow!("no utime/stime in /proc/{pid}/stat"))?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+/// The CPU time, in seconds, every core of the machine together has been busy so far: user, nice, system, irq and
+/// softirq of `/proc/stat`'s `cpu` line (not idle, iowait or steal). Over a phase it counts what the server, the
+/// benchmark's own clients and the kernel's threads (writeback, interrupts) cost together.
+pub fn machine_busy_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks = machine_busy_ticks(&stat).ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?;
+    Ok(ticks as f64 / clock_ticks_per_second())
+}
+
+/// `utime + stime` from the text of a `/proc/<pid>/stat`: fields 14 and 15, counted after the command name, which
+/// is in parentheses and may itself hold spaces and parentheses.
+fn process_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // `after_name` starts at field 3 (the state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// user + nice + system + irq + softirq from the text of `/proc/stat` (its first line, `cpu ...`).
+fn machine_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq [steal guest guest_nice]
+    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: `sysconf` reads a configuration value; it takes no pointers and touches no memory of ours.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (mut files, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
@@ -382,5 +428,25 @@ mod tests {
         let bytes = allocated_bytes(dir.path()).unwrap();
         assert!(bytes >= 300 + 5000, "{bytes}");
         assert_eq!(files_under(dir.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn cpu_times_are_read_from_the_fields_proc_defines() {
+        // A command name with a space and parentheses: fields are counted after its last ')'.
+        let stat = "4242 (opossum (w) x) S 1 4242 4242 0 -1 4194560 300 0 0 0 1234 567 0 0 20 0 9 0 100 1 2";
+        assert_eq!(process_cpu_ticks(stat), Some(1234 + 567));
+        assert_eq!(process_cpu_ticks("4242 (cut) S 1 2"), None);
+        let machine = "cpu  100 20 300 9000 50 6 7 8 0 0\ncpu0 50 10 150 4500 25 3 3 4 0 0\nintr 1\n";
+        assert_eq!(machine_busy_ticks(machine), Some(100 + 20 + 300 + 6 + 7), "idle, iowait and steal left out");
+        assert_eq!(machine_busy_ticks("cpu0 1 2 3 4 5 6 7\n"), None, "only the all-CPU line");
+        // The real files: this process has used some CPU by now, and the machine at least as much.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(std::hint::black_box(i));
+        }
+        std::hint::black_box(x);
+        let ours = process_cpu_seconds(std::process::id()).unwrap();
+        assert!(ours > 0.0, "{ours}");
+        assert!(machine_busy_seconds().unwrap() >= ours);
     }
 }

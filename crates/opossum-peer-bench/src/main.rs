@@ -19,6 +19,12 @@
 //! 5. durable unconditional appends, 1,000 events/request, 1 and 4 clients;
 //! 6. server RSS after the fill and after the reads, bytes on disk per million events after the server stopped.
 //!
+//! CPU: around each append phase (4 and 5) the driver reads the server process's CPU time (`/proc/<pid>/stat`, all
+//! its threads) and the whole machine's busy time (`/proc/stat`: the driver's own clients and the kernel's threads,
+//! writeback and interrupts, included), and records both per event in the measurement's `details.cpu`; a second
+//! table under the main one shows their medians. On a machine the clients share, once the CPUs are saturated the
+//! CPU a system spends per event is what sets its rate there.
+//!
 //! Reads come before the appends, so that every system reads the same N events (the timed appends add a different
 //! number of events to each store).
 //!
@@ -457,6 +463,11 @@ fn main() -> anyhow::Result<()> {
     println!();
     print!("{}", doc.table());
     println!();
+    let cpu = doc.cpu_table();
+    if !cpu.is_empty() {
+        print!("{cpu}");
+        println!();
+    }
     let notes = doc.disk_notes();
     if !notes.is_empty() {
         print!("{notes}");
@@ -736,6 +747,38 @@ fn measurement(system: &System, round: usize, load: &LoadReport, unit_events: bo
     }
 }
 
+/// The CPU time used so far at a phase's start, in seconds: the server process's (every thread) and the whole
+/// machine's (`sys::machine_busy_seconds`: the benchmark's clients and the kernel's threads too).
+struct CpuMark {
+    server: f64,
+    machine: f64,
+}
+
+impl CpuMark {
+    fn take(server: &Server) -> anyhow::Result<CpuMark> {
+        let pid = server.pid().context("server not running")?;
+        Ok(CpuMark { server: sys::process_cpu_seconds(pid)?, machine: sys::machine_busy_seconds()? })
+    }
+
+    /// What the phase since this mark cost, in all and per event: the measurement's `details.cpu`.
+    fn per_event(&self, server: &Server, events: u64) -> anyhow::Result<serde_json::Value> {
+        let now = CpuMark::take(server)?;
+        let (server_s, machine_s) = (now.server - self.server, now.machine - self.machine);
+        let per_event = |seconds: f64| seconds * 1e6 / events.max(1) as f64;
+        Ok(json!({
+            "server_seconds": server_s,
+            "machine_seconds": machine_s,
+            "server_us_per_event": per_event(server_s),
+            "machine_us_per_event": per_event(machine_s),
+        }))
+    }
+}
+
+fn with_cpu(mut m: Measurement, cpu: serde_json::Value) -> Measurement {
+    m.details["cpu"] = cpu;
+    m
+}
+
 fn plain(system: &System, round: usize, value: f64, details: serde_json::Value) -> Measurement {
     Measurement { system: system.name().into(), round, value, latency: None, details, slow_disk: false }
 }
@@ -879,6 +922,7 @@ fn run_system(
     let slow = !conditional_clients.is_empty() && disk_check(ctx, system, round, Phase::Conditional, disk_checks)?;
     for &clients in conditional_clients {
         step(&format!("round {round}, {}: conditional appends, {clients} clients", system.name()));
+        let cpu = CpuMark::take(&server)?;
         let load = closed_loop(
             clients,
             conditional_phase,
@@ -905,7 +949,7 @@ fn run_system(
                 clients,
                 "events/s",
             ),
-            on_disk(measurement(system, round, &load, true), slow),
+            on_disk(with_cpu(measurement(system, round, &load, true), cpu.per_event(&server, load.events)?), slow),
         ));
     }
 
@@ -913,6 +957,7 @@ fn run_system(
     let slow = !batch_clients.is_empty() && disk_check(ctx, system, round, Phase::Batched, disk_checks)?;
     for &clients in batch_clients {
         step(&format!("round {round}, {}: unconditional appends of {BATCH_EVENTS}, {clients} clients", system.name()));
+        let cpu = CpuMark::take(&server)?;
         let load = closed_loop(
             clients,
             phase,
@@ -934,7 +979,7 @@ fn run_system(
                 clients,
                 "events/s",
             ),
-            on_disk(measurement(system, round, &load, true), slow),
+            on_disk(with_cpu(measurement(system, round, &load, true), cpu.per_event(&server, load.events)?), slow),
         ));
     }
 

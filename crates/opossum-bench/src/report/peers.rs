@@ -102,6 +102,17 @@ impl Row {
         Some((p50[p50.len() / 2], p99[p99.len() / 2]))
     }
 
+    /// The median of `system`'s CPU per event over the rounds, in µs: (the server process's, the whole machine's),
+    /// from the `cpu` its measurements' details carry (`server_us_per_event`, `machine_us_per_event`).
+    pub fn cpu_median(&self, system: &str) -> Option<(f64, f64)> {
+        let per_event = |key: &str| {
+            let mut v: Vec<f64> = self.of(system).filter_map(|m| m.details["cpu"][key].as_f64()).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        Some((per_event("server_us_per_event")?, per_event("machine_us_per_event")?))
+    }
+
     /// `system`'s median over `peer`'s, as "how many times the peer's": for a lower-is-better unit (bytes, MiB of
     /// RSS) it is inverted, so that > 1 always means `system` did better.
     pub fn ratio(&self, system: &str, peer: &str) -> Option<f64> {
@@ -183,6 +194,46 @@ impl PeerDocument {
                 lat.clear();
             }
             let _ = writeln!(out, " {lat} |");
+        }
+        out
+    }
+
+    /// The CPU each system spent per event in the rows that measured it (the append phases), medians over the
+    /// rounds: the server process's and the whole machine's (the benchmark's own clients and the kernel's threads,
+    /// writeback and interrupts, included), in µs. On a machine the clients share, where the CPUs are saturated,
+    /// these say which system's work per event sets its rate. Empty when no row measured CPU.
+    pub fn cpu_table(&self) -> String {
+        let mut systems = vec![self.peer.clone()];
+        systems.extend(self.ours());
+        let rows: Vec<&Row> = self.rows.iter().filter(|r| systems.iter().any(|s| r.cpu_median(s).is_some())).collect();
+        let mut out = String::new();
+        if rows.is_empty() {
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "CPU per event, µs (medians; server process / whole machine, the clients and the kernel's writeback \
+             included):"
+        );
+        out.push('\n');
+        let _ = write!(out, "| workload | clients |");
+        for s in &systems {
+            let _ = write!(out, " {s} |");
+        }
+        out.push_str("\n|---|---:|");
+        for _ in &systems {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        for row in rows {
+            let _ = write!(out, "| {} | {} |", row.title, row.clients);
+            for s in &systems {
+                let cell = row
+                    .cpu_median(s)
+                    .map_or("–".to_string(), |(server, machine)| format!("{server:.0} / {machine:.0}"));
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
         }
         out
     }
@@ -281,6 +332,32 @@ mod tests {
             rows: vec![append, disk, missing],
             disk_checks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_cpu_table_shows_each_systems_median_cpu_per_event_where_measured() {
+        let mut d = doc();
+        assert_eq!(d.cpu_table(), "", "no row measured CPU");
+        let cpu = |server: f64, machine: f64| serde_json::json!({"cpu": {"server_us_per_event": server, "machine_us_per_event": machine}});
+        let append = &mut d.rows[0];
+        for (m, (server, machine)) in append.measurements.iter_mut().zip([
+            (70.0, 95.0),  // opossum, round 1
+            (40.0, 60.0),  // umadb
+            (90.0, 120.0), // opossum, round 2
+            (50.0, 70.0),  // umadb
+            (80.0, 100.0), // opossum, round 3
+            (45.0, 65.0),  // umadb
+        ]) {
+            m.details = cpu(server, machine);
+        }
+        assert_eq!(d.rows[0].cpu_median("opossum"), Some((80.0, 100.0)));
+        assert_eq!(d.rows[0].cpu_median("umadb"), Some((45.0, 65.0)));
+        assert_eq!(d.rows[1].cpu_median("opossum"), None);
+        let table = d.cpu_table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[2], "| workload | clients | umadb | opossum |", "the peer first, as in the main table");
+        assert_eq!(lines[4], "| durable conditional append | 16 | 45 / 65 | 80 / 100 |");
+        assert_eq!(lines.len(), 5, "only the row that measured CPU: {table}");
     }
 
     #[test]
