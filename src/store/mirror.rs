@@ -5,42 +5,41 @@
 //! ([`Mirror::published`]). The mirror thread reads the new records back through `Journal::read` (mostly the page
 //! cache) and writes, without fsyncs, first their event files and then the ledger that covers them (the ledger in a
 //! `BatchIo` call after theirs, so a lockless .NET reader that reads `.ledger` and then event files never finds one
-//! missing or torn).
-//! Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events or
-//! [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
+//! missing or torn). Index files are written at checkpoints only: at most every [`MIRROR_CHECKPOINT_EVENTS_MAX`] events
+//! or [`MIRROR_CHECKPOINT_INTERVAL_MAX`], a checkpoint through P (what the tree holds when it starts) writes the index
 //! files the mirrored events touched (tag files, then type files), writes back the checkpoint's event and index files
 //! with a bounded window ([`write_back`]: a bare `syncfs` queued seconds of tree writes ahead of the journal's
 //! `fdatasync`), makes the whole tree durable with one `syncfs` (without `syncfs`, not on Linux, the mirror fsyncs
-//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks
-//! (with `Durability::None` the checkpoints sync nothing and record nothing: only the close's last one syncs once and
-//! records it, [`mark_after_checkpoint`]). A reopen after a crash re-derives the tree after P (`reconcile_tree`;
-//! a files-mode open runs it first too). A checkpoint runs on a thread of its own, at
-//! most one at a time, while the mirror thread goes on writing event files and ledgers past P (index files live in
-//! `Indices/`, another directory; its index files take hundreds of ms under load and its writeback and `syncfs` can
-//! take seconds, which the writer would otherwise spend waiting on the lag bound). It copies its lists under the
-//! index's read lock and encodes and writes them without it. Ledgers and a checkpoint's index files are replaced
-//! through the store's trash (`store/trash.rs`): the files they replace are freed later, not one by one under the
-//! directory's lock (~0.3 ms each on a `discard` mount), and not while the store is busy writing its tree (freed
-//! inodes slow every later create on ext4 without a journal: 100,000 index files took 15-30 s with them freed at
-//! once, 4-6 s without); a checkpoint writes its index files into the inodes earlier ones swapped out (spares,
-//! `Trash::write_files_recycling`: no inode created or freed per file), safe because a reopen after a crash rewrites
-//! every index file touched after the durable mark (`reconcile_tree`). Once the store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the
-//! fastest way, not the one that keeps commits waiting least: whole batches, no writeback window before `syncfs`.
+//! every file as it writes it instead), and only then records "mirror durable through P" in the journal's marks (with
+//! `Durability::None` the checkpoints sync nothing and record nothing: only the close's last one syncs once and records
+//! it, [`mark_after_checkpoint`]). A reopen after a crash re-derives the tree after P (`reconcile_tree`; a files-mode
+//! open runs it first too). A checkpoint runs on a thread of its own, at most one at a time, while the mirror thread
+//! goes on writing event files and ledgers past P (index files live in `Indices/`, another directory; its index files
+//! take hundreds of ms under load and its writeback and `syncfs` can take seconds, which the writer would otherwise
+//! spend waiting on the lag bound). It copies its lists under the index's read lock and encodes and writes them without
+//! it. Ledgers and a checkpoint's index files are replaced through the store's trash (`store/trash.rs`): the files they
+//! replace are freed later, not one by one under the directory's lock (~0.3 ms each on a `discard` mount), and not
+//! while the store is busy writing its tree (freed inodes slow every later create on ext4 without a journal: 100,000
+//! index files took 15-30 s with them freed at once, 4-6 s without); a checkpoint writes its index files into the
+//! inodes earlier ones swapped out (spares, `Trash::write_files_recycling`: no inode created or freed per file), safe
+//! because a reopen after a crash rewrites every index file touched after the durable mark (`reconcile_tree`). Once the
+//! store will close ([`Mirror::begin_close`]: a daemon's stop) the mirror takes the fastest way, not the one that keeps
+//! commits waiting least: whole batches, no writeback window before `syncfs`.
 //!
 //! Backpressure: the writer waits before a group commit while the tree's event files are [`MIRROR_LAG_EVENTS_MAX`]
-//! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the
-//! mirror has made no progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a
-//! clean stop's work and a reopen's work stay bounded. It also waits while the index files the next checkpoints
-//! must write are more than they write in [`MIRROR_INDEX_BACKLOG_MAX`] at their measured rate (a bulk load with a
-//! new tag per event dirties an index file per event, faster than checkpoints beside the event files write them),
-//! and such a backlog makes a checkpoint due at once, so a clean stop's index files stay bounded too. Near the bound the mirror writes a batch's event files in small
-//! steps ([`MIRROR_BATCH_EVENTS_PACED`]) and publishes each, so a waiting writer resumes after a few ms instead of a
-//! whole large batch: the writer is paced to the mirror's rate in small steps, not stopped and released in lumps
-//! (those lumps were the conditional appends' p99). The ledger is replaced once per batch, after its last step (a
-//! replacement creates a file and frees one): it trails the event files by at most a batch, and checkpoints and
-//! `stats` cover what it covers. A mirror write that fails is logged and counted, and stops the mirror until the next
-//! open; appends go on (the journal is the record) and no longer wait for the mirror: the lag is then unbounded, and
-//! the next open re-derives the tree from the last checkpoint.
+//! events behind, or more events than the mirror writes in [`MIRROR_LAG_MAX`] at its measured rate, or while the mirror
+//! has made no progress for [`MIRROR_LAG_MAX`] with work waiting ([`Mirror::wait_for_room`]), so the lag, a clean
+//! stop's work and a reopen's work stay bounded. It also waits while the index files the next checkpoints must write
+//! are more than they write in [`MIRROR_INDEX_BACKLOG_MAX`] at their measured rate (a bulk load with a new tag per
+//! event dirties an index file per event, faster than checkpoints beside the event files write them), and such a
+//! backlog makes a checkpoint due at once, so a clean stop's index files stay bounded too. Near the bound the mirror
+//! writes a batch's event files in small steps ([`MIRROR_BATCH_EVENTS_PACED`]) and publishes each, so a waiting writer
+//! resumes after a few ms instead of a whole large batch: the writer is paced to the mirror's rate in small steps, not
+//! stopped and released in lumps (those lumps were the conditional appends' p99). The ledger is replaced once per
+//! batch, after its last step (a replacement creates a file and frees one): it trails the event files by at most a
+//! batch, and checkpoints and `stats` cover what it covers. A mirror write that fails is logged and counted, and stops
+//! the mirror until the next open; appends go on (the journal is the record) and no longer wait for the mirror: the lag
+//! is then unbounded, and the next open re-derives the tree from the last checkpoint.
 //!
 //! `.store.lock` is held by the store from open to close in journal mode, so whenever the tree is behind the
 //! journal no .NET writer can append to it. A clean close (`Store::close`, drop) stops the writer first, then the
@@ -642,11 +641,11 @@ impl MirrorThread {
     }
 }
 
-/// The priority a mirror checkpoint's thread runs at unless the store will close: its work only moves the durable
-/// mark, so the commit path goes first. CPU: `MIRROR_CHECKPOINT_NICE`. I/O: the idle class, so the scheduler (`mq-deadline`, `bfq`) holds the
-/// writeback window's requests while a journal write is queued (a synthetic mirror beside a 600-byte `fdatasync`
-/// loop: the `fdatasync`'s p99 during a 32-file window 0.3 ms with the idle class, 1.6-2.3 ms without). Idle
-/// requests still go after the scheduler's aging (10 s for `mq-deadline`), and a closing store's checkpoint leaves
+/// The priority a mirror checkpoint's thread runs at unless the store will close: its work only moves the durable mark,
+/// so the commit path goes first. CPU: `MIRROR_CHECKPOINT_NICE`. I/O: the idle class, so the scheduler (`mq-deadline`,
+/// `bfq`) holds the writeback window's requests while a journal write is queued (a synthetic mirror beside a 600-byte
+/// `fdatasync` loop: the `fdatasync`'s p99 during a 32-file window 0.3 ms with the idle class, 1.6-2.3 ms without).
+/// Idle requests still go after the scheduler's aging (10 s for `mq-deadline`), and a closing store's checkpoint leaves
 /// the window at once. Not the mirror thread: its creates read directory and bitmap blocks, and appends wait for it.
 pub(crate) fn lower_checkpoint_thread() -> crate::io::priority::Applied {
     use crate::io::priority::{lower_current_thread, Background, IoPriority};

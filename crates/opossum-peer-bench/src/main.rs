@@ -5,11 +5,11 @@
 //! bench directory, so all of them see the same minutes of disk noise. Per system and round:
 //!
 //! 1. fill: N events (1,000,000; `--quick` 100,000), 1,000 per request from 4 clients, one `item:<k>` tag each
-//!    (N/10 tags x 10 events); opossumd fills with its configuration (in files commit mode with `--durability
-//!    none --index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted too, so
-//!    both measure a reopened store; after the fill of an opossum that writes the Opossum tree, while no server
-//!    runs, the layout's floor: `--floor-files` event files (default: the events filled, at most 200,000) created
-//!    in one new directory from one thread, no fsync, the least any mirror of this layout does per event;
+//!    (N/10 tags x 10 events); opossumd fills with its configuration (in files commit mode with `--durability none
+//!    --index-writes deferred`) and is restarted with its measured configuration, UmaDB (always durable) is restarted
+//!    too, so both measure a reopened store; after the fill of an opossum that writes the Opossum tree, while no server
+//!    runs, the layout's floor: `--floor-files` event files (default: the events filled, at most 200,000) created in
+//!    one new directory from one thread, no fsync, the least any mirror of this layout does per event;
 //! 2. tag queries returning 10 of N events, 1 and 16 clients (a count other than 10 fails the run);
 //! 3. read-all of the N events, warm (after one unmeasured read) and cold (servers restarted, then the page cache
 //!    dropped), 1 and 4 clients, every event decoded into the client library's event type; the count must be N;

@@ -338,7 +338,10 @@ mod tests {
     fn the_cpu_table_shows_each_systems_median_cpu_per_event_where_measured() {
         let mut d = doc();
         assert_eq!(d.cpu_table(), "", "no row measured CPU");
-        let cpu = |server: f64, machine: f64| serde_json::json!({"cpu": {"server_us_per_event": server, "machine_us_per_event": machine}});
+        let cpu = |server: f64, machine: f64| {
+            let per_event = serde_json::json!({"server_us_per_event": server, "machine_us_per_event": machine});
+            serde_json::json!({ "cpu": per_event })
+        };
         let append = &mut d.rows[0];
         for (m, (server, machine)) in append.measurements.iter_mut().zip([
             (70.0, 95.0),  // opossum, round 1
